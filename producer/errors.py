@@ -1,0 +1,40 @@
+"""The exceptions a backend service sees; each says why."""
+
+from __future__ import annotations
+
+from cascadeq.messages import Result
+
+
+class CascadeqError(Exception):
+    """Base of every error the client raises."""
+
+
+class Rejected(CascadeqError):
+    """The request was refused at submit and was not queued."""
+
+    def __init__(self, reason: str, code: str = "rejected") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Timeout(CascadeqError):
+    """No result arrived in time; the request may still complete later."""
+
+    def __init__(
+        self, message: str, done: dict[str, Result] | None = None, missing: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.done = done or {}
+        self.missing = missing or []
+
+
+class RequestFailed(CascadeqError):
+    """The request ended with a status other than ok (error, expired, rejected)."""
+
+    def __init__(self, result: Result) -> None:
+        err = result.error or {}
+        super().__init__(
+            f"request {result.id} ended {result.status}: "
+            f"{err.get('code', '?')}: {err.get('message', '')}"
+        )
+        self.result = result

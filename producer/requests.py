@@ -1,0 +1,146 @@
+"""Turning a caller's request into wire bytes, with every check that can refuse it early.
+
+Shared by the sync and asyncio clients so both refuse the same things the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cascadeq import wire
+from cascadeq.catalog import Catalog, InputError
+from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id
+from cascadeq.messages import Header, now_ms
+from cascadeq.settings import Settings
+from producer.errors import Rejected
+
+#: Admission control and the XADD in one step: refuse the whole chunk past the bound.
+SUBMIT_SCRIPT = """
+local depth = redis.call('XLEN', KEYS[1])
+local count = (#ARGV - 1) / 2
+if depth + count > tonumber(ARGV[1]) then return {0, depth} end
+for i = 2, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'h', ARGV[i], 'x', ARGV[i + 1])
+end
+return {1, depth + count}
+"""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inference request, as a caller describes it."""
+
+    inputs: Mapping[str, np.ndarray]
+    task: str | None = None
+    model: str | None = None
+    tier: str = "standard"
+    priority: str = DEFAULT_LANE
+    deadline_ms: float | None = None  # relative: milliseconds from now
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    id: str
+    header: bytes
+    inputs: bytes
+
+
+def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | None) -> Prepared:
+    """Validate against the catalog and encode; raises Rejected with the reason."""
+    if (req.task is None) == (req.model is None):
+        raise Rejected("name exactly one of task= or model=", "bad_request")
+    for spec in _models_for(req, catalog):
+        try:
+            _check_arrays(req.inputs)
+            spec.check_inputs(req.inputs)
+        except InputError as exc:
+            raise Rejected(str(exc), "bad_input") from exc
+    rid = req.id or uuid.uuid4().hex
+    try:
+        check_id(rid)
+    except InvalidName as exc:
+        raise Rejected(str(exc), "bad_id") from exc
+    if req.deadline_ms is not None and not req.deadline_ms > 0:
+        raise Rejected(f"deadline_ms must be positive, got {req.deadline_ms}", "bad_deadline")
+    submitted = now_ms()
+    header = Header(
+        id=rid,
+        task=req.task,
+        model=req.model,
+        tier=req.tier,
+        priority=req.priority,
+        deadline=None if req.deadline_ms is None else submitted + req.deadline_ms,
+        submitted_at=submitted,
+        reply_to=reply_to,
+    ).dumps()
+    try:
+        inputs = wire.dumps_inputs(req.inputs)
+    except TypeError as exc:
+        raise Rejected(str(exc), "bad_input") from exc
+    size = len(header) + len(inputs)
+    if size > settings.max_payload_bytes:
+        raise Rejected(
+            f"request of {size} bytes exceeds the limit of {settings.max_payload_bytes} bytes",
+            "too_large",
+        )
+    return Prepared(rid, header, inputs)
+
+
+def _models_for(req: Request, catalog: Catalog) -> list[Any]:
+    if req.model is not None:
+        if req.model not in catalog.models:
+            raise Rejected(
+                f"model {req.model!r} is not in the catalog; known: {sorted(catalog.models)}",
+                "unknown_model",
+            )
+        return [catalog.models[req.model]]
+    assert req.task is not None
+    task = catalog.tasks.get(req.task)
+    if task is None:
+        raise Rejected(
+            f"task {req.task!r} is not in the catalog; known: {sorted(catalog.tasks)}",
+            "unknown_task",
+        )
+    names = dict.fromkeys(stage.model for stage in task.cascade)
+    return [catalog.models[name] for name in names]
+
+
+def _check_arrays(inputs: Mapping[str, Any]) -> None:
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise InputError("inputs must be a non-empty mapping of input name to numpy array")
+    for name, value in inputs.items():
+        if not isinstance(value, np.ndarray):
+            raise InputError(f"input {name!r} is {type(value).__name__}; pass a numpy array")
+
+
+def submit_args(chunk: list[Prepared], max_depth: int) -> list[Any]:
+    args: list[Any] = [max_depth]
+    for p in chunk:
+        args += [p.header, p.inputs]
+    return args
+
+
+def check_admitted(reply: Any, count: int, max_depth: int) -> None:
+    accepted, depth = int(reply[0]), int(reply[1])
+    if not accepted:
+        raise Rejected(
+            f"ingress queue is full: {depth} entries queued, bound {max_depth}; "
+            f"{count} request(s) not queued, retry later",
+            "queue_full",
+        )
+
+
+def catalog_from_published(raw: bytes | None) -> Catalog | None:
+    if raw is None:
+        return None
+    doc = wire.loads_map(raw, "catalog")
+    return Catalog.loads(str(doc["text"]), source=f"redis:{doc['source']}", check_files=False)
+
+
+SUBMIT_CHUNK = 500

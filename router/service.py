@@ -1,0 +1,166 @@
+"""The router loop: read ingress in batches, route each entry, forward, then ack.
+
+Effect first, then XACK: a router that dies between the two re-delivers its entries
+to another router after the visibility timeout; workers see at most a duplicate,
+which the first-write-wins result makes harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+
+from cascadeq import keys as keynames
+from cascadeq import results, streams, wire
+from cascadeq.catalog import Catalog
+from cascadeq.keys import Keys
+from cascadeq.log import get_logger
+from cascadeq.messages import (
+    EXPIRED,
+    HEADER_FIELD,
+    INPUTS_FIELD,
+    Header,
+    error_result,
+    now_ms,
+    salvage_id,
+)
+from cascadeq.process import consumer_name
+from cascadeq.settings import Settings
+from router.policy import RouteError, choose
+
+log = get_logger("cascadeq.router")
+
+
+def publish_catalog(r: redis.Redis, keys: Keys, catalog: Catalog) -> None:
+    """Let producers validate against the catalog without a copy of the file."""
+    r.set(keys.catalog, wire.dumps({"source": catalog.source, "text": catalog.text}))
+
+
+class Router:
+    def __init__(
+        self, r: redis.Redis, catalog: Catalog, settings: Settings, consumer: str | None = None
+    ) -> None:
+        self.r, self.catalog, self.settings = r, catalog, settings
+        self.keys = Keys(settings.prefix)
+        self.consumer = consumer or consumer_name("router")
+        self.routed = 0
+        self._next_reclaim = 0.0
+        self._next_trim = 0.0
+
+    def setup(self) -> None:
+        streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
+        publish_catalog(self.r, self.keys, self.catalog)
+
+    def run(self, stop: threading.Event) -> None:
+        self.setup()
+        log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
+        while not stop.is_set():
+            self.step(self.settings.block_ms)
+        log.info("router_stopped", consumer=self.consumer, routed=self.routed)
+
+    def step(self, block_ms: int | None) -> int:
+        """One read-route-forward-ack cycle; returns how many entries it handled."""
+        now = time.monotonic()
+        handled = 0
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + max(0.1, self.settings.visibility_timeout_ms / 4000)
+            handled += self._reclaim()
+        got = streams.read_new(
+            self.r,
+            [self.keys.ingress],
+            keynames.ROUTER_GROUP,
+            self.consumer,
+            self.settings.router_batch,
+            block_ms,
+        )
+        handled += self.forward([entry for _, entry in got])
+        if now >= self._next_trim:
+            self._next_trim = now + self.settings.trim_every_s
+            streams.trim_acknowledged(self.r, self.keys.ingress)
+        return handled
+
+    def _reclaim(self) -> int:
+        found = streams.reclaim(
+            self.r,
+            self.keys.ingress,
+            keynames.ROUTER_GROUP,
+            self.consumer,
+            idle_ms=self.settings.visibility_timeout_ms,
+            max_deliveries=self.settings.max_deliveries,
+        )
+        if found.poison:
+            pipe = self.r.pipeline(transaction=False)
+            for (eid, fields), count in found.poison:
+                self._fail(
+                    pipe,
+                    eid,
+                    fields,
+                    "dead_letter",
+                    f"routing failed {count} times; moved to the dead-letter stream",
+                )
+            pipe.xack(self.keys.ingress, keynames.ROUTER_GROUP, *[e[0] for e, _ in found.poison])
+            pipe.execute()
+        return self.forward(found.entries) + len(found.poison)
+
+    def forward(self, entries: list[streams.Entry]) -> int:
+        if not entries:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for eid, fields in entries:
+            self._route_one(pipe, eid, fields)
+        pipe.xack(self.keys.ingress, keynames.ROUTER_GROUP, *[eid for eid, _ in entries])
+        pipe.execute()
+        self.routed += len(entries)
+        return len(entries)
+
+    def _route_one(self, pipe: Any, eid: bytes, fields: streams.Fields) -> None:
+        raw_header, inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
+        if raw_header is None or inputs is None:
+            self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
+            return
+        try:
+            header = Header.loads(raw_header)
+        except (wire.WireError, keynames.InvalidName) as exc:
+            self._fail(pipe, eid, fields, "bad_payload", f"header is unusable: {exc}")
+            return
+        if header.deadline is not None and header.deadline <= now_ms():
+            res = error_result(header, "deadline", "deadline passed before routing", status=EXPIRED)
+            results.queue_result(pipe, self.keys, res, header.reply_to, self.settings.result_ttl_s)
+            return
+        try:
+            decision = choose(header, self.catalog)
+        except RouteError as exc:
+            res = error_result(header, exc.code, str(exc))
+            results.queue_result(pipe, self.keys, res, header.reply_to, self.settings.result_ttl_s)
+            return
+        header.stage, header.routed_at = decision.stage, now_ms()
+        header.trace.append({"model": decision.model, "rule": decision.rule})
+        pipe.xadd(
+            self.keys.model_stream(decision.model),
+            {HEADER_FIELD: header.dumps(), INPUTS_FIELD: inputs},
+        )
+
+    def _fail(self, pipe: Any, eid: bytes, fields: streams.Fields, code: str, message: str) -> None:
+        """Answer what can be answered, and keep the raw entry for an operator."""
+        log.warning("entry_refused", entry=eid.decode(), code=code, reason=message)
+        rid, reply_to = salvage_id(fields.get(HEADER_FIELD))
+        if rid is not None:
+            results.queue_result(
+                pipe,
+                self.keys,
+                error_result(rid, code, message),
+                reply_to,
+                self.settings.result_ttl_s,
+            )
+        results.queue_dead_letter(
+            pipe,
+            self.keys,
+            fields,
+            stream=self.keys.ingress,
+            entry_id=eid,
+            code=code,
+            reason=message,
+        )

@@ -1,0 +1,117 @@
+"""The batch window: block for the first entry, then fill until size or deadline.
+
+Batch size counts samples: a request whose inputs have k rows counts k. An entry
+that would overflow the batch is carried to the next one, never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cascadeq import wire
+from cascadeq.catalog import InputError, ModelSpec
+from cascadeq.keys import InvalidName
+from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
+from cascadeq.streams import Entry, Fields
+
+#: read(count, block_ms) -> [(stream, entry)]; block_ms None means "do not block".
+Reader = Callable[[int, int | None], list[tuple[str, Entry]]]
+
+
+@dataclass
+class Item:
+    """A decoded, validated request, ready to join a batch."""
+
+    stream: str
+    entry_id: bytes
+    header: Header
+    inputs: dict[str, np.ndarray]
+    raw_inputs: bytes  # passed on untouched when the request escalates
+    samples: int
+    read_at: float  # epoch ms
+
+    @property
+    def enqueued_at(self) -> float:
+        return float(self.entry_id.split(b"-", 1)[0])
+
+
+@dataclass
+class Bad:
+    """An entry that cannot run; it gets an error result and never joins a batch."""
+
+    stream: str
+    entry_id: bytes
+    fields: Fields
+    code: str
+    message: str
+    header: Header | None = None
+
+
+def decode(stream: str, entry: Entry, spec: ModelSpec, read_at: float) -> Item | Bad:
+    eid, fields = entry
+    raw_header, raw_inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
+    if raw_header is None or raw_inputs is None:
+        return Bad(stream, eid, fields, "bad_payload", "entry lacks the h or x field")
+    try:
+        header = Header.loads(raw_header)
+    except (wire.WireError, InvalidName) as exc:
+        return Bad(stream, eid, fields, "bad_payload", f"header is unusable: {exc}")
+    try:
+        inputs = wire.loads_inputs(raw_inputs)
+        samples = spec.check_inputs(inputs)
+    except (wire.WireError, InputError) as exc:
+        return Bad(stream, eid, fields, "bad_input", str(exc), header)
+    return Item(stream, eid, header, inputs, raw_inputs, samples, read_at)
+
+
+@dataclass
+class Batcher:
+    """Collects one batch per call from a blocking reader."""
+
+    spec: ModelSpec
+    read: Reader
+    carry: list[Item | Bad] = field(default_factory=list)
+
+    def collect(self, block_ms: int | None) -> list[Item | Bad]:
+        batching = self.spec.batching
+        items, samples = self._take_carry()
+        if not items:
+            items, samples = self._read(batching.max_batch, block_ms)
+            if not items:
+                return []
+        deadline = time.monotonic() + batching.max_wait_ms / 1000.0
+        while samples < batching.max_batch and not self.carry:
+            remaining_ms = int((deadline - time.monotonic()) * 1000.0)
+            if remaining_ms < 1:
+                break
+            more, more_samples = self._read(batching.max_batch - samples, remaining_ms)
+            if not more:
+                break
+            items += more
+            samples += more_samples
+        return self._fit(items)
+
+    def _read(self, count: int, block_ms: int | None) -> tuple[list[Item | Bad], int]:
+        got = self.read(count, block_ms)
+        read_at = now_ms()
+        items = [decode(stream, entry, self.spec, read_at) for stream, entry in got]
+        return items, sum(i.samples for i in items if isinstance(i, Item))
+
+    def _take_carry(self) -> tuple[list[Item | Bad], int]:
+        items, self.carry = self.carry, []
+        return items, sum(i.samples for i in items if isinstance(i, Item))
+
+    def _fit(self, items: list[Item | Bad]) -> list[Item | Bad]:
+        """Keep the batch within max_batch samples; the first item always runs."""
+        limit, total = self.spec.batching.max_batch, 0
+        for index, item in enumerate(items):
+            size = item.samples if isinstance(item, Item) else 0
+            if total + size > limit and total > 0:
+                self.carry = items[index:] + self.carry
+                return items[:index]
+            total += size
+        return items

@@ -1,0 +1,245 @@
+"""One model's serving loop: collect a batch, run it, answer or escalate, then ack.
+
+Every entry read ends in exactly one effect (result, escalation or dead letter) written
+in the same pipeline as its XACK, effects first, so a crash re-delivers rather than loses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import redis
+
+from cascadeq import keys as keynames
+from cascadeq import results, streams
+from cascadeq.catalog import Catalog, ModelSpec
+from cascadeq.keys import Keys
+from cascadeq.log import get_logger
+from cascadeq.messages import (
+    EXPIRED,
+    HEADER_FIELD,
+    INPUTS_FIELD,
+    Result,
+    error_result,
+    now_ms,
+    salvage_id,
+)
+from cascadeq.settings import Settings
+from workers import outcome
+from workers.batcher import Bad, Batcher, Item, decode
+from workers.runner import OnnxRunner
+
+log = get_logger("cascadeq.worker")
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        r: redis.Redis,
+        catalog: Catalog,
+        spec: ModelSpec,
+        settings: Settings,
+        consumer: str,
+        runner: OnnxRunner | None = None,
+    ) -> None:
+        self.r, self.catalog, self.spec, self.settings = r, catalog, spec, settings
+        self.keys = Keys(settings.prefix)
+        self.consumer = consumer
+        self.runner = runner or OnnxRunner(spec)
+        self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
+        self.batcher = Batcher(spec, self._read)
+        self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
+        self._next_reclaim = 0.0
+
+    def setup(self) -> None:
+        for lane in self.lanes:
+            streams.ensure_group(self.r, lane, keynames.WORKER_GROUP)
+
+    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, streams.Entry]]:
+        return streams.read_new(
+            self.r, self.lanes, keynames.WORKER_GROUP, self.consumer, count, block_ms
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        self.setup()
+        log.info("worker_started", model=self.spec.name, consumer=self.consumer)
+        while not stop.is_set():
+            self.step(self.settings.block_ms)
+        if self.batcher.carry:  # read but not yet run: finish them before leaving
+            self.process(self.batcher.carry)
+            self.batcher.carry = []
+        log.info("worker_stopped", model=self.spec.name, **self.stats)
+
+    def step(self, block_ms: int | None) -> int:
+        handled = self._maybe_reclaim()
+        batch = self.batcher.collect(block_ms)
+        if batch:
+            self.process(batch)
+        return handled + len(batch)
+
+    def _maybe_reclaim(self) -> int:
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return 0
+        self._next_reclaim = now + max(0.1, self.settings.visibility_timeout_ms / 4000)
+        handled = 0
+        for lane in self.lanes:
+            found = streams.reclaim(
+                self.r,
+                lane,
+                keynames.WORKER_GROUP,
+                self.consumer,
+                idle_ms=self.settings.visibility_timeout_ms,
+                max_deliveries=self.settings.max_deliveries,
+            )
+            read_at = now_ms()
+            batch: list[Item | Bad] = [decode(lane, e, self.spec, read_at) for e in found.entries]
+            batch += [
+                Bad(
+                    lane,
+                    eid,
+                    fields,
+                    "dead_letter",
+                    f"delivered {count} times without an answer; dead-lettered",
+                )
+                for (eid, fields), count in found.poison
+            ]
+            if batch:
+                log.info(
+                    "reclaimed",
+                    model=self.spec.name,
+                    entries=len(found.entries),
+                    poison=len(found.poison),
+                )
+                self.process(batch)
+                handled += len(batch)
+        return handled
+
+    def process(self, batch: list[Item | Bad]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        runnable: list[Item] = []
+        for item in batch:
+            if isinstance(item, Bad):
+                self._fail(pipe, item)
+            elif item.header.deadline is not None and item.header.deadline <= now_ms():
+                self._answer(
+                    pipe,
+                    item,
+                    error_result(
+                        item.header, "deadline", "deadline passed before compute", status=EXPIRED
+                    ),
+                )
+            else:
+                runnable.append(item)
+        if runnable:
+            self._run(pipe, runnable)
+        by_stream: dict[str, list[bytes]] = {}
+        for item in batch:
+            by_stream.setdefault(item.stream, []).append(item.entry_id)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, keynames.WORKER_GROUP, *ids)
+        pipe.execute()
+
+    def _run(self, pipe: Any, items: list[Item]) -> None:
+        samples = sum(i.samples for i in items)
+        launched_at = now_ms()
+        started = time.perf_counter()
+        try:
+            out = self.runner.run(_stack(items, self.spec), samples)
+        except Exception as exc:  # noqa: BLE001 - isolate the entry that broke the batch
+            if len(items) > 1:
+                for item in items:
+                    self._run(pipe, [item])
+                return
+            log.warning(
+                "compute_failed",
+                model=self.spec.name,
+                request_id=items[0].header.id,
+                error=str(exc),
+            )
+            self._answer(
+                pipe,
+                items[0],
+                error_result(
+                    items[0].header, "compute_failed", f"model {self.spec.name} failed: {exc}"
+                ),
+            )
+            return
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        self.stats["batches"] += 1
+        self.stats["samples"] += samples
+        offset = 0
+        for item in items:
+            rows = out[offset : offset + item.samples]
+            offset += item.samples
+            times = outcome.HopTimes(
+                item.read_at, item.enqueued_at, launched_at, compute_ms, samples
+            )
+            self._settle(pipe, item, rows, times)
+
+    def _settle(self, pipe: Any, item: Item, rows: np.ndarray, times: outcome.HopTimes) -> None:
+        header = item.header
+        conf = outcome.confidence(self.spec, rows)
+        outcome.record_hop(header, self.spec.name, conf, times)
+        target = outcome.next_model(self.catalog, header, self.spec.name, conf)
+        info: dict[str, Any] = {}
+        if target is not None and header.deadline is not None and header.deadline <= now_ms():
+            info["escalation_skipped"] = "deadline"
+            target = None
+        if target is None:
+            self._answer(
+                pipe, item, outcome.final_result(header, self.spec, rows, times.batch_size, info)
+            )
+            return
+        header.stage += 1
+        header.attempt += 1
+        header.trace.append({"model": target, "rule": "escalate"})
+        pipe.xadd(
+            self.keys.model_stream(target, keynames.DEFAULT_LANE),
+            {HEADER_FIELD: header.dumps(), INPUTS_FIELD: item.raw_inputs},
+        )
+        self.stats["escalated"] += 1
+
+    def _answer(self, pipe: Any, item: Item, result: Result) -> None:
+        results.queue_result(
+            pipe, self.keys, result, item.header.reply_to, self.settings.result_ttl_s
+        )
+        self.stats["results"] += 1
+
+    def _fail(self, pipe: Any, bad: Bad) -> None:
+        log.warning(
+            "entry_refused",
+            model=self.spec.name,
+            entry=bad.entry_id.decode(),
+            code=bad.code,
+            reason=bad.message,
+        )
+        self.stats["errors"] += 1
+        res: Result | None = None
+        reply_to: str | None = None
+        if bad.header is not None:
+            reply_to = bad.header.reply_to
+            res = error_result(bad.header, bad.code, bad.message)
+        else:
+            rid, reply_to = salvage_id(bad.fields.get(HEADER_FIELD))
+            res = error_result(rid, bad.code, bad.message) if rid else None
+        if res is not None:
+            results.queue_result(pipe, self.keys, res, reply_to, self.settings.result_ttl_s)
+        results.queue_dead_letter(
+            pipe,
+            self.keys,
+            bad.fields,
+            stream=bad.stream,
+            entry_id=bad.entry_id,
+            code=bad.code,
+            reason=bad.message,
+        )
+
+
+def _stack(items: list[Item], spec: ModelSpec) -> dict[str, np.ndarray]:
+    if len(items) == 1:
+        return items[0].inputs
+    return {s.name: np.concatenate([i.inputs[s.name] for i in items]) for s in spec.inputs}
