@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -191,13 +192,15 @@ class Producer:
                 continue
             if msg["type"] == "subscribe":  # (re)subscribed: catch what the gap missed
                 self._fetch_stored(self._inbox.outstanding())
-            elif msg["type"] == "message":
+            elif msg["type"] == "message" and msg["data"]:
                 self._inbox.deliver(Result.loads(msg["data"]))
         pubsub.close()
 
     def close(self) -> None:
         self._closed.set()
         if self._listener is not None:
+            with contextlib.suppress(redis.RedisError):  # an empty message wakes the listener
+                self.redis.publish(self.keys.reply_channel(self.client_id), b"")
             self._listener.join(timeout=5)
         self.redis.close()
 

@@ -1,0 +1,80 @@
+"""Shared fixtures: a private redis-server for the session, the digits models, isolation.
+
+Each test gets its own key prefix, so tests share one server without seeing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cascadeq.catalog import Catalog
+from cascadeq.embedded import EmbeddedRedis
+from cascadeq.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cascadeq.examples import digits
+
+    cached = os.environ.get("CASCADEQ_TEST_MODELS")  # reuse a build across local runs
+    out = Path(cached) if cached else tmp_path_factory.mktemp("digits")
+    digits.ensure_built(out, log=lambda _line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def catalog(digits_dir: Path) -> Catalog:
+    return Catalog.load(digits_dir / "catalog.toml")
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        prefix=f"t{uuid.uuid4().hex[:10]}",
+        block_ms=50,
+        visibility_timeout_ms=30_000,
+    )
+
+
+TOY_CATALOG = """
+[models.toy-small]
+path = "toy_small.onnx"
+output = "probabilities"
+cost = 1.0
+inputs = [{ name = "input", dtype = "float32", shape = [-1, 4] }]
+
+[models.toy-large]
+path = "toy_large.onnx"
+output = "probabilities"
+cost = 10.0
+inputs = [{ name = "input", dtype = "float32", shape = [-1, 4] }]
+
+[tasks.toy]
+cascade = [{ model = "toy-small", threshold = 0.9 }, { model = "toy-large" }]
+"""
+
+
+@pytest.fixture
+def toy_catalog() -> Catalog:
+    """A catalog for roles that never open the model files (producer, router)."""
+    return Catalog.loads(TOY_CATALOG, source="toy/catalog.toml", check_files=False)

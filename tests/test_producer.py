@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import redis
+
+from cascadeq import results
+from cascadeq.catalog import Catalog
+from cascadeq.keys import Keys
+from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_result
+from cascadeq.settings import Settings
+from cascadeq.wire import loads_inputs
+from producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, Timeout
+
+X = {"input": np.ones((1, 4), np.float32)}
+
+
+def write_results(r: redis.Redis, settings: Settings, client_id: str, ids: list[str],
+                  status: str = "ok") -> None:
+    """Play the worker: store results and notify, as a worker's pipeline does."""
+    keys = Keys(settings.prefix)
+    pipe = r.pipeline(transaction=False)
+    for rid in ids:
+        res = (Result(id=rid, status="ok", outputs={"probabilities": np.ones((1, 2))})
+               if status == "ok" else error_result(rid, "boom", "it broke"))
+        results.queue_result(pipe, keys, res, client_id, settings.result_ttl_s)
+    pipe.execute()
+
+
+def test_submit_queues_an_entry_the_router_can_read(r: redis.Redis, settings: Settings,
+                                                    toy_catalog: Catalog) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        rid = client.submit(task="toy", inputs=X, tier="premium", deadline_ms=5000)
+        [(_, fields)] = r.xrange(Keys(settings.prefix).ingress)
+        header = Header.loads(fields[HEADER_FIELD])
+        assert header.id == rid
+        assert (header.task, header.tier, header.reply_to) == ("toy", "premium", client.client_id)
+        assert header.deadline is not None
+        assert header.deadline - header.submitted_at == pytest.approx(5000)
+        np.testing.assert_array_equal(loads_inputs(fields[INPUTS_FIELD])["input"], X["input"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"task": "nope", "inputs": X}, "unknown_task"),
+        ({"model": "nope", "inputs": X}, "unknown_model"),
+        ({"inputs": X}, "bad_request"),
+        ({"task": "toy", "model": "toy-small", "inputs": X}, "bad_request"),
+        ({"task": "toy", "inputs": {"input": np.ones((1, 4), np.float64)}}, "bad_input"),
+        ({"task": "toy", "inputs": {"input": [[1.0, 2.0, 3.0, 4.0]]}}, "bad_input"),
+        ({"task": "toy", "inputs": {"x": np.ones((1, 4), np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": {}}, "bad_input"),
+        ({"task": "toy", "inputs": X, "request_id": "a:b*"}, "bad_id"),
+        ({"task": "toy", "inputs": X, "deadline_ms": -5}, "bad_deadline"),
+    ],
+)
+def test_bad_requests_are_refused_at_submit_and_nothing_is_queued(
+        r: redis.Redis, settings: Settings, toy_catalog: Catalog, kwargs: dict[str, object],
+        code: str) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        with pytest.raises(Rejected) as err:
+            client.submit(**kwargs)  # type: ignore[arg-type]
+        assert err.value.code == code
+    assert r.xlen(Keys(settings.prefix).ingress) == 0
+
+
+def test_oversized_payload_and_full_queue_are_refused(r: redis.Redis, settings: Settings,
+                                                      toy_catalog: Catalog) -> None:
+    small = Settings(**{**settings.__dict__, "max_payload_bytes": 500, "ingress_max_depth": 3})
+    with Producer(settings=small, catalog=toy_catalog) as client:
+        with pytest.raises(Rejected, match="exceeds") as err:
+            client.submit(task="toy", inputs={"input": np.ones((100, 4), np.float32)})
+        assert err.value.code == "too_large"
+        client.submit_many([Request(X, task="toy")] * 3)
+        with pytest.raises(Rejected, match="queue is full") as err:
+            client.submit(task="toy", inputs=X)
+        assert err.value.code == "queue_full"
+    assert r.xlen(Keys(settings.prefix).ingress) == 3
+
+
+def test_result_polls_without_blocking_and_wait_blocks_until_written(
+        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        rid = client.submit(task="toy", inputs=X)
+        assert client.result(rid) is None
+        writer = threading.Timer(0.2, write_results, (r, settings, client.client_id, [rid]))
+        writer.start()
+        got = client.wait(rid, timeout=10)
+        writer.join()
+        assert got.id == rid
+        assert got.ok
+        polled = client.result(rid)
+        assert polled is not None
+        assert polled.status == "ok"
+
+
+def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings,
+                                  toy_catalog: Catalog) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        failing, silent = client.submit_many([Request(X, task="toy"), Request(X, task="toy")])
+        write_results(r, settings, client.client_id, [failing], status="error")
+        with pytest.raises(RequestFailed, match="boom") as err:
+            client.wait(failing, timeout=5)
+        assert err.value.result.status == "error"
+        with pytest.raises(Timeout) as tmo:
+            client.wait_many([failing, silent], timeout=0.3)
+        assert tmo.value.missing == [silent]
+        assert set(tmo.value.done) == {failing}
+
+
+def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
+        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        ids = client.submit_many([Request(X, task="toy") for _ in range(10_000)])
+        before_arrival = ids[:100]  # stored before anyone waits: found by the first MGET
+        write_results(r, settings, client.client_id, before_arrival)
+
+        def late() -> None:
+            for start in range(100, len(ids), 1000):
+                write_results(r, settings, client.client_id, ids[start:start + 1000])
+
+        writer = threading.Thread(target=late)
+        writer.start()
+        got = client.wait_many(ids, timeout=60)
+        writer.join()
+        assert [g.id for g in got] == ids
+        names = [c.get("name", "") for c in r.client_list()]
+        assert len(names) <= 1 + 16 + 1  # this test's client, the pool bound, the listener
+
+
+def test_async_producer_submits_and_waits(r: redis.Redis, settings: Settings,
+                                          toy_catalog: Catalog) -> None:
+    async def scenario() -> list[Result]:
+        async with AsyncProducer(settings=settings, catalog=toy_catalog) as client:
+            ids = await client.submit_many([Request(X, task="toy") for _ in range(50)])
+            with pytest.raises(Rejected):
+                await client.submit(task="nope", inputs=X)
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.1, write_results, r, settings, client.client_id, ids)
+            return await client.wait_many(ids, timeout=10)
+
+    got = asyncio.run(scenario())
+    assert len(got) == 50
+    assert all(g.ok for g in got)
+
+
+def test_producer_reads_the_catalog_a_router_published(r: redis.Redis, settings: Settings,
+                                                       toy_catalog: Catalog) -> None:
+    from router.service import publish_catalog
+
+    with Producer(settings=settings) as client:
+        with pytest.raises(Rejected, match="no catalog"):
+            client.submit(task="toy", inputs=X)
+        publish_catalog(r, Keys(settings.prefix), toy_catalog)
+        client._catalog_checked = 0.0  # skip the refresh interval for the test
+        assert client.submit(task="toy", inputs=X)
