@@ -1,0 +1,121 @@
+"""The batch window on its own: a scripted reader stands in for XREADGROUP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from cascadeq import wire
+from cascadeq.catalog import Batching, Catalog, ModelSpec
+from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header
+from cascadeq.streams import Entry
+from workers.batcher import Bad, Batcher, Item
+
+
+class ScriptedReader:
+    """Hands out queued entries; records each call's count and block time."""
+
+    def __init__(self) -> None:
+        self.queue: list[Entry] = []
+        self.calls: list[tuple[int, int | None]] = []
+        self.seq = 0
+
+    def add(self, samples: int = 1, *, broken: bool = False) -> None:
+        self.seq += 1
+        header = Header(id=f"r{self.seq}", model="toy-small").dumps()
+        inputs = wire.dumps_inputs({"input": np.ones((samples, 4), np.float32)})
+        fields = {HEADER_FIELD: header, INPUTS_FIELD: b"\xc1" if broken else inputs}
+        self.queue.append((f"{self.seq}-0".encode(), fields))
+
+    def __call__(self, count: int, block_ms: int | None) -> list[tuple[str, Entry]]:
+        self.calls.append((count, block_ms))
+        taken, self.queue = self.queue[:count], self.queue[count:]
+        if not taken and block_ms:
+            time.sleep(block_ms / 1000)  # what a real blocking read does when nothing comes
+        return [("s", e) for e in taken]
+
+
+def spec(toy_catalog: Catalog, max_batch: int, max_wait_ms: float) -> ModelSpec:
+    return replace(toy_catalog.models["toy-small"], batching=Batching("dynamic", max_batch,
+                                                                      max_wait_ms))
+
+
+def ids(batch: list[Item | Bad]) -> list[str]:
+    return [i.header.id if isinstance(i, Item) else "bad" for i in batch]
+
+
+def test_full_batch_launches_without_waiting(toy_catalog: Catalog) -> None:
+    reader = ScriptedReader()
+    for _ in range(10):
+        reader.add()
+    batcher = Batcher(spec(toy_catalog, 4, 1000.0), reader)
+    started = time.monotonic()
+    assert ids(batcher.collect(block_ms=500)) == ["r1", "r2", "r3", "r4"]
+    assert time.monotonic() - started < 0.5  # did not sit out the 1 s window
+    assert reader.calls == [(4, 500)]
+
+
+def test_partial_batch_launches_when_the_window_closes(toy_catalog: Catalog) -> None:
+    reader = ScriptedReader()
+    reader.add()
+    batcher = Batcher(spec(toy_catalog, 8, 30.0), reader)
+    started = time.monotonic()
+    assert ids(batcher.collect(block_ms=500)) == ["r1"]
+    waited = time.monotonic() - started
+    assert 0.02 <= waited < 0.5
+    first, second = reader.calls[0], reader.calls[1]
+    assert first == (8, 500)
+    assert second[0] == 7
+    assert second[1] is not None
+    assert 1 <= second[1] <= 30
+
+
+def test_zero_wait_takes_only_what_is_there(toy_catalog: Catalog) -> None:
+    reader = ScriptedReader()
+    reader.add()
+    batcher = Batcher(spec(toy_catalog, 8, 0.0), reader)
+    assert ids(batcher.collect(block_ms=500)) == ["r1"]
+    assert reader.calls == [(8, 500)]
+
+
+def test_nothing_queued_returns_an_empty_batch(toy_catalog: Catalog) -> None:
+    batcher = Batcher(spec(toy_catalog, 8, 5.0), ScriptedReader())
+    assert batcher.collect(block_ms=10) == []
+
+
+def test_batch_size_counts_samples_and_carries_the_overflow(toy_catalog: Catalog) -> None:
+    reader = ScriptedReader()
+    reader.add(samples=3)
+    reader.add(samples=3)
+    reader.add(samples=3)
+    batcher = Batcher(spec(toy_catalog, 7, 50.0), reader)
+    first = batcher.collect(block_ms=100)
+    assert ids(first) == ["r1", "r2"]
+    assert sum(i.samples for i in first if isinstance(i, Item)) == 6
+    assert ids(batcher.collect(block_ms=100)) == ["r3"]
+
+
+def test_an_oversized_request_runs_alone(toy_catalog: Catalog) -> None:
+    reader = ScriptedReader()
+    reader.add(samples=20)
+    reader.add(samples=1)
+    batcher = Batcher(spec(toy_catalog, 8, 5.0), reader)
+    assert ids(batcher.collect(block_ms=100)) == ["r1"]
+    assert ids(batcher.collect(block_ms=100)) == ["r2"]
+
+
+def test_broken_entries_come_back_as_bad_and_do_not_count(toy_catalog: Catalog) -> None:
+    reader = ScriptedReader()
+    reader.add()
+    reader.add(broken=True)
+    reader.add()
+    batcher = Batcher(spec(toy_catalog, 2, 20.0), reader)
+    batch = batcher.collect(block_ms=100)
+    assert ids(batch) == ["r1", "bad", "r3"]
+    bad = batch[1]
+    assert isinstance(bad, Bad)
+    assert bad.code == "bad_input"
+    assert bad.header is not None
+    assert bad.header.id == "r2"
