@@ -1,0 +1,144 @@
+"""A worker on its own: real ONNX models, real Redis, entries written straight to its stream."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from cascadeq import keys as keynames
+from cascadeq import wire
+from cascadeq.catalog import Catalog
+from cascadeq.keys import Keys
+from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.settings import Settings
+from workers import ModelWorker
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    split = np.load(digits_dir / "digits_test.npz")
+    return split["X"], split["y"]
+
+
+def with_threshold(catalog: Catalog, threshold: float) -> Catalog:
+    task = catalog.tasks["digits"]
+    stages = (replace(task.cascade[0], threshold=threshold), *task.cascade[1:])
+    return replace(catalog, tasks={"digits": replace(task, cascade=stages)})
+
+
+def enqueue(r: redis.Redis, keys: Keys, model: str, rid: str, x: np.ndarray,
+            **header: object) -> None:
+    h = Header(id=rid, submitted_at=now_ms(), trace=[{"model": model, "rule": "test"}],
+               **header)  # type: ignore[arg-type]
+    r.xadd(keys.model_stream(model), {HEADER_FIELD: h.dumps(),
+                                      INPUTS_FIELD: wire.dumps_inputs({"input": x})})
+
+
+def result(r: redis.Redis, keys: Keys, rid: str) -> Result:
+    raw = r.get(keys.result(rid))
+    assert raw is not None, f"no result for {rid}"
+    return Result.loads(raw)
+
+
+def drain(worker: ModelWorker) -> None:
+    worker.setup()
+    while worker.step(block_ms=None):
+        pass
+
+
+def test_confident_answers_are_final_with_path_timings_and_batch_size(
+        r: redis.Redis, settings: Settings, catalog: Catalog,
+        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = digits
+    cat = with_threshold(catalog, 0.0)  # everything is confident enough
+    worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    keys = worker.keys
+    for i in range(40):
+        enqueue(r, keys, "digits-small", f"q{i}", x[i:i + 1], task="digits")
+    drain(worker)
+    got = [result(r, keys, f"q{i}") for i in range(40)]
+    assert all(g.ok and g.model == "digits-small" for g in got)
+    predicted = np.array([int(np.argmax(g.outputs["probabilities"][0])) for g in got])
+    assert (predicted == y[:40]).mean() > 0.85
+    first = got[0]
+    assert first.path[0]["model"] == "digits-small"
+    assert 0.0 < first.path[0]["confidence"] <= 1.0
+    assert set(first.timings) == {"route_ms", "queue_ms", "batch_wait_ms", "compute_ms",
+                                  "total_ms"}
+    assert first.timings["compute_ms"] > 0
+    assert 1 <= first.batch_size <= cat.models["digits-small"].batching.max_batch
+    assert sum(1 for g in got if g.batch_size > 1) > 0  # they really were batched
+    assert r.xpending(keys.model_stream("digits-small"), keynames.WORKER_GROUP)["pending"] == 0
+
+
+def test_unsure_answers_escalate_to_the_next_model_and_finish_there(
+        r: redis.Redis, settings: Settings, catalog: Catalog,
+        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = digits
+    cat = with_threshold(catalog, 1.0)  # nothing is confident enough
+    small = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    large = ModelWorker(r, cat, cat.models["digits-large"], settings, "w2")
+    keys = small.keys
+    enqueue(r, keys, "digits-small", "esc", x[:2], task="digits")
+    enqueue(r, keys, "digits-small", "pin", x[:1], model="digits-small")
+    drain(small)
+    assert r.get(keys.result("esc")) is None
+    assert result(r, keys, "pin").model == "digits-small"  # pinned: never escalates
+    drain(large)
+    got = result(r, keys, "esc")
+    assert got.model == "digits-large"
+    assert [hop["model"] for hop in got.path] == ["digits-small", "digits-large"]
+    assert got.path[1]["rule"] == "escalate"
+    assert got.outputs["probabilities"].shape == (2, 10)
+
+
+def test_bad_entries_get_error_results_and_the_batch_still_runs(
+        r: redis.Redis, settings: Settings, catalog: Catalog,
+        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = digits
+    cat = with_threshold(catalog, 0.0)
+    worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    keys = worker.keys
+    stream = keys.model_stream("digits-small")
+    enqueue(r, keys, "digits-small", "good1", x[:1], task="digits")
+    enqueue(r, keys, "digits-small", "f64", x[:1].astype(np.float64), task="digits")
+    enqueue(r, keys, "digits-small", "shape", x[:1, :10], task="digits")
+    enqueue(r, keys, "digits-small", "nan", np.full((1, 64), np.nan, np.float32), task="digits")
+    enqueue(r, keys, "digits-small", "late", x[:1], task="digits", deadline=now_ms() - 1)
+    ok_header = Header(id="garbled", task="digits", submitted_at=now_ms()).dumps()
+    r.xadd(stream, {HEADER_FIELD: ok_header, INPUTS_FIELD: b"\x93\x01\x02"})
+    r.xadd(stream, {b"junk": b"\x00"})
+    enqueue(r, keys, "digits-small", "good2", x[1:3], task="digits")
+    drain(worker)
+    assert result(r, keys, "good1").ok
+    assert result(r, keys, "good2").outputs["probabilities"].shape == (2, 10)
+    for rid, match in [("f64", "float32"), ("shape", "shape"), ("nan", "NaN"),
+                       ("garbled", "")]:
+        bad = result(r, keys, rid)
+        assert bad.status == "error"
+        assert bad.error is not None
+        assert bad.error["code"] == "bad_input"
+        assert match in bad.error["message"]
+    assert result(r, keys, "late").status == "expired"
+    assert r.xlen(keys.dead_letter) == 5
+    assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
+
+
+def test_a_result_is_written_once_and_never_overwritten(
+        r: redis.Redis, settings: Settings, catalog: Catalog,
+        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = digits
+    cat = with_threshold(catalog, 0.0)
+    worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    keys = worker.keys
+    enqueue(r, keys, "digits-small", "dup", x[:1], task="digits")
+    drain(worker)
+    first = r.get(keys.result("dup"))
+    enqueue(r, keys, "digits-small", "dup", x[5:6], task="digits")  # a redelivery, other data
+    drain(worker)
+    assert r.get(keys.result("dup")) == first
+    assert 0 < r.ttl(keys.result("dup")) <= settings.result_ttl_s
