@@ -30,7 +30,9 @@ def read_new(
 ) -> list[tuple[str, Entry]]:
     """XREADGROUP for never-delivered entries; ``block_ms`` None returns at once."""
     names = list(streams)
-    reply: Any = r.xreadgroup(group, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms)
+    reply: Any = r.xreadgroup(
+        group, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms
+    )
     out: list[tuple[str, Entry]] = []
     for stream, entries in reply or []:
         name = stream.decode() if isinstance(stream, bytes) else stream
@@ -59,7 +61,9 @@ def reclaim(
     if not pending:
         return Reclaimed([], [])
     deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-    claimed: Any = r.xclaim(stream, group, consumer, min_idle_time=idle_ms, message_ids=list(deliveries))
+    claimed: Any = r.xclaim(
+        stream, group, consumer, min_idle_time=idle_ms, message_ids=list(deliveries)
+    )
     out = Reclaimed([], [])
     gone: list[bytes] = []
     for eid, fields in claimed:

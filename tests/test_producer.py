@@ -18,20 +18,25 @@ from producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, 
 X = {"input": np.ones((1, 4), np.float32)}
 
 
-def write_results(r: redis.Redis, settings: Settings, client_id: str, ids: list[str],
-                  status: str = "ok") -> None:
+def write_results(
+    r: redis.Redis, settings: Settings, client_id: str, ids: list[str], status: str = "ok"
+) -> None:
     """Play the worker: store results and notify, as a worker's pipeline does."""
     keys = Keys(settings.prefix)
     pipe = r.pipeline(transaction=False)
     for rid in ids:
-        res = (Result(id=rid, status="ok", outputs={"probabilities": np.ones((1, 2))})
-               if status == "ok" else error_result(rid, "boom", "it broke"))
+        res = (
+            Result(id=rid, status="ok", outputs={"probabilities": np.ones((1, 2))})
+            if status == "ok"
+            else error_result(rid, "boom", "it broke")
+        )
         results.queue_result(pipe, keys, res, client_id, settings.result_ttl_s)
     pipe.execute()
 
 
-def test_submit_queues_an_entry_the_router_can_read(r: redis.Redis, settings: Settings,
-                                                    toy_catalog: Catalog) -> None:
+def test_submit_queues_an_entry_the_router_can_read(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     with Producer(settings=settings, catalog=toy_catalog) as client:
         rid = client.submit(task="toy", inputs=X, tier="premium", deadline_ms=5000)
         [(_, fields)] = r.xrange(Keys(settings.prefix).ingress)
@@ -59,8 +64,8 @@ def test_submit_queues_an_entry_the_router_can_read(r: redis.Redis, settings: Se
     ],
 )
 def test_bad_requests_are_refused_at_submit_and_nothing_is_queued(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog, kwargs: dict[str, object],
-        code: str) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog, kwargs: dict[str, object], code: str
+) -> None:
     with Producer(settings=settings, catalog=toy_catalog) as client:
         with pytest.raises(Rejected) as err:
             client.submit(**kwargs)  # type: ignore[arg-type]
@@ -68,8 +73,9 @@ def test_bad_requests_are_refused_at_submit_and_nothing_is_queued(
     assert r.xlen(Keys(settings.prefix).ingress) == 0
 
 
-def test_oversized_payload_and_full_queue_are_refused(r: redis.Redis, settings: Settings,
-                                                      toy_catalog: Catalog) -> None:
+def test_oversized_payload_and_full_queue_are_refused(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     small = Settings(**{**settings.__dict__, "max_payload_bytes": 500, "ingress_max_depth": 3})
     with Producer(settings=small, catalog=toy_catalog) as client:
         with pytest.raises(Rejected, match="exceeds") as err:
@@ -83,7 +89,8 @@ def test_oversized_payload_and_full_queue_are_refused(r: redis.Redis, settings: 
 
 
 def test_result_polls_without_blocking_and_wait_blocks_until_written(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     with Producer(settings=settings, catalog=toy_catalog) as client:
         rid = client.submit(task="toy", inputs=X)
         assert client.result(rid) is None
@@ -98,8 +105,7 @@ def test_result_polls_without_blocking_and_wait_blocks_until_written(
         assert polled.status == "ok"
 
 
-def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings,
-                                  toy_catalog: Catalog) -> None:
+def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
     with Producer(settings=settings, catalog=toy_catalog) as client:
         failing, silent = client.submit_many([Request(X, task="toy"), Request(X, task="toy")])
         write_results(r, settings, client.client_id, [failing], status="error")
@@ -113,7 +119,8 @@ def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings,
 
 
 def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     with Producer(settings=settings, catalog=toy_catalog) as client:
         ids = client.submit_many([Request(X, task="toy") for _ in range(10_000)])
         before_arrival = ids[:100]  # stored before anyone waits: found by the first MGET
@@ -121,7 +128,7 @@ def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
 
         def late() -> None:
             for start in range(100, len(ids), 1000):
-                write_results(r, settings, client.client_id, ids[start:start + 1000])
+                write_results(r, settings, client.client_id, ids[start : start + 1000])
 
         writer = threading.Thread(target=late)
         writer.start()
@@ -132,8 +139,9 @@ def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
         assert len(names) <= 1 + 16 + 1  # this test's client, the pool bound, the listener
 
 
-def test_async_producer_submits_and_waits(r: redis.Redis, settings: Settings,
-                                          toy_catalog: Catalog) -> None:
+def test_async_producer_submits_and_waits(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     async def scenario() -> list[Result]:
         async with AsyncProducer(settings=settings, catalog=toy_catalog) as client:
             ids = await client.submit_many([Request(X, task="toy") for _ in range(50)])
@@ -148,8 +156,9 @@ def test_async_producer_submits_and_waits(r: redis.Redis, settings: Settings,
     assert all(g.ok for g in got)
 
 
-def test_producer_reads_the_catalog_a_router_published(r: redis.Redis, settings: Settings,
-                                                       toy_catalog: Catalog) -> None:
+def test_producer_reads_the_catalog_a_router_published(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     from router.service import publish_catalog
 
     with Producer(settings=settings) as client:

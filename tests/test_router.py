@@ -30,8 +30,10 @@ def hdr(rid: str, **kw: object) -> bytes:
 
 
 def routed(r: redis.Redis, keys: Keys, model: str) -> list[tuple[Header, bytes]]:
-    return [(Header.loads(f[HEADER_FIELD]), f[INPUTS_FIELD])
-            for _, f in r.xrange(keys.model_stream(model))]
+    return [
+        (Header.loads(f[HEADER_FIELD]), f[INPUTS_FIELD])
+        for _, f in r.xrange(keys.model_stream(model))
+    ]
 
 
 def result(r: redis.Redis, keys: Keys, rid: str) -> Result:
@@ -41,7 +43,8 @@ def result(r: redis.Redis, keys: Keys, rid: str) -> Result:
 
 
 def test_tasks_go_to_their_first_model_and_pins_to_the_pinned_one(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     router = Router(r, toy_catalog, settings)
     router.setup()
     keys = router.keys
@@ -59,7 +62,8 @@ def test_tasks_go_to_their_first_model_and_pins_to_the_pinned_one(
 
 
 def test_unroutable_and_expired_requests_get_results_not_silence(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     router = Router(r, toy_catalog, settings)
     router.setup()
     keys = router.keys
@@ -67,15 +71,18 @@ def test_unroutable_and_expired_requests_get_results_not_silence(
     put(r, keys, hdr("u2", model="nope"))
     put(r, keys, hdr("late", task="toy", deadline=now_ms() - 1))
     router.step(block_ms=None)
-    assert result(r, keys, "u1").error == {"code": "unknown_task",
-                                           "message": "task 'nope' is not in the catalog"}
+    assert result(r, keys, "u1").error == {
+        "code": "unknown_task",
+        "message": "task 'nope' is not in the catalog",
+    }
     assert result(r, keys, "u2").error["code"] == "unknown_model"  # type: ignore[index]
     assert result(r, keys, "late").status == "expired"
     assert r.xlen(keys.model_stream("toy-small")) == 0
 
 
 def test_broken_entries_are_dead_lettered_and_answered_when_the_id_is_readable(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     router = Router(r, toy_catalog, settings)
     router.setup()
     keys = router.keys
@@ -92,7 +99,8 @@ def test_broken_entries_are_dead_lettered_and_answered_when_the_id_is_readable(
 
 
 def test_routers_share_the_work_and_reclaim_a_dead_routers_entries(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     fast = replace(settings, visibility_timeout_ms=100, router_batch=10)
     one, two = Router(r, toy_catalog, fast, "r1"), Router(r, toy_catalog, fast, "r2")
     one.setup()
@@ -106,8 +114,16 @@ def test_routers_share_the_work_and_reclaim_a_dead_routers_entries(
     assert one.step(None) == 10
     assert two.step(None) == 10
     assert r.xlen(keys.model_stream("toy-small")) == 20
-    r.execute_command("XCLAIM", keys.ingress, keynames.ROUTER_GROUP, "dead", 0,
-                      *[eid for _, (eid, _) in dead], "IDLE", 10_000)  # age them
+    r.execute_command(
+        "XCLAIM",
+        keys.ingress,
+        keynames.ROUTER_GROUP,
+        "dead",
+        0,
+        *[eid for _, (eid, _) in dead],
+        "IDLE",
+        10_000,
+    )  # age them
     one._next_reclaim = 0.0
     one.step(None)
     ids = sorted(h.id for h, _ in routed(r, keys, "toy-small"))
@@ -116,7 +132,8 @@ def test_routers_share_the_work_and_reclaim_a_dead_routers_entries(
 
 
 def test_acknowledged_ingress_entries_are_trimmed_and_unread_ones_kept(
-        r: redis.Redis, settings: Settings, toy_catalog: Catalog) -> None:
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
     router = Router(r, toy_catalog, replace(settings, router_batch=5))
     router.setup()
     keys = router.keys

@@ -7,8 +7,20 @@ import pytest
 from cascadeq import wire
 from cascadeq.messages import Header, Result
 
-DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-          "float16", "float32", "float64"]
+DTYPES = [
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -85,9 +97,15 @@ def test_header_round_trip_and_validation() -> None:
 
 
 def test_result_round_trip_keeps_arrays() -> None:
-    res = Result(id="r1", status="ok", outputs={"p": np.eye(2, dtype=np.float32)}, model="m",
-                 path=[{"model": "m", "confidence": 0.9}], timings={"total_ms": 1.5},
-                 batch_size=4)
+    res = Result(
+        id="r1",
+        status="ok",
+        outputs={"p": np.eye(2, dtype=np.float32)},
+        model="m",
+        path=[{"model": "m", "confidence": 0.9}],
+        timings={"total_ms": 1.5},
+        batch_size=4,
+    )
     back = Result.loads(res.dumps())
     np.testing.assert_array_equal(back.outputs["p"], res.outputs["p"])
     assert back.path == res.path

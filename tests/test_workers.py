@@ -30,12 +30,16 @@ def with_threshold(catalog: Catalog, threshold: float) -> Catalog:
     return replace(catalog, tasks={"digits": replace(task, cascade=stages)})
 
 
-def enqueue(r: redis.Redis, keys: Keys, model: str, rid: str, x: np.ndarray,
-            **header: object) -> None:
-    h = Header(id=rid, submitted_at=now_ms(), trace=[{"model": model, "rule": "test"}],
-               **header)  # type: ignore[arg-type]
-    r.xadd(keys.model_stream(model), {HEADER_FIELD: h.dumps(),
-                                      INPUTS_FIELD: wire.dumps_inputs({"input": x})})
+def enqueue(
+    r: redis.Redis, keys: Keys, stream_model: str, rid: str, x: np.ndarray, **header: object
+) -> None:
+    h = Header(
+        id=rid, submitted_at=now_ms(), trace=[{"model": stream_model, "rule": "test"}], **header
+    )  # type: ignore[arg-type]
+    r.xadd(
+        keys.model_stream(stream_model),
+        {HEADER_FIELD: h.dumps(), INPUTS_FIELD: wire.dumps_inputs({"input": x})},
+    )
 
 
 def result(r: redis.Redis, keys: Keys, rid: str) -> Result:
@@ -51,14 +55,14 @@ def drain(worker: ModelWorker) -> None:
 
 
 def test_confident_answers_are_final_with_path_timings_and_batch_size(
-        r: redis.Redis, settings: Settings, catalog: Catalog,
-        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = digits
     cat = with_threshold(catalog, 0.0)  # everything is confident enough
     worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
     keys = worker.keys
     for i in range(40):
-        enqueue(r, keys, "digits-small", f"q{i}", x[i:i + 1], task="digits")
+        enqueue(r, keys, "digits-small", f"q{i}", x[i : i + 1], task="digits")
     drain(worker)
     got = [result(r, keys, f"q{i}") for i in range(40)]
     assert all(g.ok and g.model == "digits-small" for g in got)
@@ -67,8 +71,7 @@ def test_confident_answers_are_final_with_path_timings_and_batch_size(
     first = got[0]
     assert first.path[0]["model"] == "digits-small"
     assert 0.0 < first.path[0]["confidence"] <= 1.0
-    assert set(first.timings) == {"route_ms", "queue_ms", "batch_wait_ms", "compute_ms",
-                                  "total_ms"}
+    assert set(first.timings) == {"route_ms", "queue_ms", "batch_wait_ms", "compute_ms", "total_ms"}
     assert first.timings["compute_ms"] > 0
     assert 1 <= first.batch_size <= cat.models["digits-small"].batching.max_batch
     assert sum(1 for g in got if g.batch_size > 1) > 0  # they really were batched
@@ -76,8 +79,8 @@ def test_confident_answers_are_final_with_path_timings_and_batch_size(
 
 
 def test_unsure_answers_escalate_to_the_next_model_and_finish_there(
-        r: redis.Redis, settings: Settings, catalog: Catalog,
-        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = digits
     cat = with_threshold(catalog, 1.0)  # nothing is confident enough
     small = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
@@ -97,8 +100,8 @@ def test_unsure_answers_escalate_to_the_next_model_and_finish_there(
 
 
 def test_bad_entries_get_error_results_and_the_batch_still_runs(
-        r: redis.Redis, settings: Settings, catalog: Catalog,
-        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = digits
     cat = with_threshold(catalog, 0.0)
     worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
@@ -116,8 +119,7 @@ def test_bad_entries_get_error_results_and_the_batch_still_runs(
     drain(worker)
     assert result(r, keys, "good1").ok
     assert result(r, keys, "good2").outputs["probabilities"].shape == (2, 10)
-    for rid, match in [("f64", "float32"), ("shape", "shape"), ("nan", "NaN"),
-                       ("garbled", "")]:
+    for rid, match in [("f64", "float32"), ("shape", "shape"), ("nan", "NaN"), ("garbled", "")]:
         bad = result(r, keys, rid)
         assert bad.status == "error"
         assert bad.error is not None
@@ -129,8 +131,8 @@ def test_bad_entries_get_error_results_and_the_batch_still_runs(
 
 
 def test_a_result_is_written_once_and_never_overwritten(
-        r: redis.Redis, settings: Settings, catalog: Catalog,
-        digits: tuple[np.ndarray, np.ndarray]) -> None:
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = digits
     cat = with_threshold(catalog, 0.0)
     worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")

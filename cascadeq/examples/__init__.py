@@ -1,0 +1,1 @@
+"""Example models for cascadeq; builders live in submodules so importing this needs no sklearn."""
