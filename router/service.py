@@ -8,7 +8,6 @@ which the first-write-wins result makes harmless.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import redis
@@ -47,8 +46,8 @@ class Router:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer or consumer_name("router")
         self.routed = 0
-        self._next_reclaim = 0.0
-        self._next_trim = 0.0
+        self.reclaim_clock = streams.Every(streams.reclaim_period(settings.visibility_timeout_ms))
+        self.trim_clock = streams.Every(settings.trim_every_s)
 
     def setup(self) -> None:
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
@@ -63,11 +62,7 @@ class Router:
 
     def step(self, block_ms: int | None) -> int:
         """One read-route-forward-ack cycle; returns how many entries it handled."""
-        now = time.monotonic()
-        handled = 0
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + max(0.1, self.settings.visibility_timeout_ms / 4000)
-            handled += self._reclaim()
+        handled = self._reclaim() if self.reclaim_clock.due() else 0
         got = streams.read_new(
             self.r,
             [self.keys.ingress],
@@ -77,8 +72,7 @@ class Router:
             block_ms,
         )
         handled += self.forward([entry for _, entry in got])
-        if now >= self._next_trim:
-            self._next_trim = now + self.settings.trim_every_s
+        if self.trim_clock.due():
             streams.trim_acknowledged(self.r, self.keys.ingress)
         return handled
 

@@ -110,7 +110,7 @@ def test_routers_share_the_work_and_reclaim_a_dead_routers_entries(
     # A router that read 10 entries and died before acking them.
     dead = streams.read_new(r, [keys.ingress], keynames.ROUTER_GROUP, "dead", 10, None)
     assert len(dead) == 10
-    one._next_reclaim = two._next_reclaim = float("inf")
+    one.reclaim_clock.next = two.reclaim_clock.next = float("inf")
     assert one.step(None) == 10
     assert two.step(None) == 10
     assert r.xlen(keys.model_stream("toy-small")) == 20
@@ -124,7 +124,7 @@ def test_routers_share_the_work_and_reclaim_a_dead_routers_entries(
         "IDLE",
         10_000,
     )  # age them
-    one._next_reclaim = 0.0
+    one.reclaim_clock.next = 0.0
     one.step(None)
     ids = sorted(h.id for h, _ in routed(r, keys, "toy-small"))
     assert ids == sorted(f"id{i}" for i in range(30))
@@ -139,7 +139,7 @@ def test_acknowledged_ingress_entries_are_trimmed_and_unread_ones_kept(
     keys = router.keys
     for i in range(12):
         put(r, keys, hdr(f"t{i}", task="toy"))
-    router._next_trim = float("inf")
+    router.trim_clock.next = float("inf")
     router.step(None)  # routes 5; 7 remain unread
     assert streams.trim_acknowledged(r, keys.ingress) == 5
     assert r.xlen(keys.ingress) == 7

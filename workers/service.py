@@ -52,7 +52,8 @@ class ModelWorker:
         self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
         self.batcher = Batcher(spec, self._read)
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
-        self._next_reclaim = 0.0
+        self.reclaim_clock = streams.Every(streams.reclaim_period(settings.visibility_timeout_ms))
+        self.trim_clock = streams.Every(settings.trim_every_s)
 
     def setup(self) -> None:
         for lane in self.lanes:
@@ -74,17 +75,17 @@ class ModelWorker:
         log.info("worker_stopped", model=self.spec.name, **self.stats)
 
     def step(self, block_ms: int | None) -> int:
-        handled = self._maybe_reclaim()
+        handled = self._reclaim() if self.reclaim_clock.due() else 0
         batch = self.batcher.collect(block_ms)
         if batch:
             self.process(batch)
+        if self.trim_clock.due():
+            for lane in self.lanes:
+                streams.trim_acknowledged(self.r, lane)
         return handled + len(batch)
 
-    def _maybe_reclaim(self) -> int:
-        now = time.monotonic()
-        if now < self._next_reclaim:
-            return 0
-        self._next_reclaim = now + max(0.1, self.settings.visibility_timeout_ms / 4000)
+    def _reclaim(self) -> int:
+        """Take over entries a crashed consumer held; they join the next batches."""
         handled = 0
         for lane in self.lanes:
             found = streams.reclaim(
@@ -96,26 +97,21 @@ class ModelWorker:
                 max_deliveries=self.settings.max_deliveries,
             )
             read_at = now_ms()
-            batch: list[Item | Bad] = [decode(lane, e, self.spec, read_at) for e in found.entries]
-            batch += [
-                Bad(
-                    lane,
-                    eid,
-                    fields,
-                    "dead_letter",
-                    f"delivered {count} times without an answer; dead-lettered",
-                )
-                for (eid, fields), count in found.poison
+            self.batcher.carry += [decode(lane, e, self.spec, read_at) for e in found.entries]
+            poison: list[Item | Bad] = [
+                Bad(lane, eid, fields, "dead_letter", f"delivered {n} times; dead-lettered")
+                for (eid, fields), n in found.poison
             ]
-            if batch:
+            if poison:
+                self.process(poison)
+            if found.entries or poison:
                 log.info(
                     "reclaimed",
                     model=self.spec.name,
                     entries=len(found.entries),
-                    poison=len(found.poison),
+                    poison=len(poison),
                 )
-                self.process(batch)
-                handled += len(batch)
+            handled += len(found.entries) + len(poison)
         return handled
 
     def process(self, batch: list[Item | Bad]) -> None:
