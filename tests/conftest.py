@@ -15,6 +15,7 @@ import redis
 
 from cascadeq.catalog import Catalog
 from cascadeq.embedded import EmbeddedRedis
+from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 
 
@@ -78,3 +79,22 @@ cascade = [{ model = "toy-small", threshold = 0.9 }, { model = "toy-large" }]
 def toy_catalog() -> Catalog:
     """A catalog for roles that never open the model files (producer, router)."""
     return Catalog.loads(TOY_CATALOG, source="toy/catalog.toml", check_files=False)
+
+
+@pytest.fixture
+def env(settings: Settings, digits_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": str(settings.redis_url),
+        "CASCADEQ_CATALOG": str(digits_dir / "catalog.toml"),
+        "CASCADEQ_PREFIX": settings.prefix,
+        "CASCADEQ_LOG_LEVEL": "warning",
+        "CASCADEQ_BLOCK_MS": "200",
+    }
+
+
+@pytest.fixture
+def group(env: dict[str, str]) -> Iterator[ProcessGroup]:
+    procs = ProcessGroup(env)
+    yield procs
+    procs.stop()

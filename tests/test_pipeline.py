@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import redis
 
 from cascadeq import keys as keynames
@@ -19,25 +16,6 @@ from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
 from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 from producer import Producer, Request
-
-
-@pytest.fixture
-def env(settings: Settings, digits_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDIS_URL": str(settings.redis_url),
-        "CASCADEQ_CATALOG": str(digits_dir / "catalog.toml"),
-        "CASCADEQ_PREFIX": settings.prefix,
-        "CASCADEQ_LOG_LEVEL": "warning",
-        "CASCADEQ_BLOCK_MS": "200",
-    }
-
-
-@pytest.fixture
-def group(env: dict[str, str]) -> Iterator[ProcessGroup]:
-    procs = ProcessGroup(env)
-    yield procs
-    procs.stop()
 
 
 def consumers(r: redis.Redis, stream: str) -> dict[str, int]:

@@ -144,3 +144,41 @@ def test_a_result_is_written_once_and_never_overwritten(
     drain(worker)
     assert r.get(keys.result("dup")) == first
     assert 0 < r.ttl(keys.result("dup")) <= settings.result_ttl_s
+
+
+def test_a_catalog_that_does_not_match_the_onnx_file_fails_at_load(catalog: Catalog) -> None:
+    from workers import ModelLoadError, OnnxRunner
+
+    spec = catalog.models["digits-small"]
+    renamed = replace(spec, inputs=(replace(spec.inputs[0], name="pixels"),))
+    with pytest.raises(ModelLoadError, match=r"declares inputs \['pixels'\]"):
+        OnnxRunner(renamed)
+    with pytest.raises(ModelLoadError, match="output 'logits' is not in"):
+        OnnxRunner(replace(spec, output="logits"))
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_with_an_error_result(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits
+    fast = replace(settings, visibility_timeout_ms=1, max_deliveries=2)
+    worker = ModelWorker(r, catalog, catalog.models["digits-small"], fast, "survivor")
+    worker.setup()
+    keys = worker.keys
+    stream = keys.model_stream("digits-small")
+    enqueue(r, keys, "digits-small", "poison", x[:1], task="digits")
+    # Consumer c1 took it and died; c2 claimed it and died too: two deliveries.
+    r.xreadgroup(keynames.WORKER_GROUP, "c1", {stream: ">"})
+    eid = r.xrange(stream)[0][0]
+    r.execute_command("XCLAIM", stream, keynames.WORKER_GROUP, "c2", 0, eid, "IDLE", 10_000)
+    entry = r.xpending_range(stream, keynames.WORKER_GROUP, "-", "+", 10)[0]
+    assert entry["times_delivered"] == 2
+    worker.step(block_ms=None)
+    got = result(r, keys, "poison")
+    assert got.status == "error"
+    assert got.error is not None
+    assert got.error["code"] == "dead_letter"
+    [(_, dead)] = r.xrange(keys.dead_letter)
+    assert dead[b"code"] == b"dead_letter"
+    assert dead[b"stream"] == stream.encode()
+    assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0

@@ -1,0 +1,39 @@
+"""`cascadeq demo --json` as a user runs it: its own Redis, the live system, one JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(digits_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
+    proc = subprocess.run(
+        [sys.executable, "-m", "cascadeq.cli", "demo", "--json", "--models-dir", str(digits_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        row["strategy"]: row for row in json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
+    }
+    assert list(rows) == ["small-only", "large-only", "cascade"]
+    n = rows["cascade"]["requests"]
+    assert n == len(np.load(digits_dir / "digits_test.npz")["y"])
+    assert all(row["errors"] == 0 and row["requests"] == n for row in rows.values())
+    assert rows["small-only"]["large_calls"] == 0
+    assert rows["large-only"]["large_share"] == 1.0
+    assert rows["large-only"]["relative_cost"] == 1.0
+    cascade, large = rows["cascade"], rows["large-only"]
+    assert cascade["accuracy"] >= large["accuracy"] - 0.005
+    assert cascade["large_share"] <= 0.35
+    assert cascade["relative_cost"] < 0.5
+    assert "strategy" in proc.stdout  # the human table comes first

@@ -1,0 +1,50 @@
+"""`cascadeq submit` and `cascadeq result`, run as a person at a shell would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cascadeq.process import ProcessGroup
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cascadeq.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_submit_wait_and_result_from_the_shell(
+    env: dict[str, str], group: ProcessGroup, digits_dir: Path, tmp_path: Path
+) -> None:
+    x = np.load(digits_dir / "digits_test.npz")["X"][:2]
+    np.save(tmp_path / "x.npy", x)
+    group.spawn("router")
+    group.spawn("worker")
+    waited = cli(
+        env, "submit", "--task", "digits", "--input", f"input={tmp_path / 'x.npy'}", "--wait", "60"
+    )
+    assert waited.returncode == 0, waited.stderr
+    answer = json.loads(waited.stdout)
+    assert answer["status"] == "ok"
+    assert np.array(answer["outputs"]["probabilities"]).shape == (2, 10)
+    rid = cli(
+        env, "submit", "--model", "digits-small", "--input", f"input={tmp_path / 'x.npy'}"
+    ).stdout.strip()
+    polled = cli(env, "result", rid, "--wait", "60")
+    assert polled.returncode == 0, polled.stderr
+    assert json.loads(polled.stdout)["model"] == "digits-small"
+    refused = cli(env, "submit", "--task", "nope", "--input", f"input={tmp_path / 'x.npy'}")
+    assert refused.returncode == 3
+    assert "unknown_task" in refused.stderr
+    unknown = cli(env, "result", "no-such-id")
+    assert unknown.returncode == 5
