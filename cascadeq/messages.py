@@ -7,7 +7,7 @@ and ``x`` (the tensors, encoded once by the producer and passed through untouche
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,8 @@ class Header:
     routed_at: float | None = None
 
     def dumps(self) -> bytes:
-        return wire.dumps(asdict(self))
+        # Not dataclasses.asdict: it deep-copies the trace, and this runs once per hop.
+        return wire.dumps({name: getattr(self, name) for name in _HEADER_FIELDS})
 
     @classmethod
     def loads(cls, data: bytes) -> Header:
@@ -60,6 +61,8 @@ class Header:
         _check_types(header)
         return header
 
+
+_HEADER_FIELDS = tuple(f.name for f in fields(Header))
 
 _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "task": (str, type(None)),
