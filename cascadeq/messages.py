@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cascadeq import wire
-from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id
+from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id, check_name
 
 HEADER_FIELD = b"h"
 INPUTS_FIELD = b"x"
@@ -79,6 +79,10 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+MAX_HOPS = 16
+_HOP_TEXT = frozenset({"model", "rule"})
+
+
 def _check_types(header: Header) -> None:
     for name, types in _HEADER_TYPES.items():
         value = getattr(header, name)
@@ -88,6 +92,28 @@ def _check_types(header: Header) -> None:
         raise wire.WireError("header names neither a task nor a model")
     if header.reply_to is not None:
         check_id(header.reply_to)
+    for kind in ("tier", "priority"):
+        check_name(kind, getattr(header, kind))
+    if not (0 <= header.attempt <= MAX_HOPS and 0 <= header.stage <= MAX_HOPS):
+        raise wire.WireError(f"header attempt/stage must be within 0..{MAX_HOPS}")
+    _check_trace(header.trace)
+
+
+def _check_trace(trace: list[Any]) -> None:
+    """Hops are written by routers and workers; a client's forgery must not crash them."""
+    if len(trace) > MAX_HOPS:
+        raise wire.WireError(f"header trace has {len(trace)} hops, more than {MAX_HOPS}")
+    for hop in trace:
+        if not isinstance(hop, dict):
+            raise wire.WireError("header trace hops must be maps")
+        for key, value in hop.items():
+            ok = (
+                isinstance(value, str | None)
+                if key in _HOP_TEXT
+                else isinstance(value, int | float | None) and not isinstance(value, bool)
+            )
+            if not isinstance(key, str) or not ok:
+                raise wire.WireError(f"header trace hop field {key!r} has a wrong type")
 
 
 @dataclass

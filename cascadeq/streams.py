@@ -99,7 +99,8 @@ def trim_acknowledged(r: redis.Redis, stream: str) -> int:
         candidate = (ms, seq + 1)
         if int(g["pending"]) > 0:
             summary = r.xpending(stream, g["name"])
-            candidate = min(candidate, _parse_id(summary["min"]))
+            if summary["min"] is not None:  # None: acknowledged since XINFO looked
+                candidate = min(candidate, _parse_id(summary["min"]))
         floor = candidate if floor is None else min(floor, candidate)
     assert floor is not None
     return int(r.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))

@@ -151,6 +151,8 @@ def loads_inputs(data: bytes) -> dict[str, np.ndarray]:
     """Decode a request's tensors: a map of input name to array."""
     obj = loads_map(data, "inputs")
     for name, value in obj.items():
+        if not isinstance(name, str):
+            raise WireError(f"input name {name!r} is not a string")
         if not isinstance(value, np.ndarray):
             raise WireError(f"input {name!r} is {type(value).__name__}, not an array")
     return obj

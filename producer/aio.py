@@ -20,8 +20,8 @@ from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
 from producer.client import MGET_CHUNK
-from producer.errors import Rejected, RequestFailed, Timeout
-from producer.inbox import Inbox
+from producer.errors import Rejected, RequestFailed
+from producer.inbox import Inbox, collect
 from producer.requests import (
     SUBMIT_CHUNK,
     SUBMIT_SCRIPT,
@@ -70,7 +70,6 @@ class AsyncProducer:
         return (await self.submit_many([req]))[0]
 
     async def submit_many(self, requests: Iterable[Request]) -> list[str]:
-        self._ensure_listener()
         catalog = await self.catalog()
         prepared = []
         for req in requests:
@@ -87,7 +86,7 @@ class AsyncProducer:
                 self.keys.ingress,
                 *submit_args(chunk, self.settings.ingress_max_depth),
             )
-            check_admitted(reply, len(chunk), self.settings.ingress_max_depth)
+            check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
         return [p.id for p in prepared]
 
     async def catalog(self, refresh: bool = False) -> Catalog:
@@ -109,6 +108,9 @@ class AsyncProducer:
         return self._catalog
 
     async def result(self, request_id: str) -> Result | None:
+        buffered = self._inbox.take(request_id)
+        if buffered is not None:
+            return buffered
         raw = await self.redis.get(self.keys.result(request_id))
         return None if raw is None else Result.loads(raw)  # type: ignore[arg-type]
 
@@ -121,21 +123,14 @@ class AsyncProducer:
     async def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
         self._ensure_listener()
         futures, ready = self._inbox.register(list(request_ids))
-        await self._fetch_stored(list(futures))
-        pending = [asyncio.wrap_future(f) for f in futures.values() if not f.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
-        done = dict(ready)
-        done.update({rid: f.result() for rid, f in futures.items() if f.done()})
-        missing = [rid for rid in request_ids if rid not in done]
-        if missing:
-            self._inbox.forget(missing)
-            raise Timeout(
-                f"{len(missing)} of {len(request_ids)} results did not arrive within {timeout}s",
-                done=done,
-                missing=missing,
-            )
-        return [done[rid] for rid in request_ids]
+        try:
+            await self._fetch_stored(list(futures))
+            pending = [asyncio.wrap_future(f) for f in futures.values() if not f.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=timeout)
+            return collect(list(request_ids), futures, ready, timeout)
+        finally:
+            self._inbox.release(list(futures))
 
     async def _fetch_stored(self, ids: list[str]) -> None:
         for start in range(0, len(ids), MGET_CHUNK):
@@ -157,11 +152,9 @@ class AsyncProducer:
                 await pubsub.subscribe(channel)
                 async for msg in pubsub.listen():
                     backoff = 0.05
-                    if msg["type"] == "subscribe":
+                    if self._inbox.on_message(msg):
                         await self._fetch_stored(self._inbox.outstanding())
-                    elif msg["type"] == "message":
-                        self._inbox.deliver(Result.loads(msg["data"]))
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
                 log.warning("reply_channel_lost", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

@@ -20,8 +20,8 @@ from cascadeq.keys import DEFAULT_LANE, Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.errors import Rejected, RequestFailed, Timeout
-from producer.inbox import Inbox
+from producer.errors import Rejected, RequestFailed
+from producer.inbox import Inbox, collect
 from producer.requests import (
     SUBMIT_CHUNK,
     SUBMIT_SCRIPT,
@@ -80,8 +80,10 @@ class Producer:
         return self.submit_many([req])[0]
 
     def submit_many(self, requests: Iterable[Request]) -> list[str]:
-        """Queue many in one round trip per chunk; a refused chunk raises Rejected."""
-        self._ensure_listener()
+        """Queue many in one round trip per chunk; a refused chunk raises Rejected.
+
+        Chunks before a refused one stay queued: their ids are in ``Rejected.accepted``.
+        """
         prepared = [self._prepare(req) for req in requests]
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
@@ -91,7 +93,7 @@ class Producer:
                 self.keys.ingress,
                 *submit_args(chunk, self.settings.ingress_max_depth),
             )
-            check_admitted(reply, len(chunk), self.settings.ingress_max_depth)
+            check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
         return [p.id for p in prepared]
 
     def _prepare(self, req: Request) -> Prepared:
@@ -125,6 +127,9 @@ class Producer:
 
     def result(self, request_id: str) -> Result | None:
         """The result if it is there, else None; never blocks."""
+        buffered = self._inbox.take(request_id)
+        if buffered is not None:
+            return buffered
         raw = self.redis.get(self.keys.result(request_id))
         return None if raw is None else Result.loads(raw)  # type: ignore[arg-type]
 
@@ -139,21 +144,14 @@ class Producer:
         """Results in the order of ``request_ids``; raises Timeout naming what is missing."""
         self._ensure_listener()
         futures, ready = self._inbox.register(list(request_ids))
-        self._fetch_stored(list(futures))
-        pending = [f for f in futures.values() if not f.done()]
-        if pending:
-            wait_futures(pending, timeout=timeout, return_when=FIRST_EXCEPTION)
-        done = dict(ready)
-        done.update({rid: f.result() for rid, f in futures.items() if f.done()})
-        missing = [rid for rid in request_ids if rid not in done]
-        if missing:
-            self._inbox.forget(missing)
-            raise Timeout(
-                f"{len(missing)} of {len(request_ids)} results did not arrive within {timeout}s",
-                done=done,
-                missing=missing,
-            )
-        return [done[rid] for rid in request_ids]
+        try:
+            self._fetch_stored(list(futures))
+            pending = [f for f in futures.values() if not f.done()]
+            if pending:
+                wait_futures(pending, timeout=timeout, return_when=FIRST_EXCEPTION)
+            return collect(list(request_ids), futures, ready, timeout)
+        finally:
+            self._inbox.release(list(futures))
 
     def _fetch_stored(self, ids: list[str]) -> None:
         """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
@@ -182,18 +180,13 @@ class Producer:
                 if not pubsub.subscribed:
                     pubsub.subscribe(channel)
                 msg = pubsub.get_message(timeout=1.0)  # blocks on the socket
+                if msg is not None and self._inbox.on_message(msg):
+                    self._fetch_stored(self._inbox.outstanding())  # what the gap missed
                 backoff = 0.05
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
                 log.warning("reply_channel_lost", error=str(exc), retry_in=backoff)
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            if msg is None:
-                continue
-            if msg["type"] == "subscribe":  # (re)subscribed: catch what the gap missed
-                self._fetch_stored(self._inbox.outstanding())
-            elif msg["type"] == "message" and msg["data"]:
-                self._inbox.deliver(Result.loads(msg["data"]))
         pubsub.close()
 
     def close(self) -> None:

@@ -12,9 +12,12 @@ class CascadeqError(Exception):
 class Rejected(CascadeqError):
     """The request was refused at submit and was not queued."""
 
-    def __init__(self, reason: str, code: str = "rejected") -> None:
+    def __init__(
+        self, reason: str, code: str = "rejected", accepted: list[str] | None = None
+    ) -> None:
         super().__init__(reason)
         self.code = code
+        self.accepted = accepted or []  # submit_many: ids queued before the refusal
 
 
 class Timeout(CascadeqError):

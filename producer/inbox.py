@@ -3,6 +3,7 @@
 The listener hands in every result published on the client's reply channel; a waiter
 registers a future first and then looks in Redis, so a result is never missed:
 it is either already stored, or its publication reaches the registered future.
+Several waiters may wait on one id; the future lives until the last of them leaves.
 """
 
 from __future__ import annotations
@@ -10,21 +11,27 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
+from typing import Any
 
+from cascadeq.log import get_logger
 from cascadeq.messages import Result
+from cascadeq.wire import WireError
+from producer.errors import Timeout
 
-UNCLAIMED_CAP = 100_000
+UNCLAIMED_CAP = 10_000
+log = get_logger("cascadeq.producer")
 
 
 class Inbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._futures: dict[str, Future[Result]] = {}
+        self._waiters: dict[str, int] = {}
         self._unclaimed: OrderedDict[str, Result] = OrderedDict()
 
     def deliver(self, result: Result) -> None:
         with self._lock:
-            fut = self._futures.pop(result.id, None)
+            fut = self._futures.get(result.id)
             if fut is None:
                 self._unclaimed[result.id] = result
                 if len(self._unclaimed) > UNCLAIMED_CAP:
@@ -39,17 +46,61 @@ class Inbox:
         ready: dict[str, Result] = {}
         with self._lock:
             for rid in ids:
+                if rid in ready or rid in futures:
+                    continue
                 if rid in self._unclaimed:
                     ready[rid] = self._unclaimed.pop(rid)
                 else:
                     futures[rid] = self._futures.setdefault(rid, Future())
+                    self._waiters[rid] = self._waiters.get(rid, 0) + 1
         return futures, ready
 
-    def forget(self, ids: list[str]) -> None:
+    def release(self, ids: list[str]) -> None:
+        """A waiter is done with these ids (answered or timed out)."""
         with self._lock:
-            for rid in ids:
+            for rid in dict.fromkeys(ids):
+                left = self._waiters.get(rid, 0) - 1
+                if left > 0:
+                    self._waiters[rid] = left
+                    continue
+                self._waiters.pop(rid, None)
                 self._futures.pop(rid, None)
+
+    def take(self, rid: str) -> Result | None:
+        """A buffered result for a poller, consumed."""
+        with self._lock:
+            return self._unclaimed.pop(rid, None)
+
+    def on_message(self, msg: dict[str, Any]) -> bool:
+        """Handle one pub/sub message; True means (re)subscribed, so re-read stored results."""
+        if msg["type"] == "subscribe":
+            return True
+        if msg["type"] == "message" and msg["data"]:
+            try:
+                self.deliver(Result.loads(msg["data"]))
+            except WireError as exc:  # a stray publish must not stop the listener
+                log.warning("reply_dropped", error=str(exc))
+        return False
 
     def outstanding(self) -> list[str]:
         with self._lock:
             return list(self._futures)
+
+
+def collect(
+    request_ids: list[str],
+    futures: dict[str, Future[Result]],
+    ready: dict[str, Result],
+    timeout: float,
+) -> list[Result]:
+    """Results in request order, or Timeout naming what is missing and what arrived."""
+    done = dict(ready)
+    done.update({rid: f.result() for rid, f in futures.items() if f.done()})
+    missing = [rid for rid in request_ids if rid not in done]
+    if missing:
+        raise Timeout(
+            f"{len(missing)} of {len(request_ids)} results did not arrive within {timeout}s",
+            done=done,
+            missing=missing,
+        )
+    return [done[rid] for rid in request_ids]

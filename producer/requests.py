@@ -14,7 +14,7 @@ import numpy as np
 
 from cascadeq import wire
 from cascadeq.catalog import Catalog, InputError
-from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id
+from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id, check_name
 from cascadeq.messages import Header, now_ms
 from cascadeq.settings import Settings
 from producer.errors import Rejected
@@ -66,6 +66,11 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
         check_id(rid)
     except InvalidName as exc:
         raise Rejected(str(exc), "bad_id") from exc
+    try:
+        check_name("tier", req.tier)
+        check_name("priority", req.priority)
+    except InvalidName as exc:
+        raise Rejected(str(exc), "bad_request") from exc
     if req.deadline_ms is not None and not req.deadline_ms > 0:
         raise Rejected(f"deadline_ms must be positive, got {req.deadline_ms}", "bad_deadline")
     submitted = now_ms()
@@ -126,13 +131,14 @@ def submit_args(chunk: list[Prepared], max_depth: int) -> list[Any]:
     return args
 
 
-def check_admitted(reply: Any, count: int, max_depth: int) -> None:
+def check_admitted(reply: Any, before: list[Prepared], count: int, max_depth: int) -> None:
     accepted, depth = int(reply[0]), int(reply[1])
     if not accepted:
         raise Rejected(
             f"ingress queue is full: {depth} entries queued, bound {max_depth}; "
             f"{count} request(s) not queued, retry later",
             "queue_full",
+            accepted=[p.id for p in before],
         )
 
 

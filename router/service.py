@@ -15,6 +15,7 @@ import redis
 from cascadeq import keys as keynames
 from cascadeq import results, streams, wire
 from cascadeq.catalog import Catalog
+from cascadeq.effects import Effects
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import (
@@ -86,27 +87,23 @@ class Router:
             max_deliveries=self.settings.max_deliveries,
         )
         if found.poison:
-            pipe = self.r.pipeline(transaction=False)
+            effects = Effects(self.r, keynames.ROUTER_GROUP)
             for (eid, fields), count in found.poison:
-                self._fail(
-                    pipe,
-                    eid,
-                    fields,
-                    "dead_letter",
-                    f"routing failed {count} times; moved to the dead-letter stream",
-                )
-            pipe.xack(self.keys.ingress, keynames.ROUTER_GROUP, *[e[0] for e, _ in found.poison])
-            pipe.execute()
+                reason = f"routing failed {count} times; moved to the dead-letter stream"
+                with effects.entry(self.keys.ingress, eid) as pipe:
+                    self._fail(pipe, eid, fields, "dead_letter", reason)
+            effects.commit()
         return self.forward(found.entries) + len(found.poison)
 
     def forward(self, entries: list[streams.Entry]) -> int:
+        """Route a batch: one pipeline of effects, then one of acks."""
         if not entries:
             return 0
-        pipe = self.r.pipeline(transaction=False)
+        effects = Effects(self.r, keynames.ROUTER_GROUP)
         for eid, fields in entries:
-            self._route_one(pipe, eid, fields)
-        pipe.xack(self.keys.ingress, keynames.ROUTER_GROUP, *[eid for eid, _ in entries])
-        pipe.execute()
+            with effects.entry(self.keys.ingress, eid) as pipe:
+                self._route_one(pipe, eid, fields)
+        effects.commit()
         self.routed += len(entries)
         return len(entries)
 
@@ -114,6 +111,12 @@ class Router:
         raw_header, inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
         if raw_header is None or inputs is None:
             self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
+            return
+        size = len(raw_header) + len(inputs)
+        if size > self.settings.max_payload_bytes:
+            limit = self.settings.max_payload_bytes
+            reason = f"entry of {size} bytes exceeds {limit}"
+            self._fail(pipe, eid, {HEADER_FIELD: raw_header}, "too_large", reason)
             return
         try:
             header = Header.loads(raw_header)
@@ -139,8 +142,8 @@ class Router:
 
     def _fail(self, pipe: Any, eid: bytes, fields: streams.Fields, code: str, message: str) -> None:
         """Answer what can be answered, and keep the raw entry for an operator."""
-        log.warning("entry_refused", entry=eid.decode(), code=code, reason=message)
         rid, reply_to = salvage_id(fields.get(HEADER_FIELD))
+        log.warning("entry_refused", entry=eid.decode(), request_id=rid, code=code, reason=message)
         if rid is not None:
             results.queue_result(
                 pipe,

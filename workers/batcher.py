@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cascadeq import wire
-from cascadeq.catalog import InputError, ModelSpec
+from cascadeq.catalog import ModelSpec
 from cascadeq.keys import InvalidName
 from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
 from cascadeq.streams import Entry, Fields
@@ -51,11 +51,17 @@ class Bad:
     header: Header | None = None
 
 
-def decode(stream: str, entry: Entry, spec: ModelSpec, read_at: float) -> Item | Bad:
+def decode(
+    stream: str, entry: Entry, spec: ModelSpec, read_at: float, max_bytes: int
+) -> Item | Bad:
     eid, fields = entry
     raw_header, raw_inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
     if raw_header is None or raw_inputs is None:
         return Bad(stream, eid, fields, "bad_payload", "entry lacks the h or x field")
+    if len(raw_header) + len(raw_inputs) > max_bytes:
+        size = len(raw_header) + len(raw_inputs)
+        message = f"entry of {size} bytes exceeds {max_bytes}"
+        return Bad(stream, eid, {HEADER_FIELD: raw_header}, "too_large", message)
     try:
         header = Header.loads(raw_header)
     except (wire.WireError, InvalidName) as exc:
@@ -63,7 +69,7 @@ def decode(stream: str, entry: Entry, spec: ModelSpec, read_at: float) -> Item |
     try:
         inputs = wire.loads_inputs(raw_inputs)
         samples = spec.check_inputs(inputs)
-    except (wire.WireError, InputError) as exc:
+    except (ValueError, TypeError) as exc:  # WireError and InputError are ValueErrors
         return Bad(stream, eid, fields, "bad_input", str(exc), header)
     return Item(stream, eid, header, inputs, raw_inputs, samples, read_at)
 
@@ -74,6 +80,7 @@ class Batcher:
 
     spec: ModelSpec
     read: Reader
+    max_bytes: int = 8 * 1024 * 1024
     carry: list[Item | Bad] = field(default_factory=list)
 
     def collect(self, block_ms: int | None) -> list[Item | Bad]:
@@ -98,7 +105,7 @@ class Batcher:
     def _read(self, count: int, block_ms: int | None) -> tuple[list[Item | Bad], int]:
         got = self.read(count, block_ms)
         read_at = now_ms()
-        items = [decode(stream, entry, self.spec, read_at) for stream, entry in got]
+        items = [decode(stream, entry, self.spec, read_at, self.max_bytes) for stream, entry in got]
         return items, sum(i.samples for i in items if isinstance(i, Item))
 
     def _take_carry(self) -> tuple[list[Item | Bad], int]:

@@ -16,6 +16,7 @@ import redis
 from cascadeq import keys as keynames
 from cascadeq import results, streams
 from cascadeq.catalog import Catalog, ModelSpec
+from cascadeq.effects import Effects
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import (
@@ -50,7 +51,7 @@ class ModelWorker:
         self.consumer = consumer
         self.runner = runner or OnnxRunner(spec)
         self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
-        self.batcher = Batcher(spec, self._read)
+        self.batcher = Batcher(spec, self._read, settings.max_payload_bytes)
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
         self.reclaim_clock = streams.Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = streams.Every(settings.trim_every_s)
@@ -97,7 +98,10 @@ class ModelWorker:
                 max_deliveries=self.settings.max_deliveries,
             )
             read_at = now_ms()
-            self.batcher.carry += [decode(lane, e, self.spec, read_at) for e in found.entries]
+            self.batcher.carry += [
+                decode(lane, e, self.spec, read_at, self.settings.max_payload_bytes)
+                for e in found.entries
+            ]
             poison: list[Item | Bad] = [
                 Bad(lane, eid, fields, "dead_letter", f"delivered {n} times; dead-lettered")
                 for (eid, fields), n in found.poison
@@ -115,31 +119,26 @@ class ModelWorker:
         return handled
 
     def process(self, batch: list[Item | Bad]) -> None:
-        pipe = self.r.pipeline(transaction=False)
+        """Give every entry exactly one effect, then ack the ones whose effect landed."""
+        effects = Effects(self.r, keynames.WORKER_GROUP)
         runnable: list[Item] = []
         for item in batch:
             if isinstance(item, Bad):
-                self._fail(pipe, item)
+                with effects.entry(item.stream, item.entry_id) as pipe:
+                    self._fail(pipe, item)
             elif item.header.deadline is not None and item.header.deadline <= now_ms():
-                self._answer(
-                    pipe,
-                    item,
-                    error_result(
-                        item.header, "deadline", "deadline passed before compute", status=EXPIRED
-                    ),
+                expired = error_result(
+                    item.header, "deadline", "deadline passed before compute", status=EXPIRED
                 )
+                with effects.entry(item.stream, item.entry_id) as pipe:
+                    self._answer(pipe, item, expired)
             else:
                 runnable.append(item)
         if runnable:
-            self._run(pipe, runnable)
-        by_stream: dict[str, list[bytes]] = {}
-        for item in batch:
-            by_stream.setdefault(item.stream, []).append(item.entry_id)
-        for stream, ids in by_stream.items():
-            pipe.xack(stream, keynames.WORKER_GROUP, *ids)
-        pipe.execute()
+            self._run(effects, runnable)
+        effects.commit()
 
-    def _run(self, pipe: Any, items: list[Item]) -> None:
+    def _run(self, effects: Effects, items: list[Item]) -> None:
         samples = sum(i.samples for i in items)
         launched_at = now_ms()
         started = time.perf_counter()
@@ -148,21 +147,9 @@ class ModelWorker:
         except Exception as exc:  # noqa: BLE001 - isolate the entry that broke the batch
             if len(items) > 1:
                 for item in items:
-                    self._run(pipe, [item])
+                    self._run(effects, [item])
                 return
-            log.warning(
-                "compute_failed",
-                model=self.spec.name,
-                request_id=items[0].header.id,
-                error=str(exc),
-            )
-            self._answer(
-                pipe,
-                items[0],
-                error_result(
-                    items[0].header, "compute_failed", f"model {self.spec.name} failed: {exc}"
-                ),
-            )
+            self._crashed(effects, items[0], "compute_failed", exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
         self.stats["batches"] += 1
@@ -174,7 +161,23 @@ class ModelWorker:
             times = outcome.HopTimes(
                 item.read_at, item.enqueued_at, launched_at, compute_ms, samples
             )
-            self._settle(pipe, item, rows, times)
+            try:
+                with effects.entry(item.stream, item.entry_id) as pipe:
+                    self._settle(pipe, item, rows, times)
+            except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
+                self._crashed(effects, item, "internal", exc)
+
+    def _crashed(self, effects: Effects, item: Item, code: str, exc: Exception) -> None:
+        log.warning(
+            "request_failed",
+            model=self.spec.name,
+            request_id=item.header.id,
+            code=code,
+            error=repr(exc),
+        )
+        failed = error_result(item.header.id, code, f"model {self.spec.name}: {exc}")
+        with effects.entry(item.stream, item.entry_id) as pipe:
+            self._answer(pipe, item, failed)
 
     def _settle(self, pipe: Any, item: Item, rows: np.ndarray, times: outcome.HopTimes) -> None:
         header = item.header
@@ -206,13 +209,6 @@ class ModelWorker:
         self.stats["results"] += 1
 
     def _fail(self, pipe: Any, bad: Bad) -> None:
-        log.warning(
-            "entry_refused",
-            model=self.spec.name,
-            entry=bad.entry_id.decode(),
-            code=bad.code,
-            reason=bad.message,
-        )
         self.stats["errors"] += 1
         res: Result | None = None
         reply_to: str | None = None
@@ -222,6 +218,14 @@ class ModelWorker:
         else:
             rid, reply_to = salvage_id(bad.fields.get(HEADER_FIELD))
             res = error_result(rid, bad.code, bad.message) if rid else None
+        log.warning(
+            "entry_refused",
+            model=self.spec.name,
+            entry=bad.entry_id.decode(),
+            request_id=res.id if res else None,
+            code=bad.code,
+            reason=bad.message,
+        )
         if res is not None:
             results.queue_result(pipe, self.keys, res, reply_to, self.settings.result_ttl_s)
         results.queue_dead_letter(

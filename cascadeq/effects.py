@@ -1,0 +1,58 @@
+"""Effects first, acknowledgements after, and only for entries whose effects all landed.
+
+A non-transactional pipeline runs every command even when one is refused (out of
+memory, a script error), so the XACKs go in a second round trip, per batch, for the
+entries whose effects succeeded. The rest stay pending and are delivered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cascadeq.log import get_logger
+
+log = get_logger("cascadeq.effects")
+
+
+@dataclass
+class Effects:
+    r: redis.Redis
+    group: str
+    pipe: Any = None
+    _spans: list[tuple[str, bytes, int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pipe = self.r.pipeline(transaction=False)
+
+    @contextmanager
+    def entry(self, stream: str, entry_id: bytes) -> Iterator[Any]:
+        """Commands queued inside the block are this entry's effects."""
+        start = len(self.pipe)
+        yield self.pipe
+        self._spans.append((stream, entry_id, start, len(self.pipe)))
+
+    def commit(self) -> int:
+        """Run the effects, then ack what succeeded; returns how many entries failed."""
+        replies = self.pipe.execute(raise_on_error=False) if len(self.pipe) else []
+        done: dict[str, list[bytes]] = {}
+        failed = 0
+        for stream, entry_id, start, end in self._spans:
+            errors = [x for x in replies[start:end] if isinstance(x, Exception)]
+            if errors:
+                failed += 1
+                log.error(
+                    "effect_failed", stream=stream, entry=entry_id.decode(), error=str(errors[0])
+                )
+            else:
+                done.setdefault(stream, []).append(entry_id)
+        if done:
+            acks = self.r.pipeline(transaction=False)
+            for stream, ids in done.items():
+                acks.xack(stream, self.group, *ids)
+            acks.execute()
+        return failed
