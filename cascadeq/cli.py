@@ -57,7 +57,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         return run_replicas(_role_argv(args), args.replicas)
     stop = threading.Event()
     stop_on_signals(stop)
-    Router(connect(_require_url(settings)), catalog, settings).run(stop)
+    Router(connect(_require_url(settings), name="cq-router"), catalog, settings).run(stop)
     return 0
 
 
@@ -88,7 +88,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     url = _require_url(settings)
     consumer = consumer_name("worker")
     workers = [
-        ModelWorker(connect(url), catalog, catalog.models[name], settings, consumer)
+        ModelWorker(connect(url, name=f"cq-worker-{name}"), catalog, catalog.models[name], settings, consumer)
         for name in names
     ]
     run_threads([w.run for w in workers], stop)

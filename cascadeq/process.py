@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
+
+import redis
 
 from cascadeq.log import get_logger
 
@@ -54,21 +58,71 @@ def run_threads(loops: Sequence[Callable[[threading.Event], None]], stop: thread
         raise errors[0]
 
 
+def serve(
+    step: Callable[[], object], setup: Callable[[], None], stop: threading.Event, role: str
+) -> None:
+    """Run ``step`` until stopped; a Redis outage backs off and resumes, it does not kill."""
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            step()
+            backoff = 0.1
+        except redis.RedisError as exc:
+            log.warning("redis_unavailable", role=role, error=str(exc), retry_in=backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+            with contextlib.suppress(redis.RedisError):
+                setup()  # a Redis restarted without persistence has lost streams and groups
+
+
+CRASH_WINDOW_S = 5.0
+CRASH_LIMIT = 3
+
+
 def run_replicas(argv: Sequence[str], replicas: int) -> int:
-    """Start ``replicas`` copies of this command with --replicas 1; forward signals."""
+    """Keep ``replicas`` copies of this command running (with --replicas 1) until a signal.
+
+    A copy that dies is restarted; one that keeps dying within seconds of its start
+    (a broken model file, say) stops the whole group instead of looping forever.
+    """
     cmd = [sys.executable, "-m", "cascadeq.cli", *argv, "--replicas", "1"]
-    children = [subprocess.Popen(cmd) for _ in range(replicas)]
-    log.info("replicas_started", replicas=replicas, pids=[c.pid for c in children])
+    children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    stopping = threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        for child in children:
+        stopping.set()
+        for child, _ in children.values():
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
+
+    def start() -> None:
+        child = subprocess.Popen(cmd)
+        children[child.pid] = (child, time.monotonic())
+
+    for _ in range(replicas):
+        start()
+    log.info("replicas_started", replicas=replicas, pids=sorted(children))
+    worst, quick_crashes = 0, 0
+    while children:
+        pid, status = os.wait()  # blocks; resumes after a signal handler ran
+        if pid not in children:
+            continue
+        child, started = children.pop(pid)
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, abs(code))
+        if stopping.is_set():
+            continue
+        quick = code != 0 and time.monotonic() - started < CRASH_WINDOW_S
+        quick_crashes = quick_crashes + 1 if quick else 0
+        log.warning("replica_exited", pid=pid, code=code, restarting=quick_crashes < CRASH_LIMIT)
+        if quick_crashes >= CRASH_LIMIT:
+            forward(signal.SIGTERM, None)
+            continue
+        start()
+    return worst
 
 
 class ProcessGroup:

@@ -19,7 +19,7 @@ from cascadeq.keys import DEFAULT_LANE, Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.client import MGET_CHUNK
+from producer.client import MAX_CONNECTIONS, MGET_CHUNK
 from producer.errors import Rejected, RequestFailed
 from producer.inbox import Inbox, collect
 from producer.requests import (
@@ -47,9 +47,9 @@ class AsyncProducer:
         url = redis_url or self.settings.redis_url
         if not url:
             raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
-        self.redis = connect_async(url, max_connections=16)
-        self.keys = Keys(self.settings.prefix)
         self.client_id = uuid.uuid4().hex
+        self.redis = connect_async(url, max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}")
+        self.keys = Keys(self.settings.prefix)
         self._catalog = catalog
         self._catalog_checked = 0.0
         self._inbox = Inbox()

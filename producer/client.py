@@ -35,6 +35,7 @@ from producer.requests import (
 
 log = get_logger("cascadeq.producer")
 MGET_CHUNK = 1000
+MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection
 
 
 class Producer:
@@ -52,9 +53,11 @@ class Producer:
         url = redis_url or self.settings.redis_url
         if client is None and not url:
             raise ValueError("no Redis: pass redis_url=, client=, or set REDIS_URL")
-        self.redis = client if client is not None else connect(str(url), max_connections=16)
-        self.keys = Keys(self.settings.prefix)
         self.client_id = uuid.uuid4().hex
+        self.redis = client or connect(
+            str(url), max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}"
+        )
+        self.keys = Keys(self.settings.prefix)
         self._catalog = catalog
         self._catalog_checked = 0.0
         self._inbox = Inbox()

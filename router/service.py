@@ -27,7 +27,7 @@ from cascadeq.messages import (
     now_ms,
     salvage_id,
 )
-from cascadeq.process import consumer_name
+from cascadeq.process import consumer_name, serve
 from cascadeq.settings import Settings
 from router.policy import RouteError, choose
 
@@ -57,8 +57,7 @@ class Router:
     def run(self, stop: threading.Event) -> None:
         self.setup()
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
-        while not stop.is_set():
-            self.step(self.settings.block_ms)
+        serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "router")
         log.info("router_stopped", consumer=self.consumer, routed=self.routed)
 
     def step(self, block_ms: int | None) -> int:

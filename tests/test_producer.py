@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,22 +122,71 @@ def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings, toy_catalo
 def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
     r: redis.Redis, settings: Settings, toy_catalog: Catalog
 ) -> None:
+    from producer.client import MAX_CONNECTIONS
+
     with Producer(settings=settings, catalog=toy_catalog) as client:
         ids = client.submit_many([Request(X, task="toy") for _ in range(10_000)])
         before_arrival = ids[:100]  # stored before anyone waits: found by the first MGET
         write_results(r, settings, client.client_id, before_arrival)
+        seen: list[int] = []
 
         def late() -> None:
             for start in range(100, len(ids), 1000):
                 write_results(r, settings, client.client_id, ids[start : start + 1000])
+                seen.append(sum(1 for c in r.client_list() if c["name"].endswith(client.client_id)))
 
         writer = threading.Thread(target=late)
         writer.start()
         got = client.wait_many(ids, timeout=60)
         writer.join()
         assert [g.id for g in got] == ids
-        names = [c.get("name", "") for c in r.client_list()]
-        assert len(names) <= 1 + 16 + 1  # this test's client, the pool bound, the listener
+        assert seen
+        assert max(seen) <= MAX_CONNECTIONS + 1  # the pool, plus the one pub/sub connection
+        subscriber = [
+            c
+            for c in r.client_list()
+            if c["name"].endswith(client.client_id) and int(c["sub"]) == 1
+        ]
+        assert len(subscriber) == 1
+
+
+def test_a_stray_publish_does_not_stop_the_listener(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        first, second = client.submit_many([Request(X, task="toy")] * 2)
+        write_results(r, settings, client.client_id, [first])
+        client.wait(first, timeout=5)  # the listener is up
+        r.publish(Keys(settings.prefix).reply_channel(client.client_id), b"\xc1 not a result")
+        threading.Timer(0.2, write_results, (r, settings, client.client_id, [second])).start()
+        assert client.wait(second, timeout=10).id == second
+
+
+def test_a_waiter_that_gives_up_does_not_strand_another_on_the_same_id(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        rid = client.submit(task="toy", inputs=X)
+        patient: list[Result] = []
+        waiter = threading.Thread(target=lambda: patient.append(client.wait(rid, timeout=20)))
+        waiter.start()
+        with pytest.raises(Timeout):
+            client.wait(rid, timeout=0.2)
+        write_results(r, settings, client.client_id, [rid])
+        waiter.join()
+        assert [p.id for p in patient] == [rid]
+
+
+def test_a_refused_chunk_reports_the_ids_already_queued(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    bounded = replace(settings, ingress_max_depth=700)
+    with Producer(settings=bounded, catalog=toy_catalog) as client, pytest.raises(Rejected) as err:
+        client.submit_many([Request(X, task="toy") for _ in range(1000)])
+    assert err.value.code == "queue_full"
+    assert len(err.value.accepted) == 500
+    queued = [Header.loads(f[HEADER_FIELD]).id for _, f in r.xrange(Keys(settings.prefix).ingress)]
+    assert queued == err.value.accepted
 
 
 def test_async_producer_submits_and_waits(

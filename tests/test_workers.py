@@ -119,7 +119,12 @@ def test_bad_entries_get_error_results_and_the_batch_still_runs(
     drain(worker)
     assert result(r, keys, "good1").ok
     assert result(r, keys, "good2").outputs["probabilities"].shape == (2, 10)
-    for rid, match in [("f64", "float32"), ("shape", "shape"), ("nan", "NaN"), ("garbled", "")]:
+    for rid, match in [
+        ("f64", "float32"),
+        ("shape", "shape"),
+        ("nan", "NaN"),
+        ("garbled", "msgpack"),
+    ]:
         bad = result(r, keys, rid)
         assert bad.status == "error"
         assert bad.error is not None
@@ -182,3 +187,109 @@ def test_an_entry_delivered_too_often_is_dead_lettered_with_an_error_result(
     assert dead[b"code"] == b"dead_letter"
     assert dead[b"stream"] == stream.encode()
     assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"trace": [1]}, "bad_payload"),
+        ({"trace": [{"model": "x", "queue_ms": "soon"}]}, "bad_payload"),
+        ({"trace": [{"model": 5}]}, "bad_payload"),
+        ({"attempt": 2**63}, "bad_payload"),
+        ({"stage": -1}, "bad_payload"),
+        ({"tier": "a:b"}, "bad_payload"),
+        ({"priority": ""}, "bad_payload"),
+        ({"deadline": "tomorrow"}, "bad_payload"),
+    ],
+)
+def test_forged_headers_get_error_results_and_the_worker_carries_on(
+    r: redis.Redis,
+    settings: Settings,
+    catalog: Catalog,
+    digits: tuple[np.ndarray, np.ndarray],
+    fields: dict[str, object],
+    code: str,
+) -> None:
+    x, _ = digits
+    cat = with_threshold(catalog, 1.0)  # so the innocent neighbour escalates too
+    worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    keys = worker.keys
+    stream = keys.model_stream("digits-small")
+    inputs = wire.dumps_inputs({"input": x[:1]})
+    forged = {"id": "forged", "task": "digits", "submitted_at": now_ms(), **fields}
+    enqueue(r, keys, "digits-small", "before", x[:1], task="digits")
+    r.xadd(stream, {HEADER_FIELD: wire.dumps(forged), INPUTS_FIELD: inputs})
+    enqueue(r, keys, "digits-small", "after", x[:1], task="digits")
+    drain(worker)
+    bad = result(r, keys, "forged")
+    assert bad.status == "error"
+    assert bad.error is not None
+    assert bad.error["code"] == code
+    assert r.xlen(keys.model_stream("digits-large")) == 2  # both neighbours escalated
+    assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
+
+
+def test_input_maps_with_non_string_names_are_bad_input(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits
+    worker = ModelWorker(r, catalog, catalog.models["digits-small"], settings, "w1")
+    keys = worker.keys
+    header = Header(id="mixed", task="digits", submitted_at=now_ms()).dumps()
+    inputs = wire.dumps({"input": x[:1], b"input": x[:1]})
+    r.xadd(keys.model_stream("digits-small"), {HEADER_FIELD: header, INPUTS_FIELD: inputs})
+    drain(worker)
+    got = result(r, keys, "mixed")
+    assert got.error is not None
+    assert got.error["code"] == "bad_input"
+
+
+def test_a_model_that_breaks_the_length_contract_fails_its_requests_not_the_worker(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    # Sums over the batch axis: one row out, whatever the number of rows in.
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["scores"], keepdims=1)],
+        "breaks_contract",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "bad.onnx")
+    (tmp_path / "catalog.toml").write_text(
+        '[models.bad]\npath = "bad.onnx"\noutput = "scores"\noutput_kind = "scores"\n'
+        'inputs = [{ name = "input", dtype = "float32", shape = [-1, 4] }]\n'
+    )
+    cat = Catalog.load(tmp_path / "catalog.toml")
+    worker = ModelWorker(r, cat, cat.models["bad"], settings, "w1")
+    keys = worker.keys
+    one = np.ones((1, 4), np.float32)
+    enqueue(r, keys, "bad", "single", one, model="bad")  # one row in, one out: fine
+    enqueue(r, keys, "bad", "double", np.ones((2, 4), np.float32), model="bad")
+    drain(worker)
+    assert result(r, keys, "single").ok
+    broken = result(r, keys, "double")
+    assert broken.status == "error"
+    assert broken.error is not None
+    assert broken.error["code"] == "compute_failed"
+    assert "returned shape (1, 4) for 2 samples" in broken.error["message"]
+
+
+def test_workers_trim_what_they_acknowledged(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits
+    cat = with_threshold(catalog, 0.0)
+    worker = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    keys = worker.keys
+    for i in range(10):
+        enqueue(r, keys, "digits-small", f"t{i}", x[:1], task="digits")
+    drain(worker)
+    worker.trim_clock.next = 0.0
+    worker.step(block_ms=None)
+    assert r.xlen(keys.model_stream("digits-small")) == 0

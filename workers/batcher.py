@@ -102,6 +102,11 @@ class Batcher:
             samples += more_samples
         return self._fit(items)
 
+    def drain(self) -> list[Item | Bad]:
+        """The next batch from what was read but not yet run (shutdown, reclaim)."""
+        items, _ = self._take_carry()
+        return self._fit(items)
+
     def _read(self, count: int, block_ms: int | None) -> tuple[list[Item | Bad], int]:
         got = self.read(count, block_ms)
         read_at = now_ms()

@@ -28,6 +28,7 @@ from cascadeq.messages import (
     now_ms,
     salvage_id,
 )
+from cascadeq.process import serve
 from cascadeq.settings import Settings
 from workers import outcome
 from workers.batcher import Bad, Batcher, Item, decode
@@ -68,11 +69,9 @@ class ModelWorker:
     def run(self, stop: threading.Event) -> None:
         self.setup()
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
-        while not stop.is_set():
-            self.step(self.settings.block_ms)
-        if self.batcher.carry:  # read but not yet run: finish them before leaving
-            self.process(self.batcher.carry)
-            self.batcher.carry = []
+        serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "worker")
+        while self.batcher.carry:  # read but not yet run: finish them before leaving
+            self.process(self.batcher.drain())
         log.info("worker_stopped", model=self.spec.name, **self.stats)
 
     def step(self, block_ms: int | None) -> int:
