@@ -112,13 +112,14 @@ def run_replicas(argv: Sequence[str], replicas: int) -> int:
             continue
         child, started = children.pop(pid)
         child.returncode = code = os.waitstatus_to_exitcode(status)
-        worst = max(worst, abs(code))
         if stopping.is_set():
+            worst = max(worst, abs(code))
             continue
         quick = code != 0 and time.monotonic() - started < CRASH_WINDOW_S
         quick_crashes = quick_crashes + 1 if quick else 0
         log.warning("replica_exited", pid=pid, code=code, restarting=quick_crashes < CRASH_LIMIT)
         if quick_crashes >= CRASH_LIMIT:
+            worst = max(worst, abs(code))
             forward(signal.SIGTERM, None)
             continue
         start()

@@ -71,19 +71,11 @@ def test_a_worker_killed_mid_batch_loses_nothing(
     group: ProcessGroup,
 ) -> None:
     env["CASCADEQ_VISIBILITY_TIMEOUT_MS"] = "1000"
-    split = np.load(digits_dir / "digits_test.npz")
-    inputs = wire.dumps_inputs({"input": np.ascontiguousarray(np.resize(split["X"], (32, 64)))})
+    x = np.ascontiguousarray(np.resize(np.load(digits_dir / "digits_test.npz")["X"], (32, 64)))
     keys = Keys(settings.prefix)
     stream = keys.model_stream("digits-large")
     with Producer(settings=settings, catalog=catalog) as client:
-        ids = [f"k{i}" for i in range(1500)]
-        pipe = r.pipeline(transaction=False)
-        for rid in ids:  # a backlog, as a router would have queued it
-            header = Header(
-                id=rid, model="digits-large", submitted_at=now_ms(), reply_to=client.client_id
-            )
-            pipe.xadd(stream, {HEADER_FIELD: header.dumps(), INPUTS_FIELD: inputs})
-        pipe.execute()
+        ids = backlog(r, keys, x, client.client_id, 1500)
         victim = group.spawn("worker", "--models", "digits-large")
         client.wait(ids[0], timeout=60)  # the victim is serving
         victim.send_signal(signal.SIGKILL)
@@ -96,3 +88,60 @@ def test_a_worker_killed_mid_batch_loses_nothing(
     assert [g.id for g in got] == ids
     assert sum(n for name, n in consumers(r, stream).items() if f"-{victim.pid}-" in name) == 0
     assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
+
+
+def backlog(r: redis.Redis, keys: Keys, x: np.ndarray, reply_to: str, n: int) -> list[str]:
+    """Requests for digits-large queued as a router would queue them."""
+    inputs = wire.dumps_inputs({"input": x})
+    ids = [f"k{i}" for i in range(n)]
+    pipe = r.pipeline(transaction=False)
+    for rid in ids:
+        header = Header(id=rid, model="digits-large", submitted_at=now_ms(), reply_to=reply_to)
+        pipe.xadd(
+            keys.model_stream("digits-large"), {HEADER_FIELD: header.dumps(), INPUTS_FIELD: inputs}
+        )
+    pipe.execute()
+    return ids
+
+
+def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
+) -> None:
+    x = np.ascontiguousarray(np.resize(np.load(digits_dir / "digits_test.npz")["X"], (32, 64)))
+    keys = Keys(settings.prefix)
+    stream = keys.model_stream("digits-large")
+    with Producer(settings=settings, catalog=catalog) as client:
+        ids = backlog(r, keys, x, client.client_id, 1500)
+        worker = group.spawn("worker", "--models", "digits-large")
+        client.wait(ids[0], timeout=60)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        mine = sum(n for name, n in consumers(r, stream).items() if f"-{worker.pid}-" in name)
+        assert mine == 0  # everything it had read was answered and acknowledged
+        answered = [raw for raw in r.mget([keys.result(i) for i in ids]) if raw]
+        assert 0 < len(answered) < len(ids)  # it stopped early, leaving the rest queued
+        group.spawn("worker", "--models", "digits-large")
+        assert all(g.ok for g in client.wait_many(ids, timeout=180))
+
+
+def test_replicas_are_restarted_when_they_die(
+    settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
+) -> None:
+    import psutil
+
+    x = np.load(digits_dir / "digits_test.npz")["X"][:1]
+    group.spawn("router")
+    parent = group.spawn("worker", "--models", "digits-small", "--replicas", "2")
+    with Producer(settings=settings, catalog=catalog) as client:
+        client.wait(client.submit(model="digits-small", inputs={"input": x}), timeout=60)
+        first = psutil.Process(parent.pid).children()
+        assert len(first) == 2
+        for child in first:
+            child.kill()
+        # Served only if the supervisor started new copies: both originals are dead.
+        client.wait(client.submit(model="digits-small", inputs={"input": x}), timeout=60)
+    second = psutil.Process(parent.pid).children()
+    assert len(second) == 2
+    assert not {c.pid for c in first} & {c.pid for c in second}
+    group.stop()
+    assert parent.returncode == 0
