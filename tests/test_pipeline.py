@@ -125,9 +125,17 @@ def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
 
 
 def test_replicas_are_restarted_when_they_die(
-    settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
+    settings: Settings,
+    catalog: Catalog,
+    digits_dir: Path,
+    env: dict[str, str],
+    group: ProcessGroup,
 ) -> None:
     import psutil
+
+    # A copy killed inside a blocking read may still be handed the next entry; a short
+    # visibility timeout lets the new copies reclaim it quickly.
+    env["CASCADEQ_VISIBILITY_TIMEOUT_MS"] = "1000"
 
     x = np.load(digits_dir / "digits_test.npz")["X"][:1]
     group.spawn("router")
