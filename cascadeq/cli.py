@@ -88,7 +88,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     url = _require_url(settings)
     consumer = consumer_name("worker")
     workers = [
-        ModelWorker(connect(url, name=f"cq-worker-{name}"), catalog, catalog.models[name], settings, consumer)
+        ModelWorker(
+            connect(url, name=f"cq-worker-{name}"),
+            catalog,
+            catalog.models[name],
+            settings,
+            consumer,
+        )
         for name in names
     ]
     run_threads([w.run for w in workers], stop)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -20,13 +19,13 @@ from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
 from producer.client import MAX_CONNECTIONS, MGET_CHUNK
-from producer.errors import Rejected, RequestFailed
+from producer.errors import RequestFailed
 from producer.inbox import Inbox, collect
 from producer.requests import (
     SUBMIT_CHUNK,
     SUBMIT_SCRIPT,
+    CatalogCache,
     Request,
-    catalog_from_published,
     check_admitted,
     prepare,
     submit_args,
@@ -48,10 +47,11 @@ class AsyncProducer:
         if not url:
             raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
         self.client_id = uuid.uuid4().hex
-        self.redis = connect_async(url, max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}")
+        self.redis = connect_async(
+            url, max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}"
+        )
         self.keys = Keys(self.settings.prefix)
-        self._catalog = catalog
-        self._catalog_checked = 0.0
+        self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
         self._listener: asyncio.Task[None] | None = None
 
@@ -70,14 +70,11 @@ class AsyncProducer:
         return (await self.submit_many([req]))[0]
 
     async def submit_many(self, requests: Iterable[Request]) -> list[str]:
-        catalog = await self.catalog()
         prepared = []
         for req in requests:
-            if (req.task and req.task not in catalog.tasks) or (
-                req.model and req.model not in catalog.models
-            ):
-                catalog = await self.catalog(refresh=True)
-            prepared.append(prepare(req, catalog, self.settings, self.client_id))
+            if self.catalogs.should_fetch(req):
+                self.catalogs.update(await self.redis.get(self.keys.catalog))
+            prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
             reply = await self.redis.eval(
@@ -88,24 +85,6 @@ class AsyncProducer:
             )
             check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
         return [p.id for p in prepared]
-
-    async def catalog(self, refresh: bool = False) -> Catalog:
-        if self._catalog is not None and not refresh:
-            return self._catalog
-        if self.settings.catalog:
-            self._catalog = Catalog.load(self.settings.catalog, check_files=False)
-            return self._catalog
-        if self._catalog is None or time.monotonic() - self._catalog_checked > 2.0:
-            self._catalog_checked = time.monotonic()
-            found = catalog_from_published(await self.redis.get(self.keys.catalog))  # type: ignore[arg-type]
-            self._catalog = found or self._catalog
-        if self._catalog is None:
-            raise Rejected(
-                "no catalog: start a router (it publishes the catalog), pass "
-                "catalog=, or set CASCADEQ_CATALOG",
-                "no_catalog",
-            )
-        return self._catalog
 
     async def result(self, request_id: str) -> Result | None:
         buffered = self._inbox.take(request_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION
@@ -20,14 +19,13 @@ from cascadeq.keys import DEFAULT_LANE, Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.errors import Rejected, RequestFailed
+from producer.errors import RequestFailed
 from producer.inbox import Inbox, collect
 from producer.requests import (
     SUBMIT_CHUNK,
     SUBMIT_SCRIPT,
-    Prepared,
+    CatalogCache,
     Request,
-    catalog_from_published,
     check_admitted,
     prepare,
     submit_args,
@@ -58,8 +56,7 @@ class Producer:
             str(url), max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}"
         )
         self.keys = Keys(self.settings.prefix)
-        self._catalog = catalog
-        self._catalog_checked = 0.0
+        self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
@@ -87,7 +84,11 @@ class Producer:
 
         Chunks before a refused one stay queued: their ids are in ``Rejected.accepted``.
         """
-        prepared = [self._prepare(req) for req in requests]
+        prepared = []
+        for req in requests:
+            if self.catalogs.should_fetch(req):
+                self.catalogs.update(self.redis.get(self.keys.catalog))
+            prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
             reply = self.redis.eval(
@@ -98,33 +99,6 @@ class Producer:
             )
             check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
         return [p.id for p in prepared]
-
-    def _prepare(self, req: Request) -> Prepared:
-        catalog = self.catalog()
-        if (req.task and req.task not in catalog.tasks) or (
-            req.model and req.model not in catalog.models
-        ):
-            catalog = self.catalog(refresh=True)
-        return prepare(req, catalog, self.settings, self.client_id)
-
-    def catalog(self, refresh: bool = False) -> Catalog:
-        """The catalog requests are checked against: given, from a file, or as published."""
-        if self._catalog is not None and not refresh:
-            return self._catalog
-        if self.settings.catalog:
-            self._catalog = Catalog.load(self.settings.catalog, check_files=False)
-            return self._catalog
-        if self._catalog is None or time.monotonic() - self._catalog_checked > 2.0:
-            self._catalog_checked = time.monotonic()
-            found = catalog_from_published(self.redis.get(self.keys.catalog))  # type: ignore[arg-type]
-            self._catalog = found or self._catalog
-        if self._catalog is None:
-            raise Rejected(
-                "no catalog: start a router (it publishes the catalog), pass "
-                "catalog=, or set CASCADEQ_CATALOG",
-                "no_catalog",
-            )
-        return self._catalog
 
     # -- results ----------------------------------------------------------------
 

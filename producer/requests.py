@@ -5,6 +5,7 @@ Shared by the sync and asyncio clients so both refuse the same things the same w
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,11 +143,44 @@ def check_admitted(reply: Any, before: list[Prepared], count: int, max_depth: in
         )
 
 
-def catalog_from_published(raw: bytes | None) -> Catalog | None:
-    if raw is None:
-        return None
-    doc = wire.loads_map(raw, "catalog")
-    return Catalog.loads(str(doc["text"]), source=f"redis:{doc['source']}", check_files=False)
+class CatalogCache:
+    """The catalog requests are checked against: given, from a file, or as published.
+
+    Sans I/O, so the sync and asyncio clients share it: they fetch when told to.
+    """
+
+    REFRESH_S = 2.0  # the published catalog is re-read at most this often
+
+    def __init__(self, given: Catalog | None, path: str | None) -> None:
+        self.catalog = given or (Catalog.load(path, check_files=False) if path else None)
+        self.published = given is None and not path
+        self.checked = -self.REFRESH_S
+
+    def should_fetch(self, req: Request) -> bool:
+        """Fetch when there is none yet, or it does not know what the request names."""
+        if not self.published or time.monotonic() - self.checked < self.REFRESH_S:
+            return False
+        cat = self.catalog
+        if cat is None:
+            return True
+        known = req.task in cat.tasks if req.task else req.model in cat.models
+        return not known
+
+    def update(self, raw: Any) -> None:
+        self.checked = time.monotonic()
+        if raw is not None:
+            doc = wire.loads_map(raw, "catalog")
+            text, source = str(doc["text"]), f"redis:{doc['source']}"
+            self.catalog = Catalog.loads(text, source=source, check_files=False)
+
+    def current(self) -> Catalog:
+        if self.catalog is None:
+            raise Rejected(
+                "no catalog: start a router (it publishes the catalog), pass catalog=, "
+                "or set CASCADEQ_CATALOG",
+                "no_catalog",
+            )
+        return self.catalog
 
 
 SUBMIT_CHUNK = 500

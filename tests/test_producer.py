@@ -15,6 +15,7 @@ from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_
 from cascadeq.settings import Settings
 from cascadeq.wire import loads_inputs
 from producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, Timeout
+from producer.requests import CatalogCache
 
 X = {"input": np.ones((1, 4), np.float32)}
 
@@ -215,5 +216,5 @@ def test_producer_reads_the_catalog_a_router_published(
         with pytest.raises(Rejected, match="no catalog"):
             client.submit(task="toy", inputs=X)
         publish_catalog(r, Keys(settings.prefix), toy_catalog)
-        client._catalog_checked = 0.0  # skip the refresh interval for the test
+        client.catalogs.checked = -CatalogCache.REFRESH_S  # skip the refresh interval
         assert client.submit(task="toy", inputs=X)
