@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cascadeq.errors import ConfigError
 from cascadeq.keys import InvalidName, check_name
 from cascadeq.wire import ALLOWED_DTYPES
 
@@ -22,7 +23,7 @@ BATCH_MODES = ("static", "dynamic", "continuous")
 OUTPUT_KINDS = ("probabilities", "scores", "embedding")
 
 
-class CatalogError(ValueError):
+class CatalogError(ConfigError, ValueError):
     """A catalog that cannot be used; the message says where and how to fix it."""
 
     def __init__(self, source: str, field_path: str, problem: str, fix: str) -> None:

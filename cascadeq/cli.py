@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cascadeq import log as logging_setup
+from cascadeq.errors import ConfigError
 from cascadeq.settings import Settings
 
 DEFAULT_MODELS_DIR = Path("models/digits")
@@ -112,7 +113,7 @@ def _role_argv(args: argparse.Namespace) -> list[str]:
 
 def _require_url(settings: Settings) -> str:
     if not settings.redis_url:
-        raise SystemExit(
+        raise ConfigError(
             "REDIS_URL is not set: point it at Redis (redis://host:6379/0), "
             "or use `cascadeq demo`, which starts its own"
         )
@@ -194,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"cascadeq {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from cascadeq.errors import ConfigError
+
 READY_MARKER = b"Ready to accept connections"
 
 
-class EmbeddedRedisError(RuntimeError):
+class EmbeddedRedisError(ConfigError, RuntimeError):
     """No redis-server could be found or started."""
 
 

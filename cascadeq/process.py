@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -62,17 +61,19 @@ def serve(
     step: Callable[[], object], setup: Callable[[], None], stop: threading.Event, role: str
 ) -> None:
     """Run ``step`` until stopped; a Redis outage backs off and resumes, it does not kill."""
-    backoff = 0.1
+    backoff, ready = 0.1, False
     while not stop.is_set():
         try:
+            if not ready:  # at start, and after an outage: streams and groups may be gone
+                setup()
+                ready = True
             step()
             backoff = 0.1
         except redis.RedisError as exc:
             log.warning("redis_unavailable", role=role, error=str(exc), retry_in=backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
-            with contextlib.suppress(redis.RedisError):
-                setup()  # a Redis restarted without persistence has lost streams and groups
+            ready = False
 
 
 CRASH_WINDOW_S = 5.0

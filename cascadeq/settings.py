@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from cascadeq.errors import ConfigError
 
-class SettingsError(ValueError):
+
+class SettingsError(ConfigError, ValueError):
     """An environment variable holds a value of the wrong type."""
 
 

@@ -55,7 +55,6 @@ class Router:
         publish_catalog(self.r, self.keys, self.catalog)
 
     def run(self, stop: threading.Event) -> None:
-        self.setup()
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "router")
         log.info("router_stopped", consumer=self.consumer, routed=self.routed)

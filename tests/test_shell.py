@@ -48,3 +48,17 @@ def test_submit_wait_and_result_from_the_shell(
     assert "unknown_task" in refused.stderr
     unknown = cli(env, "result", "no-such-id")
     assert unknown.returncode == 5
+
+
+def test_configuration_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    missing = cli(env, "worker", "--catalog", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+    assert "nope.toml: (file): cannot be read" in missing.stderr
+    (tmp_path / "bad.toml").write_text('[models.m]\npath = "m.onnx"\n')
+    bad = cli(env, "router", "--catalog", str(tmp_path / "bad.toml"))
+    assert bad.returncode == 2
+    assert "models.m.inputs: is missing" in bad.stderr
+    no_url = cli({"PATH": "/usr/bin:/bin"}, "router", "--catalog", str(tmp_path / "bad.toml"))
+    assert "Traceback" not in no_url.stderr

@@ -8,9 +8,10 @@ import numpy as np
 import onnxruntime as ort
 
 from cascadeq.catalog import ModelSpec
+from cascadeq.errors import ConfigError
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ConfigError, RuntimeError):
     """The ONNX file does not match what the catalog declares."""
 
 

@@ -67,7 +67,6 @@ class ModelWorker:
         )
 
     def run(self, stop: threading.Event) -> None:
-        self.setup()
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "worker")
         while self.batcher.carry:  # read but not yet run: finish them before leaving
@@ -192,6 +191,9 @@ class ModelWorker:
                 pipe, item, outcome.final_result(header, self.spec, rows, times.batch_size, info)
             )
             return
+        log.debug(
+            "escalated", request_id=header.id, model=self.spec.name, to=target, confidence=conf
+        )
         header.stage += 1
         header.attempt += 1
         header.trace.append({"model": target, "rule": "escalate"})
