@@ -10,13 +10,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cascadeq.catalog import Catalog
+from cascadeq.connection import connect
 from cascadeq.embedded import redis_url_or_embedded
 from cascadeq.messages import Result
 from cascadeq.process import ProcessGroup
@@ -123,6 +125,14 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def remove_keys(url: str, prefix: str) -> None:
+    client = connect(url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.unlink(*keys[start : start + 500])
+    client.close()
+
+
 def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
     started = time.perf_counter()
     try:
@@ -137,13 +147,17 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
     catalog = Catalog.load(catalog_path)
     split = np.load(models_dir / "digits_test.npz")
     x, y = split["X"].astype(np.float32), split["y"]
+    # On a Redis of the user's own, keep out of the way of a real deployment's keys.
+    shared = bool(settings.redis_url)
+    prefix = f"{settings.prefix}-demo-{uuid.uuid4().hex[:8]}" if shared else settings.prefix
     with redis_url_or_embedded(settings.redis_url) as url:
-        progress(f"redis at {url}; starting 1 router and 2 workers")
+        settings = replace(settings, redis_url=url, prefix=prefix)
+        progress(f"redis at {url}, keys under {prefix}:; starting 1 router and 2 workers")
         env = {
             **os.environ,
             "REDIS_URL": url,
             "CASCADEQ_CATALOG": str(catalog_path),
-            "CASCADEQ_PREFIX": settings.prefix,
+            "CASCADEQ_PREFIX": prefix,
             "CASCADEQ_LOG_LEVEL": os.environ.get("CASCADEQ_LOG_LEVEL", "warning"),
         }
         group = ProcessGroup(env)
@@ -153,6 +167,8 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
             rows = run_strategies(url, catalog, settings, x, y)
         finally:
             group.stop()
+            if shared:
+                remove_keys(url, prefix)
     print(render(rows))
     progress(f"done in {time.perf_counter() - started:.1f}s")
     if as_json:

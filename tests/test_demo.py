@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import redis
 
 
 def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(digits_dir: Path) -> None:
@@ -37,3 +38,21 @@ def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(digits_dir:
     assert cascade["large_share"] <= 0.35
     assert cascade["relative_cost"] < 0.5
     assert "strategy" in proc.stdout  # the human table comes first
+
+
+def test_demo_on_a_users_redis_keeps_to_its_own_keys_and_cleans_up(
+    digits_dir: Path, r: redis.Redis, redis_url: str
+) -> None:
+    r.set("cq:catalog", b"a deployment's own catalog")
+    env = {**os.environ, "REDIS_URL": redis_url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cascadeq.cli", "demo", "--models-dir", str(digits_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert r.get("cq:catalog") == b"a deployment's own catalog"
+    assert [k for k in r.scan_iter(match="cq-demo-*")] == []
