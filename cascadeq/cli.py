@@ -58,7 +58,10 @@ def cmd_router(args: argparse.Namespace) -> int:
         return run_replicas(_role_argv(args), args.replicas)
     stop = threading.Event()
     stop_on_signals(stop)
-    Router(connect(_require_url(settings), name="cq-router"), catalog, settings).run(stop)
+    url = _require_url(settings)
+    Router(
+        connect(url, name="cq-router", socket_timeout=_role_timeout(settings)), catalog, settings
+    ).run(stop)
     return 0
 
 
@@ -90,7 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     consumer = consumer_name("worker")
     workers = [
         ModelWorker(
-            connect(url, name=f"cq-worker-{name}"),
+            connect(url, name=f"cq-worker-{name}", socket_timeout=_role_timeout(settings)),
             catalog,
             catalog.models[name],
             settings,
@@ -109,6 +112,11 @@ def _role_argv(args: argparse.Namespace) -> list[str]:
     if args.catalog:
         argv += ["--catalog", args.catalog]
     return argv
+
+
+def _role_timeout(settings: Settings) -> float:
+    """Longer than the longest blocking read, so only a hung Redis trips it."""
+    return settings.block_ms / 1000 + 10.0
 
 
 def _require_url(settings: Settings) -> str:

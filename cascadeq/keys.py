@@ -13,8 +13,8 @@ ROUTER_GROUP = "routers"
 WORKER_GROUP = "workers"
 DEFAULT_LANE = "default"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 class InvalidName(ValueError):
@@ -23,7 +23,7 @@ class InvalidName(ValueError):
 
 def check_id(request_id: str) -> str:
     """Refuse ids that could escape their key (``:``, ``*``, spaces, braces...)."""
-    if not isinstance(request_id, str) or not _ID_RE.match(request_id):
+    if not isinstance(request_id, str) or not _ID_RE.fullmatch(request_id):
         raise InvalidName(
             f"request id {request_id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
         )
@@ -31,7 +31,7 @@ def check_id(request_id: str) -> str:
 
 
 def check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidName(
             f"{kind} name {name!r} is invalid: use 1-64 characters from a-z 0-9 _ . -,"
             " starting with a letter or digit"

@@ -25,6 +25,23 @@ REJECTED = "rejected"
 STATUSES = frozenset({OK, ERROR, EXPIRED, REJECTED})
 
 
+MAX_HEADER_BYTES = 64 * 1024  # headers grow a hop per step, so they get a fixed allowance
+
+
+def oversize(header: bytes, inputs: bytes, max_inputs: int) -> str | None:
+    """Why an entry is too large to take, or None."""
+    if len(inputs) > max_inputs:
+        return f"inputs of {len(inputs)} bytes exceed the limit of {max_inputs} bytes"
+    if len(header) > MAX_HEADER_BYTES:
+        return f"header of {len(header)} bytes exceeds the limit of {MAX_HEADER_BYTES} bytes"
+    return None
+
+
+def kept_for_dead_letter(header: bytes) -> dict[bytes, bytes]:
+    """What of an oversized entry is worth keeping: its header, if that is not the problem."""
+    return {HEADER_FIELD: header} if len(header) <= MAX_HEADER_BYTES else {}
+
+
 def now_ms() -> float:
     return time.time() * 1000.0
 
@@ -153,9 +170,31 @@ class Result:
     def loads(cls, data: bytes) -> Result:
         raw = wire.loads_map(data, "result")
         try:
-            return cls(**raw)
+            result = cls(**raw)
         except TypeError as exc:
             raise wire.WireError(f"result fields are wrong: {exc}") from exc
+        _check_result(result)
+        return result
+
+
+def _check_result(result: Result) -> None:
+    """Results arrive over pub/sub too; a forged one must not break a client."""
+    if not _valid_id(result.id) or result.status not in STATUSES:
+        raise wire.WireError("result has an invalid id or status")
+    if not isinstance(result.outputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in result.outputs.items()
+    ):
+        raise wire.WireError("result outputs must map names to arrays")
+    if result.error is not None and not (
+        isinstance(result.error, dict)
+        and all(isinstance(result.error.get(k), str) for k in ("code", "message"))
+    ):
+        raise wire.WireError("result error must hold a code and a message")
+    for name in ("path", "timings", "info"):
+        if not isinstance(getattr(result, name), list if name == "path" else dict):
+            raise wire.WireError(f"result {name} has the wrong type")
+    if not isinstance(result.model, str | None) or not isinstance(result.batch_size, int):
+        raise wire.WireError("result model or batch_size has the wrong type")
 
 
 def error_result(

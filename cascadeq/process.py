@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,43 +85,50 @@ def run_replicas(argv: Sequence[str], replicas: int) -> int:
     """Keep ``replicas`` copies of this command running (with --replicas 1) until a signal.
 
     A copy that dies is restarted; one that keeps dying within seconds of its start
-    (a broken model file, say) stops the whole group instead of looping forever.
+    (a broken model file, say) stops the whole group, which exits with that copy's code.
     """
     cmd = [sys.executable, "-m", "cascadeq.cli", *argv, "--replicas", "1"]
+    # pid -> (process, start time). Reaped only by os.wait below; the Popen objects are
+    # kept so that subprocess never reaps one behind our back.
     children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
     stopping = threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
-        for child, _ in children.values():
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def start() -> None:
         child = subprocess.Popen(cmd)
         children[child.pid] = (child, time.monotonic())
+        if stopping.is_set():  # a signal landed while it was starting
+            os.kill(child.pid, signal.SIGTERM)
 
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     for _ in range(replicas):
         start()
     log.info("replicas_started", replicas=replicas, pids=sorted(children))
     worst, quick_crashes = 0, 0
     while children:
-        pid, status = os.wait()  # blocks; resumes after a signal handler ran
-        if pid not in children:
+        try:
+            pid, status = os.wait()  # blocks; resumes after a signal handler ran
+        except ChildProcessError:
+            break
+        entry = children.pop(pid, None)
+        if entry is None:
             continue
-        child, started = children.pop(pid)
+        child, started = entry
         child.returncode = code = os.waitstatus_to_exitcode(status)
         if stopping.is_set():
-            worst = max(worst, abs(code))
+            worst = worst or abs(code)
             continue
         quick = code != 0 and time.monotonic() - started < CRASH_WINDOW_S
         quick_crashes = quick_crashes + 1 if quick else 0
         log.warning("replica_exited", pid=pid, code=code, restarting=quick_crashes < CRASH_LIMIT)
         if quick_crashes >= CRASH_LIMIT:
-            worst = max(worst, abs(code))
+            worst = abs(code)
             forward(signal.SIGTERM, None)
             continue
         start()

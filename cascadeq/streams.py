@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,21 +103,6 @@ def trim_acknowledged(r: redis.Redis, stream: str) -> int:
         floor = candidate if floor is None else min(floor, candidate)
     assert floor is not None
     return int(r.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
-
-
-class Every:
-    """A clock for periodic chores (reclaim, trim) checked from a hot loop."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.next = 0.0  # due at once: a restarted consumer reclaims first
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next:
-            return False
-        self.next = now + self.seconds
-        return True
 
 
 def reclaim_period(visibility_timeout_ms: int) -> float:

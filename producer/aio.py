@@ -9,16 +9,15 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 import numpy as np
-import redis
-import redis.asyncio
 
 from cascadeq.catalog import Catalog
+from cascadeq.clock import Every
 from cascadeq.connection import connect_async
 from cascadeq.keys import DEFAULT_LANE, Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.client import MAX_CONNECTIONS, MGET_CHUNK
+from producer.client import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S
 from producer.errors import RequestFailed
 from producer.inbox import Inbox, collect
 from producer.requests import (
@@ -47,9 +46,9 @@ class AsyncProducer:
         if not url:
             raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
         self.client_id = uuid.uuid4().hex
-        self.redis = connect_async(
-            url, max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}"
-        )
+        name = f"cq-producer-{self.client_id}"
+        self.redis = connect_async(url, max_connections=MAX_CONNECTIONS, name=name)
+        self._replies = connect_async(url, max_connections=1, name=name, socket_timeout=None)
         self.keys = Keys(self.settings.prefix)
         self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
@@ -116,36 +115,42 @@ class AsyncProducer:
             chunk = ids[start : start + MGET_CHUNK]
             for raw in await self.redis.mget([self.keys.result(rid) for rid in chunk]):
                 if raw is not None:
-                    self._inbox.deliver(Result.loads(raw))  # type: ignore[arg-type]
+                    self._inbox.deliver_raw(raw)  # type: ignore[arg-type]
 
     def _ensure_listener(self) -> None:
-        if self._listener is None:
+        if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
+        """As Producer._listen: push on the reply channel, a one-second sweep as backstop."""
         channel = self.keys.reply_channel(self.client_id)
+        sweep = Every(SWEEP_S)
         backoff = 0.05
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = self._replies.pubsub()
             try:
                 await pubsub.subscribe(channel)
-                async for msg in pubsub.listen():
-                    backoff = 0.05
-                    if self._inbox.on_message(msg):
+                while True:
+                    msg = await pubsub.get_message(timeout=SWEEP_S)
+                    resubscribed = msg is not None and self._inbox.on_message(msg)
+                    if resubscribed or sweep.due():
                         await self._fetch_stored(self._inbox.outstanding())
-            except redis.RedisError as exc:
-                log.warning("reply_channel_lost", error=str(exc), retry_in=backoff)
+                    backoff = 0.05
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any surprise
+                log.warning("reply_channel_lost", error=repr(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
         await self.redis.aclose()
+        await self._replies.aclose()
 
     async def __aenter__(self) -> AsyncProducer:
         return self

@@ -14,6 +14,7 @@ import numpy as np
 import redis
 
 from cascadeq.catalog import Catalog
+from cascadeq.clock import Every
 from cascadeq.connection import connect
 from cascadeq.keys import DEFAULT_LANE, Keys
 from cascadeq.log import get_logger
@@ -33,11 +34,15 @@ from producer.requests import (
 
 log = get_logger("cascadeq.producer")
 MGET_CHUNK = 1000
-MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection
+MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
+SWEEP_S = 1.0
 
 
 class Producer:
-    """Thread-safe; one reply connection serves every outstanding wait of the process."""
+    """Thread-safe; one reply connection serves every outstanding wait of the process.
+
+    Up to MAX_CONNECTIONS calls talk to Redis at once; more wait for a free connection.
+    """
 
     def __init__(
         self,
@@ -45,16 +50,15 @@ class Producer:
         *,
         settings: Settings | None = None,
         catalog: Catalog | None = None,
-        client: redis.Redis | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         url = redis_url or self.settings.redis_url
-        if client is None and not url:
-            raise ValueError("no Redis: pass redis_url=, client=, or set REDIS_URL")
+        if not url:
+            raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
         self.client_id = uuid.uuid4().hex
-        self.redis = client or connect(
-            str(url), max_connections=MAX_CONNECTIONS, name=f"cq-producer-{self.client_id}"
-        )
+        name = f"cq-producer-{self.client_id}"
+        self.redis = connect(url, max_connections=MAX_CONNECTIONS, name=name)
+        self._replies = connect(url, max_connections=1, name=name, socket_timeout=None)
         self.keys = Keys(self.settings.prefix)
         self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
@@ -136,35 +140,43 @@ class Producer:
             chunk = ids[start : start + MGET_CHUNK]
             for raw in self.redis.mget([self.keys.result(rid) for rid in chunk]):
                 if raw is not None:
-                    self._inbox.deliver(Result.loads(raw))  # type: ignore[arg-type]
+                    self._inbox.deliver_raw(raw)  # type: ignore[arg-type]
 
     # -- the reply listener -----------------------------------------------------------
 
     def _ensure_listener(self) -> None:
         with self._lock:
-            if self._listener is None:
+            if self._listener is None or not self._listener.is_alive():
                 self._listener = threading.Thread(
                     target=self._listen, daemon=True, name=f"cascadeq-replies-{self.client_id[:6]}"
                 )
                 self._listener.start()
 
     def _listen(self) -> None:
-        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+        """Blocks on the reply channel; sweeps stored results once a second as a backstop.
+
+        The sweep wakes waiters on ids another client submitted (their results are
+        published to that client) and covers anything published while disconnected.
+        """
+        pubsub = self._replies.pubsub()  # type: ignore[no-untyped-call]
         channel = self.keys.reply_channel(self.client_id)
+        sweep = Every(SWEEP_S)
         backoff = 0.05
         while not self._closed.is_set():
             try:
                 if not pubsub.subscribed:
                     pubsub.subscribe(channel)
-                msg = pubsub.get_message(timeout=1.0)  # blocks on the socket
-                if msg is not None and self._inbox.on_message(msg):
-                    self._fetch_stored(self._inbox.outstanding())  # what the gap missed
+                msg = pubsub.get_message(timeout=SWEEP_S)  # blocks on the socket
+                resubscribed = msg is not None and self._inbox.on_message(msg)
+                if resubscribed or sweep.due():
+                    self._fetch_stored(self._inbox.outstanding())
                 backoff = 0.05
-            except redis.RedisError as exc:
-                log.warning("reply_channel_lost", error=str(exc), retry_in=backoff)
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any surprise
+                log.warning("reply_channel_lost", error=repr(exc), retry_in=backoff)
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
-        pubsub.close()
+        with contextlib.suppress(redis.RedisError):
+            pubsub.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -173,6 +185,7 @@ class Producer:
                 self.redis.publish(self.keys.reply_channel(self.client_id), b"")
             self._listener.join(timeout=5)
         self.redis.close()
+        self._replies.close()
 
     def __enter__(self) -> Producer:
         return self

@@ -76,11 +76,17 @@ class Inbox:
         if msg["type"] == "subscribe":
             return True
         if msg["type"] == "message" and msg["data"]:
-            try:
-                self.deliver(Result.loads(msg["data"]))
-            except WireError as exc:  # a stray publish must not stop the listener
-                log.warning("reply_dropped", error=str(exc))
+            self.deliver_raw(msg["data"])
         return False
+
+    def deliver_raw(self, data: bytes) -> None:
+        """Decode and deliver; a forged or corrupt result is logged and dropped."""
+        try:
+            result = Result.loads(data)
+        except WireError as exc:
+            log.warning("reply_dropped", error=str(exc))
+            return
+        self.deliver(result)
 
     def outstanding(self) -> list[str]:
         with self._lock:

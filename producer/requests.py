@@ -16,7 +16,7 @@ import numpy as np
 from cascadeq import wire
 from cascadeq.catalog import Catalog, InputError
 from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id, check_name
-from cascadeq.messages import Header, now_ms
+from cascadeq.messages import Header, now_ms, oversize
 from cascadeq.settings import Settings
 from producer.errors import Rejected
 
@@ -89,12 +89,9 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
         inputs = wire.dumps_inputs(req.inputs)
     except TypeError as exc:
         raise Rejected(str(exc), "bad_input") from exc
-    size = len(header) + len(inputs)
-    if size > settings.max_payload_bytes:
-        raise Rejected(
-            f"request of {size} bytes exceeds the limit of {settings.max_payload_bytes} bytes",
-            "too_large",
-        )
+    problem = oversize(header, inputs, settings.max_payload_bytes)
+    if problem:
+        raise Rejected(problem, "too_large")
     return Prepared(rid, header, inputs)
 
 

@@ -15,6 +15,7 @@ import redis
 from cascadeq import keys as keynames
 from cascadeq import results, streams, wire
 from cascadeq.catalog import Catalog
+from cascadeq.clock import Every
 from cascadeq.effects import Effects
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
@@ -24,7 +25,9 @@ from cascadeq.messages import (
     INPUTS_FIELD,
     Header,
     error_result,
+    kept_for_dead_letter,
     now_ms,
+    oversize,
     salvage_id,
 )
 from cascadeq.process import consumer_name, serve
@@ -47,8 +50,8 @@ class Router:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer or consumer_name("router")
         self.routed = 0
-        self.reclaim_clock = streams.Every(streams.reclaim_period(settings.visibility_timeout_ms))
-        self.trim_clock = streams.Every(settings.trim_every_s)
+        self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
+        self.trim_clock = Every(settings.trim_every_s)
 
     def setup(self) -> None:
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
@@ -110,11 +113,9 @@ class Router:
         if raw_header is None or inputs is None:
             self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
             return
-        size = len(raw_header) + len(inputs)
-        if size > self.settings.max_payload_bytes:
-            limit = self.settings.max_payload_bytes
-            reason = f"entry of {size} bytes exceeds {limit}"
-            self._fail(pipe, eid, {HEADER_FIELD: raw_header}, "too_large", reason)
+        problem = oversize(raw_header, inputs, self.settings.max_payload_bytes)
+        if problem:
+            self._fail(pipe, eid, kept_for_dead_letter(raw_header), "too_large", problem)
             return
         try:
             header = Header.loads(raw_header)

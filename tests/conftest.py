@@ -6,8 +6,9 @@ Each test gets its own key prefix, so tests share one server without seeing each
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,12 @@ def group(env: dict[str, str]) -> Iterator[ProcessGroup]:
     procs = ProcessGroup(env)
     yield procs
     procs.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """A readiness probe (a process joined its group, say), not a stand-in for a result."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
+        time.sleep(0.02)

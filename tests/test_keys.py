@@ -11,7 +11,7 @@ def test_plain_ids_pass(rid: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "rid", ["", "x" * 65, "a:b", "a*", "{tag}", "a b", "a\nb", "../x", "é", 7, None]
+    "rid", ["", "x" * 65, "a:b", "a*", "{tag}", "a b", "a\nb", "ab\n", "../x", "é", 7, None]
 )
 def test_ids_that_could_reach_other_keys_are_refused(rid: object) -> None:
     with pytest.raises(InvalidName):

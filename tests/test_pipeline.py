@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from conftest import wait_for
 
 from cascadeq import keys as keynames
 from cascadeq import wire
@@ -19,6 +20,8 @@ from producer import Producer, Request
 
 
 def consumers(r: redis.Redis, stream: str) -> dict[str, int]:
+    if not r.exists(stream):
+        return {}
     return {
         c["name"].decode(): int(c["pending"])
         for c in r.xinfo_consumers(stream, keynames.WORKER_GROUP)
@@ -35,6 +38,8 @@ def test_600_requests_through_one_router_and_two_workers_all_accounted_for(
         group.spawn("worker"),
         group.spawn("worker", "--models", "digits-small,digits-large"),
     ]
+    small_stream = Keys(settings.prefix).model_stream("digits-small")
+    wait_for(lambda: len(consumers(r, small_stream)) == 2, 60, "both workers read digits-small")
     requests = [Request({"input": x[i % len(x)][None]}, task="digits") for i in range(500)]
     requests += [Request({"input": x[i][None]}, model="digits-large") for i in range(50)]
     requests += [Request({"input": x[i : i + 3]}, model="digits-small") for i in range(50)]

@@ -15,7 +15,14 @@ import numpy as np
 from cascadeq import wire
 from cascadeq.catalog import ModelSpec
 from cascadeq.keys import InvalidName
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
+from cascadeq.messages import (
+    HEADER_FIELD,
+    INPUTS_FIELD,
+    Header,
+    kept_for_dead_letter,
+    now_ms,
+    oversize,
+)
 from cascadeq.streams import Entry, Fields
 
 #: read(count, block_ms) -> [(stream, entry)]; block_ms None means "do not block".
@@ -58,10 +65,9 @@ def decode(
     raw_header, raw_inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
     if raw_header is None or raw_inputs is None:
         return Bad(stream, eid, fields, "bad_payload", "entry lacks the h or x field")
-    if len(raw_header) + len(raw_inputs) > max_bytes:
-        size = len(raw_header) + len(raw_inputs)
-        message = f"entry of {size} bytes exceeds {max_bytes}"
-        return Bad(stream, eid, {HEADER_FIELD: raw_header}, "too_large", message)
+    problem = oversize(raw_header, raw_inputs, max_bytes)
+    if problem:
+        return Bad(stream, eid, kept_for_dead_letter(raw_header), "too_large", problem)
     try:
         header = Header.loads(raw_header)
     except (wire.WireError, InvalidName) as exc:

@@ -16,6 +16,7 @@ import redis
 from cascadeq import keys as keynames
 from cascadeq import results, streams
 from cascadeq.catalog import Catalog, ModelSpec
+from cascadeq.clock import Every
 from cascadeq.effects import Effects
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
@@ -54,8 +55,8 @@ class ModelWorker:
         self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
         self.batcher = Batcher(spec, self._read, settings.max_payload_bytes)
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
-        self.reclaim_clock = streams.Every(streams.reclaim_period(settings.visibility_timeout_ms))
-        self.trim_clock = streams.Every(settings.trim_every_s)
+        self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
+        self.trim_clock = Every(settings.trim_every_s)
 
     def setup(self) -> None:
         for lane in self.lanes:
