@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,13 @@ from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
 from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 from producer import Producer, Request
+
+
+def blocked_readers(r: redis.Redis, model: str) -> int:
+    """Worker connections for ``model`` parked in a blocking read: ready for work."""
+    return sum(
+        1 for c in r.client_list() if c["name"] == f"cq-worker-{model}" and "b" in c["flags"]
+    )
 
 
 def consumers(r: redis.Redis, stream: str) -> dict[str, int]:
@@ -38,8 +47,7 @@ def test_600_requests_through_one_router_and_two_workers_all_accounted_for(
         group.spawn("worker"),
         group.spawn("worker", "--models", "digits-small,digits-large"),
     ]
-    small_stream = Keys(settings.prefix).model_stream("digits-small")
-    wait_for(lambda: len(consumers(r, small_stream)) == 2, 60, "both workers read digits-small")
+    wait_for(lambda: blocked_readers(r, "digits-small") == 2, 60, "both workers wait for work")
     requests = [Request({"input": x[i % len(x)][None]}, task="digits") for i in range(500)]
     requests += [Request({"input": x[i][None]}, model="digits-large") for i in range(50)]
     requests += [Request({"input": x[i : i + 3]}, model="digits-small") for i in range(50)]
@@ -158,3 +166,26 @@ def test_replicas_are_restarted_when_they_die(
     assert not {c.pid for c in first} & {c.pid for c in second}
     group.stop()
     assert parent.returncode == 0
+
+
+def test_replicas_that_keep_crashing_stop_the_group_with_their_exit_code(
+    env: dict[str, str], digits_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx model")
+    text = (digits_dir / "catalog.toml").read_text()
+    text = text.replace('path = "digits_large.onnx"', f'path = "{digits_dir}/digits_large.onnx"')
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(text.replace('path = "digits_small.onnx"', 'path = "broken.onnx"'))
+    assert "broken.onnx" in catalog.read_text()
+    argv = ["worker", "--models", "digits-small", "--replicas", "2", "--catalog", str(catalog)]
+    parent = subprocess.run(
+        [sys.executable, "-m", "cascadeq.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert parent.returncode == 2  # ModelLoadError in every copy: a configuration error
+    assert parent.stderr.count("replica_exited") >= 3  # it did restart them, then gave up
+    assert "cannot load" in parent.stderr

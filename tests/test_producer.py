@@ -4,6 +4,7 @@ import asyncio
 import threading
 from dataclasses import replace
 
+import msgpack
 import numpy as np
 import pytest
 import redis
@@ -158,9 +159,14 @@ def test_a_stray_publish_does_not_stop_the_listener(
         first, second = client.submit_many([Request(X, task="toy")] * 2)
         write_results(r, settings, client.client_id, [first])
         client.wait(first, timeout=5)  # the listener is up
-        r.publish(Keys(settings.prefix).reply_channel(client.client_id), b"\xc1 not a result")
+        channel = Keys(settings.prefix).reply_channel(client.client_id)
+        r.publish(channel, b"\xc1 not a result")
+        r.publish(channel, msgpack.packb({"id": [1], "status": "ok"}))  # well-formed, forged
+        r.publish(channel, msgpack.packb({"id": second, "status": "ok", "outputs": 5}))
         threading.Timer(0.2, write_results, (r, settings, client.client_id, [second])).start()
-        assert client.wait(second, timeout=10).id == second
+        got = client.wait(second, timeout=10)
+        assert got.id == second
+        assert got.outputs["probabilities"].shape == (1, 2)  # the real one, not the forgery
 
 
 def test_a_waiter_that_gives_up_does_not_strand_another_on_the_same_id(
@@ -218,3 +224,20 @@ def test_producer_reads_the_catalog_a_router_published(
         publish_catalog(r, Keys(settings.prefix), toy_catalog)
         client.catalogs.checked = -CatalogCache.REFRESH_S  # skip the refresh interval
         assert client.submit(task="toy", inputs=X)
+
+
+def test_many_threads_share_one_producer(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+
+        def one_call(_: int) -> str:
+            rid = client.submit(task="toy", inputs=X)
+            write_results(r, settings, client.client_id, [rid])
+            return client.wait(rid, timeout=30).id
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            got = list(pool.map(one_call, range(640)))
+    assert len(set(got)) == 640

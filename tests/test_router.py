@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import redis
+from conftest import wait_for
 
 from cascadeq import keys as keynames
 from cascadeq import streams, wire
@@ -147,3 +148,25 @@ def test_acknowledged_ingress_entries_are_trimmed_and_unread_ones_kept(
     assert len(held) == 2
     assert streams.trim_acknowledged(r, keys.ingress) == 0  # pending entries stay
     assert r.xlen(keys.ingress) == 7
+
+
+def test_a_router_recovers_when_redis_loses_its_stream_and_group(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    import threading
+
+    router = Router(r, toy_catalog, settings)
+    keys = router.keys
+    stop = threading.Event()
+    thread = threading.Thread(target=router.run, args=(stop,))
+    thread.start()
+    try:
+        put(r, keys, hdr("before", task="toy"))
+        wait_for(lambda: r.xlen(keys.model_stream("toy-small")) == 1, 30, "the first is routed")
+        r.delete(keys.ingress)  # as a restart without persistence would: NOGROUP next read
+        put(r, keys, hdr("after", task="toy"))
+        wait_for(lambda: r.xlen(keys.model_stream("toy-small")) == 2, 30, "routing resumed")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert [h.id for h, _ in routed(r, keys, "toy-small")] == ["before", "after"]

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cascadeq.catalog import Catalog
 from cascadeq.process import ProcessGroup
+from cascadeq.settings import Settings
+from producer import Producer
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,3 +65,27 @@ def test_configuration_errors_are_one_line_without_a_traceback(tmp_path: Path) -
     assert "models.m.inputs: is missing" in bad.stderr
     no_url = cli({"PATH": "/usr/bin:/bin"}, "router", "--catalog", str(tmp_path / "bad.toml"))
     assert "Traceback" not in no_url.stderr
+
+
+def test_result_wait_wakes_for_a_request_another_client_submitted(
+    env: dict[str, str],
+    group: ProcessGroup,
+    settings: Settings,
+    catalog: Catalog,
+    digits_dir: Path,
+) -> None:
+    x = np.load(digits_dir / "digits_test.npz")["X"][:1]
+    with Producer(settings=settings, catalog=catalog) as client:
+        rid = client.submit(task="digits", inputs={"input": x})  # nothing serves it yet
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "cascadeq.cli", "result", rid, "--wait", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    group.spawn("router")
+    group.spawn("worker")
+    out, err = waiter.communicate(timeout=90)
+    assert waiter.returncode == 0, err
+    assert json.loads(out)["id"] == rid
