@@ -1,7 +1,8 @@
 """One model's serving loop: collect a batch, run it, answer or escalate, then ack.
 
-Every entry read ends in exactly one effect (result, escalation or dead letter) written
-in the same pipeline as its XACK, effects first, so a crash re-delivers rather than loses.
+Every entry read ends in exactly one effect (result, escalation or dead letter); the
+effects of a batch go in one pipeline and the XACKs in a second, only for the entries
+whose effects landed (cascadeq/effects.py), so a crash re-delivers rather than loses.
 """
 
 from __future__ import annotations
