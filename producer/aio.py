@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
@@ -13,17 +12,16 @@ import numpy as np
 from cascadeq.catalog import Catalog
 from cascadeq.clock import Every
 from cascadeq.connection import connect_async
-from cascadeq.keys import DEFAULT_LANE, Keys
+from cascadeq.keys import DEFAULT_LANE
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.client import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S
+from producer.base import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S, ClientBase
 from producer.errors import RequestFailed
-from producer.inbox import Inbox, collect
+from producer.inbox import collect
 from producer.requests import (
     SUBMIT_CHUNK,
     SUBMIT_SCRIPT,
-    CatalogCache,
     Request,
     check_admitted,
     prepare,
@@ -33,7 +31,9 @@ from producer.requests import (
 log = get_logger("cascadeq.producer")
 
 
-class AsyncProducer:
+class AsyncProducer(ClientBase):
+    """The same contract as Producer, for asyncio code; safe to share between tasks."""
+
     def __init__(
         self,
         redis_url: str | None = None,
@@ -41,17 +41,10 @@ class AsyncProducer:
         settings: Settings | None = None,
         catalog: Catalog | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
-        url = redis_url or self.settings.redis_url
-        if not url:
-            raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
-        self.client_id = uuid.uuid4().hex
-        name = f"cq-producer-{self.client_id}"
-        self.redis = connect_async(url, max_connections=MAX_CONNECTIONS, name=name)
-        self._replies = connect_async(url, max_connections=1, name=name, socket_timeout=None)
-        self.keys = Keys(self.settings.prefix)
-        self.catalogs = CatalogCache(catalog, self.settings.catalog)
-        self._inbox = Inbox()
+        super().__init__(redis_url, settings, catalog)
+        name = self.connection_name
+        self.redis = connect_async(self.url, max_connections=MAX_CONNECTIONS, name=name)
+        self._replies = connect_async(self.url, max_connections=1, name=name, socket_timeout=None)
         self._listener: asyncio.Task[None] | None = None
 
     async def submit(

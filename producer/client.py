@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION
 from concurrent.futures import wait as wait_futures
@@ -16,16 +15,16 @@ import redis
 from cascadeq.catalog import Catalog
 from cascadeq.clock import Every
 from cascadeq.connection import connect
-from cascadeq.keys import DEFAULT_LANE, Keys
+from cascadeq.keys import DEFAULT_LANE
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
+from producer.base import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S, ClientBase
 from producer.errors import RequestFailed
-from producer.inbox import Inbox, collect
+from producer.inbox import collect
 from producer.requests import (
     SUBMIT_CHUNK,
     SUBMIT_SCRIPT,
-    CatalogCache,
     Request,
     check_admitted,
     prepare,
@@ -33,12 +32,9 @@ from producer.requests import (
 )
 
 log = get_logger("cascadeq.producer")
-MGET_CHUNK = 1000
-MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
-SWEEP_S = 1.0
 
 
-class Producer:
+class Producer(ClientBase):
     """Thread-safe; one reply connection serves every outstanding wait of the process.
 
     Up to MAX_CONNECTIONS calls talk to Redis at once; more wait for a free connection.
@@ -51,17 +47,10 @@ class Producer:
         settings: Settings | None = None,
         catalog: Catalog | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
-        url = redis_url or self.settings.redis_url
-        if not url:
-            raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
-        self.client_id = uuid.uuid4().hex
-        name = f"cq-producer-{self.client_id}"
-        self.redis = connect(url, max_connections=MAX_CONNECTIONS, name=name)
-        self._replies = connect(url, max_connections=1, name=name, socket_timeout=None)
-        self.keys = Keys(self.settings.prefix)
-        self.catalogs = CatalogCache(catalog, self.settings.catalog)
-        self._inbox = Inbox()
+        super().__init__(redis_url, settings, catalog)
+        name = self.connection_name
+        self.redis = connect(self.url, max_connections=MAX_CONNECTIONS, name=name)
+        self._replies = connect(self.url, max_connections=1, name=name, socket_timeout=None)
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()

@@ -6,10 +6,13 @@ Each test gets its own key prefix, so tests share one server without seeing each
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import redis
@@ -108,3 +111,15 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting until {what}")
         time.sleep(0.02)
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 240) -> CompletedProcess[str]:
+    """`cascadeq ARGS` as a person runs it: a fresh process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "cascadeq.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import redis
+from conftest import run_cli
 
 
 def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(digits_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
-    proc = subprocess.run(
-        [sys.executable, "-m", "cascadeq.cli", "demo", "--json", "--models-dir", str(digits_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc = run_cli(env, "demo", "--json", "--models-dir", str(digits_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {
         row["strategy"]: row for row in json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
@@ -45,14 +37,7 @@ def test_demo_on_a_users_redis_keeps_to_its_own_keys_and_cleans_up(
 ) -> None:
     r.set("cq:catalog", b"a deployment's own catalog")
     env = {**os.environ, "REDIS_URL": redis_url}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cascadeq.cli", "demo", "--models-dir", str(digits_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc = run_cli(env, "demo", "--models-dir", str(digits_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert r.get("cq:catalog") == b"a deployment's own catalog"
     assert [k for k in r.scan_iter(match="cq-demo-*")] == []

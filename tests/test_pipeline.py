@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import redis
-from conftest import wait_for
+from conftest import run_cli, wait_for
 
 from cascadeq import keys as keynames
 from cascadeq import wire
@@ -84,7 +82,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(
     group: ProcessGroup,
 ) -> None:
     env["CASCADEQ_VISIBILITY_TIMEOUT_MS"] = "1000"
-    x = np.ascontiguousarray(np.resize(np.load(digits_dir / "digits_test.npz")["X"], (32, 64)))
+    x = rows_of_32(digits_dir)
     keys = Keys(settings.prefix)
     stream = keys.model_stream("digits-large")
     with Producer(settings=settings, catalog=catalog) as client:
@@ -93,14 +91,23 @@ def test_a_worker_killed_mid_batch_loses_nothing(
         client.wait(ids[0], timeout=60)  # the victim is serving
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        stranded = sum(n for name, n in consumers(r, stream).items() if f"-{victim.pid}-" in name)
-        assert stranded > 0, "the victim held no batch when it died"
+        assert held_by(r, stream, victim.pid) > 0, "the victim held no batch when it died"
         group.spawn("worker", "--models", "digits-large")  # the survivor
         got = client.wait_many(ids, timeout=180)
     assert all(g.ok for g in got)
     assert [g.id for g in got] == ids
-    assert sum(n for name, n in consumers(r, stream).items() if f"-{victim.pid}-" in name) == 0
+    assert held_by(r, stream, victim.pid) == 0
     assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
+
+
+def rows_of_32(digits_dir: Path) -> np.ndarray:
+    """One request of 32 samples: a full batch for digits-large, so backlogs last a while."""
+    return np.ascontiguousarray(np.resize(np.load(digits_dir / "digits_test.npz")["X"], (32, 64)))
+
+
+def held_by(r: redis.Redis, stream: str, pid: int | None) -> int:
+    """Entries a worker process has read and not yet acknowledged."""
+    return sum(n for name, n in consumers(r, stream).items() if f"-{pid}-" in name)
 
 
 def backlog(r: redis.Redis, keys: Keys, x: np.ndarray, reply_to: str, n: int) -> list[str]:
@@ -120,7 +127,7 @@ def backlog(r: redis.Redis, keys: Keys, x: np.ndarray, reply_to: str, n: int) ->
 def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
     r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
 ) -> None:
-    x = np.ascontiguousarray(np.resize(np.load(digits_dir / "digits_test.npz")["X"], (32, 64)))
+    x = rows_of_32(digits_dir)
     keys = Keys(settings.prefix)
     stream = keys.model_stream("digits-large")
     with Producer(settings=settings, catalog=catalog) as client:
@@ -129,8 +136,9 @@ def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
         client.wait(ids[0], timeout=60)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
-        mine = sum(n for name, n in consumers(r, stream).items() if f"-{worker.pid}-" in name)
-        assert mine == 0  # everything it had read was answered and acknowledged
+        assert (
+            held_by(r, stream, worker.pid) == 0
+        )  # everything it had read was answered and acknowledged
         answered = [raw for raw in r.mget([keys.result(i) for i in ids]) if raw]
         assert 0 < len(answered) < len(ids)  # it stopped early, leaving the rest queued
         group.spawn("worker", "--models", "digits-large")
@@ -178,14 +186,7 @@ def test_replicas_that_keep_crashing_stop_the_group_with_their_exit_code(
     catalog.write_text(text.replace('path = "digits_small.onnx"', 'path = "broken.onnx"'))
     assert "broken.onnx" in catalog.read_text()
     argv = ["worker", "--models", "digits-small", "--replicas", "2", "--catalog", str(catalog)]
-    parent = subprocess.run(
-        [sys.executable, "-m", "cascadeq.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    parent = run_cli(env, *argv, timeout=120)
     assert parent.returncode == 2  # ModelLoadError in every copy: a configuration error
     assert parent.stderr.count("replica_exited") >= 3  # it did restart them, then gave up
     assert "cannot load" in parent.stderr

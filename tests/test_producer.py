@@ -124,7 +124,7 @@ def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings, toy_catalo
 def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
     r: redis.Redis, settings: Settings, toy_catalog: Catalog
 ) -> None:
-    from producer.client import MAX_CONNECTIONS
+    from producer.base import MAX_CONNECTIONS
 
     with Producer(settings=settings, catalog=toy_catalog) as client:
         ids = client.submit_many([Request(X, task="toy") for _ in range(10_000)])

@@ -8,22 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import run_cli
 
 from cascadeq.catalog import Catalog
 from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 from producer import Producer
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cascadeq.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_submit_wait_and_result_from_the_shell(
@@ -33,37 +23,37 @@ def test_submit_wait_and_result_from_the_shell(
     np.save(tmp_path / "x.npy", x)
     group.spawn("router")
     group.spawn("worker")
-    waited = cli(
+    waited = run_cli(
         env, "submit", "--task", "digits", "--input", f"input={tmp_path / 'x.npy'}", "--wait", "60"
     )
     assert waited.returncode == 0, waited.stderr
     answer = json.loads(waited.stdout)
     assert answer["status"] == "ok"
     assert np.array(answer["outputs"]["probabilities"]).shape == (2, 10)
-    rid = cli(
+    rid = run_cli(
         env, "submit", "--model", "digits-small", "--input", f"input={tmp_path / 'x.npy'}"
     ).stdout.strip()
-    polled = cli(env, "result", rid, "--wait", "60")
+    polled = run_cli(env, "result", rid, "--wait", "60")
     assert polled.returncode == 0, polled.stderr
     assert json.loads(polled.stdout)["model"] == "digits-small"
-    refused = cli(env, "submit", "--task", "nope", "--input", f"input={tmp_path / 'x.npy'}")
+    refused = run_cli(env, "submit", "--task", "nope", "--input", f"input={tmp_path / 'x.npy'}")
     assert refused.returncode == 3
     assert "unknown_task" in refused.stderr
-    unknown = cli(env, "result", "no-such-id")
+    unknown = run_cli(env, "result", "no-such-id")
     assert unknown.returncode == 5
 
 
 def test_configuration_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"}
-    missing = cli(env, "worker", "--catalog", str(tmp_path / "nope.toml"))
+    missing = run_cli(env, "worker", "--catalog", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
     assert "nope.toml: (file): cannot be read" in missing.stderr
     (tmp_path / "bad.toml").write_text('[models.m]\npath = "m.onnx"\n')
-    bad = cli(env, "router", "--catalog", str(tmp_path / "bad.toml"))
+    bad = run_cli(env, "router", "--catalog", str(tmp_path / "bad.toml"))
     assert bad.returncode == 2
     assert "models.m.inputs: is missing" in bad.stderr
-    no_url = cli({"PATH": "/usr/bin:/bin"}, "router", "--catalog", str(tmp_path / "bad.toml"))
+    no_url = run_cli({"PATH": "/usr/bin:/bin"}, "router", "--catalog", str(tmp_path / "bad.toml"))
     assert "Traceback" not in no_url.stderr
 
 

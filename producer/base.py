@@ -1,0 +1,31 @@
+"""What the sync and asyncio clients share: identity, settings, keys, catalog, inbox."""
+
+from __future__ import annotations
+
+import uuid
+
+from cascadeq.catalog import Catalog
+from cascadeq.keys import Keys
+from cascadeq.settings import Settings
+from producer.inbox import Inbox
+from producer.requests import CatalogCache
+
+MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
+MGET_CHUNK = 1000
+SWEEP_S = 1.0  # how often the listener re-reads outstanding results as a backstop
+
+
+class ClientBase:
+    def __init__(
+        self, redis_url: str | None, settings: Settings | None, catalog: Catalog | None
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        url = redis_url or self.settings.redis_url
+        if not url:
+            raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
+        self.url = url
+        self.client_id = uuid.uuid4().hex
+        self.connection_name = f"cq-producer-{self.client_id}"  # visible in CLIENT LIST
+        self.keys = Keys(self.settings.prefix)
+        self.catalogs = CatalogCache(catalog, self.settings.catalog)
+        self._inbox = Inbox()
