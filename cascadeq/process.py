@@ -87,52 +87,66 @@ def run_replicas(argv: Sequence[str], replicas: int) -> int:
     A copy that dies is restarted; one that keeps dying within seconds of its start
     (a broken model file, say) stops the whole group, which exits with that copy's code.
     """
-    cmd = [sys.executable, "-m", "cascadeq.cli", *argv, "--replicas", "1"]
-    # pid -> (process, start time). Reaped only by os.wait below; the Popen objects are
-    # kept so that subprocess never reaps one behind our back.
-    children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
-    stopping = threading.Event()
+    supervisor = Supervisor([sys.executable, "-m", "cascadeq.cli", *argv, "--replicas", "1"])
+    signal.signal(signal.SIGTERM, supervisor.forward)
+    signal.signal(signal.SIGINT, supervisor.forward)
+    for _ in range(replicas):
+        supervisor.start()
+    log.info("replicas_started", replicas=replicas, pids=sorted(supervisor.children))
+    return supervisor.watch()
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-        for pid in list(children):
+
+class Supervisor:
+    """Children are reaped only by ``os.wait`` in ``watch``; signal handlers only signal.
+
+    The Popen objects are kept so that subprocess never reaps a child behind our back.
+    """
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.cmd = cmd
+        self.children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self.quick_crashes = 0
+
+    def forward(self, signum: int, _frame: FrameType | None = None) -> None:
+        self.stopping.set()
+        for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    def start() -> None:
-        child = subprocess.Popen(cmd)
-        children[child.pid] = (child, time.monotonic())
-        if stopping.is_set():  # a signal landed while it was starting
+    def start(self) -> None:
+        child = subprocess.Popen(self.cmd)
+        self.children[child.pid] = (child, time.monotonic())
+        if self.stopping.is_set():  # a signal landed while it was starting
             os.kill(child.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for _ in range(replicas):
-        start()
-    log.info("replicas_started", replicas=replicas, pids=sorted(children))
-    worst, quick_crashes = 0, 0
-    while children:
-        try:
-            pid, status = os.wait()  # blocks; resumes after a signal handler ran
-        except ChildProcessError:
-            break
-        entry = children.pop(pid, None)
-        if entry is None:
-            continue
-        child, started = entry
-        child.returncode = code = os.waitstatus_to_exitcode(status)
-        if stopping.is_set():
-            worst = worst or abs(code)
-            continue
+    def watch(self) -> int:
+        while self.children:
+            try:
+                pid, status = os.wait()  # blocks; resumes after a signal handler ran
+            except ChildProcessError:
+                break
+            entry = self.children.pop(pid, None)
+            if entry is not None:
+                child, started = entry
+                child.returncode = os.waitstatus_to_exitcode(status)
+                self._exited(pid, child.returncode, started)
+        return self.exit_code
+
+    def _exited(self, pid: int, code: int, started: float) -> None:
+        if self.stopping.is_set():
+            self.exit_code = self.exit_code or abs(code)
+            return
         quick = code != 0 and time.monotonic() - started < CRASH_WINDOW_S
-        quick_crashes = quick_crashes + 1 if quick else 0
-        log.warning("replica_exited", pid=pid, code=code, restarting=quick_crashes < CRASH_LIMIT)
-        if quick_crashes >= CRASH_LIMIT:
-            worst = abs(code)
-            forward(signal.SIGTERM, None)
-            continue
-        start()
-    return worst
+        self.quick_crashes = self.quick_crashes + 1 if quick else 0
+        giving_up = self.quick_crashes >= CRASH_LIMIT
+        log.warning("replica_exited", pid=pid, code=code, restarting=not giving_up)
+        if giving_up:
+            self.exit_code = abs(code)
+            self.forward(signal.SIGTERM)
+        else:
+            self.start()
 
 
 class ProcessGroup:
