@@ -8,6 +8,7 @@ because entries may come from a buggy or hostile client.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -37,6 +38,24 @@ ALLOWED_DTYPES: frozenset[str] = frozenset(
 )
 
 
+_local = threading.local()
+
+
+def _packers() -> tuple[msgpack.Packer, msgpack.Packer]:
+    """Per-thread packers, (messages, arrays): a fresh Packer per message costs ~15 us.
+
+    Two, because packing an array happens inside packing the message that holds it.
+    """
+    try:
+        return _local.packers  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.packers = (
+            msgpack.Packer(default=_encode_ext, use_bin_type=True),
+            msgpack.Packer(use_bin_type=True),
+        )
+        return _local.packers  # type: ignore[no-any-return]
+
+
 class WireError(ValueError):
     """Bytes that are not a valid cascadeq message."""
 
@@ -59,7 +78,7 @@ def pack_array(arr: np.ndarray) -> bytes:
             f"dtype {arr.dtype} cannot cross the wire; allowed: {sorted(ALLOWED_DTYPES)}"
         )
     arr = np.ascontiguousarray(arr)
-    packed: bytes = msgpack.packb([dtype.str, list(arr.shape), arr.data if arr.size else b""])
+    packed: bytes = _packers()[1].pack([dtype.str, list(arr.shape), arr.data if arr.size else b""])
     return packed
 
 
@@ -110,7 +129,8 @@ class MsgpackCodec:
         self.max_bytes = max_bytes
 
     def dumps(self, obj: Any) -> bytes:
-        return msgpack.packb(obj, default=_encode_ext, use_bin_type=True)  # type: ignore[no-any-return]
+        packed: bytes = _packers()[0].pack(obj)
+        return packed
 
     def loads(self, data: bytes) -> Any:
         if len(data) > self.max_bytes:

@@ -8,9 +8,10 @@ Several waiters may wait on one id; the future lives until the last of them leav
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from cascadeq.log import get_logger
@@ -37,7 +38,8 @@ class Inbox:
                 if len(self._unclaimed) > UNCLAIMED_CAP:
                     self._unclaimed.popitem(last=False)
                 return
-        if not fut.done():
+        # The listener and a waiter's MGET may both deliver one result: first one wins.
+        with contextlib.suppress(InvalidStateError):
             fut.set_result(result)
 
     def register(self, ids: list[str]) -> tuple[dict[str, Future[Result]], dict[str, Result]]:
@@ -89,8 +91,9 @@ class Inbox:
         self.deliver(result)
 
     def outstanding(self) -> list[str]:
+        """Ids someone waits for whose result has not arrived."""
         with self._lock:
-            return list(self._futures)
+            return [rid for rid, fut in self._futures.items() if not fut.done()]
 
 
 def collect(

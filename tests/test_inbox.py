@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from cascadeq.messages import Result
+from producer.inbox import UNCLAIMED_CAP, Inbox
+
+
+def res(rid: str) -> Result:
+    return Result(id=rid, status="ok")
+
+
+def test_a_result_reaches_every_waiter_and_a_second_delivery_is_harmless() -> None:
+    inbox = Inbox()
+    first, _ = inbox.register(["a"])
+    second, _ = inbox.register(["a"])
+    assert first["a"] is second["a"]
+    assert inbox.outstanding() == ["a"]
+    inbox.deliver(res("a"))
+    inbox.deliver(res("a"))  # the listener and a waiter's MGET both found it
+    assert first["a"].result().id == "a"
+    assert inbox.outstanding() == []  # answered: the sweep no longer fetches it
+    inbox.release(["a"])
+    inbox.release(["a"])
+    assert inbox.register(["a"])[0]["a"] is not first["a"]  # gone once both left
+
+
+def test_results_nobody_waits_for_are_buffered_boundedly_and_taken_once() -> None:
+    inbox = Inbox()
+    for i in range(UNCLAIMED_CAP + 5):
+        inbox.deliver(res(f"r{i}"))
+    assert inbox.take("r0") is None  # the oldest were dropped
+    found = inbox.take(f"r{UNCLAIMED_CAP}")
+    assert found is not None
+    assert inbox.take(f"r{UNCLAIMED_CAP}") is None
+    futures, ready = inbox.register([f"r{UNCLAIMED_CAP + 1}", "later"])
+    assert list(ready) == [f"r{UNCLAIMED_CAP + 1}"]
+    assert list(futures) == ["later"]
+
+
+def test_forged_messages_are_dropped_and_subscriptions_ask_for_a_sweep() -> None:
+    inbox = Inbox()
+    assert inbox.on_message({"type": "subscribe", "data": 1}) is True
+    assert inbox.on_message({"type": "message", "data": b"\xc1"}) is False
+    assert inbox.on_message({"type": "message", "data": res("ok").dumps()}) is False
+    assert inbox.take("ok") is not None
