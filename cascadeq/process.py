@@ -136,7 +136,9 @@ class Supervisor:
 
     def _exited(self, pid: int, code: int, started: float) -> None:
         if self.stopping.is_set():
-            self.exit_code = self.exit_code or abs(code)
+            # A copy still starting dies of the forwarded signal itself: that is a stop too.
+            stopped = code in (-signal.SIGTERM, -signal.SIGINT)
+            self.exit_code = self.exit_code or (0 if stopped else abs(code))
             return
         quick = code != 0 and time.monotonic() - started < CRASH_WINDOW_S
         self.quick_crashes = self.quick_crashes + 1 if quick else 0

@@ -10,6 +10,7 @@ import contextlib
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,6 +94,7 @@ def test_any_header_decodes_or_raises_a_clear_error(data: bytes) -> None:
     Header.loads(header.dumps())  # what decoded re-encodes and decodes the same way
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 @settings(max_examples=300, deadline=None)
 @given(
     header=st.one_of(
