@@ -149,7 +149,11 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascadeq", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cascadeq",
+        description="A Redis inference queue that answers each request with the cheapest "
+        "model good enough for it. Settings come from REDIS_URL and CASCADEQ_* variables.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="example models").add_subparsers(

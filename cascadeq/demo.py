@@ -58,11 +58,7 @@ def summarize(
     ok = [r for r in results if r.ok]
     predicted = np.array([int(np.argmax(r.outputs[output][0])) if r.ok else -1 for r in results])
     ran = [
-        [
-            hop["model"]
-            for hop in r.path
-            if hop.get("confidence", None) is not None or "compute_ms" in hop
-        ]
+        [hop["model"] for hop in r.path if "compute_ms" in hop]  # hops a model really ran
         for r in results
     ]
     large_calls = sum(large in models for models in ran)

@@ -22,16 +22,15 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
 
 def read_new(
     r: redis.Redis,
-    streams: dict[str, str] | list[str],
+    streams: list[str],
     group: str,
     consumer: str,
     count: int,
     block_ms: int | None,
 ) -> list[tuple[str, Entry]]:
     """XREADGROUP for never-delivered entries; ``block_ms`` None returns at once."""
-    names = list(streams)
     reply: Any = r.xreadgroup(
-        group, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms
+        group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
     )
     out: list[tuple[str, Entry]] = []
     for stream, entries in reply or []:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -112,14 +112,6 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code != EXT_NDARRAY:
         raise WireError(f"unknown msgpack extension type {code}")
     return unpack_array(data)
-
-
-class Codec(Protocol):
-    """The pluggable serializer hook: bytes in, plain data (and arrays) out."""
-
-    def dumps(self, obj: Any) -> bytes: ...
-
-    def loads(self, data: bytes) -> Any: ...
 
 
 class MsgpackCodec:

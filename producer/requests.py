@@ -56,12 +56,16 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
     """Validate against the catalog and encode; raises Rejected with the reason."""
     if (req.task is None) == (req.model is None):
         raise Rejected("name exactly one of task= or model=", "bad_request")
-    for spec in _models_for(req, catalog):
-        try:
-            _check_arrays(req.inputs)
-            spec.check_inputs(req.inputs)
-        except InputError as exc:
-            raise Rejected(str(exc), "bad_input") from exc
+    try:
+        _check_arrays(req.inputs)
+        checked: set[tuple[object, ...]] = set()
+        for spec in _models_for(req, catalog):
+            signature = (spec.inputs, spec.allow_nonfinite)
+            if signature not in checked:  # cascades usually share one signature: check once
+                spec.check_inputs(req.inputs)
+                checked.add(signature)
+    except InputError as exc:
+        raise Rejected(str(exc), "bad_input") from exc
     rid = req.id or uuid.uuid4().hex
     try:
         check_id(rid)
