@@ -17,7 +17,10 @@ import numpy as np
 
 from cascadeq.errors import ConfigError
 from cascadeq.keys import InvalidName, check_name
+from cascadeq.tasks import Stage, TaskSpec, parse_task
 from cascadeq.wire import ALLOWED_DTYPES
+
+__all__ = ["Catalog", "CatalogError", "InputError", "ModelSpec", "Stage", "TaskSpec"]
 
 BATCH_MODES = ("static", "dynamic", "continuous")
 OUTPUT_KINDS = ("probabilities", "scores", "embedding")
@@ -96,18 +99,6 @@ def _check_one(model: ModelSpec, spec: InputSpec, arr: np.ndarray) -> None:
 
 
 @dataclass(frozen=True)
-class Stage:
-    model: str
-    threshold: float | None  # below it the request moves to the next stage
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    cascade: tuple[Stage, ...]
-
-
-@dataclass(frozen=True)
 class Catalog:
     source: str
     models: Mapping[str, ModelSpec]
@@ -169,7 +160,7 @@ class _Parser:
         }
         tasks_doc = self.table(doc, "tasks", "tasks", required=False)
         tasks = {
-            name: self.task(name, self.table(tasks_doc, name, f"tasks.{name}"), models)
+            name: parse_task(self, name, self.table(tasks_doc, name, f"tasks.{name}"), models)
             for name in tasks_doc
         }
         return Catalog(self.source, models, tasks, text)
@@ -322,42 +313,6 @@ class _Parser:
                 "use a number of milliseconds from 0 to 60000",
             )
         return Batching(mode, self.positive(doc, "max_batch", where, 32), wait)
-
-    def task(self, name: str, doc: dict[str, Any], models: Mapping[str, ModelSpec]) -> TaskSpec:
-        where = f"tasks.{name}"
-        self.name("task", name, where)
-        self.no_unknown(doc, {"cascade"}, where)
-        raw = self.value(
-            doc,
-            "cascade",
-            where,
-            list,
-            fix='add cascade = [{ model = "small", threshold = 0.9 }, { model = "large" }]',
-        )
-        if not raw:
-            raise self.fail(f"{where}.cascade", "is empty", "list at least one model")
-        stages = []
-        for i, item in enumerate(raw):
-            at = f"{where}.cascade[{i}]"
-            if not isinstance(item, dict):
-                raise self.fail(at, "must be a table", '{ model = "...", threshold = 0.9 }')
-            self.no_unknown(item, {"model", "threshold"}, at)
-            model = self.value(item, "model", at, str)
-            if model not in models:
-                raise self.fail(
-                    f"{at}.model",
-                    f"unknown model {model!r}",
-                    f"use one of {sorted(models)} or declare [models.{model}]",
-                )
-            threshold = self.value(item, "threshold", at, (int, float, type(None)), None)
-            if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-                raise self.fail(
-                    f"{at}.threshold",
-                    f"{threshold} is outside [0, 1]",
-                    "use a confidence between 0 and 1",
-                )
-            stages.append(Stage(model, None if threshold is None else float(threshold)))
-        return TaskSpec(name, tuple(stages))
 
     def positive(self, doc: Mapping[str, Any], key: str, where: str, default: int) -> int:
         value = self.value(doc, key, where, int, default)

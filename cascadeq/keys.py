@@ -65,3 +65,16 @@ class Keys:
     @property
     def catalog(self) -> str:
         return f"{self.prefix}:catalog"
+
+    def observed(self, model: str) -> str:
+        """Hash of a model's recent compute time, batch size and queue wait (workers write)."""
+        return f"{self.prefix}:obs:{model}"
+
+    @property
+    def routing_counts(self) -> str:
+        """Hash of routing decisions and escalation outcomes by rule, for operators."""
+        return f"{self.prefix}:counts:routing"
+
+    def traces(self, task: str) -> str:
+        """Capped stream of (inputs, first model's answer kept?) for `cascadeq router train`."""
+        return f"{self.prefix}:traces:{task}"

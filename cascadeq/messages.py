@@ -97,7 +97,7 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
 
 
 MAX_HOPS = 16
-_HOP_TEXT = frozenset({"model", "rule"})
+_HOP_TEXT = frozenset({"model", "rule", "tier", "skipped"})
 
 
 def _check_types(header: Header) -> None:

@@ -8,8 +8,12 @@ which the first-write-wins result makes harmless.
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 
 from cascadeq import keys as keynames
@@ -30,9 +34,11 @@ from cascadeq.messages import (
     oversize,
     salvage_id,
 )
+from cascadeq.observed import LoadBoard
 from cascadeq.process import consumer_name, serve
 from cascadeq.settings import Settings
-from router.policy import RouteError, choose
+from router.learned import LearnedRouters
+from router.policy import RULES, Request, RouteError, choose
 
 log = get_logger("cascadeq.router")
 
@@ -40,6 +46,25 @@ log = get_logger("cascadeq.router")
 def publish_catalog(r: redis.Redis, keys: Keys, catalog: Catalog) -> None:
     """Let producers validate against the catalog without a copy of the file."""
     r.set(keys.catalog, wire.dumps({"source": catalog.source, "text": catalog.text}))
+
+
+@dataclass
+class _Parsed:
+    eid: bytes
+    header: Header
+    inputs: bytes
+    p_hard: float | None = None
+    _decoded: dict[str, np.ndarray] | None = None
+    _broken: bool = False
+
+    def decoded(self) -> dict[str, np.ndarray] | None:
+        """The inputs, decoded once and only if a rule needs them; None if undecodable."""
+        if self._decoded is None and not self._broken:
+            try:
+                self._decoded = wire.loads_inputs(self.inputs)
+            except (wire.WireError, ValueError, TypeError):
+                self._broken = True  # the worker answers it with a clear error
+        return self._decoded
 
 
 class Router:
@@ -52,6 +77,8 @@ class Router:
         self.routed = 0
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
+        self.board = LoadBoard(r, self.keys, catalog)
+        self.learned = LearnedRouters(catalog)
 
     def setup(self) -> None:
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
@@ -65,6 +92,7 @@ class Router:
     def step(self, block_ms: int | None) -> int:
         """One read-route-forward-ack cycle; returns how many entries it handled."""
         handled = self._reclaim() if self.reclaim_clock.due() else 0
+        self.board.refresh()
         got = streams.read_new(
             self.r,
             [self.keys.ingress],
@@ -101,43 +129,78 @@ class Router:
         if not entries:
             return 0
         effects = Effects(self.r, keynames.ROUTER_GROUP)
-        for eid, fields in entries:
-            with effects.entry(self.keys.ingress, eid) as pipe:
-                self._route_one(pipe, eid, fields)
+        parsed = [self._parse(effects, eid, fields) for eid, fields in entries]
+        requests = [p for p in parsed if p is not None]
+        self._ask_learned(requests)
+        rules: Counter[str] = Counter()
+        for parsed_entry in requests:
+            with effects.entry(self.keys.ingress, parsed_entry.eid) as pipe:
+                rules[self._route(pipe, parsed_entry)] += 1
+        for rule, n in rules.items():
+            effects.pipe.hincrby(self.keys.routing_counts, f"route:{rule}", n)
         effects.commit()
         self.routed += len(entries)
         return len(entries)
 
-    def _route_one(self, pipe: Any, eid: bytes, fields: streams.Fields) -> None:
+    def _parse(self, effects: Effects, eid: bytes, fields: streams.Fields) -> _Parsed | None:
+        """The entry's header, or None once a broken entry has had its effect queued."""
         raw_header, inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
-        if raw_header is None or inputs is None:
-            self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
-            return
-        problem = oversize(raw_header, inputs, self.settings.max_payload_bytes)
-        if problem:
-            self._fail(pipe, eid, kept_for_dead_letter(raw_header), "too_large", problem)
-            return
-        try:
-            header = Header.loads(raw_header)
-        except (wire.WireError, keynames.InvalidName) as exc:
-            self._fail(pipe, eid, fields, "bad_payload", f"header is unusable: {exc}")
-            return
+        with effects.entry(self.keys.ingress, eid) as pipe:
+            if raw_header is None or inputs is None:
+                self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
+                return None
+            problem = oversize(raw_header, inputs, self.settings.max_payload_bytes)
+            if problem:
+                self._fail(pipe, eid, kept_for_dead_letter(raw_header), "too_large", problem)
+                return None
+            try:
+                return _Parsed(eid, Header.loads(raw_header), inputs)
+            except (wire.WireError, keynames.InvalidName) as exc:
+                self._fail(pipe, eid, fields, "bad_payload", f"header is unusable: {exc}")
+                return None
+
+    def _ask_learned(self, batch: list[_Parsed]) -> None:
+        """One classifier run per task per router batch, not one per request."""
+        by_task: dict[str, list[_Parsed]] = {}
+        for p in batch:
+            task = p.header.task
+            if p.header.model is None and task is not None and task in self.learned:
+                by_task.setdefault(task, []).append(p)
+        for task, group in by_task.items():
+            usable = [p for p in group if p.decoded() is not None]
+            verdicts = self.learned.p_hard(task, [p.decoded() or {} for p in usable])
+            for p, verdict in zip(usable, verdicts, strict=True):
+                p.p_hard = verdict
+
+    def _route(self, pipe: Any, p: _Parsed) -> str:
+        header = p.header
         if header.deadline is not None and header.deadline <= now_ms():
             res = error_result(header, "deadline", "deadline passed before routing", status=EXPIRED)
             results.queue_result(pipe, self.keys, res, header.reply_to, self.settings.result_ttl_s)
-            return
+            return "expired"
         try:
-            decision = choose(header, self.catalog)
+            decision = choose(header, self.catalog, RULES, self._request(p))
         except RouteError as exc:
             res = error_result(header, exc.code, str(exc))
             results.queue_result(pipe, self.keys, res, header.reply_to, self.settings.result_ttl_s)
-            return
+            return exc.code
         header.stage, header.routed_at = decision.stage, now_ms()
-        header.trace.append({"model": decision.model, "rule": decision.rule})
+        header.trace.append(decision.hop())
         pipe.xadd(
             self.keys.model_stream(decision.model),
-            {HEADER_FIELD: header.dumps(), INPUTS_FIELD: inputs},
+            {HEADER_FIELD: header.dumps(), INPUTS_FIELD: p.inputs},
         )
+        return decision.rule
+
+    def _request(self, p: _Parsed) -> Request | None:
+        task = self.catalog.tasks.get(p.header.task or "")
+        if p.header.model is not None or task is None:
+            return None
+
+        def inputs() -> Mapping[str, np.ndarray]:
+            return p.decoded() or {}
+
+        return Request(p.header, task, self.board, inputs, p.p_hard, now_ms())
 
     def _fail(self, pipe: Any, eid: bytes, fields: streams.Fields, code: str, message: str) -> None:
         """Answer what can be answered, and keep the raw entry for an operator."""

@@ -9,26 +9,71 @@ import numpy as np
 
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.messages import OK, Header, Result, now_ms
+from cascadeq.observed import LoadBoard
+from cascadeq.tasks import TaskSpec
 
 
-def confidence(spec: ModelSpec, rows: np.ndarray) -> float | None:
-    """Top-class probability, the least confident sample speaking for the request."""
+def confidence(spec: ModelSpec, rows: np.ndarray, measure: str = "top") -> float | None:
+    """How sure the model is, the least sure sample speaking for the request.
+
+    top: the top-class probability; margin: top minus runner-up; entropy: one minus the
+    normalised entropy (1 = certain, 0 = uniform). All lie in [0, 1], higher is surer.
+    """
     if spec.output_kind != "probabilities" or rows.ndim != 2 or rows.shape[1] == 0:
         return None
-    return float(rows.max(axis=1).min())
+    return float(confidences(rows, measure).min())
 
 
-def next_model(catalog: Catalog, header: Header, model: str, conf: float | None) -> str | None:
+def confidences(proba: np.ndarray, measure: str) -> np.ndarray:
+    """Per-row confidence; shared with `cascadeq calibrate` so both agree exactly."""
+    p = proba.astype(np.float64, copy=False)
+    if measure == "top":
+        return np.asarray(p.max(axis=1))
+    if measure == "margin":
+        if p.shape[1] < 2:
+            return np.asarray(p.max(axis=1))
+        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+        return np.asarray(top2[:, 1] - top2[:, 0])
+    if measure == "entropy":
+        if p.shape[1] < 2:
+            return np.ones(p.shape[0])
+        clipped = np.clip(p, 1e-12, 1.0)
+        h = -(clipped * np.log(clipped)).sum(axis=1)
+        return np.asarray(1.0 - h / np.log(p.shape[1]))
+    raise ValueError(f"unknown confidence measure {measure!r}")
+
+
+def task_of(catalog: Catalog, header: Header) -> TaskSpec | None:
+    """The task whose cascade this request follows; None when it was pinned."""
+    if header.model is not None or header.task is None:
+        return None
+    return catalog.tasks.get(header.task)
+
+
+def next_model(task: TaskSpec | None, header: Header, model: str, conf: float | None) -> str | None:
     """The cascade's next model when this answer is not confident enough, else None."""
-    if header.model is not None or header.task is None or conf is None:
+    if task is None or conf is None or not 0 <= header.stage < len(task.cascade) - 1:
         return None
-    task = catalog.tasks.get(header.task)
-    if task is None or not 0 <= header.stage < len(task.cascade) - 1:
+    if task.cascade[header.stage].model != model:
         return None
-    stage = task.cascade[header.stage]
-    if stage.model != model or stage.threshold is None or conf >= stage.threshold:
+    threshold = task.threshold(header.stage, header.tier)
+    if threshold is None or conf >= threshold:
         return None
     return task.cascade[header.stage + 1].model
+
+
+def skip_reason(
+    task: TaskSpec, header: Header, target: str, board: LoadBoard, now: float
+) -> str | None:
+    """Why a due escalation should not happen: too late for the next model, or it is swamped."""
+    if header.deadline is not None:
+        if header.deadline <= now:
+            return "deadline"
+        if task.deadline and now + board.state(target).est_latency_ms > header.deadline:
+            return "deadline"
+    if task.load is not None and task.load.keep_on_overload and board.overloaded(task, target):
+        return "load"
+    return None
 
 
 @dataclass(frozen=True)

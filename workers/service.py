@@ -7,8 +7,10 @@ whose effects landed (cascadeq/effects.py), so a crash re-delivers rather than l
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -30,13 +32,17 @@ from cascadeq.messages import (
     now_ms,
     salvage_id,
 )
+from cascadeq.observed import LoadBoard, Speed
 from cascadeq.process import serve
 from cascadeq.settings import Settings
+from cascadeq.tasks import TaskSpec
 from workers import outcome
 from workers.batcher import Bad, Batcher, Item, decode
 from workers.runner import OnnxRunner
 
 log = get_logger("cascadeq.worker")
+
+TRACES_MAXLEN = 50_000  # per task: enough to train on, small enough to forget
 
 
 class ModelWorker:
@@ -58,6 +64,10 @@ class ModelWorker:
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
+        self.board = LoadBoard(r, self.keys, catalog)
+        self.speed = Speed()
+        self.counts: Counter[str] = Counter()
+        self.rng = random.Random()
 
     def setup(self) -> None:
         for lane in self.lanes:
@@ -77,6 +87,7 @@ class ModelWorker:
 
     def step(self, block_ms: int | None) -> int:
         handled = self._reclaim() if self.reclaim_clock.due() else 0
+        self.board.refresh()
         batch = self.batcher.collect(block_ms)
         if batch:
             self.process(batch)
@@ -136,6 +147,9 @@ class ModelWorker:
                 runnable.append(item)
         if runnable:
             self._run(effects, runnable)
+        for name, n in self.counts.items():
+            effects.pipe.hincrby(self.keys.routing_counts, name, n)
+        self.counts.clear()
         effects.commit()
 
     def _run(self, effects: Effects, items: list[Item]) -> None:
@@ -152,6 +166,9 @@ class ModelWorker:
             self._crashed(effects, items[0], "compute_failed", exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
+        queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) for i in items) / len(items)
+        self.speed.update(compute_ms, samples, queue_ms)
+        self.speed.queue(effects.pipe, self.keys, self.spec.name)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
         offset = 0
@@ -181,13 +198,20 @@ class ModelWorker:
 
     def _settle(self, pipe: Any, item: Item, rows: np.ndarray, times: outcome.HopTimes) -> None:
         header = item.header
-        conf = outcome.confidence(self.spec, rows)
+        task = outcome.task_of(self.catalog, header)
+        conf = outcome.confidence(self.spec, rows, task.confidence if task else "top")
         outcome.record_hop(header, self.spec.name, conf, times)
-        target = outcome.next_model(self.catalog, header, self.spec.name, conf)
+        target = outcome.next_model(task, header, self.spec.name, conf)
+        if task is not None:
+            self._log_trace(pipe, task, item, kept=target is None)
         info: dict[str, Any] = {}
-        if target is not None and header.deadline is not None and header.deadline <= now_ms():
-            info["escalation_skipped"] = "deadline"
-            target = None
+        if task is not None and target is not None:
+            why = outcome.skip_reason(task, header, target, self.board, now_ms())
+            if why is not None:
+                info["escalation_skipped"] = why
+                header.trace[-1]["skipped"] = why
+                self.counts[f"skip:{why}"] += 1
+                target = None
         if target is None:
             self._answer(
                 pipe, item, outcome.final_result(header, self.spec, rows, times.batch_size, info)
@@ -204,6 +228,20 @@ class ModelWorker:
             {HEADER_FIELD: header.dumps(), INPUTS_FIELD: item.raw_inputs},
         )
         self.stats["escalated"] += 1
+        self.counts[f"escalate:{self.spec.name}"] += 1
+
+    def _log_trace(self, pipe: Any, task: TaskSpec, item: Item, *, kept: bool) -> None:
+        """Sampled (inputs, kept?) pairs from the first stage: the learned router's data."""
+        if task.trace_sample <= 0 or item.header.stage != 0 or len(task.cascade) < 2:
+            return
+        if task.cascade[0].model != self.spec.name or self.rng.random() >= task.trace_sample:
+            return
+        pipe.xadd(
+            self.keys.traces(task.name),
+            {INPUTS_FIELD: item.raw_inputs, b"k": b"1" if kept else b"0"},
+            maxlen=TRACES_MAXLEN,
+            approximate=True,
+        )
 
     def _answer(self, pipe: Any, item: Item, result: Result) -> None:
         results.queue_result(

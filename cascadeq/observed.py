@@ -1,0 +1,190 @@
+"""What each model is doing now: backlog from its streams, speed from its workers.
+
+Workers fold every batch into a small hash (one HSET riding in the batch's effects
+pipeline, so no extra round trip); routers and workers read all models' state in one
+pipeline at most every REFRESH_S and derive what the deadline and load rules need.
+Estimates are deliberately simple (backlog x per-sample time / consumers) and stated in
+the result's path, so a wrong one is visible rather than magic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cascadeq.catalog import Catalog
+from cascadeq.clock import Every
+from cascadeq.keys import WORKER_GROUP, Keys
+from cascadeq.tasks import TaskSpec
+
+ALPHA = 0.2  # weight of the newest batch in the moving averages
+REFRESH_S = 0.25
+OBSERVED_TTL_S = 24 * 3600  # a model nobody served for a day has no recent speed
+
+
+@dataclass
+class Speed:
+    """A worker's moving averages for one model; written after each batch."""
+
+    compute_ms: float = 0.0
+    batch: float = 0.0
+    queue_ms: float = 0.0
+    seen: bool = False
+
+    def update(self, compute_ms: float, batch: int, queue_ms: float) -> None:
+        if not self.seen:
+            self.compute_ms, self.batch, self.queue_ms, self.seen = (
+                compute_ms,
+                batch,
+                queue_ms,
+                True,
+            )
+            return
+        self.compute_ms += ALPHA * (compute_ms - self.compute_ms)
+        self.batch += ALPHA * (batch - self.batch)
+        self.queue_ms += ALPHA * (queue_ms - self.queue_ms)
+
+    def queue(self, pipe: Any, keys: Keys, model: str) -> None:
+        """Add the write to a pipeline that is going to Redis anyway."""
+        key = keys.observed(model)
+        pipe.hset(
+            key,
+            mapping={
+                "compute_ms": round(self.compute_ms, 4),
+                "batch": round(self.batch, 3),
+                "queue_ms": round(self.queue_ms, 3),
+                "at": int(time.time() * 1000),
+            },
+        )
+        pipe.expire(key, OBSERVED_TTL_S)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model as seen from Redis; zeros mean "nothing observed yet"."""
+
+    backlog: int = 0  # entries waiting or in flight over all lanes (lag + pending)
+    consumers: int = 0
+    compute_ms: float = 0.0  # per batch
+    batch: float = 0.0  # samples per batch
+    queue_ms: float = 0.0
+    max_wait_ms: float = 0.0
+
+    @property
+    def est_wait_ms(self) -> float:
+        """Time to drain the backlog ahead of a new request."""
+        if self.batch <= 0:
+            return self.queue_ms
+        per_sample = self.compute_ms / self.batch
+        return max(self.queue_ms, self.backlog * per_sample / max(1, self.consumers))
+
+    @property
+    def est_latency_ms(self) -> float:
+        return self.est_wait_ms + self.max_wait_ms + self.compute_ms
+
+
+@dataclass
+class LoadBoard:
+    """Every model's state, refreshed lazily, plus each task's overload flags (hysteresis)."""
+
+    r: redis.Redis
+    keys: Keys
+    catalog: Catalog
+    lanes: tuple[str, ...] = ("default",)
+    states: dict[str, ModelState] = field(default_factory=dict)
+    overloaded_now: set[tuple[str, str]] = field(default_factory=set)
+    switches: int = 0
+
+    def __post_init__(self) -> None:
+        self.clock = Every(REFRESH_S)
+
+    def state(self, model: str) -> ModelState:
+        return self.states.get(model, ModelState())
+
+    def refresh(self, *, force: bool = False) -> None:
+        """One pipeline for all models; a failure keeps the last view rather than guessing."""
+        if not (self.clock.due() or force):
+            return
+        models = sorted(self.catalog.models)
+        pipe = self.r.pipeline(transaction=False)
+        for model in models:
+            pipe.hgetall(self.keys.observed(model))
+            for lane in self.lanes:
+                stream = self.keys.model_stream(model, lane)
+                pipe.xinfo_groups(stream)
+                pipe.xlen(stream)
+        replies = iter(pipe.execute(raise_on_error=False))
+        for model in models:
+            obs = next(replies)
+            backlog, consumers = _backlog((next(replies), next(replies)) for _ in self.lanes)
+            self.states[model] = _state(
+                obs, backlog, consumers, self.catalog.models[model].batching.max_wait_ms
+            )
+        flipped = self._update_flags()
+        if flipped:
+            self.switches += flipped
+            self.r.hincrby(self.keys.routing_counts, "load_switch", flipped)
+
+    def overloaded(self, task: TaskSpec, model: str) -> bool:
+        return (task.name, model) in self.overloaded_now
+
+    def _update_flags(self) -> int:
+        flipped = 0
+        for task in self.catalog.tasks.values():
+            if task.load is None:
+                continue
+            for model in task.models:
+                key, st = (task.name, model), self.state(model)
+                was = key in self.overloaded_now
+                high = st.backlog >= task.load.high_water or (
+                    task.load.high_wait_ms is not None and st.est_wait_ms >= task.load.high_wait_ms
+                )
+                low = st.backlog <= task.load.low_water and (
+                    task.load.low_wait_ms is None or st.est_wait_ms <= task.load.low_wait_ms
+                )
+                if not was and high:
+                    self.overloaded_now.add(key)
+                    flipped += 1
+                elif was and low:
+                    self.overloaded_now.discard(key)
+                    flipped += 1
+        return flipped
+
+
+def _backlog(lanes: Iterable[tuple[Any, Any]]) -> tuple[int, int]:
+    """Lag + pending of the workers' group; XLEN where Redis (6.x) reports no lag."""
+    backlog = consumers = 0
+    for groups, length in lanes:
+        if isinstance(groups, Exception) or isinstance(length, Exception):
+            continue  # the stream does not exist yet: nothing waits
+        mine = [g for g in groups if _text(g.get("name")) == WORKER_GROUP]
+        if not mine:
+            backlog += int(length)
+            continue
+        lag = mine[0].get("lag")
+        pending = int(mine[0].get("pending") or 0)
+        backlog += pending + (int(lag) if lag is not None else max(0, int(length) - pending))
+        consumers = max(consumers, int(mine[0].get("consumers") or 0))
+    return backlog, consumers
+
+
+def _state(obs: Any, backlog: int, consumers: int, max_wait_ms: float) -> ModelState:
+    if isinstance(obs, Exception) or not obs:
+        return ModelState(backlog=backlog, consumers=consumers, max_wait_ms=max_wait_ms)
+    values = {_text(k): float(v) for k, v in obs.items()}
+    return ModelState(
+        backlog=backlog,
+        consumers=consumers,
+        compute_ms=values.get("compute_ms", 0.0),
+        batch=values.get("batch", 0.0),
+        queue_ms=values.get("queue_ms", 0.0),
+        max_wait_ms=max_wait_ms,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
