@@ -45,6 +45,11 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
 
 def cmd_router(args: argparse.Namespace) -> int:
+    if getattr(args, "router_command", None) == "train":
+        from cascadeq.tuning import router_train
+
+        settings = _settings(args)
+        return router_train(args, _catalog_path(args, settings), settings)
     from cascadeq.catalog import Catalog
     from cascadeq.connection import connect
     from cascadeq.process import stop_on_signals
@@ -128,6 +133,26 @@ def _require_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cascadeq.tuning import calibrate
+
+    return calibrate(args, _catalog_path(args, _settings(args)))
+
+
+def _add_router_train(router: argparse.ArgumentParser) -> None:
+    sub = router.add_subparsers(dest="router_command")
+    train = sub.add_parser("train", help="train the learned router from logged traces")
+    train.add_argument("--task", required=True)
+    train.add_argument("--catalog")
+    train.add_argument("--limit", type=int, default=50_000, help="newest traces to use")
+    train.add_argument(
+        "--min-precision",
+        type=float,
+        help="skip the first model at this precision (default: where it saves most cost)",
+    )
+    train.add_argument("--json", action="store_true", help="last stdout line is JSON")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cascadeq.demo import main as demo_main
 
@@ -176,7 +201,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--replicas", type=int, default=1, help="processes to start")
         if name == "worker":
             p.add_argument("--models", default="", help="comma-separated (default: all)")
+        else:
+            _add_router_train(p)
         p.set_defaults(func=func)
+
+    calib = sub.add_parser(
+        "calibrate", help="choose a task's cascade thresholds from a labelled split"
+    )
+    calib.add_argument("--task", required=True)
+    goal = calib.add_mutually_exclusive_group()
+    goal.add_argument(
+        "--target-accuracy",
+        type=float,
+        help="cheapest thresholds reaching it (default: the last model's accuracy)",
+    )
+    goal.add_argument(
+        "--max-escalation",
+        type=float,
+        help="most accurate thresholds escalating at most this share",
+    )
+    calib.add_argument("--measure", choices=["top", "margin", "entropy"])
+    calib.add_argument("--data", help="npz with inputs (or X) and labels y (default: the task's)")
+    calib.add_argument("--catalog")
+    calib.add_argument("--dry-run", action="store_true", help="report, do not write")
+    calib.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    calib.set_defaults(func=cmd_calibrate)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the digits example")
     demo.add_argument("--json", action="store_true", help="last stdout line is JSON")

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from cascadeq.calibration import confidences
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.messages import OK, Header, Result, now_ms
 from cascadeq.observed import LoadBoard
@@ -22,25 +23,6 @@ def confidence(spec: ModelSpec, rows: np.ndarray, measure: str = "top") -> float
     if spec.output_kind != "probabilities" or rows.ndim != 2 or rows.shape[1] == 0:
         return None
     return float(confidences(rows, measure).min())
-
-
-def confidences(proba: np.ndarray, measure: str) -> np.ndarray:
-    """Per-row confidence; shared with `cascadeq calibrate` so both agree exactly."""
-    p = proba.astype(np.float64, copy=False)
-    if measure == "top":
-        return np.asarray(p.max(axis=1))
-    if measure == "margin":
-        if p.shape[1] < 2:
-            return np.asarray(p.max(axis=1))
-        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-        return np.asarray(top2[:, 1] - top2[:, 0])
-    if measure == "entropy":
-        if p.shape[1] < 2:
-            return np.ones(p.shape[0])
-        clipped = np.clip(p, 1e-12, 1.0)
-        h = -(clipped * np.log(clipped)).sum(axis=1)
-        return np.asarray(1.0 - h / np.log(p.shape[1]))
-    raise ValueError(f"unknown confidence measure {measure!r}")
 
 
 def task_of(catalog: Catalog, header: Header) -> TaskSpec | None:

@@ -29,6 +29,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
+from cascadeq.calibration import Split, confidences, search
+
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
@@ -51,6 +53,7 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 COST_BATCH = 32
 COST_RUNS = 25
 PROBA_ATOL = 1e-4
+FREE_ESCALATION = 0.05
 
 
 @dataclass(frozen=True)
@@ -197,28 +200,25 @@ def accuracy(proba: F32, y: I64) -> float:
     return float(np.mean(proba.argmax(axis=1) == y))
 
 
-def cascade(small: F32, large: F32, threshold: float) -> tuple[I64, npt.NDArray[np.bool_]]:
-    """Predictions of the two-stage cascade and which samples went to the large model."""
-    escalated = small.max(axis=1) < threshold
-    pred = np.where(escalated, large.argmax(axis=1), small.argmax(axis=1)).astype(np.int64)
-    return pred, escalated
+def split_of(small: F32, large: F32, y: I64, costs: tuple[float, float] = (1.0, 1.0)) -> Split:
+    """The two models' validation outputs in the form `cascadeq calibrate` searches."""
+    return Split(
+        conf=(confidences(small, "top"), confidences(large, "top")),
+        correct=(small.argmax(axis=1) == y, large.argmax(axis=1) == y),
+        costs=costs,
+    )
 
 
 def choose_threshold(small: F32, large: F32, y: I64) -> Choice:
-    """Cheapest threshold that matches the large model; else the most accurate, cheapest first."""
-    target = accuracy(large, y)
-    best: tuple[tuple[int, float, float], Choice] | None = None
-    for t in np.unique(small.max(axis=1)):
-        threshold = min(float(t), 1.0)
-        pred, escalated = cascade(small, large, threshold)
-        choice = Choice(threshold, float(np.mean(pred == y)), float(np.mean(escalated)))
-        reaches = choice.accuracy >= target
-        key = (0 if reaches else 1, 0.0 if reaches else -choice.accuracy, choice.escalation_share)
-        if best is None or key < best[0]:
-            best = (key, choice)
-    if best is None:
-        raise ValueError("no validation samples to choose a threshold from")
-    return best[1]
+    """Cheapest threshold whose cascade matches the large model's accuracy (calibrate's rule)."""
+    split = split_of(small, large, y)
+    best = search(split, target_accuracy=split.alone(1).accuracy)
+    return Choice(best.thresholds[0], best.accuracy, best.escalation_share)
+
+
+def free_threshold(small: F32, large: F32, y: I64) -> float:
+    """The free tier's threshold: the most accurate cascade escalating at most 5%."""
+    return search(split_of(small, large, y), max_escalation=FREE_ESCALATION).thresholds[0]
 
 
 def measure_cost(path: Path, x: F32) -> float:
@@ -248,7 +248,11 @@ def _model_toml(name: str, path: str, cost: float, max_batch: int) -> str:
 
 
 def catalog_toml(
-    seed: int, choice: Choice, large_val_accuracy: float, costs: tuple[float, float]
+    seed: int,
+    choice: Choice,
+    large_val_accuracy: float,
+    costs: tuple[float, float],
+    free: float,
 ) -> str:
     """The catalog text; the threshold is written in full so runtime decisions match the build."""
     header = (
@@ -264,6 +268,15 @@ def catalog_toml(
         + "\n[tasks.digits]\ncascade = [\n"
         + f'  {{ model = "digits-small", threshold = {choice.threshold!r} }},\n'
         + '  { model = "digits-large" },\n]\n'
+        + 'confidence = "top"\n'
+        + f'validation = "{VAL_FILE}"\n'
+        + "# share of first-stage outcomes logged for `cascadeq router train` (0 = off)\n"
+        + "trace_sample = 0.0\n\n"
+        + f"# free: escalates at most {FREE_ESCALATION:.0%} of requests on validation\n"
+        + f"[tasks.digits.tiers.free]\nthresholds = [{free!r}]\n\n"
+        + '[tasks.digits.tiers.premium]\nstart = "digits-large"\n\n'
+        + "# past high_water waiting entries, keep answers rather than escalate into a model\n"
+        + "[tasks.digits.load]\nhigh_water = 5000\nlow_water = 1000\n"
     )
 
 
@@ -301,7 +314,8 @@ def build(out_dir: Path, *, seed: int = 0, log: Callable[[str], None] = print) -
     costs = (measure_cost(small_path, splits.x_val), measure_cost(large_path, splits.x_val))
     log(f"cost per sample at batch {COST_BATCH}: small {costs[0]} us, large {costs[1]} us")
     catalog_path = out_dir / CATALOG_FILE
-    _write_atomically(catalog_path, catalog_toml(seed, choice, large_acc, costs))
+    free = free_threshold(small_val, large_val, splits.y_val)
+    _write_atomically(catalog_path, catalog_toml(seed, choice, large_acc, costs, free))
     log(f"wrote {catalog_path}")
     return BuildReport(
         catalog_path=catalog_path,

@@ -1,0 +1,208 @@
+"""Cascade thresholds from a labelled split: the cheapest that reach a target accuracy,
+or the most accurate within an escalation budget.
+
+The models' own ONNX outputs are used, so the live system reproduces the split's
+figures exactly. Candidate thresholds sit midway between neighbouring confidences, not
+on them, so a sample a hair away from the boundary does not decide the outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascadeq.catalog import Catalog, CatalogError, ModelSpec
+from cascadeq.errors import ConfigError
+from cascadeq.tasks import TaskSpec
+
+MAX_CANDIDATES = 400  # per stage; the grid is their product, capped below
+MAX_COMBOS = 200_000
+
+
+class CalibrationError(ConfigError, ValueError):
+    """Data or target that cannot produce thresholds; the message says which."""
+
+
+def confidences(proba: np.ndarray, measure: str) -> np.ndarray:
+    """Per-row confidence in [0, 1], higher is surer; the workers use this very function.
+
+    top: top-class probability; margin: top minus runner-up; entropy: one minus the
+    normalised entropy.
+    """
+    p = proba.astype(np.float64, copy=False)
+    if measure == "top" or p.shape[1] < 2:
+        return np.asarray(p.max(axis=1))
+    if measure == "margin":
+        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+        return np.asarray(top2[:, 1] - top2[:, 0])
+    if measure == "entropy":
+        clipped = np.clip(p, 1e-12, 1.0)
+        h = -(clipped * np.log(clipped)).sum(axis=1)
+        return np.asarray(1.0 - h / np.log(p.shape[1]))
+    raise ValueError(f"unknown confidence measure {measure!r}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a set of thresholds does on a split."""
+
+    thresholds: tuple[float, ...]  # one per stage but the last
+    accuracy: float
+    escalation_share: float  # requests that go past the first stage
+    relative_cost: float  # compute cost over running only the last model
+    stage_shares: tuple[float, ...]  # where requests are answered
+
+
+@dataclass(frozen=True)
+class Split:
+    """Each stage's confidence and correctness per sample, plus per-sample costs."""
+
+    conf: tuple[np.ndarray, ...]
+    correct: tuple[np.ndarray, ...]
+    costs: tuple[float, ...]
+
+    def evaluate(self, thresholds: Sequence[float]) -> Outcome:
+        n, stages = len(self.correct[0]), len(self.correct)
+        final = np.full(n, stages - 1)
+        undecided = np.ones(n, dtype=bool)
+        for k, t in enumerate(thresholds):
+            keep = undecided & (self.conf[k] >= t)
+            final[keep] = k
+            undecided &= ~keep
+        correct = np.choose(final, self.correct)
+        cost = np.cumsum(self.costs)[final].sum()
+        shares = np.bincount(final, minlength=stages) / n
+        return Outcome(
+            thresholds=tuple(float(t) for t in thresholds),
+            accuracy=float(correct.mean()),
+            escalation_share=float(np.mean(final > 0)),
+            relative_cost=float(cost / (n * self.costs[-1])),
+            stage_shares=tuple(float(s) for s in shares),
+        )
+
+    def alone(self, stage: int) -> Outcome:
+        """One model for everything: the baselines a cascade is judged against."""
+        cost = self.costs[stage] / self.costs[-1]
+        shares = tuple(1.0 if k == stage else 0.0 for k in range(len(self.costs)))
+        acc = float(self.correct[stage].mean())
+        return Outcome((), acc, float(stage > 0), cost, shares)
+
+
+def candidates(conf: np.ndarray) -> np.ndarray:
+    """0 (keep all), midpoints between neighbouring values, and just above the top."""
+    values = np.unique(conf)
+    mids = (values[:-1] + values[1:]) / 2
+    if len(mids) > MAX_CANDIDATES:
+        mids = np.quantile(mids, np.linspace(0, 1, MAX_CANDIDATES))
+    return np.concatenate([[0.0], mids, [np.nextafter(values[-1], np.inf)]])
+
+
+def search(
+    split: Split,
+    *,
+    target_accuracy: float | None = None,
+    max_escalation: float | None = None,
+) -> Outcome:
+    """Cheapest outcome reaching the target, or the most accurate within the budget."""
+    grids = [candidates(c) for c in split.conf[:-1]]
+    while np.prod([len(g) for g in grids], dtype=float) > MAX_COMBOS:
+        grids = [g[::2] if len(g) > 3 else g for g in grids]
+    outcomes = [split.evaluate(ts) for ts in itertools.product(*grids)]
+    if max_escalation is not None:
+        fit = [o for o in outcomes if o.escalation_share <= max_escalation + 1e-12]
+        return max(fit, key=lambda o: (o.accuracy, -o.relative_cost))
+    assert target_accuracy is not None
+    fit = [o for o in outcomes if o.accuracy >= target_accuracy - 1e-12]
+    if not fit:
+        best = max(outcomes, key=lambda o: o.accuracy)
+        raise CalibrationError(
+            f"no thresholds reach accuracy {target_accuracy:.4f}; the best is "
+            f"{best.accuracy:.4f} (lower --target-accuracy, or use --max-escalation)"
+        )
+    return min(fit, key=lambda o: (o.relative_cost, -o.accuracy))
+
+
+def load_split(path: Path, spec: ModelSpec) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inputs by name (or X for a single-input model) and labels y, from a plain npz."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: cannot be read as .npz: {exc}") from exc
+    if "y" not in data:
+        raise CalibrationError(f"{path}: holds no labels; save them as y")
+    names = [s.name for s in spec.inputs]
+    if all(n in data for n in names):
+        inputs = {n: data[n] for n in names}
+    elif len(names) == 1 and "X" in data:
+        inputs = {names[0]: data["X"]}
+    else:
+        raise CalibrationError(f"{path}: needs arrays named {names} (or X for one input)")
+    inputs = {s.name: inputs[s.name].astype(s.dtype, copy=False) for s in spec.inputs}
+    return inputs, np.asarray(data["y"])
+
+
+def probabilities(
+    spec: ModelSpec, inputs: Mapping[str, np.ndarray], batch: int = 256
+) -> np.ndarray:
+    from workers.runner import OnnxRunner  # noqa: PLC0415 - the core imports roles lazily
+
+    runner = OnnxRunner(spec)
+    n = next(iter(inputs.values())).shape[0]
+    parts = [
+        runner.run({k: v[i : i + batch] for k, v in inputs.items()}, min(batch, n - i))
+        for i in range(0, n, batch)
+    ]
+    return np.concatenate(parts)
+
+
+def measure_split(catalog: Catalog, task: TaskSpec, data: Path, measure: str) -> Split:
+    specs = [catalog.models[m] for m in task.models]
+    inputs, labels = load_split(data, specs[0])
+    probas = [probabilities(spec, inputs) for spec in specs]
+    return Split(
+        conf=tuple(confidences(p, measure) for p in probas),
+        correct=tuple(np.argmax(p, axis=1) == labels for p in probas),
+        costs=tuple(spec.cost for spec in specs),
+    )
+
+
+def edit_task(path: Path, task: str, edit: Callable[[Any], None]) -> None:
+    """Change one task's table in place; comments and layout stay as they were."""
+    import tomlkit  # noqa: PLC0415 - only the commands that edit catalogs need it
+
+    doc: Any = tomlkit.parse(path.read_text(encoding="utf-8"))
+    try:
+        table = doc["tasks"][task]
+    except KeyError as exc:
+        raise CatalogError(str(path), f"tasks.{task}", "is missing", "declare the task") from exc
+    edit(table)
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+
+
+def write_thresholds(path: Path, task: str, outcome: Outcome, measure: str) -> None:
+    def edit(table: Any) -> None:
+        for stage, threshold in zip(table["cascade"], outcome.thresholds, strict=False):
+            stage["threshold"] = threshold
+        table["confidence"] = measure
+
+    edit_task(path, task, edit)
+
+
+def report(outcome: Outcome, baselines: list[tuple[str, Outcome]], models: Sequence[str]) -> str:
+    lines = [f"{'':<20}{'accuracy':>9}{'escalated':>10}{'cost':>7}  thresholds"]
+    for name, o in [*baselines, ("cascade", outcome)]:
+        ts = ", ".join(f"{m}<{t:.4f}" for m, t in zip(models, o.thresholds, strict=False))
+        lines.append(
+            f"{name:<20}{o.accuracy:>9.4f}{o.escalation_share * 100:>9.1f}%"
+            f"{o.relative_cost:>7.3f}  {ts}"
+        )
+    return "\n".join(lines)
+
+
+def as_json(outcome: Outcome) -> dict[str, Any]:
+    return asdict(outcome)

@@ -1,0 +1,92 @@
+"""`cascadeq calibrate` and `cascadeq router train`: the commands that rewrite a task's
+routing from data, then say what the new settings are expected to do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cascadeq import calibration
+from cascadeq.catalog import Catalog
+from cascadeq.errors import ConfigError
+from cascadeq.settings import Settings
+from cascadeq.tasks import TaskSpec
+
+
+def _task(catalog: Catalog, name: str) -> TaskSpec:
+    task = catalog.tasks.get(name)
+    if task is None:
+        raise ConfigError(
+            f"task {name!r} is not in {catalog.source}; it has {sorted(catalog.tasks)}"
+        )
+    return task
+
+
+def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
+    catalog = Catalog.load(catalog_path)
+    task = _task(catalog, args.task)
+    if len(task.cascade) < 2:
+        raise ConfigError(f"task {task.name} has a one-model cascade: nothing to calibrate")
+    data = Path(args.data) if args.data else task.validation
+    if data is None:
+        raise ConfigError(f"task {task.name} names no validation split: pass --data FILE.npz")
+    measure = args.measure or task.confidence
+    split = calibration.measure_split(catalog, task, data, measure)
+    large = split.alone(len(task.cascade) - 1)
+    if args.max_escalation is not None:
+        best = calibration.search(split, max_escalation=args.max_escalation)
+    else:
+        target = large.accuracy if args.target_accuracy is None else args.target_accuracy
+        best = calibration.search(split, target_accuracy=target)
+    baselines = [(f"{m} only", split.alone(k)) for k, m in enumerate(task.models)]
+    print(
+        f"{data} ({len(split.correct[0])} samples), confidence measure: {measure}", file=sys.stderr
+    )
+    print(calibration.report(best, baselines, task.models))
+    if args.dry_run:
+        print("dry run: the catalog is unchanged", file=sys.stderr)
+    else:
+        calibration.write_thresholds(Path(catalog_path), task.name, best, measure)
+        print(f"wrote thresholds for task {task.name} to {catalog_path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"measure": measure, **calibration.as_json(best)}))
+    return 0
+
+
+def router_train(args: argparse.Namespace, catalog_path: str, settings: Settings) -> int:
+    from cascadeq.connection import connect  # noqa: PLC0415
+    from cascadeq.keys import Keys  # noqa: PLC0415
+    from router import train  # noqa: PLC0415
+
+    catalog = Catalog.load(catalog_path, check_files=False)
+    task = _task(catalog, args.task)
+    if not settings.redis_url:
+        raise ConfigError(
+            "REDIS_URL is not set: training reads the traces the workers logged there"
+        )
+    r = connect(settings.redis_url)
+    x, hard = train.read_traces(r, Keys(settings.prefix), task.name, args.limit)
+    out = Path(catalog_path).parent / f"{task.name}-router.onnx"
+    report = train.train(catalog, task, x, hard, out, min_precision=args.min_precision)
+    start = task.learned.start if task.learned else task.models[-1]
+
+    def edit(table: Any) -> None:
+        table["learned"] = {"path": out.name, "threshold": report.threshold, "start": start}
+
+    calibration.edit_task(Path(catalog_path), task.name, edit)
+    print(
+        f"trained on {report.traces} traces ({report.hard_share:.1%} hard): threshold "
+        f"{report.threshold:.4f} sends {report.skip_share:.1%} straight to {start} "
+        f"(precision {report.precision:.3f}, recall {report.recall:.3f}, saving "
+        f"{report.expected_saving:.4f} cost units per request, cross-validated)",
+        file=sys.stderr,
+    )
+    print(f"wrote {out} and [tasks.{task.name}.learned] in {catalog_path}", file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(report).items()})
+        )
+    return 0
