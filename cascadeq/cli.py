@@ -153,6 +153,17 @@ def _add_router_train(router: argparse.ArgumentParser) -> None:
     train.add_argument("--json", action="store_true", help="last stdout line is JSON")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    logging_setup.configure("warning", settings.log_format)
+    try:
+        from cascadeq.bench import dms
+    except ImportError as exc:
+        print(f"benchmarks need: pip install 'cascadeq[demo]' ({exc})", file=sys.stderr)
+        return 2
+    return dms.main(settings, Path(args.models_dir), as_json=args.json, spike=args.spike)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cascadeq.demo import main as demo_main
 
@@ -231,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="last stdout line is JSON")
     demo.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="measure the live system").add_subparsers(
+        dest="bench_command", required=True
+    )
+    dms = bench.add_parser("dms", help="dynamic model selection, policy by policy")
+    dms.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    dms.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    dms.add_argument(
+        "--spike", type=int, default=20, help="the load spike sends the test split this many times"
+    )
+    dms.set_defaults(func=cmd_bench)
 
     submit = sub.add_parser("submit", help="submit one request from .npy files")
     target = submit.add_mutually_exclusive_group(required=True)

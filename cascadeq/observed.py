@@ -76,11 +76,15 @@ class ModelState:
 
     @property
     def est_wait_ms(self) -> float:
-        """Time to drain the backlog ahead of a new request."""
+        """Time to drain the backlog ahead of a new request, from what waits now.
+
+        Not the recent queue_ms average: after a burst it stays high for a while and
+        would send every deadline request away from a queue that is already empty.
+        """
         if self.batch <= 0:
-            return self.queue_ms
+            return 0.0
         per_sample = self.compute_ms / self.batch
-        return max(self.queue_ms, self.backlog * per_sample / max(1, self.consumers))
+        return self.backlog * per_sample / max(1, self.consumers)
 
     @property
     def est_latency_ms(self) -> float:

@@ -1,7 +1,7 @@
 """`cascadeq router train`: learn which requests the first model will not answer well.
 
 Workers log (inputs, was the first model's answer kept?) for a sample of a task's
-requests (`trace_sample` in the catalog). A logistic regression over the flattened
+requests (`trace_sample` in the catalog). A small MLP over the flattened
 inputs predicts "not kept"; requests it flags skip the first model. Its threshold is
 chosen on cross-validated predictions so that, on the logged traffic, skipping never
 costs more than it saves: a correct skip saves the first model's cost, a wrong one
@@ -28,6 +28,9 @@ from router.learned import features
 READ_CHUNK = 1000
 MIN_TRACES = 50
 MIN_EACH_CLASS = 5
+# "Will the first model be unsure?" is not linear in the inputs when the first model is
+# itself linear: a logistic regression found nothing on the digits traces, this did.
+HIDDEN = (64,)
 
 
 class TrainError(ConfigError, ValueError):
@@ -107,8 +110,8 @@ def train(
 ) -> TrainReport:
     try:
         from skl2onnx import to_onnx  # noqa: PLC0415 - optional: the build extra
-        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
         from sklearn.model_selection import cross_val_predict  # noqa: PLC0415
+        from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
     except ImportError as exc:
         raise TrainError(
             f"training needs the build extra: pip install 'cascadeq[build]' ({exc})"
@@ -118,7 +121,7 @@ def train(
             f"task {task.name}: {len(hard)} traces with {int(hard.sum())} hard ones; need at "
             f"least {MIN_TRACES} with {MIN_EACH_CLASS} of each kind: run more traffic"
         )
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    model = MLPClassifier(HIDDEN, alpha=1e-3, max_iter=2000, random_state=seed)
     folds = min(5, int(hard.sum()), int((1 - hard).sum()))
     cv = cross_val_predict(model, x, hard, cv=folds, method="predict_proba")[:, 1]
     later = task.learned.start if task.learned else task.models[-1]

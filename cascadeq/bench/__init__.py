@@ -1,0 +1,1 @@
+"""`cascadeq bench ...`: measurements of the live system, each printing a JSON last line."""

@@ -1,0 +1,200 @@
+"""`cascadeq bench dms`: dynamic model selection on the live system, policy by policy.
+
+The held-out digits split runs through a real router and workers under each policy.
+The learned router is trained on traces that the validation split's traffic left
+(never the held-out split), exactly as an operator would with `cascadeq router train`.
+The bench works on its own copy of the catalog; the load marks are lowered there so a
+spike this machine can generate crosses them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascadeq.bench.harness import System, figures, live_system, progress, run_burst
+from cascadeq.calibration import edit_task
+from cascadeq.catalog import Catalog
+from cascadeq.connection import connect
+from cascadeq.keys import Keys
+from cascadeq.settings import Settings
+
+TASK = "digits"
+LEARNED_TASK = "digits-learned"
+POLICIES = (
+    "large-only",
+    "small-only",
+    "cascade",
+    "cascade+learned",
+    "premium",
+    "deadline-mix",
+    "load-spike",
+)
+# Marks this machine's spike crosses: a large-model queue over 40 ms (or 400 entries) deep.
+SPIKE_LOAD = {"high_water": 400, "low_water": 100, "high_wait_ms": 40.0, "low_wait_ms": 10.0}
+DEADLINES_MS = (None, 50.0, 5.0)  # the deadline mix: none, comfortable, tight, in turn
+ROW_FIELDS = (
+    "policy",
+    "accuracy",
+    "large_share",
+    "relative_cost",
+    "throughput_rps",
+    "p50_ms",
+    "p99_ms",
+    "expired",
+    "lost",
+    "route_switches",
+)
+
+
+def tag(line: str) -> None:
+    progress("bench dms", line)
+
+
+@dataclass(frozen=True)
+class Data:
+    x: np.ndarray
+    y: np.ndarray
+
+
+def prepare(models_dir: Path, work: Path) -> Path:
+    """A private copy: traces on, lower load marks; the user's catalog is never edited."""
+    for f in models_dir.iterdir():
+        if f.is_file():
+            shutil.copy(f, work / f.name)
+    path = work / "catalog.toml"
+
+    def edit(table: Any) -> None:
+        table["trace_sample"] = 1.0
+        table["load"] = SPIKE_LOAD
+
+    edit_task(path, TASK, edit)
+    return path
+
+
+def add_learned_task(path: Path, system: System, limit: int = 50_000) -> dict[str, Any]:
+    """Train on the logged traces and declare a second task that uses the result."""
+    from router import train  # noqa: PLC0415 - roles are imported lazily
+
+    catalog = Catalog.load(path)
+    task = catalog.tasks[TASK]
+    r = connect(system.url)
+    x, hard = train.read_traces(r, Keys(system.settings.prefix), TASK, limit)
+    r.close()
+    out = path.parent / f"{TASK}-router.onnx"
+    report = train.train(catalog, task, x, hard, out)
+    threshold = task.cascade[0].threshold
+    with path.open("a", encoding="utf-8") as f:
+        f.write(
+            f"\n[tasks.{LEARNED_TASK}]\n"
+            f'cascade = [{{ model = "{task.models[0]}", threshold = {threshold!r} }}, '
+            f'{{ model = "{task.models[-1]}" }}]\n'
+            f'confidence = "{task.confidence}"\n\n'
+            f"[tasks.{LEARNED_TASK}.learned]\n"
+            f'path = "{out.name}"\nthreshold = {report.threshold!r}\nstart = "{task.models[-1]}"\n'
+        )
+    tag(
+        f"learned router: {report.traces} traces, {report.hard_share:.1%} hard; threshold "
+        f"{report.threshold:.3f} skips {report.skip_share:.1%} (precision {report.precision:.2f})"
+    )
+    return {k: v for k, v in vars(report).items() if k != "path"}
+
+
+def policy_requests(policy: str, data: Data, catalog: Catalog) -> list[Any]:
+    from producer import Request  # noqa: PLC0415
+
+    task = catalog.tasks[TASK]
+    small, large = task.models[0], task.models[-1]
+    out = []
+    for i in range(len(data.x)):
+        inputs = {"input": data.x[i : i + 1]}
+        if policy == "large-only":
+            out.append(Request(inputs, model=large))
+        elif policy == "small-only":
+            out.append(Request(inputs, model=small))
+        elif policy == "cascade+learned":
+            out.append(Request(inputs, task=LEARNED_TASK))
+        elif policy == "premium":
+            out.append(Request(inputs, task=TASK, tier="premium"))
+        elif policy == "deadline-mix":
+            budget = DEADLINES_MS[i % len(DEADLINES_MS)]
+            out.append(Request(inputs, task=TASK, deadline_ms=budget))
+        elif policy == "load-spike":
+            out.append(Request(inputs, task=TASK, tier="premium" if i % 2 else "standard"))
+        else:
+            out.append(Request(inputs, task=TASK))
+    return out
+
+
+def run_policy(client: Any, system: System, policy: str, data: Data) -> dict[str, Any]:
+    catalog = system.catalog()
+    large = catalog.tasks[TASK].models[-1]
+    before = system.counts().get("load_switch", 0)
+    run = run_burst(client, policy_requests(policy, data, catalog), data.y)
+    row = figures(run, catalog, large)
+    row["route_switches"] = system.counts().get("load_switch", 0) - before
+    tag(
+        f"{policy:<16} accuracy {row['accuracy']:.4f}  large {row['large_share']:.1%}  "
+        f"cost {row['relative_cost']:.3f}  {row['throughput_rps']:.0f} req/s  "
+        f"expired {row['expired']}  lost {row['lost']}"
+    )
+    return {"policy": policy, **{k: row[k] for k in ROW_FIELDS if k != "policy"}}
+
+
+def warm_up(client: Any, x: np.ndarray, catalog: Catalog) -> None:
+    """Proves router and workers are serving before anything is timed."""
+    from producer import Request  # noqa: PLC0415
+
+    targets: list[dict[str, Any]] = [{"model": m} for m in catalog.models]
+    targets += [{"task": t} for t in catalog.tasks]
+    client.wait_many(client.submit_many([Request({"input": x[:1]}, **t) for t in targets]), 120)
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'policy':<16}{'accuracy':>9}{'large%':>8}{'cost':>7}{'req/s':>8}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'expired':>8}{'lost':>6}{'switches':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['policy']:<16}{r['accuracy']:>9.4f}{r['large_share'] * 100:>7.1f}%"
+            f"{r['relative_cost']:>7.3f}{r['throughput_rps']:>8.0f}{r['p50_ms']:>8.1f}"
+            f"{r['p99_ms']:>8.1f}{r['expired']:>8}{r['lost']:>6}{r['route_switches']:>9}"
+        )
+    return "\n".join(lines)
+
+
+def main(settings: Settings, models_dir: Path, *, as_json: bool, spike: int = 20) -> int:
+    from cascadeq.examples import digits  # noqa: PLC0415
+    from producer import Producer  # noqa: PLC0415
+
+    digits.ensure_built(models_dir, log=tag)
+    val, test = (np.load(models_dir / f) for f in (digits.VAL_FILE, digits.TEST_FILE))
+    val_data, test_data = Data(val["X"], val["y"]), Data(test["X"], test["y"])
+    spike_data = Data(np.tile(test_data.x, (spike, 1)), np.tile(test_data.y, spike))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cascadeq-dms-") as tmp:
+        path = prepare(models_dir, Path(tmp))
+        with live_system(settings, path, "bench-dms") as system:
+            with Producer(system.url, settings=system.settings, catalog=system.catalog()) as c:
+                warm_up(c, val_data.x, system.catalog())
+                tag(f"training traffic: {len(val_data.y)} validation requests, traces logged")
+                run_burst(c, policy_requests("cascade", val_data, system.catalog()), val_data.y)
+            learned = add_learned_task(path, system)
+            system.restart()
+            with Producer(system.url, settings=system.settings, catalog=system.catalog()) as c:
+                warm_up(c, val_data.x, system.catalog())
+                for policy in POLICIES:
+                    data = spike_data if policy == "load-spike" else test_data
+                    rows.append(run_policy(c, system, policy, data))
+    print(render(rows))
+    if as_json:
+        print(json.dumps({"rows": rows, "learned_router": learned}))
+    return 0

@@ -1,0 +1,152 @@
+"""A live system for measurements: its own Redis (unless REDIS_URL is set), a router and
+workers as real processes, and a producer; plus the figures every bench reports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascadeq.catalog import Catalog
+from cascadeq.connection import connect
+from cascadeq.embedded import redis_url_or_embedded
+from cascadeq.messages import EXPIRED, Result
+from cascadeq.process import ProcessGroup
+from cascadeq.settings import Settings
+
+
+def progress(tag: str, line: str) -> None:
+    print(f"[{tag}] {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class System:
+    """Roles started from one catalog file; the router can be restarted on a new one."""
+
+    url: str
+    settings: Settings
+    catalog_path: Path
+    group: ProcessGroup
+    router: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def start(self, workers: int = 2) -> None:
+        self.router = self.group.spawn("router")
+        self.group.spawn("worker", "--replicas", str(workers))
+
+    def restart(self, workers: int = 2) -> None:
+        """Every role again, so all of them read a changed catalog."""
+        self.group.stop()
+        self.start(workers)
+
+    def catalog(self) -> Catalog:
+        return Catalog.load(self.catalog_path)
+
+    def counts(self) -> dict[str, int]:
+        from cascadeq.keys import Keys  # noqa: PLC0415
+
+        r = connect(self.url)
+        raw: Any = r.hgetall(Keys(self.settings.prefix).routing_counts)
+        r.close()
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+@contextmanager
+def live_system(
+    settings: Settings, catalog_path: Path, tag: str, workers: int = 2
+) -> Iterator[System]:
+    """Everything torn down afterwards; on a user's Redis, under a private key prefix."""
+    shared = bool(settings.redis_url)
+    prefix = f"{settings.prefix}-{tag}-{uuid.uuid4().hex[:8]}" if shared else settings.prefix
+    with redis_url_or_embedded(settings.redis_url) as url:
+        settings = replace(settings, redis_url=url, prefix=prefix)
+        progress(tag, f"redis at {url}, keys under {prefix}:; 1 router, {workers} workers")
+        env = {
+            **os.environ,
+            "REDIS_URL": url,
+            "CASCADEQ_CATALOG": str(catalog_path),
+            "CASCADEQ_PREFIX": prefix,
+            "CASCADEQ_LOG_LEVEL": os.environ.get("CASCADEQ_LOG_LEVEL", "warning"),
+        }
+        system = System(url, settings, catalog_path, ProcessGroup(env))
+        try:
+            system.start(workers)
+            yield system
+        finally:
+            system.group.stop()
+            if shared:
+                remove_keys(url, prefix)
+
+
+def remove_keys(url: str, prefix: str) -> None:
+    client = connect(url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.unlink(*keys[start : start + 500])
+    client.close()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One burst of requests and what came back."""
+
+    results: list[Result]
+    labels: np.ndarray  # for the answered results, in the same order
+    seconds: float
+    lost: int  # accepted but never answered within the timeout
+
+
+def run_burst(client: Any, requests: list[Any], labels: np.ndarray, timeout: float = 300) -> Run:
+    """Submit all at once, wait for all; a Timeout counts the missing as lost."""
+    from producer import Timeout  # noqa: PLC0415 - the core imports roles lazily
+
+    started = time.perf_counter()
+    ids = client.submit_many(requests)
+    try:
+        results = client.wait_many(ids, timeout=timeout)
+        lost = 0
+    except Timeout as exc:
+        results = [exc.done[i] for i in ids if i in exc.done]
+        lost = len(exc.missing)
+    seconds = time.perf_counter() - started
+    by_id = dict(zip(ids, labels, strict=True))
+    return Run(results, np.array([by_id[r.id] for r in results]), seconds, lost)
+
+
+def models_run(result: Result) -> list[str]:
+    """Hops where a model really computed (a hop with compute_ms)."""
+    return [str(hop["model"]) for hop in result.path if "compute_ms" in hop]
+
+
+def figures(run: Run, catalog: Catalog, large: str) -> dict[str, Any]:
+    """The figures every table shares. Accuracy is over requests answered ok."""
+    results = run.results
+    n = len(results) + run.lost
+    output = catalog.models[large].output
+    ok = [(r, y) for r, y in zip(results, run.labels, strict=True) if r.ok]
+    correct = sum(int(np.argmax(r.outputs[output][0])) == y for r, y in ok)
+    ran = [models_run(r) for r in results]
+    cost = sum(catalog.models[m].cost for models in ran for m in models)
+    totals = np.array([r.timings.get("total_ms", 0.0) for r, _ in ok] or [0.0])
+    return {
+        "requests": n,
+        "accuracy": round(correct / max(1, len(ok)), 4),
+        "large_share": round(sum(large in models for models in ran) / max(1, n), 4),
+        "large_calls": sum(large in models for models in ran),
+        "relative_cost": round(cost / (max(1, n) * catalog.models[large].cost), 4),
+        "throughput_rps": round(n / run.seconds, 1),
+        "p50_ms": round(float(np.percentile(totals, 50)), 2),
+        "p99_ms": round(float(np.percentile(totals, 99)), 2),
+        "expired": sum(r.status == EXPIRED for r in results),
+        "errors": sum(not r.ok and r.status != EXPIRED for r in results),
+        "lost": run.lost,
+    }
