@@ -165,7 +165,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(json.dumps(dlq.show(r, keys, args.entry_id).detail(), indent=2, default=str))
             return 0
         if args.dlq_command == "replay":
-            return _dlq_replay(r, keys, args.entry_id)
+            return _dlq_replay(r, keys, args.entry_id, settings.pending_ttl_s)
         return _dlq_purge(dlq.count(r, keys), args.yes, lambda: dlq.purge(r, keys))
     finally:
         r.close()
@@ -181,13 +181,13 @@ def _dlq_list(letters: list[Any], total: int, as_json: bool) -> int:
     return 0
 
 
-def _dlq_replay(r: Any, keys: Any, entry_id: str | None) -> int:
+def _dlq_replay(r: Any, keys: Any, entry_id: str | None, pending_ttl_s: int) -> int:
     from cascadeq import dlq
 
     if entry_id is not None:
-        print(dlq.replay(r, keys, entry_id))
+        print(dlq.replay(r, keys, entry_id, pending_ttl_s))
         return 0
-    report = dlq.replay_all(r, keys)
+    report = dlq.replay_all(r, keys, pending_ttl_s)
     for old, new in report.replayed:
         print(f"{old} -> {new}")
     for old, why in report.skipped:

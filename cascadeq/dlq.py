@@ -19,32 +19,32 @@ from cascadeq import wire
 from cascadeq.errors import ConfigError
 from cascadeq.keys import Keys
 from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Result, salvage_id
+from cascadeq.results import PENDING_LUA, is_pending
 
 _META = (b"stream", b"entry", b"code", b"reason")
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 PAGE = 100
 
 #: KEYS: dead-letter stream, target stream[, result key]; ARGV: record id, the result
-#: value the caller saw ('' for none). Writes happen only after every check passed, and
-#: the XADD comes first: if Redis refuses it, nothing else changes.
-_REPLAY = """
+#: value the caller saw ('' for none), the placeholder's TTL. Writes happen only after
+#: every check passed, and the XADD comes first: if Redis refuses it, nothing changes.
+_REPLAY = f"""
 local rec = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #rec == 0 then return {0, 'gone'} end
+if #rec == 0 then return {{0, 'gone'}} end
 local h, x
 local f = rec[1][2]
 for i = 1, #f, 2 do
   if f[i] == 'h' then h = f[i + 1] elseif f[i] == 'x' then x = f[i + 1] end
 end
-if not h or not x then return {0, 'incomplete'} end
-local cur = false
+if not h or not x then return {{0, 'incomplete'}} end
 if #KEYS == 3 then
-  cur = redis.call('GET', KEYS[3])
-  if cur and cur ~= ARGV[2] then return {0, 'answered'} end
+  local cur = redis.call('GET', KEYS[3])
+  if cur and cur ~= ARGV[2] then return {{0, 'answered'}} end
 end
 local new = redis.call('XADD', KEYS[2], '*', 'h', h, 'x', x)
-if cur then redis.call('DEL', KEYS[3]) end
+if #KEYS == 3 then redis.call('SET', KEYS[3], {PENDING_LUA}, 'EX', ARGV[3]) end
 redis.call('XDEL', KEYS[1], ARGV[1])
-return {1, new}
+return {{1, new}}
 """
 
 
@@ -150,8 +150,12 @@ def show(r: redis.Redis, keys: Keys, entry_id: str) -> DeadLetter:
     return parse(*rows[0])
 
 
-def replay(r: redis.Redis, keys: Keys, entry_id: str) -> str:
-    """Put one dead letter back on its stream; returns the new entry id there."""
+def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str:
+    """Put one dead letter back on its stream; returns the new entry id there.
+
+    The request's error result becomes the "not ready" placeholder again (for
+    ``pending_ttl_s``), so the new attempt can answer and pollers see it as pending.
+    """
     letter = show(r, keys, entry_id)
     _check_replayable(letter, keys)
     script_keys = [keys.dead_letter, letter.stream]
@@ -160,7 +164,7 @@ def replay(r: redis.Redis, keys: Keys, entry_id: str) -> str:
     if rid is not None:
         seen = _result_to_clear(r, keys, rid, entry_id)
         script_keys.append(keys.result(rid))
-    reply: Any = r.eval(_REPLAY, len(script_keys), *script_keys, entry_id, seen)
+    reply: Any = r.eval(_REPLAY, len(script_keys), *script_keys, entry_id, seen, pending_ttl_s)
     status, detail = int(reply[0]), _text(reply[1])
     if not status:
         raise DeadLetterError(f"dead letter {entry_id} not replayed: {_REFUSED[detail]}")
@@ -191,8 +195,8 @@ def _check_replayable(letter: DeadLetter, keys: Keys) -> None:
 def _result_to_clear(r: redis.Redis, keys: Keys, rid: str, entry_id: str) -> bytes:
     """The stored error result replay may clear; refuses when the request has an answer."""
     raw: Any = r.get(keys.result(rid))
-    if raw is None:
-        return b""
+    if raw is None or is_pending(raw):
+        return b"" if raw is None else bytes(raw)
     try:
         stored = Result.loads(raw)
     except wire.WireError:
@@ -211,7 +215,7 @@ class ReplayReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (record id, why)
 
 
-def replay_all(r: redis.Redis, keys: Keys) -> ReplayReport:
+def replay_all(r: redis.Redis, keys: Keys, pending_ttl_s: int) -> ReplayReport:
     """Replay every record present at the start; ones dead-lettered again are not revisited."""
     report = ReplayReport()
     last = _last_id(r, keys)
@@ -220,7 +224,7 @@ def replay_all(r: redis.Redis, keys: Keys) -> ReplayReport:
         rows: Any = r.xrange(keys.dead_letter, start, last, count=PAGE)
         for eid, _ in rows:
             try:
-                report.replayed.append((eid.decode(), replay(r, keys, eid.decode())))
+                report.replayed.append((eid.decode(), replay(r, keys, eid.decode(), pending_ttl_s)))
             except DeadLetterError as exc:
                 report.skipped.append((eid.decode(), str(exc)))
         if len(rows) < PAGE:

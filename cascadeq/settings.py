@@ -6,6 +6,7 @@ name, one default and one place to document it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -35,6 +36,17 @@ class Settings:
     trim_every_s: float = 1.0  # how often acknowledged stream entries are trimmed
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)
+
+    @property
+    def pending_ttl_s(self) -> int:
+        """How long a submitted id without a result reads as "not ready" (then "unknown").
+
+        The result TTL plus every redelivery a request may go through (visibility timeout
+        times max deliveries); a request still queued after that reads as unknown.
+        """
+        return self.result_ttl_s + math.ceil(
+            self.visibility_timeout_ms * self.max_deliveries / 1000
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

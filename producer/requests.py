@@ -15,20 +15,24 @@ import numpy as np
 
 from cascadeq import wire
 from cascadeq.catalog import Catalog, InputError
-from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id, check_name
+from cascadeq.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
 from cascadeq.messages import Header, now_ms, oversize
+from cascadeq.results import PENDING_LUA
 from cascadeq.settings import Settings
 from producer.errors import Rejected
 
-#: Admission control and the XADD in one step: refuse the whole chunk past the bound.
-SUBMIT_SCRIPT = """
+#: Admission control and the XADDs in one step: refuse the whole chunk past the bound.
+#: KEYS: ingress, then each request's result key; ARGV: bound, placeholder TTL, then
+#: header and inputs per request. Each result key gets the "not ready" placeholder.
+SUBMIT_SCRIPT = f"""
 local depth = redis.call('XLEN', KEYS[1])
-local count = (#ARGV - 1) / 2
-if depth + count > tonumber(ARGV[1]) then return {0, depth} end
-for i = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', 'h', ARGV[i], 'x', ARGV[i + 1])
+local count = #KEYS - 1
+if depth + count > tonumber(ARGV[1]) then return {{0, depth}} end
+for i = 1, count do
+  redis.call('XADD', KEYS[1], '*', 'h', ARGV[1 + 2 * i], 'x', ARGV[2 + 2 * i])
+  redis.call('SET', KEYS[1 + i], {PENDING_LUA}, 'NX', 'EX', ARGV[2])
 end
-return {1, depth + count}
+return {{1, depth + count}}
 """
 
 
@@ -126,11 +130,13 @@ def _check_arrays(inputs: Mapping[str, Any]) -> None:
             raise InputError(f"input {name!r} is {type(value).__name__}; pass a numpy array")
 
 
-def submit_args(chunk: list[Prepared], max_depth: int) -> list[Any]:
-    args: list[Any] = [max_depth]
+def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> list[Any]:
+    """The SUBMIT_SCRIPT key count, keys and arguments for one chunk."""
+    script_keys = [keys.ingress, *(keys.result(p.id) for p in chunk)]
+    args: list[Any] = [settings.ingress_max_depth, settings.pending_ttl_s]
     for p in chunk:
         args += [p.header, p.inputs]
-    return args
+    return [len(script_keys), *script_keys, *args]
 
 
 def check_admitted(reply: Any, before: list[Prepared], count: int, max_depth: int) -> None:

@@ -16,10 +16,12 @@ from cascadeq import keys as keynames
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.results import is_pending
 from cascadeq.settings import Settings
 from router import Router
 from workers import ModelWorker
 
+TTL = 600
 TOY_X = wire.dumps_inputs({"input": np.ones((1, 4), np.float32)})
 
 
@@ -72,10 +74,10 @@ def test_a_replayed_poison_entry_completes_through_a_real_worker(
     assert (letter.stream, letter.code, letter.request_id) == (stream, "dead_letter", "p1")
     assert letter.detail()["inputs"] == {"input": {"dtype": "<f4", "shape": [1, 64]}}
 
-    new_id = dlq.replay(r, keys, letter.id)
+    new_id = dlq.replay(r, keys, letter.id, TTL)
     assert r.xrange(stream, new_id, new_id)[0][1][INPUTS_FIELD] == letter.fields[INPUTS_FIELD]
     assert dlq.count(r, keys) == 0
-    assert r.get(keys.result("p1")) is None  # the error result is cleared for the new attempt
+    assert is_pending(r.get(keys.result("p1")))  # not ready again, so the new attempt answers
     while worker.step(block_ms=None):  # the crash is fixed: a healthy worker serves it
         pass
     answer = stored(r, keys, "p1")
@@ -91,10 +93,10 @@ def test_a_record_without_its_inputs_is_refused_and_kept(
     incomplete = next(d for d in dlq.list_letters(r, keys, 10) if d.request_id == "noinputs")
     assert incomplete.missing == ["x"]
     with pytest.raises(dlq.DeadLetterError, match="lacks the x field"):
-        dlq.replay(r, keys, incomplete.id)
+        dlq.replay(r, keys, incomplete.id, TTL)
     assert dlq.count(r, keys) == 2
     with pytest.raises(dlq.DeadLetterError, match="no dead letter 1-0"):
-        dlq.replay(r, keys, "1-0")
+        dlq.replay(r, keys, "1-0", TTL)
     with pytest.raises(dlq.DeadLetterError, match="not a stream entry id"):
         dlq.show(r, keys, "cq:res:x")
 
@@ -110,10 +112,10 @@ def test_replay_refuses_a_request_already_answered_ok_and_a_foreign_stream(
     r.xadd(keys.dead_letter, {**fields, b"stream": b"elsewhere", b"code": b"x"})
     answered, foreign = dlq.list_letters(r, keys, 10)
     with pytest.raises(dlq.DeadLetterError, match="already has an ok result"):
-        dlq.replay(r, keys, answered.id)
+        dlq.replay(r, keys, answered.id, TTL)
     r.delete(keys.result("done"))
     with pytest.raises(dlq.DeadLetterError, match="not an ingress or model stream"):
-        dlq.replay(r, keys, foreign.id)
+        dlq.replay(r, keys, foreign.id, TTL)
     assert r.exists("elsewhere") == 0
     assert dlq.count(r, keys) == 2
 
@@ -123,7 +125,7 @@ def test_replay_all_and_purge_cover_the_records_present_when_they_start(
 ) -> None:
     router = dead_letter_one(r, settings, toy_catalog)
     keys = router.keys
-    report = dlq.replay_all(r, keys)
+    report = dlq.replay_all(r, keys, TTL)
     assert len(report.replayed) == 1  # the forged one goes back to ingress...
     [(_, why)] = report.skipped
     assert "lacks the x field" in why
