@@ -1,7 +1,7 @@
 """Every Redis key, stream, group and channel name lives here and nowhere else.
 
-Each stream is a single key, so the layout works on Redis Cluster as is; multi-key
-scripts only ever touch one key.
+Each stream is a single key. The submit and dlq-replay scripts touch several keys, so
+on Redis Cluster a deployment's prefix carries a hash tag (``{cq}``) to keep one slot.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ class Settings:
     visibility_timeout_ms: int = 30_000  # idle time after which pending entries are reclaimed
     max_deliveries: int = 5  # deliveries before an entry is dead-lettered
     ingress_max_depth: int = 100_000  # submit raises Rejected past this backlog
+    model_max_depth: int = 100_000  # per model stream: submit refuses, routers hold off
     max_payload_bytes: int = 8 * 1024 * 1024  # largest encoded inputs of one request
     block_ms: int = 1000  # longest blocking read, bounds shutdown latency
     router_batch: int = 256  # ingress entries a router reads per call

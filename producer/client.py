@@ -84,8 +84,9 @@ class Producer(ClientBase):
             prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
-            reply = self.redis.eval(SUBMIT_SCRIPT, *submit_call(chunk, self.keys, self.settings))
-            check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
+            call = submit_call(chunk, self.keys, self.settings)
+            reply = self.redis.eval(SUBMIT_SCRIPT, *call.eval_args())
+            check_admitted(reply, call, prepared[:start], len(chunk))
         return [p.id for p in prepared]
 
     # -- results ----------------------------------------------------------------
