@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cascadeq import log as logging_setup
 from cascadeq.errors import ConfigError
@@ -184,6 +186,116 @@ def cmd_result(args: argparse.Namespace) -> int:
     return result(args, _settings(args))
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from cascadeq import dlq
+    from cascadeq.connection import connect
+    from cascadeq.keys import Keys
+
+    settings = _settings(args)
+    r = connect(_require_url(settings), name="cq-dlq")
+    keys = Keys(settings.prefix)
+    try:
+        if args.dlq_command == "list":
+            return _dlq_list(dlq.list_letters(r, keys, args.limit), dlq.count(r, keys), args.json)
+        if args.dlq_command == "show":
+            print(json.dumps(dlq.show(r, keys, args.entry_id).detail(), indent=2, default=str))
+            return 0
+        if args.dlq_command == "replay":
+            return _dlq_replay(r, keys, args.entry_id, settings.pending_ttl_s)
+        return _dlq_purge(dlq.count(r, keys), args.yes, lambda: dlq.purge(r, keys))
+    finally:
+        r.close()
+
+
+def _dlq_list(letters: list[Any], total: int, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([d.summary() for d in letters]))
+        return 0
+    print(f"{total} dead letter(s); showing the oldest {len(letters)}", file=sys.stderr)
+    for d in letters:
+        print(f"{d.id}\t{d.code}\t{d.request_id or '-'}\t{d.stream}\t{d.reason}")
+    return 0
+
+
+def _dlq_replay(r: Any, keys: Any, entry_id: str | None, pending_ttl_s: int) -> int:
+    from cascadeq import dlq
+
+    if entry_id is not None:
+        print(dlq.replay(r, keys, entry_id, pending_ttl_s))
+        return 0
+    report = dlq.replay_all(r, keys, pending_ttl_s)
+    for old, new in report.replayed:
+        print(f"{old} -> {new}")
+    for old, why in report.skipped:
+        print(f"skipped {old}: {why}", file=sys.stderr)
+    print(f"{len(report.replayed)} replayed, {len(report.skipped)} skipped", file=sys.stderr)
+    return 1 if report.skipped else 0
+
+
+def _dlq_purge(total: int, confirmed: bool, purge: Any) -> int:
+    if not confirmed:
+        print(f"{total} dead letter(s) would be deleted; run again with --yes", file=sys.stderr)
+        return 1
+    print(f"deleted {purge()} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def _add_dlq_parser(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters").add_subparsers(
+        dest="dlq_command", required=True
+    )
+    listing = dlq.add_parser("list", help="the oldest dead letters, one a line")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true", help="a JSON array instead")
+    show = dlq.add_parser("show", help="one dead letter as JSON, header decoded")
+    show.add_argument("entry_id")
+    replay = dlq.add_parser("replay", help="put dead letters back on their stream")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("entry_id", nargs="?")
+    which.add_argument("--all", action="store_true", help="every dead letter there is now")
+    purge = dlq.add_parser("purge", help="delete every dead letter there is now")
+    purge.add_argument("--yes", action="store_true", help="really delete")
+    for p in (listing, show, replay, purge):
+        p.set_defaults(func=cmd_dlq)
+
+
+def _add_calibrate_parser(sub: Any) -> None:
+    calib = sub.add_parser(
+        "calibrate", help="choose a task's cascade thresholds from a labelled split"
+    )
+    calib.add_argument("--task", required=True)
+    goal = calib.add_mutually_exclusive_group()
+    goal.add_argument(
+        "--target-accuracy",
+        type=float,
+        help="cheapest thresholds reaching it (default: the last model's accuracy)",
+    )
+    goal.add_argument(
+        "--max-escalation",
+        type=float,
+        help="most accurate thresholds escalating at most this share",
+    )
+    calib.add_argument("--measure", choices=["top", "margin", "entropy"])
+    calib.add_argument("--data", help="npz with inputs (or X) and labels y (default: the task's)")
+    calib.add_argument("--catalog")
+    calib.add_argument("--dry-run", action="store_true", help="report, do not write")
+    calib.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    calib.set_defaults(func=cmd_calibrate)
+
+
+def _add_bench_parser(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="measure the live system").add_subparsers(
+        dest="bench_command", required=True
+    )
+    dms = bench.add_parser("dms", help="dynamic model selection, policy by policy")
+    dms.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    dms.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    dms.add_argument(
+        "--spike", type=int, default=20, help="the load spike sends the test split this many times"
+    )
+    dms.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascadeq",
@@ -216,43 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
             _add_router_train(p)
         p.set_defaults(func=func)
 
-    calib = sub.add_parser(
-        "calibrate", help="choose a task's cascade thresholds from a labelled split"
-    )
-    calib.add_argument("--task", required=True)
-    goal = calib.add_mutually_exclusive_group()
-    goal.add_argument(
-        "--target-accuracy",
-        type=float,
-        help="cheapest thresholds reaching it (default: the last model's accuracy)",
-    )
-    goal.add_argument(
-        "--max-escalation",
-        type=float,
-        help="most accurate thresholds escalating at most this share",
-    )
-    calib.add_argument("--measure", choices=["top", "margin", "entropy"])
-    calib.add_argument("--data", help="npz with inputs (or X) and labels y (default: the task's)")
-    calib.add_argument("--catalog")
-    calib.add_argument("--dry-run", action="store_true", help="report, do not write")
-    calib.add_argument("--json", action="store_true", help="last stdout line is JSON")
-    calib.set_defaults(func=cmd_calibrate)
+    _add_calibrate_parser(sub)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the digits example")
     demo.add_argument("--json", action="store_true", help="last stdout line is JSON")
     demo.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="measure the live system").add_subparsers(
-        dest="bench_command", required=True
-    )
-    dms = bench.add_parser("dms", help="dynamic model selection, policy by policy")
-    dms.add_argument("--json", action="store_true", help="last stdout line is JSON")
-    dms.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
-    dms.add_argument(
-        "--spike", type=int, default=20, help="the load spike sends the test split this many times"
-    )
-    dms.set_defaults(func=cmd_bench)
+    _add_bench_parser(sub)
 
     submit = sub.add_parser("submit", help="submit one request from .npy files")
     target = submit.add_mutually_exclusive_group(required=True)
@@ -273,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("request_id")
     result.add_argument("--wait", type=float, metavar="SECONDS")
     result.set_defaults(func=cmd_result)
+    _add_dlq_parser(sub)
     return parser
 
 

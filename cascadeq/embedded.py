@@ -13,12 +13,44 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from cascadeq.errors import ConfigError
 
 READY_MARKER = b"Ready to accept connections"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Serve TLS only (``--port 0``), so tests meet the rediss:// path production uses.
+
+    ``ca_file`` is the CA clients verify the server with, and the one client
+    certificates must chain to when ``auth_clients`` is set.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    auth_clients: bool = False  # require client certificates (mutual TLS)
+
+    def server_args(self, port: int) -> list[str]:
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(self.cert_file),
+            "--tls-key-file",
+            str(self.key_file),
+            "--tls-ca-cert-file",
+            str(self.ca_file),
+            "--tls-auth-clients",
+            "yes" if self.auth_clients else "no",
+        ]
 
 
 class EmbeddedRedisError(ConfigError, RuntimeError):
@@ -48,16 +80,26 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process with a data dir of its own, stopped on exit."""
 
-    def __init__(self, *, executable: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        executable: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.executable = executable or find_redis_server()
         self.extra_args = extra_args
+        self.tls = tls
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``rediss://...?ssl_ca_certs=CA`` with TLS: redis-py verifies the server with it."""
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca_file))}"
 
     @property
     def data_dir(self) -> Path:
@@ -77,10 +119,10 @@ class EmbeddedRedis:
 
     def _launch(self) -> str | None:
         """Start the server and block on its output until it is ready; None means ready."""
+        listen = ["--port", str(self.port)] if self.tls is None else self.tls.server_args(self.port)
         args = [
             self.executable,
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--dir",

@@ -1,7 +1,7 @@
 """Every Redis key, stream, group and channel name lives here and nowhere else.
 
-Each stream is a single key, so the layout works on Redis Cluster as is; multi-key
-scripts only ever touch one key.
+Each stream is a single key. The submit and dlq-replay scripts touch several keys, so
+on Redis Cluster a deployment's prefix carries a hash tag (``{cq}``) to keep one slot.
 """
 
 from __future__ import annotations
@@ -51,6 +51,14 @@ class Keys:
 
     def model_stream(self, model: str, lane: str = DEFAULT_LANE) -> str:
         return f"{self.prefix}:q:{model}:{lane}"
+
+    def owns_stream(self, name: str) -> bool:
+        """True for this prefix's ingress or a model stream: where a replay may write."""
+        if name == self.ingress:
+            return True
+        head, _, rest = name.partition(":q:")
+        model, _, lane = rest.partition(":")
+        return head == self.prefix and bool(_NAME_RE.fullmatch(model) and _NAME_RE.fullmatch(lane))
 
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:res:{request_id}"

@@ -1,8 +1,8 @@
 """Writing final results: first write wins, and the waiters hear of it in the same step.
 
 One small script per result (single key, so Redis Cluster is fine) makes "store if
-absent, then publish what was stored" atomic; a request processed twice after a crash
-can never be answered with two different values.
+absent (or only the submit placeholder is there), then publish what was stored" atomic;
+a request processed twice after a crash can never be answered with two different values.
 """
 
 from __future__ import annotations
@@ -12,13 +12,24 @@ from typing import Any
 from cascadeq.keys import Keys
 from cascadeq.messages import Result
 
-_STORE_ONCE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
-  return 1
-end
-return 0
+#: What submit stores under a result key until the real result lands: "submitted, not
+#: answered yet". 0xc1 is the one byte msgpack never uses, so no Result can equal it.
+PENDING = b"\xc1"
+PENDING_LUA = f"'\\{PENDING[0]}'"  # the same byte as a Lua string literal
+
+#: Store if the key is absent or holds PENDING; a real result is never overwritten.
+_STORE_ONCE = f"""
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= {PENDING_LUA} then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
+return 1
 """
+
+
+def is_pending(raw: object) -> bool:
+    """True for the placeholder submit leaves: the request exists but has no result yet."""
+    return raw == PENDING
 
 
 def queue_result(pipe: Any, keys: Keys, result: Result, reply_to: str | None, ttl_s: int) -> None:

@@ -6,6 +6,7 @@ name, one default and one place to document it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -29,12 +30,24 @@ class Settings:
     visibility_timeout_ms: int = 30_000  # idle time after which pending entries are reclaimed
     max_deliveries: int = 5  # deliveries before an entry is dead-lettered
     ingress_max_depth: int = 100_000  # submit raises Rejected past this backlog
+    model_max_depth: int = 100_000  # per model stream: submit refuses, routers hold off
     max_payload_bytes: int = 8 * 1024 * 1024  # largest encoded inputs of one request
     block_ms: int = 1000  # longest blocking read, bounds shutdown latency
     router_batch: int = 256  # ingress entries a router reads per call
     trim_every_s: float = 1.0  # how often acknowledged stream entries are trimmed
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)
+
+    @property
+    def pending_ttl_s(self) -> int:
+        """How long a submitted id without a result reads as "not ready" (then "unknown").
+
+        The result TTL plus every redelivery a request may go through (visibility timeout
+        times max deliveries); a request still queued after that reads as unknown.
+        """
+        return self.result_ttl_s + math.ceil(
+            self.visibility_timeout_ms * self.max_deliveries / 1000
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -67,21 +67,24 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def result(args: argparse.Namespace, settings: Settings) -> int:
-    from producer import Producer, RequestFailed, Timeout  # noqa: PLC0415
+    """Exit 0 ok, 4 failed, 5 not ready (yet), 6 unknown id."""
+    from producer import Producer, RequestFailed, Timeout, UnknownRequest  # noqa: PLC0415
 
     with Producer(settings=settings) as client:
         try:
-            found = (
-                client.result(args.request_id)
-                if args.wait is None
-                else client.wait_many([args.request_id], args.wait)[0]
-            )
+            found = client.result(args.request_id)
+            if found is None and args.wait is not None:
+                found = client.wait_many([args.request_id], args.wait)[0]
+        except UnknownRequest as exc:
+            print(str(exc), file=sys.stderr)
+            return 6
         except Timeout:
             found = None
         except RequestFailed as exc:
             found = exc.result
     if found is None:
-        print(f"{args.request_id}: no result (not ready, unknown, or expired)", file=sys.stderr)
+        waited = "" if args.wait is None else f" after waiting {args.wait}s"
+        print(f"{args.request_id}: not ready{waited} (submitted, no result yet)", file=sys.stderr)
         return 5
     print(json.dumps(result_to_json(found)))
     return 0 if found.ok else 4

@@ -3,7 +3,7 @@
 from cascadeq.messages import Result
 from producer.aio import AsyncProducer
 from producer.client import Producer
-from producer.errors import CascadeqError, Rejected, RequestFailed, Timeout
+from producer.errors import CascadeqError, Rejected, RequestFailed, Timeout, UnknownRequest
 from producer.requests import Request
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "RequestFailed",
     "Result",
     "Timeout",
+    "UnknownRequest",
 ]

@@ -25,7 +25,7 @@ from producer.requests import (
     Request,
     check_admitted,
     prepare,
-    submit_args,
+    submit_call,
 )
 
 log = get_logger("cascadeq.producer")
@@ -69,21 +69,16 @@ class AsyncProducer(ClientBase):
             prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
-            reply = await self.redis.eval(
-                SUBMIT_SCRIPT,
-                1,
-                self.keys.ingress,
-                *submit_args(chunk, self.settings.ingress_max_depth),
-            )
-            check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
+            call = submit_call(chunk, self.keys, self.settings)
+            reply = await self.redis.eval(SUBMIT_SCRIPT, *call.eval_args())
+            check_admitted(reply, call, prepared[:start], len(chunk))
         return [p.id for p in prepared]
 
     async def result(self, request_id: str) -> Result | None:
         buffered = self._inbox.take(request_id)
         if buffered is not None:
             return buffered
-        raw = await self.redis.get(self.keys.result(request_id))
-        return None if raw is None else Result.loads(raw)  # type: ignore[arg-type]
+        return self._read_stored(request_id, await self.redis.get(self.keys.result(request_id)))
 
     async def wait(self, request_id: str, timeout: float = 30.0) -> Result:
         result = (await self.wait_many([request_id], timeout))[0]
@@ -106,9 +101,9 @@ class AsyncProducer(ClientBase):
     async def _fetch_stored(self, ids: list[str]) -> None:
         for start in range(0, len(ids), MGET_CHUNK):
             chunk = ids[start : start + MGET_CHUNK]
-            for raw in await self.redis.mget([self.keys.result(rid) for rid in chunk]):
-                if raw is not None:
-                    self._inbox.deliver_raw(raw)  # type: ignore[arg-type]
+            self._inbox.deliver_stored(
+                await self.redis.mget([self.keys.result(rid) for rid in chunk])
+            )
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():

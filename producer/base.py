@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
+from cascadeq.messages import Result
+from cascadeq.results import is_pending
 from cascadeq.settings import Settings
+from producer.errors import UnknownRequest
 from producer.inbox import Inbox
 from producer.requests import CatalogCache
 
@@ -29,3 +33,9 @@ class ClientBase:
         self.keys = Keys(self.settings.prefix)
         self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
+
+    def _read_stored(self, request_id: str, raw: Any) -> Result | None:
+        """A stored result, None while the request is not ready; unknown ids raise."""
+        if raw is None:
+            raise UnknownRequest(request_id, self.settings.pending_ttl_s)
+        return None if is_pending(raw) else Result.loads(raw)

@@ -28,7 +28,7 @@ from producer.requests import (
     Request,
     check_admitted,
     prepare,
-    submit_args,
+    submit_call,
 )
 
 log = get_logger("cascadeq.producer")
@@ -84,13 +84,9 @@ class Producer(ClientBase):
             prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
-            reply = self.redis.eval(
-                SUBMIT_SCRIPT,
-                1,
-                self.keys.ingress,
-                *submit_args(chunk, self.settings.ingress_max_depth),
-            )
-            check_admitted(reply, prepared[:start], len(chunk), self.settings.ingress_max_depth)
+            call = submit_call(chunk, self.keys, self.settings)
+            reply = self.redis.eval(SUBMIT_SCRIPT, *call.eval_args())
+            check_admitted(reply, call, prepared[:start], len(chunk))
         return [p.id for p in prepared]
 
     # -- results ----------------------------------------------------------------
@@ -100,8 +96,7 @@ class Producer(ClientBase):
         buffered = self._inbox.take(request_id)
         if buffered is not None:
             return buffered
-        raw = self.redis.get(self.keys.result(request_id))
-        return None if raw is None else Result.loads(raw)  # type: ignore[arg-type]
+        return self._read_stored(request_id, self.redis.get(self.keys.result(request_id)))
 
     def wait(self, request_id: str, timeout: float = 30.0) -> Result:
         """Block until the result arrives; raises Timeout, or RequestFailed if not ok."""
@@ -127,9 +122,7 @@ class Producer(ClientBase):
         """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
         for start in range(0, len(ids), MGET_CHUNK):
             chunk = ids[start : start + MGET_CHUNK]
-            for raw in self.redis.mget([self.keys.result(rid) for rid in chunk]):
-                if raw is not None:
-                    self._inbox.deliver_raw(raw)  # type: ignore[arg-type]
+            self._inbox.deliver_stored(self.redis.mget([self.keys.result(rid) for rid in chunk]))
 
     # -- the reply listener -----------------------------------------------------------
 

@@ -20,6 +20,17 @@ class Rejected(CascadeqError):
         self.accepted = accepted or []  # submit_many: ids queued before the refusal
 
 
+class UnknownRequest(CascadeqError, LookupError):
+    """No such request: never submitted, or its result (or placeholder) expired."""
+
+    def __init__(self, request_id: str, kept_s: int) -> None:
+        super().__init__(
+            f"unknown id {request_id} (never submitted, or its result expired after {kept_s} s)"
+        )
+        self.request_id = request_id
+        self.kept_s = kept_s
+
+
 class Timeout(CascadeqError):
     """No result arrived in time; the request may still complete later."""
 

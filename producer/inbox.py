@@ -16,6 +16,7 @@ from typing import Any
 
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
+from cascadeq.results import is_pending
 from cascadeq.wire import WireError
 from producer.errors import Timeout
 
@@ -89,6 +90,12 @@ class Inbox:
             log.warning("reply_dropped", error=str(exc))
             return
         self.deliver(result)
+
+    def deliver_stored(self, raws: list[Any]) -> None:
+        """Deliver what an MGET of result keys found; absent and "not ready" are skipped."""
+        for raw in raws:
+            if raw is not None and not is_pending(raw):
+                self.deliver_raw(raw)
 
     def outstanding(self) -> list[str]:
         """Ids someone waits for whose result has not arrived."""

@@ -15,20 +15,35 @@ import numpy as np
 
 from cascadeq import wire
 from cascadeq.catalog import Catalog, InputError
-from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id, check_name
+from cascadeq.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
 from cascadeq.messages import Header, now_ms, oversize
+from cascadeq.results import PENDING_LUA
 from cascadeq.settings import Settings
 from producer.errors import Rejected
 
-#: Admission control and the XADD in one step: refuse the whole chunk past the bound.
-SUBMIT_SCRIPT = """
+#: Admission control and the XADDs in one step: refuse the whole chunk past a bound.
+#: KEYS: ingress, the m model streams the chunk starts on, each request's result key.
+#: ARGV: ingress bound, model bound, placeholder TTL, m, then per request its header,
+#: inputs and the index (1..m) of its model stream. Refusal returns {0, key index, depth}.
+SUBMIT_SCRIPT = f"""
+local m = tonumber(ARGV[4])
+local n = #KEYS - 1 - m
 local depth = redis.call('XLEN', KEYS[1])
-local count = (#ARGV - 1) / 2
-if depth + count > tonumber(ARGV[1]) then return {0, depth} end
-for i = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', 'h', ARGV[i], 'x', ARGV[i + 1])
+if depth + n > tonumber(ARGV[1]) then return {{0, 1, depth}} end
+local want = {{}}
+for i = 1, n do
+  local j = tonumber(ARGV[4 + 3 * i])
+  want[j] = (want[j] or 0) + 1
 end
-return {1, depth + count}
+for j = 1, m do
+  local d = redis.call('XLEN', KEYS[1 + j])
+  if d + want[j] > tonumber(ARGV[2]) then return {{0, 1 + j, d}} end
+end
+for i = 1, n do
+  redis.call('XADD', KEYS[1], '*', 'h', ARGV[2 + 3 * i], 'x', ARGV[3 + 3 * i])
+  redis.call('SET', KEYS[1 + m + i], {PENDING_LUA}, 'NX', 'EX', ARGV[3])
+end
+return {{1, 0, depth + n}}
 """
 
 
@@ -50,6 +65,7 @@ class Prepared:
     id: str
     header: bytes
     inputs: bytes
+    first_model: str  # the model whose queue it starts on (pinned, or the cascade's first)
 
 
 def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | None) -> Prepared:
@@ -59,7 +75,8 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
     try:
         _check_arrays(req.inputs)
         checked: set[tuple[object, ...]] = set()
-        for spec in _models_for(req, catalog):
+        models = _models_for(req, catalog)
+        for spec in models:
             signature = (spec.inputs, spec.allow_nonfinite)
             if signature not in checked:  # cascades usually share one signature: check once
                 spec.check_inputs(req.inputs)
@@ -96,7 +113,7 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
     problem = oversize(header, inputs, settings.max_payload_bytes)
     if problem:
         raise Rejected(problem, "too_large")
-    return Prepared(rid, header, inputs)
+    return Prepared(rid, header, inputs, models[0].name)
 
 
 def _models_for(req: Request, catalog: Catalog) -> list[Any]:
@@ -126,22 +143,47 @@ def _check_arrays(inputs: Mapping[str, Any]) -> None:
             raise InputError(f"input {name!r} is {type(value).__name__}; pass a numpy array")
 
 
-def submit_args(chunk: list[Prepared], max_depth: int) -> list[Any]:
-    args: list[Any] = [max_depth]
+@dataclass(frozen=True)
+class SubmitCall:
+    """One SUBMIT_SCRIPT call: its keys and arguments, and the bound of each queue key."""
+
+    keys: list[str]
+    args: list[Any]
+    bounds: dict[str, int]
+
+    def eval_args(self) -> list[Any]:
+        return [len(self.keys), *self.keys, *self.args]
+
+
+def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> SubmitCall:
+    """Lanes are not routed yet, so every request starts on its model's default lane."""
+    streams = list(dict.fromkeys(keys.model_stream(p.first_model) for p in chunk))
+    index = {stream: j for j, stream in enumerate(streams, start=1)}
+    script_keys = [keys.ingress, *streams, *(keys.result(p.id) for p in chunk)]
+    args: list[Any] = [
+        settings.ingress_max_depth,
+        settings.model_max_depth,
+        settings.pending_ttl_s,
+        len(streams),
+    ]
     for p in chunk:
-        args += [p.header, p.inputs]
-    return args
+        args += [p.header, p.inputs, index[keys.model_stream(p.first_model)]]
+    bounds = {keys.ingress: settings.ingress_max_depth}
+    bounds.update(dict.fromkeys(streams, settings.model_max_depth))
+    return SubmitCall(script_keys, args, bounds)
 
 
-def check_admitted(reply: Any, before: list[Prepared], count: int, max_depth: int) -> None:
-    accepted, depth = int(reply[0]), int(reply[1])
-    if not accepted:
-        raise Rejected(
-            f"ingress queue is full: {depth} entries queued, bound {max_depth}; "
-            f"{count} request(s) not queued, retry later",
-            "queue_full",
-            accepted=[p.id for p in before],
-        )
+def check_admitted(reply: Any, call: SubmitCall, before: list[Prepared], count: int) -> None:
+    """Raise Rejected naming the full queue, its depth and bound; ids queued before kept."""
+    if int(reply[0]):
+        return
+    queue, depth = call.keys[int(reply[1]) - 1], int(reply[2])
+    raise Rejected(
+        f"queue is full: {queue} holds {depth} entries, bound {call.bounds[queue]}; "
+        f"{count} request(s) not queued, retry later",
+        "queue_full",
+        accepted=[p.id for p in before],
+    )
 
 
 class CatalogCache:

@@ -79,6 +79,9 @@ class Router:
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
         self.learned = LearnedRouters(catalog)
+        self.fed = sorted({self.keys.model_stream(m) for m in catalog.models})
+        self.held: list[str] = []  # model streams over the bound when last checked
+        self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
     def setup(self) -> None:
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
@@ -86,6 +89,7 @@ class Router:
 
     def run(self, stop: threading.Event) -> None:
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
+        self.stopping = stop
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "router")
         log.info("router_stopped", consumer=self.consumer, routed=self.routed)
 
@@ -93,18 +97,38 @@ class Router:
         """One read-route-forward-ack cycle; returns how many entries it handled."""
         handled = self._reclaim() if self.reclaim_clock.due() else 0
         self.board.refresh()
-        got = streams.read_new(
-            self.r,
-            [self.keys.ingress],
-            keynames.ROUTER_GROUP,
-            self.consumer,
-            self.settings.router_batch,
-            block_ms,
-        )
-        handled += self.forward([entry for _, entry in got])
+        if self._over_bound():
+            if block_ms:  # backpressure: leave ingress alone while a model queue is full
+                self.stopping.wait(block_ms / 1000)
+        else:
+            got = streams.read_new(
+                self.r,
+                [self.keys.ingress],
+                keynames.ROUTER_GROUP,
+                self.consumer,
+                self.settings.router_batch,
+                block_ms,
+            )
+            handled += self.forward([entry for _, entry in got])
         if self.trim_clock.due():
             streams.trim_acknowledged(self.r, self.keys.ingress)
         return handled
+
+    def _over_bound(self) -> bool:
+        """True while a model stream this router feeds holds ``model_max_depth`` or more.
+
+        Holding off reading keeps model streams within the bound plus one read per
+        router; ingress, bounded at submit, takes up the backlog.
+        """
+        pipe = self.r.pipeline(transaction=False)
+        for stream in self.fed:
+            pipe.xlen(stream)
+        depths = dict(zip(self.fed, pipe.execute(), strict=True))
+        held = [s for s, d in depths.items() if int(d) >= self.settings.model_max_depth]
+        if held != self.held:
+            log.warning("backpressure", held=held, bound=self.settings.model_max_depth)
+            self.held = held
+        return bool(held)
 
     def _reclaim(self) -> int:
         found = streams.reclaim(

@@ -40,7 +40,8 @@ def test_submit_wait_and_result_from_the_shell(
     assert refused.returncode == 3
     assert "unknown_task" in refused.stderr
     unknown = run_cli(env, "result", "no-such-id")
-    assert unknown.returncode == 5
+    assert unknown.returncode == 6
+    assert "unknown id no-such-id (never submitted" in unknown.stderr
 
 
 def test_configuration_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:

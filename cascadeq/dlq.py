@@ -1,0 +1,247 @@
+"""Operator commands on the dead-letter stream: look, replay what can run again, purge.
+
+A dead letter is the raw entry (its ``h``/``x`` fields, as far as they were kept) plus
+``stream``, ``entry``, ``code`` and ``reason``. Replay is one script, so it is all or
+nothing: it re-reads the record, puts ``h``/``x`` back on the stream they came from,
+clears the error result dead-lettering wrote (so the new attempt can answer), and only
+then deletes the record. Two operators replaying one record queue it once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cascadeq import wire
+from cascadeq.errors import ConfigError
+from cascadeq.keys import Keys
+from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Result, salvage_id
+from cascadeq.results import PENDING_LUA, is_pending
+
+_META = (b"stream", b"entry", b"code", b"reason")
+_ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+PAGE = 100
+
+#: KEYS: dead-letter stream, target stream[, result key]; ARGV: record id, the result
+#: value the caller saw ('' for none), the placeholder's TTL. Writes happen only after
+#: every check passed, and the XADD comes first: if Redis refuses it, nothing changes.
+_REPLAY = f"""
+local rec = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #rec == 0 then return {{0, 'gone'}} end
+local h, x
+local f = rec[1][2]
+for i = 1, #f, 2 do
+  if f[i] == 'h' then h = f[i + 1] elseif f[i] == 'x' then x = f[i + 1] end
+end
+if not h or not x then return {{0, 'incomplete'}} end
+if #KEYS == 3 then
+  local cur = redis.call('GET', KEYS[3])
+  if cur and cur ~= ARGV[2] then return {{0, 'answered'}} end
+end
+local new = redis.call('XADD', KEYS[2], '*', 'h', h, 'x', x)
+if #KEYS == 3 then redis.call('SET', KEYS[3], {PENDING_LUA}, 'EX', ARGV[3]) end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return {{1, new}}
+"""
+
+
+class DeadLetterError(ConfigError):
+    """A dead letter that is missing or cannot be replayed; one line for the operator."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of the dead-letter stream, decoded only as far as is safe."""
+
+    id: str
+    stream: str
+    entry: str
+    code: str
+    reason: str
+    fields: dict[bytes, bytes] = field(repr=False)  # the kept original fields
+
+    @property
+    def request_id(self) -> str | None:
+        return salvage_id(self.fields.get(HEADER_FIELD))[0]
+
+    @property
+    def missing(self) -> list[str]:
+        """The original fields replay needs but this record lacks."""
+        return [f.decode() for f in (HEADER_FIELD, INPUTS_FIELD) if f not in self.fields]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "stream": self.stream,
+            "entry": self.entry,
+            "code": self.code,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "replayable": not self.missing,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """The summary plus the decoded header and the shapes of the inputs."""
+        out = self.summary()
+        out["header"] = _describe(self.fields.get(HEADER_FIELD), _header)
+        out["inputs"] = _describe(self.fields.get(INPUTS_FIELD), _inputs)
+        return out
+
+
+def _header(raw: bytes) -> Any:
+    return wire.loads_map(raw, "header")
+
+
+def _inputs(raw: bytes) -> Any:
+    return {
+        name: {"dtype": arr.dtype.str, "shape": list(arr.shape)}
+        for name, arr in wire.loads_inputs(raw).items()
+    }
+
+
+def _describe(raw: bytes | None, decode: Any) -> Any:
+    if raw is None:
+        return None
+    try:
+        return decode(raw)
+    except (wire.WireError, ValueError, TypeError) as exc:
+        return {"undecodable": str(exc), "bytes": len(raw)}
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode(errors="replace")
+
+
+def parse(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    meta = {k: _text(fields.get(k)) for k in _META}
+    return DeadLetter(
+        id=entry_id.decode(),
+        stream=meta[b"stream"],
+        entry=meta[b"entry"],
+        code=meta[b"code"],
+        reason=meta[b"reason"],
+        fields={k: v for k, v in fields.items() if k not in _META},
+    )
+
+
+def count(r: redis.Redis, keys: Keys) -> int:
+    return int(r.xlen(keys.dead_letter))
+
+
+def list_letters(r: redis.Redis, keys: Keys, limit: int) -> list[DeadLetter]:
+    """The oldest ``limit`` dead letters, oldest first (the order replay --all uses)."""
+    rows: Any = r.xrange(keys.dead_letter, count=limit)
+    return [parse(eid, fields) for eid, fields in rows]
+
+
+def show(r: redis.Redis, keys: Keys, entry_id: str) -> DeadLetter:
+    if not _ENTRY_ID_RE.fullmatch(entry_id):
+        raise DeadLetterError(
+            f"{entry_id!r} is not a stream entry id (write it as 1700000000000-0)"
+        )
+    rows: Any = r.xrange(keys.dead_letter, entry_id, entry_id)
+    if not rows:
+        raise DeadLetterError(
+            f"no dead letter {entry_id} in {keys.dead_letter} (replayed or purged already?)"
+        )
+    return parse(*rows[0])
+
+
+def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str:
+    """Put one dead letter back on its stream; returns the new entry id there.
+
+    The request's error result becomes the "not ready" placeholder again (for
+    ``pending_ttl_s``), so the new attempt can answer and pollers see it as pending.
+    """
+    letter = show(r, keys, entry_id)
+    _check_replayable(letter, keys)
+    script_keys = [keys.dead_letter, letter.stream]
+    seen = b""
+    rid = letter.request_id
+    if rid is not None:
+        seen = _result_to_clear(r, keys, rid, entry_id)
+        script_keys.append(keys.result(rid))
+    reply: Any = r.eval(_REPLAY, len(script_keys), *script_keys, entry_id, seen, pending_ttl_s)
+    status, detail = int(reply[0]), _text(reply[1])
+    if not status:
+        raise DeadLetterError(f"dead letter {entry_id} not replayed: {_REFUSED[detail]}")
+    return detail
+
+
+_REFUSED = {
+    "gone": "it was replayed or purged meanwhile",
+    "incomplete": "it lacks the h or x field",
+    "answered": "its request was answered meanwhile",
+}
+
+
+def _check_replayable(letter: DeadLetter, keys: Keys) -> None:
+    if letter.missing:
+        raise DeadLetterError(
+            f"dead letter {letter.id} cannot be replayed: it lacks the "
+            f"{' and '.join(letter.missing)} field(s) ({letter.code}: the entry was kept "
+            "without them); inspect it with `cascadeq dlq show` and purge it"
+        )
+    if not keys.owns_stream(letter.stream):
+        raise DeadLetterError(
+            f"dead letter {letter.id} names stream {letter.stream!r}, which is not an "
+            f"ingress or model stream under prefix {keys.prefix!r}; not replayed"
+        )
+
+
+def _result_to_clear(r: redis.Redis, keys: Keys, rid: str, entry_id: str) -> bytes:
+    """The stored error result replay may clear; refuses when the request has an answer."""
+    raw: Any = r.get(keys.result(rid))
+    if raw is None or is_pending(raw):
+        return b"" if raw is None else bytes(raw)
+    try:
+        stored = Result.loads(raw)
+    except wire.WireError:
+        return bytes(raw)  # not a result: nothing worth keeping
+    if stored.ok:
+        raise DeadLetterError(
+            f"dead letter {entry_id}: request {rid} already has an ok result; a replay "
+            "could not change it (the first result wins); purge the record instead"
+        )
+    return bytes(raw)
+
+
+@dataclass
+class ReplayReport:
+    replayed: list[tuple[str, str]] = field(default_factory=list)  # (record id, new entry)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (record id, why)
+
+
+def replay_all(r: redis.Redis, keys: Keys, pending_ttl_s: int) -> ReplayReport:
+    """Replay every record present at the start; ones dead-lettered again are not revisited."""
+    report = ReplayReport()
+    last = _last_id(r, keys)
+    start = "-"
+    while last is not None:
+        rows: Any = r.xrange(keys.dead_letter, start, last, count=PAGE)
+        for eid, _ in rows:
+            try:
+                report.replayed.append((eid.decode(), replay(r, keys, eid.decode(), pending_ttl_s)))
+            except DeadLetterError as exc:
+                report.skipped.append((eid.decode(), str(exc)))
+        if len(rows) < PAGE:
+            break
+        start = "(" + rows[-1][0].decode()
+    return report
+
+
+def _last_id(r: redis.Redis, keys: Keys) -> str | None:
+    rows: Any = r.xrevrange(keys.dead_letter, count=1)
+    return rows[0][0].decode() if rows else None
+
+
+def purge(r: redis.Redis, keys: Keys) -> int:
+    """Delete every record present now; one dead-lettered meanwhile is kept."""
+    last = _last_id(r, keys)
+    if last is None:
+        return 0
+    ms, _, seq = last.partition("-")
+    return int(r.xtrim(keys.dead_letter, minid=f"{ms}-{int(seq) + 1}", approximate=False))
