@@ -32,7 +32,7 @@ from cascadeq.messages import (
 )
 from cascadeq.process import serve
 from cascadeq.settings import Settings
-from workers import outcome
+from workers import outcome, padding
 from workers.batcher import Bad, Batcher, Item, decode
 from workers.runner import OnnxRunner
 
@@ -55,6 +55,8 @@ class ModelWorker:
         self.runner = runner or OnnxRunner(spec)
         self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
         self.batcher = Batcher(spec, self._read, settings.max_payload_bytes)
+        self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
+        self.batch_info: dict[str, Any] = {}
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
@@ -143,7 +145,7 @@ class ModelWorker:
         launched_at = now_ms()
         started = time.perf_counter()
         try:
-            out = self.runner.run(_stack(items, self.spec), samples)
+            out, overhead = padding.run(self.runner.run, [i.inputs for i in items], self.spec)
         except Exception as exc:  # noqa: BLE001 - isolate the entry that broke the batch
             if len(items) > 1:
                 for item in items:
@@ -152,6 +154,7 @@ class ModelWorker:
             self._crashed(effects, items[0], "compute_failed", exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
+        self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
         self.stats["batches"] += 1
         self.stats["samples"] += samples
         offset = 0
@@ -184,7 +187,7 @@ class ModelWorker:
         conf = outcome.confidence(self.spec, rows)
         outcome.record_hop(header, self.spec.name, conf, times)
         target = outcome.next_model(self.catalog, header, self.spec.name, conf)
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = dict(self.batch_info)
         if target is not None and header.deadline is not None and header.deadline <= now_ms():
             info["escalation_skipped"] = "deadline"
             target = None
@@ -240,9 +243,3 @@ class ModelWorker:
             code=bad.code,
             reason=bad.message,
         )
-
-
-def _stack(items: list[Item], spec: ModelSpec) -> dict[str, np.ndarray]:
-    if len(items) == 1:
-        return items[0].inputs
-    return {s.name: np.concatenate([i.inputs[s.name] for i in items]) for s in spec.inputs}
