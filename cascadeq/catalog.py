@@ -19,7 +19,9 @@ from cascadeq.errors import ConfigError
 from cascadeq.keys import InvalidName, check_name
 from cascadeq.wire import ALLOWED_DTYPES
 
-BATCH_MODES = ("static", "dynamic", "continuous")
+BATCH_MODES = ("static", "dynamic", "adaptive", "continuous")
+# Fields that only one batching mode reads; setting one under another mode is a mistake.
+MODE_FIELDS = {"static": "safety_wait_ms", "adaptive": "latency_budget_ms"}
 OUTPUT_KINDS = ("probabilities", "scores", "embedding")
 
 
@@ -52,6 +54,8 @@ class Batching:
     # no pad_value, only requests of identical shape share a sub-batch.
     pad_value: int | float | None = None
     bucketing: tuple[int, ...] = ()
+    safety_wait_ms: float = 100.0  # static: the longest a partial batch waits
+    latency_budget_ms: float = 50.0  # adaptive: wait only while the oldest meets this
 
 
 @dataclass(frozen=True)
@@ -315,16 +319,37 @@ class _Parser:
     def batching(
         self, doc: dict[str, Any], where: str, inputs: tuple[InputSpec, ...] = ()
     ) -> Batching:
-        self.no_unknown(doc, {"mode", "max_batch", "max_wait_ms", "pad_value", "bucketing"}, where)
+        allowed = {"mode", "max_batch", "max_wait_ms", "pad_value", "bucketing"}
+        self.no_unknown(doc, allowed | set(MODE_FIELDS.values()), where)
         mode = self.value(doc, "mode", where, str, "dynamic")
         if mode not in BATCH_MODES:
             raise self.fail(
                 f"{where}.mode", f"unknown mode {mode!r}", f"use one of {list(BATCH_MODES)}"
             )
+        for owner, key in MODE_FIELDS.items():
+            if key in doc and mode != owner:
+                raise self.fail(
+                    f"{where}.{key}",
+                    f"only mode {owner!r} uses it, but mode is {mode!r}",
+                    f'remove it or set mode = "{owner}"',
+                )
         wait = self.millis(doc, "max_wait_ms", where, 2.0)
         pad_value, bucketing = self.padding(doc, where, inputs)
+        budget = self.millis(doc, "latency_budget_ms", where, Batching.latency_budget_ms)
+        if budget <= 0:
+            raise self.fail(
+                f"{where}.latency_budget_ms",
+                "must be above 0",
+                "set the latency the oldest request may reach, e.g. 50",
+            )
         return Batching(
-            mode, self.positive(doc, "max_batch", where, 32), wait, pad_value, bucketing
+            mode,
+            self.positive(doc, "max_batch", where, 32),
+            wait,
+            pad_value,
+            bucketing,
+            safety_wait_ms=self.millis(doc, "safety_wait_ms", where, Batching.safety_wait_ms),
+            latency_budget_ms=budget,
         )
 
     def millis(self, doc: Mapping[str, Any], key: str, where: str, default: float) -> float:

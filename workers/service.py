@@ -33,7 +33,8 @@ from cascadeq.messages import (
 from cascadeq.process import serve
 from cascadeq.settings import Settings
 from workers import outcome, padding
-from workers.batcher import Bad, Batcher, Item, decode
+from workers.batcher import Bad, Item, decode
+from workers.continuous import batcher_for
 from workers.runner import OnnxRunner
 
 log = get_logger("cascadeq.worker")
@@ -54,7 +55,7 @@ class ModelWorker:
         self.consumer = consumer
         self.runner = runner or OnnxRunner(spec)
         self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
-        self.batcher = Batcher(spec, self._read, settings.max_payload_bytes)
+        self.batcher = batcher_for(spec, self._read, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
         self.batch_info: dict[str, Any] = {}
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
@@ -73,6 +74,7 @@ class ModelWorker:
     def run(self, stop: threading.Event) -> None:
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "worker")
+        self.batcher.close()  # continuous batching: stop reading ahead, keep what was read
         while self.batcher.carry:  # read but not yet run: finish them before leaving
             self.process(self.batcher.drain())
         log.info("worker_stopped", model=self.spec.name, **self.stats)
@@ -145,7 +147,8 @@ class ModelWorker:
         launched_at = now_ms()
         started = time.perf_counter()
         try:
-            out, overhead = padding.run(self.runner.run, [i.inputs for i in items], self.spec)
+            run = self.batcher.timed(self.runner.run)  # the strategy learns compute costs
+            out, overhead = padding.run(run, [i.inputs for i in items], self.spec)
         except Exception as exc:  # noqa: BLE001 - isolate the entry that broke the batch
             if len(items) > 1:
                 for item in items:
