@@ -22,7 +22,9 @@ from cascadeq.wire import ALLOWED_DTYPES
 
 __all__ = ["Catalog", "CatalogError", "InputError", "ModelSpec", "Stage", "TaskSpec"]
 
-BATCH_MODES = ("static", "dynamic", "continuous")
+BATCH_MODES = ("static", "dynamic", "adaptive", "continuous")
+# Fields that only one batching mode reads; setting one under another mode is a mistake.
+MODE_FIELDS = {"static": "safety_wait_ms", "adaptive": "latency_budget_ms"}
 OUTPUT_KINDS = ("probabilities", "scores", "embedding")
 
 
@@ -50,6 +52,13 @@ class Batching:
     mode: str = "dynamic"
     max_batch: int = 32  # counted in samples, not requests
     max_wait_ms: float = 2.0
+    # Variable-length inputs (-1 beyond axis 0): requests are padded with pad_value to the
+    # longest in their sub-batch; bucketing boundaries split a batch by length first. With
+    # no pad_value, only requests of identical shape share a sub-batch.
+    pad_value: int | float | None = None
+    bucketing: tuple[int, ...] = ()
+    safety_wait_ms: float = 100.0  # static: the longest a partial batch waits
+    latency_budget_ms: float = 50.0  # adaptive: wait only while the oldest meets this
 
 
 @dataclass(frozen=True)
@@ -236,10 +245,13 @@ class _Parser:
                 f"must be a positive number, got {cost}",
                 "set cost to the relative compute cost per sample, e.g. 1.0",
             )
+        inputs = self.inputs(doc, where)
+        batching_doc = self.table(doc, "batching", f"{where}.batching", required=False)
+        batching = self.batching(batching_doc, f"{where}.batching", inputs)
         return ModelSpec(
             name=name,
             path=path,
-            inputs=self.inputs(doc, where),
+            inputs=inputs,
             output=self.value(doc, "output", where, str, fix='add output = "probabilities"'),
             output_kind=kind,
             version=str(self.value(doc, "version", where, (str, int), "1")),
@@ -247,10 +259,7 @@ class _Parser:
             intra_op_threads=self.positive(doc, "intra_op_threads", where, 1),
             inter_op_threads=self.positive(doc, "inter_op_threads", where, 1),
             allow_nonfinite=self.value(doc, "allow_nonfinite", where, bool, False),
-            batching=self.batching(
-                self.table(doc, "batching", f"{where}.batching", required=False),
-                f"{where}.batching",
-            ),
+            batching=batching,
         )
 
     def inputs(self, doc: dict[str, Any], where: str) -> tuple[InputSpec, ...]:
@@ -298,21 +307,87 @@ class _Parser:
             specs.append(InputSpec(self.value(item, "name", at, str), dtype, tuple(shape)))
         return tuple(specs)
 
-    def batching(self, doc: dict[str, Any], where: str) -> Batching:
-        self.no_unknown(doc, {"mode", "max_batch", "max_wait_ms"}, where)
+    def batching(
+        self, doc: dict[str, Any], where: str, inputs: tuple[InputSpec, ...] = ()
+    ) -> Batching:
+        allowed = {"mode", "max_batch", "max_wait_ms", "pad_value", "bucketing"}
+        self.no_unknown(doc, allowed | set(MODE_FIELDS.values()), where)
         mode = self.value(doc, "mode", where, str, "dynamic")
         if mode not in BATCH_MODES:
             raise self.fail(
                 f"{where}.mode", f"unknown mode {mode!r}", f"use one of {list(BATCH_MODES)}"
             )
-        wait = float(self.value(doc, "max_wait_ms", where, (int, float), 2.0))
+        for owner, key in MODE_FIELDS.items():
+            if key in doc and mode != owner:
+                raise self.fail(
+                    f"{where}.{key}",
+                    f"only mode {owner!r} uses it, but mode is {mode!r}",
+                    f'remove it or set mode = "{owner}"',
+                )
+        wait = self.millis(doc, "max_wait_ms", where, 2.0)
+        pad_value, bucketing = self.padding(doc, where, inputs)
+        budget = self.millis(doc, "latency_budget_ms", where, Batching.latency_budget_ms)
+        if budget <= 0:
+            raise self.fail(
+                f"{where}.latency_budget_ms",
+                "must be above 0",
+                "set the latency the oldest request may reach, e.g. 50",
+            )
+        return Batching(
+            mode,
+            self.positive(doc, "max_batch", where, 32),
+            wait,
+            pad_value,
+            bucketing,
+            safety_wait_ms=self.millis(doc, "safety_wait_ms", where, Batching.safety_wait_ms),
+            latency_budget_ms=budget,
+        )
+
+    def millis(self, doc: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        wait = float(self.value(doc, key, where, (int, float), default))
         if not (math.isfinite(wait) and 0 <= wait <= 60_000):
             raise self.fail(
-                f"{where}.max_wait_ms",
+                f"{where}.{key}",
                 f"{wait} is out of range",
                 "use a number of milliseconds from 0 to 60000",
             )
-        return Batching(mode, self.positive(doc, "max_batch", where, 32), wait)
+        return wait
+
+    def padding(
+        self, doc: Mapping[str, Any], where: str, inputs: tuple[InputSpec, ...]
+    ) -> tuple[int | float | None, tuple[int, ...]]:
+        """pad_value and bucketing only mean something for inputs with a free length axis."""
+        pad = self.value(doc, "pad_value", where, (int, float), None)
+        buckets = self.value(doc, "bucketing", where, list, [])
+        if pad is None and not buckets:
+            return None, ()
+        variable = [i for i in inputs if -1 in i.shape[1:]]
+        if not variable:
+            raise self.fail(
+                f"{where}.{'pad_value' if pad is not None else 'bucketing'}",
+                "no input has a free axis beyond the batch axis, so nothing is padded",
+                "remove it, or declare the variable axis as -1 in the input's shape",
+            )
+        if pad is None:
+            raise self.fail(
+                f"{where}.bucketing",
+                "needs a pad_value to pad requests within a bucket",
+                "add pad_value = 0 (the model's padding id or value)",
+            )
+        for spec in variable:
+            if spec.dtype.kind in "biu" and float(pad) != int(pad):
+                raise self.fail(
+                    f"{where}.pad_value",
+                    f"{pad!r} does not fit input {spec.name!r} of dtype {spec.dtype}",
+                    "use an integer pad_value",
+                )
+        if not all(type(b) is int and b > 0 for b in buckets) or buckets != sorted(set(buckets)):
+            raise self.fail(
+                f"{where}.bucketing",
+                f"{buckets!r} is not a list of increasing positive lengths",
+                "write boundaries in increasing order, e.g. bucketing = [16, 32, 64]",
+            )
+        return pad, tuple(buckets)  # an int stays an int: int64 pads need no float trip
 
     def positive(self, doc: Mapping[str, Any], key: str, where: str, default: int) -> int:
         value = self.value(doc, key, where, int, default)

@@ -30,7 +30,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_models_build(args: argparse.Namespace) -> int:
     try:
-        from cascadeq.examples import digits
+        from cascadeq.examples import digits, seqdigits
     except ImportError as exc:
         print(
             f"building models needs the build extra: pip install 'cascadeq[build]' ({exc})",
@@ -38,11 +38,18 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         )
         return 2
     out = Path(args.out)
-    if digits.is_built(out) and not args.force:
+    seq_out = out / seqdigits.SUBDIR
+    if digits.is_built(out) and seqdigits.is_built(seq_out) and not args.force:
         print(f"models already built in {out} (use --force to rebuild)", file=sys.stderr)
         return 0
-    report = digits.build(out, log=lambda line: print(line, file=sys.stderr))
-    print(report.catalog_path)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.force or not digits.is_built(out):
+        print(digits.build(out, log=progress).catalog_path)
+    if args.force or not seqdigits.is_built(seq_out):
+        print(seqdigits.build(seq_out, log=progress).catalog_path)
     return 0
 
 
@@ -307,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="example models").add_subparsers(
         dest="models_command", required=True
     )
-    build = models.add_parser("build", help="train the digits models and write a catalog")
+    build = models.add_parser(
+        "build", help="train the example models (digits; variable-length digits in OUT/seq)"
+    )
     build.add_argument("--out", default=str(DEFAULT_MODELS_DIR))
     build.add_argument("--force", action="store_true", help="rebuild even if present")
     build.set_defaults(func=cmd_models_build)

@@ -47,6 +47,16 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def seq_dir(digits_dir: Path) -> Path:
+    """The variable-length example, built next to the digits (as `cascadeq models build` does)."""
+    from cascadeq.examples import seqdigits
+
+    out = digits_dir / seqdigits.SUBDIR
+    seqdigits.ensure_built(out, log=lambda _line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def catalog(digits_dir: Path) -> Catalog:
     return Catalog.load(digits_dir / "catalog.toml")
 

@@ -28,7 +28,8 @@ RULES = {
     "producer": "~cq:ingress ~cq:q:* ~cq:res:* ~cq:catalog &cq:reply:* -@all"
     " +eval +xlen +xadd +set +get +mget +subscribe +unsubscribe +publish"
     " +ping +client|setname",
-    "router": "~cq:ingress ~cq:q:* ~cq:res:* ~cq:dlq ~cq:catalog ~cq:obs:* ~cq:counts:* &cq:reply:* -@all"
+    "router": "~cq:ingress ~cq:q:* ~cq:res:* ~cq:dlq ~cq:catalog ~cq:obs:* ~cq:counts:*"
+    " &cq:reply:* -@all"
     " +xgroup|create +xreadgroup +xack +xpending +xclaim +xinfo|groups +xtrim +xlen +xadd"
     " +eval +get +set +publish +ping +client|setname +hgetall +hincrby",
     "worker": "~cq:q:* ~cq:res:* ~cq:dlq ~cq:obs:* ~cq:counts:* ~cq:traces:* &cq:reply:* -@all"

@@ -1,13 +1,14 @@
-"""The batch window: block for the first entry, then fill until size or deadline.
+"""The batch window: block for the first entry, then fill until the strategy launches.
 
 Batch size counts samples: a request whose inputs have k rows counts k. An entry
-that would overflow the batch is carried to the next one, never dropped.
+that would overflow the batch is carried to the next one, never dropped. When to stop
+filling is the strategy's call (workers/strategies.py), not a flag here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,9 +25,12 @@ from cascadeq.messages import (
     oversize,
 )
 from cascadeq.streams import Entry, Fields
+from workers import strategies
 
 #: read(count, block_ms) -> [(stream, entry)]; block_ms None means "do not block".
 Reader = Callable[[int, int | None], list[tuple[str, Entry]]]
+#: run(inputs, samples) -> outputs: what the strategy times to learn compute costs.
+RunFn = Callable[[Mapping[str, np.ndarray], int], np.ndarray]
 
 
 @dataclass
@@ -82,38 +86,61 @@ def decode(
 
 @dataclass
 class Batcher:
-    """Collects one batch per call from a blocking reader."""
+    """Collects one batch per call from a blocking reader, as its strategy decides."""
 
     spec: ModelSpec
     read: Reader
     max_bytes: int = 8 * 1024 * 1024
     carry: list[Item | Bad] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic  # seconds; tests inject a fake
+    strategy: strategies.Strategy | None = None  # None: the catalog's mode
+
+    def __post_init__(self) -> None:
+        self.rule = self.strategy or strategies.for_batching(self.spec.batching)
 
     def collect(self, block_ms: int | None) -> list[Item | Bad]:
-        batching = self.spec.batching
+        max_batch = self.spec.batching.max_batch
         items, samples = self._take_carry()
         if not items:
-            items, samples = self._read(batching.max_batch, block_ms)
+            items, samples = self.fetch(max_batch, block_ms)
             if not items:
                 return []
-        deadline = time.monotonic() + batching.max_wait_ms / 1000.0
-        while samples < batching.max_batch and not self.carry:
-            remaining_ms = int((deadline - time.monotonic()) * 1000.0)
-            if remaining_ms < 1:
+        opened = self.clock()  # the window opens when the first entry is in hand
+        while samples < max_batch and not self.carry:
+            waited_ms = (self.clock() - opened) * 1000.0
+            if self.rule.launch_now(samples, waited_ms):
                 break
-            more, more_samples = self._read(batching.max_batch - samples, remaining_ms)
+            block = int(self.rule.wait_budget_ms(samples, waited_ms))
+            if block < 1:  # XREADGROUP blocks in whole ms, and BLOCK 0 means forever
+                break
+            more, more_samples = self.fetch(max_batch - samples, block)
             if not more:
                 break
             items += more
             samples += more_samples
         return self._fit(items)
 
+    def timed(self, run: RunFn) -> RunFn:
+        """Wrap the model call so the strategy learns what each batch size costs."""
+
+        def observed(inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
+            started = self.clock()
+            out = run(inputs, samples)
+            self.rule.observe(samples, (self.clock() - started) * 1000.0)
+            return out
+
+        return observed
+
+    def close(self) -> None:
+        """Nothing runs in the background here; see ContinuousBatcher."""
+
     def drain(self) -> list[Item | Bad]:
         """The next batch from what was read but not yet run (shutdown, reclaim)."""
         items, _ = self._take_carry()
         return self._fit(items)
 
-    def _read(self, count: int, block_ms: int | None) -> tuple[list[Item | Bad], int]:
+    def fetch(self, count: int, block_ms: int | None) -> tuple[list[Item | Bad], int]:
+        """Read and decode up to count entries; returns them and their samples."""
         got = self.read(count, block_ms)
         read_at = now_ms()
         items = [decode(stream, entry, self.spec, read_at, self.max_bytes) for stream, entry in got]

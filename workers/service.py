@@ -36,8 +36,9 @@ from cascadeq.observed import LoadBoard, Speed
 from cascadeq.process import serve
 from cascadeq.settings import Settings
 from cascadeq.tasks import TaskSpec
-from workers import outcome
-from workers.batcher import Bad, Batcher, Item, decode
+from workers import outcome, padding
+from workers.batcher import Bad, Item, decode
+from workers.continuous import batcher_for
 from workers.runner import OnnxRunner
 
 log = get_logger("cascadeq.worker")
@@ -60,7 +61,9 @@ class ModelWorker:
         self.consumer = consumer
         self.runner = runner or OnnxRunner(spec)
         self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
-        self.batcher = Batcher(spec, self._read, settings.max_payload_bytes)
+        self.batcher = batcher_for(spec, self._read, settings.max_payload_bytes, settings.block_ms)
+        self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
+        self.batch_info: dict[str, Any] = {}
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
@@ -81,6 +84,7 @@ class ModelWorker:
     def run(self, stop: threading.Event) -> None:
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "worker")
+        self.batcher.close()  # continuous batching: stop reading ahead, keep what was read
         while self.batcher.carry:  # read but not yet run: finish them before leaving
             self.process(self.batcher.drain())
         log.info("worker_stopped", model=self.spec.name, **self.stats)
@@ -157,7 +161,8 @@ class ModelWorker:
         launched_at = now_ms()
         started = time.perf_counter()
         try:
-            out = self.runner.run(_stack(items, self.spec), samples)
+            run = self.batcher.timed(self.runner.run)  # the strategy learns compute costs
+            out, overhead = padding.run(run, [i.inputs for i in items], self.spec)
         except Exception as exc:  # noqa: BLE001 - isolate the entry that broke the batch
             if len(items) > 1:
                 for item in items:
@@ -169,6 +174,7 @@ class ModelWorker:
         queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) for i in items) / len(items)
         self.speed.update(compute_ms, samples, queue_ms)
         self.speed.queue(effects.pipe, self.keys, self.spec.name)
+        self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
         self.stats["batches"] += 1
         self.stats["samples"] += samples
         offset = 0
@@ -204,7 +210,7 @@ class ModelWorker:
         target = outcome.next_model(task, header, self.spec.name, conf)
         if task is not None:
             self._log_trace(pipe, task, item, kept=target is None)
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = dict(self.batch_info)
         if task is not None and target is not None:
             why = outcome.skip_reason(task, header, target, self.board, now_ms())
             if why is not None:
@@ -278,9 +284,3 @@ class ModelWorker:
             code=bad.code,
             reason=bad.message,
         )
-
-
-def _stack(items: list[Item], spec: ModelSpec) -> dict[str, np.ndarray]:
-    if len(items) == 1:
-        return items[0].inputs
-    return {s.name: np.concatenate([i.inputs[s.name] for i in items]) for s in spec.inputs}
