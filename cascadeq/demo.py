@@ -7,28 +7,23 @@ and measures small-only, large-only and the cascade on the same requests.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cascadeq.catalog import Catalog
-from cascadeq.connection import connect
-from cascadeq.embedded import redis_url_or_embedded
-from cascadeq.messages import Result
-from cascadeq.process import ProcessGroup
+from cascadeq.bench import harness
+from cascadeq.bench.harness import System, figures, live_system, run_burst
 from cascadeq.settings import Settings
 
 TASK = "digits"
 
 
 def progress(line: str) -> None:
-    print(f"[demo] {line}", file=sys.stderr, flush=True)
+    harness.progress("demo", line)
 
 
 @dataclass(frozen=True)
@@ -45,45 +40,23 @@ class Row:
     errors: int
 
 
-def summarize(
-    strategy: str,
-    results: list[Result],
-    labels: np.ndarray,
-    seconds: float,
-    catalog: Catalog,
-    large: str,
-) -> Row:
-    """One table row; cost is the catalog's per-sample cost summed over models that ran."""
-    output = catalog.models[large].output
-    ok = [r for r in results if r.ok]
-    predicted = np.array([int(np.argmax(r.outputs[output][0])) if r.ok else -1 for r in results])
-    ran = [
-        [hop["model"] for hop in r.path if "compute_ms" in hop]  # hops a model really ran
-        for r in results
-    ]
-    large_calls = sum(large in models for models in ran)
-    cost = sum(catalog.models[m].cost for models in ran for m in models)
-    totals = np.array([r.timings.get("total_ms", 0.0) for r in ok] or [0.0])
-    n = len(results)
-    return Row(
-        strategy=strategy,
-        requests=n,
-        accuracy=round(float(np.mean(predicted == labels)), 4),
-        large_share=round(large_calls / n, 4),
-        large_calls=large_calls,
-        throughput_rps=round(n / seconds, 1),
-        p50_ms=round(float(np.percentile(totals, 50)), 2),
-        p99_ms=round(float(np.percentile(totals, 99)), 2),
-        relative_cost=round(cost / (n * catalog.models[large].cost), 4),
-        errors=n - len(ok),
-    )
+ROW_FIGURES = (
+    "requests",
+    "accuracy",
+    "large_share",
+    "large_calls",
+    "throughput_rps",
+    "p50_ms",
+    "p99_ms",
+    "relative_cost",
+    "errors",
+)
 
 
-def run_strategies(
-    url: str, catalog: Catalog, settings: Settings, x: np.ndarray, y: np.ndarray
-) -> list[Row]:
+def run_strategies(system: System, x: np.ndarray, y: np.ndarray) -> list[Row]:
     from producer import Producer, Request  # noqa: PLC0415 - the core imports roles lazily
 
+    catalog = system.catalog()
     task = catalog.tasks[TASK]
     small, large = task.cascade[0].model, task.cascade[-1].model
     strategies: list[tuple[str, dict[str, Any]]] = [
@@ -92,17 +65,14 @@ def run_strategies(
         ("cascade", {"task": TASK}),
     ]
     rows = []
-    with Producer(url, settings=settings, catalog=catalog) as client:
+    with Producer(system.url, settings=system.settings, catalog=catalog) as client:
         for _, target in strategies:  # warm-up: proves router and workers are serving
             client.wait_many(client.submit_many([Request({"input": x[:1]}, **target)]), 120)
         for name, target in strategies:
             progress(f"{name}: {len(x)} requests")
-            started = time.perf_counter()
-            ids = client.submit_many(
-                [Request({"input": x[i : i + 1]}, **target) for i in range(len(x))]
-            )
-            results = client.wait_many(ids, timeout=300)
-            rows.append(summarize(name, results, y, time.perf_counter() - started, catalog, large))
+            requests = [Request({"input": x[i : i + 1]}, **target) for i in range(len(x))]
+            row = figures(run_burst(client, requests, y), catalog, large)
+            rows.append(Row(strategy=name, **{f: row[f] for f in ROW_FIGURES}))
     return rows
 
 
@@ -121,14 +91,6 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def remove_keys(url: str, prefix: str) -> None:
-    client = connect(url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.unlink(*keys[start : start + 500])
-    client.close()
-
-
 def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
     started = time.perf_counter()
     try:
@@ -140,31 +102,10 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
         )
         return 2
     catalog_path = digits.ensure_built(models_dir, log=progress)
-    catalog = Catalog.load(catalog_path)
     split = np.load(models_dir / "digits_test.npz")
     x, y = split["X"].astype(np.float32), split["y"]
-    # On a Redis of the user's own, keep out of the way of a real deployment's keys.
-    shared = bool(settings.redis_url)
-    prefix = f"{settings.prefix}-demo-{uuid.uuid4().hex[:8]}" if shared else settings.prefix
-    with redis_url_or_embedded(settings.redis_url) as url:
-        settings = replace(settings, redis_url=url, prefix=prefix)
-        progress(f"redis at {url}, keys under {prefix}:; starting 1 router and 2 workers")
-        env = {
-            **os.environ,
-            "REDIS_URL": url,
-            "CASCADEQ_CATALOG": str(catalog_path),
-            "CASCADEQ_PREFIX": prefix,
-            "CASCADEQ_LOG_LEVEL": os.environ.get("CASCADEQ_LOG_LEVEL", "warning"),
-        }
-        group = ProcessGroup(env)
-        try:
-            group.spawn("router")
-            group.spawn("worker", "--replicas", "2")
-            rows = run_strategies(url, catalog, settings, x, y)
-        finally:
-            group.stop()
-            if shared:
-                remove_keys(url, prefix)
+    with live_system(settings, catalog_path, "demo") as system:
+        rows = run_strategies(system, x, y)
     print(render(rows))
     progress(f"done in {time.perf_counter() - started:.1f}s")
     if as_json:

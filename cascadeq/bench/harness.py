@@ -106,19 +106,37 @@ class Run:
 
 
 def run_burst(client: Any, requests: list[Any], labels: np.ndarray, timeout: float = 300) -> Run:
-    """Submit all at once, wait for all; a Timeout counts the missing as lost."""
+    """Submit all at once, wait for all."""
+    started = time.perf_counter()
+    return collect(client, client.submit_many(requests), labels, started, timeout)
+
+
+def run_paced(
+    client: Any, requests: list[Any], labels: np.ndarray, rate_rps: float, timeout: float = 300
+) -> Run:
+    """Open loop: request i is submitted at i / rate, whatever came back, so latency is honest."""
+    started = time.perf_counter()
+    ids: list[str] = []
+    for i, request in enumerate(requests):
+        delay = started + i / rate_rps - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # the arrival schedule itself, not a wait for a result
+        ids += client.submit_many([request])
+    return collect(client, ids, labels, started, timeout)
+
+
+def collect(client: Any, ids: list[str], labels: np.ndarray, started: float, timeout: float) -> Run:
+    """Wait for every id; a Timeout counts the missing as lost rather than failing the run."""
     from producer import Timeout  # noqa: PLC0415 - the core imports roles lazily
 
-    started = time.perf_counter()
-    ids = client.submit_many(requests)
     try:
         results = client.wait_many(ids, timeout=timeout)
         lost = 0
     except Timeout as exc:
         results = [exc.done[i] for i in ids if i in exc.done]
         lost = len(exc.missing)
-    seconds = time.perf_counter() - started
     by_id = dict(zip(ids, labels, strict=True))
+    seconds = time.perf_counter() - started
     return Run(results, np.array([by_id[r.id] for r in results]), seconds, lost)
 
 
