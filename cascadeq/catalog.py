@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cascadeq.errors import ConfigError
-from cascadeq.keys import InvalidName, check_name
+from cascadeq.keys import DEFAULT_LANE, InvalidName, check_name
 from cascadeq.tasks import Stage, TaskSpec, parse_task
 from cascadeq.wire import ALLOWED_DTYPES
 
@@ -74,6 +74,12 @@ class ModelSpec:
     inter_op_threads: int = 1
     allow_nonfinite: bool = False
     batching: Batching = field(default_factory=Batching)
+    lanes: tuple[str, ...] = (DEFAULT_LANE,)  # highest priority first
+    lane_turn_every: int = 4  # every Nth read serves the lanes lowest first: no starvation
+
+    def lane_for(self, priority: str) -> str:
+        """A priority this model does not serve joins its lowest lane: never ahead of others."""
+        return priority if priority in self.lanes else self.lanes[-1]
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Validate inputs against the declaration; return the number of samples."""
@@ -224,6 +230,8 @@ class _Parser:
             "inter_op_threads",
             "allow_nonfinite",
             "batching",
+            "lanes",
+            "lane_turn_every",
         }
         self.no_unknown(doc, allowed, where)
         path = self.base / self.value(doc, "path", where, str, fix='add path = "model.onnx"')
@@ -260,7 +268,21 @@ class _Parser:
             inter_op_threads=self.positive(doc, "inter_op_threads", where, 1),
             allow_nonfinite=self.value(doc, "allow_nonfinite", where, bool, False),
             batching=batching,
+            lanes=self.lanes(doc, where),
+            lane_turn_every=self.positive(doc, "lane_turn_every", where, 4),
         )
+
+    def lanes(self, doc: dict[str, Any], where: str) -> tuple[str, ...]:
+        raw = self.value(doc, "lanes", where, list, [DEFAULT_LANE])
+        if not raw or len(set(raw)) != len(raw) or not all(isinstance(x, str) for x in raw):
+            raise self.fail(
+                f"{where}.lanes",
+                f"{raw!r} is not a list of distinct lane names",
+                'list lanes highest priority first, e.g. ["interactive", "batch"]',
+            )
+        for lane in raw:
+            self.name("lane", lane, f"{where}.lanes")
+        return tuple(raw)
 
     def inputs(self, doc: dict[str, Any], where: str) -> tuple[InputSpec, ...]:
         raw = self.value(

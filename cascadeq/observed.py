@@ -98,7 +98,6 @@ class LoadBoard:
     r: redis.Redis
     keys: Keys
     catalog: Catalog
-    lanes: tuple[str, ...] = ("default",)
     states: dict[str, ModelState] = field(default_factory=dict)
     overloaded_now: set[tuple[str, str]] = field(default_factory=set)
     switches: int = 0
@@ -117,14 +116,15 @@ class LoadBoard:
         pipe = self.r.pipeline(transaction=False)
         for model in models:
             pipe.hgetall(self.keys.observed(model))
-            for lane in self.lanes:
+            for lane in self.catalog.models[model].lanes:
                 stream = self.keys.model_stream(model, lane)
                 pipe.xinfo_groups(stream)
                 pipe.xlen(stream)
         replies = iter(pipe.execute(raise_on_error=False))
         for model in models:
             obs = next(replies)
-            backlog, consumers = _backlog((next(replies), next(replies)) for _ in self.lanes)
+            lanes = self.catalog.models[model].lanes
+            backlog, consumers = _backlog([(next(replies), next(replies)) for _ in lanes])
             self.states[model] = _state(
                 obs, backlog, consumers, self.catalog.models[model].batching.max_wait_ms
             )

@@ -66,6 +66,7 @@ class Prepared:
     header: bytes
     inputs: bytes
     first_model: str  # the model whose queue it starts on (pinned, or the cascade's first)
+    lane: str = DEFAULT_LANE  # the lane of that model it joins
 
 
 def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | None) -> Prepared:
@@ -113,7 +114,7 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
     problem = oversize(header, inputs, settings.max_payload_bytes)
     if problem:
         raise Rejected(problem, "too_large")
-    return Prepared(rid, header, inputs, models[0].name)
+    return Prepared(rid, header, inputs, models[0].name, models[0].lane_for(req.priority))
 
 
 def _models_for(req: Request, catalog: Catalog) -> list[Any]:
@@ -156,8 +157,8 @@ class SubmitCall:
 
 
 def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> SubmitCall:
-    """Lanes are not routed yet, so every request starts on its model's default lane."""
-    streams = list(dict.fromkeys(keys.model_stream(p.first_model) for p in chunk))
+    """The bound applies to the lane each request will start on."""
+    streams = list(dict.fromkeys(keys.model_stream(p.first_model, p.lane) for p in chunk))
     index = {stream: j for j, stream in enumerate(streams, start=1)}
     script_keys = [keys.ingress, *streams, *(keys.result(p.id) for p in chunk)]
     args: list[Any] = [
@@ -167,7 +168,7 @@ def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> Submit
         len(streams),
     ]
     for p in chunk:
-        args += [p.header, p.inputs, index[keys.model_stream(p.first_model)]]
+        args += [p.header, p.inputs, index[keys.model_stream(p.first_model, p.lane)]]
     bounds = {keys.ingress: settings.ingress_max_depth}
     bounds.update(dict.fromkeys(streams, settings.model_max_depth))
     return SubmitCall(script_keys, args, bounds)

@@ -79,7 +79,11 @@ class Router:
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
         self.learned = LearnedRouters(catalog)
-        self.fed = sorted({self.keys.model_stream(m) for m in catalog.models})
+        self.fed = sorted(
+            self.keys.model_stream(m.name, lane)
+            for m in catalog.models.values()
+            for lane in m.lanes
+        )
         self.held: list[str] = []  # model streams over the bound when last checked
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
@@ -211,7 +215,9 @@ class Router:
         header.stage, header.routed_at = decision.stage, now_ms()
         header.trace.append(decision.hop())
         pipe.xadd(
-            self.keys.model_stream(decision.model),
+            self.keys.model_stream(
+                decision.model, self.catalog.models[decision.model].lane_for(header.priority)
+            ),
             {HEADER_FIELD: header.dumps(), INPUTS_FIELD: p.inputs},
         )
         return decision.rule

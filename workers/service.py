@@ -39,6 +39,7 @@ from cascadeq.tasks import TaskSpec
 from workers import outcome, padding
 from workers.batcher import Bad, Item, decode
 from workers.continuous import batcher_for
+from workers.lanes import LaneReader
 from workers.runner import OnnxRunner
 
 log = get_logger("cascadeq.worker")
@@ -60,8 +61,9 @@ class ModelWorker:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
         self.runner = runner or OnnxRunner(spec)
-        self.lanes = [self.keys.model_stream(spec.name, keynames.DEFAULT_LANE)]
-        self.batcher = batcher_for(spec, self._read, settings.max_payload_bytes, settings.block_ms)
+        self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
+        self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
+        self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
         self.batch_info: dict[str, Any] = {}
         self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
@@ -75,11 +77,6 @@ class ModelWorker:
     def setup(self) -> None:
         for lane in self.lanes:
             streams.ensure_group(self.r, lane, keynames.WORKER_GROUP)
-
-    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, streams.Entry]]:
-        return streams.read_new(
-            self.r, self.lanes, keynames.WORKER_GROUP, self.consumer, count, block_ms
-        )
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
@@ -230,7 +227,7 @@ class ModelWorker:
         header.attempt += 1
         header.trace.append({"model": target, "rule": "escalate"})
         pipe.xadd(
-            self.keys.model_stream(target, keynames.DEFAULT_LANE),
+            self.keys.model_stream(target, self.catalog.models[target].lane_for(header.priority)),
             {HEADER_FIELD: header.dumps(), INPUTS_FIELD: item.raw_inputs},
         )
         self.stats["escalated"] += 1
