@@ -166,11 +166,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging_setup.configure("warning", settings.log_format)
     try:
-        from cascadeq.bench import dms
+        from cascadeq.bench import batching, dms
     except ImportError as exc:
-        print(f"benchmarks need: pip install 'cascadeq[demo]' ({exc})", file=sys.stderr)
+        print(f"benchmarks need: pip install 'cascadeq[bench]' ({exc})", file=sys.stderr)
         return 2
-    return dms.main(settings, Path(args.models_dir), as_json=args.json, spike=args.spike)
+    models_dir = Path(args.models_dir)
+    if args.bench_command == "batching":
+        plot_to = Path(args.plot) if args.plot else None
+        return batching.main(
+            settings, models_dir, as_json=args.json, quick=args.quick, plot_to=plot_to
+        )
+    return dms.main(settings, models_dir, as_json=args.json, spike=args.spike)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -301,6 +307,12 @@ def _add_bench_parser(sub: Any) -> None:
         "--spike", type=int, default=20, help="the load spike sends the test split this many times"
     )
     dms.set_defaults(func=cmd_bench)
+    batching = bench.add_parser("batching", help="batching modes under four traffic patterns")
+    batching.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    batching.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    batching.add_argument("--quick", action="store_true", help="a short run (for CI)")
+    batching.add_argument("--plot", metavar="PNG", help="save latency vs offered load here")
+    batching.set_defaults(func=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,9 @@ class Speed:
         self.batch += ALPHA * (batch - self.batch)
         self.queue_ms += ALPHA * (queue_ms - self.queue_ms)
 
-    def queue(self, pipe: Any, keys: Keys, model: str) -> None:
+    def queue(
+        self, pipe: Any, keys: Keys, model: str, extra: dict[str, float] | None = None
+    ) -> None:
         """Add the write to a pipeline that is going to Redis anyway."""
         key = keys.observed(model)
         pipe.hset(
@@ -58,6 +60,7 @@ class Speed:
                 "batch": round(self.batch, 3),
                 "queue_ms": round(self.queue_ms, 3),
                 "at": int(time.time() * 1000),
+                **(extra or {}),
             },
         )
         pipe.expire(key, OBSERVED_TTL_S)

@@ -107,3 +107,25 @@ def test_continuous_hands_back_what_it_read_when_closed(
     while worker.step(block_ms=None):  # the closed batcher now reads in the caller
         pass
     assert r.exists(*[worker.keys.result(f"k{i}") for i in range(10)]) == 10
+
+
+def test_the_window_is_timed_locally_not_by_redis_block_timeouts(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path
+) -> None:
+    """Redis checks BLOCK timeouts every 1000/hz ms (100 ms at the default hz 10), so a
+    window timed by XREADGROUP BLOCK lasted ~100 ms; the local window lasts max_wait_ms."""
+    assert int(r.config_get("hz")["hz"]) <= 10  # the default: coarse Redis timeouts
+    x = np.load(digits_dir / "digits_test.npz")["X"]
+    spec = replace(catalog.models[MODEL], batching=Batching("dynamic", 16, 20.0))
+    worker = ModelWorker(r, catalog, spec, settings, "w1")
+    waits = []
+    try:
+        for i in range(5):  # one at a time: each window expires rather than fills
+            enqueue(r, worker.keys, f"lone{i}", x[i : i + 1])
+            serve_until_answered(worker, [f"lone{i}"])
+            res = Result.loads(r.get(worker.keys.result(f"lone{i}")) or b"")
+            waits.append(res.timings["batch_wait_ms"])
+    finally:
+        worker.batcher.close()
+    assert min(waits) >= 15.0  # it did wait for company...
+    assert float(np.median(waits)) < 60.0  # ...for about max_wait_ms, not a Redis tick

@@ -170,7 +170,9 @@ class ModelWorker:
         compute_ms = (time.perf_counter() - started) * 1000.0
         queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) for i in items) / len(items)
         self.speed.update(compute_ms, samples, queue_ms)
-        self.speed.queue(effects.pipe, self.keys, self.spec.name)
+        overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
+        extra = None if overlap is None else {"overlap": round(overlap, 4)}
+        self.speed.queue(effects.pipe, self.keys, self.spec.name, extra)
         self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
         self.stats["batches"] += 1
         self.stats["samples"] += samples
