@@ -259,6 +259,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
         r.close()
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    from cascadeq import cost
+
+    return cost.main(
+        Path(args.source),
+        args.target_rps,
+        prices=Path(args.prices) if args.prices else None,
+        reserve_mb=args.reserve_mb,
+        base_mb=args.base_mb,
+        as_json=args.json,
+    )
+
+
 def _dlq_list(letters: list[Any], total: int, as_json: bool) -> int:
     if as_json:
         print(json.dumps([d.summary() for d in letters]))
@@ -428,6 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="last stdout line is JSON")
     stats.set_defaults(func=cmd_stats)
+
+    cost = sub.add_parser("cost", help="instances and cost for a target load, from measurements")
+    cost.add_argument(
+        "source", help="JSON from `stats --json`, `demo --json` or `bench dms --json`"
+    )
+    cost.add_argument("--target-rps", type=float, required=True, help="requests per second")
+    cost.add_argument("--prices", help="TOML of [[instance]] rows added to the shipped table")
+    cost.add_argument("--reserve-mb", type=float, default=256, help="RAM left to the OS")
+    cost.add_argument(
+        "--base-mb", type=float, help="a worker process without models (default: measured)"
+    )
+    cost.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    cost.set_defaults(func=cmd_cost)
     return parser
 
 

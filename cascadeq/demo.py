@@ -25,6 +25,7 @@ from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 
 TASK = "digits"
+WORKERS = 2  # worker processes; `cascadeq cost` divides throughput by it
 
 
 def progress(line: str) -> None:
@@ -129,6 +130,17 @@ def remove_keys(url: str, prefix: str) -> None:
     client.close()
 
 
+def _memory(url: str, prefix: str, catalog: Catalog) -> dict[str, dict[str, int]]:
+    from cascadeq.keys import Keys  # noqa: PLC0415
+    from cascadeq.stats import model_memory  # noqa: PLC0415
+
+    client = connect(url)
+    try:
+        return model_memory(client, Keys(prefix), sorted(catalog.models))
+    finally:
+        client.close()
+
+
 def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
     started = time.perf_counter()
     try:
@@ -159,8 +171,9 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
         group = ProcessGroup(env)
         try:
             group.spawn("router")
-            group.spawn("worker", "--replicas", "2")
+            group.spawn("worker", "--replicas", str(WORKERS))
             rows = run_strategies(url, catalog, settings, x, y)
+            memory = _memory(url, prefix, catalog)
         finally:
             group.stop()
             if shared:
@@ -168,5 +181,12 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
     print(render(rows))
     progress(f"done in {time.perf_counter() - started:.1f}s")
     if as_json:
-        print(json.dumps({"rows": [asdict(r) for r in rows]}))
+        large = catalog.tasks[TASK].cascade[-1].model
+        doc = {
+            "rows": [asdict(r) for r in rows],
+            "workers": WORKERS,
+            "models": memory,
+            "large": large,
+        }
+        print(json.dumps(doc))
     return 0

@@ -64,6 +64,18 @@ def model_names(r: redis.Redis, keys: Keys) -> list[str]:
     return sorted(found)
 
 
+def model_memory(r: redis.Redis, keys: Keys, models: list[str]) -> dict[str, dict[str, int]]:
+    """What workers measured at load, for bench JSONs that `cascadeq cost` reads."""
+    windows = read_windows(r, keys, models)
+    return {
+        m: {
+            "memory_bytes": w.totals.get("load_rss_bytes", 0),
+            "worker_rss_bytes": w.totals.get("worker_rss_bytes", 0),
+        }
+        for m, w in windows.items()
+    }
+
+
 def collect(r: redis.Redis, keys: Keys, now_s: float | None = None) -> dict[str, Any]:
     """The whole table as the JSON document `--json` prints."""
     models = model_names(r, keys)
