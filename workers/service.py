@@ -189,6 +189,7 @@ class ModelWorker:
         self.speed.queue(effects.pipe, self.keys, self.spec.name)
         self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
         self.tally.ran(samples, compute_ms, overhead if self.padded else None)
+        log.debug("batch_run", model=self.spec.name, samples=samples, compute_ms=compute_ms)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
         offset = 0
