@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ def _catalog_path(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env(catalog=getattr(args, "catalog", None))
+    settings = Settings.from_env(
+        catalog=getattr(args, "catalog", None), metrics_port=getattr(args, "metrics_port", None)
+    )
     logging_setup.configure(settings.log_level, settings.log_format, role=args.command)
     return settings
 
@@ -67,27 +70,22 @@ def cmd_router(args: argparse.Namespace) -> int:
     settings = _settings(args)
     catalog = Catalog.load(_catalog_path(args, settings), check_files=False)
     if args.replicas > 1:
-        from cascadeq.process import run_replicas
-
-        return run_replicas(_role_argv(args), args.replicas)
+        return _replicas(args, settings, catalog.models)
     stop = threading.Event()
     stop_on_signals(stop)
     url = _require_url(settings)
-    Router(
+    router = Router(
         connect(url, name="cq-router", socket_timeout=_role_timeout(settings)), catalog, settings
-    ).run(stop)
+    )
+    _serve_metrics(settings, catalog.models)
+    router.run(stop)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from cascadeq.catalog import Catalog
     from cascadeq.connection import connect
-    from cascadeq.process import (
-        consumer_name,
-        run_replicas,
-        run_threads,
-        stop_on_signals,
-    )
+    from cascadeq.process import consumer_name, run_threads, stop_on_signals
     from workers import ModelWorker
 
     settings = _settings(args)
@@ -100,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
         return 2
     if args.replicas > 1:
-        return run_replicas(_role_argv(args), args.replicas)
+        return _replicas(args, settings, names)
     stop = threading.Event()
     stop_on_signals(stop)
     url = _require_url(settings)
@@ -115,8 +113,39 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
         for name in names
     ]
+    _serve_metrics(settings, names)
     run_threads([w.run for w in workers], stop)
     return 0
+
+
+def _serve_metrics(settings: Settings, models: Iterable[str]) -> None:
+    """/metrics on ``metrics_port``, with queue gauges read from Redis at scrape time."""
+    if settings.metrics_port <= 0:
+        return
+    from cascadeq import metrics
+    from cascadeq.connection import connect
+    from cascadeq.keys import Keys
+
+    r = connect(_require_url(settings), name="cq-metrics", socket_timeout=5.0)
+    metrics.serve(settings.metrics_port, metrics.QueueCollector(r, Keys(settings.prefix), models))
+
+
+def _replicas(args: argparse.Namespace, settings: Settings, models: Iterable[str]) -> int:
+    """N copies; with metrics on, they write to one multiprocess directory and we serve it."""
+    from cascadeq.process import run_replicas
+
+    argv = _role_argv(args)
+    if settings.metrics_port <= 0:
+        return run_replicas(argv, args.replicas)
+    from cascadeq import metrics
+
+    path, created = metrics.multiproc_dir()  # before the copies start: they inherit it
+    _serve_metrics(settings, models)
+    try:
+        return run_replicas([*argv, "--metrics-port", "0"], args.replicas, metrics.replica_exited)
+    finally:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _role_argv(args: argparse.Namespace) -> list[str]:
@@ -218,6 +247,35 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         return _dlq_purge(dlq.count(r, keys), args.yes, lambda: dlq.purge(r, keys))
     finally:
         r.close()
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from cascadeq import stats
+    from cascadeq.connection import connect
+    from cascadeq.keys import Keys
+
+    settings = _settings(args)
+    r = connect(_require_url(settings), name="cq-stats")
+    stop = threading.Event()
+    try:
+        return stats.main(r, Keys(settings.prefix), as_json=args.json, watch=args.watch, stop=stop)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        r.close()
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from cascadeq import cost
+
+    return cost.main(
+        Path(args.source),
+        args.target_rps,
+        prices=Path(args.prices) if args.prices else None,
+        reserve_mb=args.reserve_mb,
+        base_mb=args.base_mb,
+        as_json=args.json,
+    )
 
 
 def _dlq_list(letters: list[Any], total: int, as_json: bool) -> int:
@@ -343,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"catalog TOML (default: $CASCADEQ_CATALOG or {DEFAULT_MODELS_DIR}/catalog.toml)",
         )
         p.add_argument("--replicas", type=int, default=1, help="processes to start")
+        p.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus /metrics on this port (default: $CASCADEQ_METRICS_PORT; 0: off)",
+        )
         if name == "worker":
             p.add_argument("--models", default="", help="comma-separated (default: all)")
         else:
@@ -378,6 +441,31 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("--wait", type=float, metavar="SECONDS")
     result.set_defaults(func=cmd_result)
     _add_dlq_parser(sub)
+
+    stats = sub.add_parser("stats", help="queues, rates and latency per model, from Redis")
+    stats.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    stats.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    stats.set_defaults(func=cmd_stats)
+
+    cost = sub.add_parser("cost", help="instances and cost for a target load, from measurements")
+    cost.add_argument(
+        "source", help="JSON from `stats --json`, `demo --json` or `bench dms --json`"
+    )
+    cost.add_argument("--target-rps", type=float, required=True, help="requests per second")
+    cost.add_argument("--prices", help="TOML of [[instance]] rows added to the shipped table")
+    cost.add_argument("--reserve-mb", type=float, default=256, help="RAM left to the OS")
+    cost.add_argument(
+        "--base-mb", type=float, help="a worker process without models (default: measured)"
+    )
+    cost.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    cost.set_defaults(func=cmd_cost)
     return parser
 
 

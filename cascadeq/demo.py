@@ -20,6 +20,7 @@ from cascadeq.bench.harness import System, figures, live_system, run_burst
 from cascadeq.settings import Settings
 
 TASK = "digits"
+WORKERS = 2  # worker processes; `cascadeq cost` divides throughput by it
 
 
 def progress(line: str) -> None:
@@ -104,10 +105,19 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:
     catalog_path = digits.ensure_built(models_dir, log=progress)
     split = np.load(models_dir / "digits_test.npz")
     x, y = split["X"].astype(np.float32), split["y"]
-    with live_system(settings, catalog_path, "demo") as system:
+    with live_system(settings, catalog_path, "demo", workers=WORKERS) as system:
         rows = run_strategies(system, x, y)
+        memory = system.memory()
+        catalog = system.catalog()
     print(render(rows))
     progress(f"done in {time.perf_counter() - started:.1f}s")
     if as_json:
-        print(json.dumps({"rows": [asdict(r) for r in rows]}))
+        large = catalog.tasks[TASK].cascade[-1].model
+        doc = {
+            "rows": [asdict(r) for r in rows],
+            "workers": WORKERS,
+            "models": memory,
+            "large": large,
+        }
+        print(json.dumps(doc))
     return 0

@@ -86,3 +86,15 @@ class Keys:
     def traces(self, task: str) -> str:
         """Capped stream of (inputs, first model's answer kept?) for `cascadeq router train`."""
         return f"{self.prefix}:traces:{task}"
+
+    def window(self, model: str, second: int) -> str:
+        """Hash of one model's per-second batch aggregates (counts, latency sketch); TTL'd.
+
+        Under ``obs:`` so the workers' ACL rule already covers it; a model name has no
+        ``:``, so it cannot collide with another model's ``obs:<model>`` hash.
+        """
+        return f"{self.prefix}:obs:{model}:s:{second}"
+
+    def model_totals(self, model: str) -> str:
+        """Hash of one model's running totals and its measured load memory (no TTL)."""
+        return f"{self.prefix}:counts:model:{model}"

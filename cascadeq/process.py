@@ -81,13 +81,16 @@ CRASH_WINDOW_S = 5.0
 CRASH_LIMIT = 3
 
 
-def run_replicas(argv: Sequence[str], replicas: int) -> int:
+def run_replicas(
+    argv: Sequence[str], replicas: int, on_exit: Callable[[int], None] | None = None
+) -> int:
     """Keep ``replicas`` copies of this command running (with --replicas 1) until a signal.
 
     A copy that dies is restarted; one that keeps dying within seconds of its start
     (a broken model file, say) stops the whole group, which exits with that copy's code.
     """
     supervisor = Supervisor([sys.executable, "-m", "cascadeq.cli", *argv, "--replicas", "1"])
+    supervisor.on_exit = on_exit
     signal.signal(signal.SIGTERM, supervisor.forward)
     signal.signal(signal.SIGINT, supervisor.forward)
     for _ in range(replicas):
@@ -108,6 +111,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self.exit_code = 0
         self.quick_crashes = 0
+        self.on_exit: Callable[[int], None] | None = None  # told each copy's pid as it exits
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
         self.stopping.set()
@@ -135,6 +139,8 @@ class Supervisor:
         return self.exit_code
 
     def _exited(self, pid: int, code: int, started: float) -> None:
+        if self.on_exit is not None:
+            self.on_exit(pid)
         if self.stopping.is_set():
             # A copy still starting dies of the forwarded signal itself: that is a stop too.
             stopped = code in (-signal.SIGTERM, -signal.SIGINT)

@@ -37,6 +37,7 @@ class Settings:
     trim_every_s: float = 1.0  # how often acknowledged stream entries are trimmed
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)
+    metrics_port: int = 0  # routers and workers serve Prometheus /metrics here; 0: off
 
     @property
     def pending_ttl_s(self) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from cascadeq import keys as keynames
-from cascadeq import results, streams, wire
+from cascadeq import metrics, results, streams, wire
 from cascadeq.catalog import Catalog
 from cascadeq.clock import Every
 from cascadeq.effects import Effects
@@ -85,6 +85,7 @@ class Router:
             for lane in m.lanes
         )
         self.held: list[str] = []  # model streams over the bound when last checked
+        self.finals: Counter[str] = Counter()  # statuses of results the router gave itself
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
     def setup(self) -> None:
@@ -167,6 +168,8 @@ class Router:
         for rule, n in rules.items():
             effects.pipe.hincrby(self.keys.routing_counts, f"route:{rule}", n)
         effects.commit()
+        metrics.observe_routing(rules, self.finals)
+        self.finals.clear()
         self.routed += len(entries)
         return len(entries)
 
@@ -205,15 +208,18 @@ class Router:
         if header.deadline is not None and header.deadline <= now_ms():
             res = error_result(header, "deadline", "deadline passed before routing", status=EXPIRED)
             results.queue_result(pipe, self.keys, res, header.reply_to, self.settings.result_ttl_s)
+            self.finals[res.status] += 1
             return "expired"
         try:
             decision = choose(header, self.catalog, RULES, self._request(p))
         except RouteError as exc:
             res = error_result(header, exc.code, str(exc))
             results.queue_result(pipe, self.keys, res, header.reply_to, self.settings.result_ttl_s)
+            self.finals[res.status] += 1
             return exc.code
         header.stage, header.routed_at = decision.stage, now_ms()
         header.trace.append(decision.hop())
+        log.debug("routed", request_id=header.id, model=decision.model, rule=decision.rule)
         pipe.xadd(
             self.keys.model_stream(
                 decision.model, self.catalog.models[decision.model].lane_for(header.priority)
@@ -244,6 +250,7 @@ class Router:
                 reply_to,
                 self.settings.result_ttl_s,
             )
+            self.finals["error"] += 1
         results.queue_dead_letter(
             pipe,
             self.keys,

@@ -11,7 +11,9 @@ import redis
 from conftest import run_cli
 
 
-def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(digits_dir: Path) -> None:
+def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(
+    digits_dir: Path, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
     proc = run_cli(env, "demo", "--json", "--models-dir", str(digits_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,6 +32,16 @@ def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(digits_dir:
     assert cascade["large_share"] <= 0.35
     assert cascade["relative_cost"] < 0.5
     assert "strategy" in proc.stdout  # the human table comes first
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["workers"] == 2
+    assert doc["large"] == "digits-large"
+    assert doc["models"]["digits-large"]["memory_bytes"] > 1_000_000  # measured at load
+    # ... which is what `cascadeq cost` sizes instances from
+    (tmp_path / "demo.out").write_text(proc.stdout)
+    costed = run_cli(env, "cost", str(tmp_path / "demo.out"), "--target-rps", "1000", "--json")
+    assert costed.returncode == 0, costed.stderr
+    plans = json.loads(costed.stdout.strip().splitlines()[-1])["plans"]
+    assert all(p["fits"] and p["instances"] >= 1 for p in plans)
 
 
 def test_demo_on_a_users_redis_keeps_to_its_own_keys_and_cleans_up(

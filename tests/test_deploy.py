@@ -396,3 +396,46 @@ def test_dockerfile_copies_every_package() -> None:
     for package in packaged_dirs():
         assert re.search(rf"(^|\s){package}(/|\s)", copied), f"Dockerfile never copies {package}"
         assert f"!{package}/" in ignore, f"Dockerfile.dockerignore excludes {package}"
+
+
+# --- observability ---------------------------------------------------------------------------
+
+GRAFANA = DEPLOY / "grafana" / "cascadeq.json"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+SAMPLE_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def dashboard_exprs() -> list[str]:
+    doc = json.loads(GRAFANA.read_text(encoding="utf-8"))
+    return [t["expr"] for panel in doc["panels"] for t in panel["targets"]]
+
+
+def family_of(sample: str) -> str:
+    for suffix in SAMPLE_SUFFIXES:
+        if sample.endswith(suffix):
+            return sample.removesuffix(suffix)
+    return sample
+
+
+def test_dashboard_uses_only_real_metrics_and_shows_every_family() -> None:
+    from cascadeq.metrics import family_names
+
+    families = family_names()
+    used = {
+        family_of(name) for expr in dashboard_exprs() for name in re.findall(r"cascadeq_\w+", expr)
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= families, f"not in cascadeq/metrics.py: {sorted(used - families)}"
+    assert families <= used, f"families without a panel: {sorted(families - used)}"
+
+
+def test_prometheus_scrapes_the_port_the_roles_serve() -> None:
+    (doc,) = load_all(PROMETHEUS)
+    jobs = {job["job_name"]: job for job in doc["scrape_configs"]}
+    assert set(jobs) == {"cascadeq-router", "cascadeq-worker"}
+    services = cascadeq_compose_services()
+    for job in jobs.values():
+        (sd,) = job["dns_sd_configs"]
+        for name in sd["names"]:
+            port = Settings.from_env(compose_env(services[name])).metrics_port
+            assert sd["port"] == port > 0, f"{job['job_name']} scrapes {sd['port']}, serves {port}"

@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from cascadeq import keys as keynames
-from cascadeq import results, streams
+from cascadeq import metrics, results, streams
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.clock import Every
 from cascadeq.effects import Effects
@@ -36,6 +36,7 @@ from cascadeq.observed import LoadBoard, Speed
 from cascadeq.process import serve
 from cascadeq.settings import Settings
 from cascadeq.tasks import TaskSpec
+from cascadeq.window import Tally
 from workers import outcome, padding
 from workers.batcher import Bad, Item, decode
 from workers.continuous import batcher_for
@@ -60,7 +61,11 @@ class ModelWorker:
         self.r, self.catalog, self.spec, self.settings = r, catalog, spec, settings
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
+        before = metrics.rss_bytes()
         self.runner = runner or OnnxRunner(spec)
+        self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
+        metrics.model_loaded(spec.name, self.load_bytes)
+        self.tally = Tally()  # the current batch's figures, written once at its end
         self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
         self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
         self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
@@ -77,6 +82,10 @@ class ModelWorker:
     def setup(self) -> None:
         for lane in self.lanes:
             streams.ensure_group(self.r, lane, keynames.WORKER_GROUP)
+        self.r.hset(  # what `cascadeq cost` sizes instances by
+            self.keys.model_totals(self.spec.name),
+            mapping={"load_rss_bytes": self.load_bytes, "worker_rss_bytes": metrics.rss_bytes()},
+        )
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
@@ -84,6 +93,7 @@ class ModelWorker:
         self.batcher.close()  # continuous batching: stop reading ahead, keep what was read
         while self.batcher.carry:  # read but not yet run: finish them before leaving
             self.process(self.batcher.drain())
+        metrics.model_unloaded(self.spec.name)
         log.info("worker_stopped", model=self.spec.name, **self.stats)
 
     def step(self, block_ms: int | None) -> int:
@@ -133,6 +143,7 @@ class ModelWorker:
     def process(self, batch: list[Item | Bad]) -> None:
         """Give every entry exactly one effect, then ack the ones whose effect landed."""
         effects = Effects(self.r, keynames.WORKER_GROUP)
+        self.tally = Tally(entries=len(batch))
         runnable: list[Item] = []
         for item in batch:
             if isinstance(item, Bad):
@@ -151,7 +162,9 @@ class ModelWorker:
         for name, n in self.counts.items():
             effects.pipe.hincrby(self.keys.routing_counts, name, n)
         self.counts.clear()
+        self.tally.queue(effects.pipe, self.keys, self.spec.name)  # `cascadeq stats` reads it
         effects.commit()
+        metrics.observe_batch(self.spec.name, self.tally)
 
     def _run(self, effects: Effects, items: list[Item]) -> None:
         samples = sum(i.samples for i in items)
@@ -174,6 +187,8 @@ class ModelWorker:
         extra = None if overlap is None else {"overlap": round(overlap, 4)}
         self.speed.queue(effects.pipe, self.keys, self.spec.name, extra)
         self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
+        self.tally.ran(samples, compute_ms, overhead if self.padded else None)
+        log.debug("batch_run", model=self.spec.name, samples=samples, compute_ms=compute_ms)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
         offset = 0
@@ -182,6 +197,9 @@ class ModelWorker:
             offset += item.samples
             times = outcome.HopTimes(
                 item.read_at, item.enqueued_at, launched_at, compute_ms, samples
+            )
+            self.tally.waited(
+                max(0.0, item.read_at - item.enqueued_at), max(0.0, launched_at - item.read_at)
             )
             try:
                 with effects.entry(item.stream, item.entry_id) as pipe:
@@ -216,6 +234,7 @@ class ModelWorker:
                 info["escalation_skipped"] = why
                 header.trace[-1]["skipped"] = why
                 self.counts[f"skip:{why}"] += 1
+                self.tally.skipped[why] += 1
                 target = None
         if target is None:
             self._answer(
@@ -234,6 +253,7 @@ class ModelWorker:
         )
         self.stats["escalated"] += 1
         self.counts[f"escalate:{self.spec.name}"] += 1
+        self.tally.escalate(target)
 
     def _log_trace(self, pipe: Any, task: TaskSpec, item: Item, *, kept: bool) -> None:
         """Sampled (inputs, kept?) pairs from the first stage: the learned router's data."""
@@ -253,6 +273,8 @@ class ModelWorker:
             pipe, self.keys, result, item.header.reply_to, self.settings.result_ttl_s
         )
         self.stats["results"] += 1
+        self.tally.answer(result.status, result.timings.get("total_ms", 0.0))
+        log.debug("answered", request_id=result.id, model=self.spec.name, status=result.status)
 
     def _fail(self, pipe: Any, bad: Bad) -> None:
         self.stats["errors"] += 1
@@ -274,6 +296,7 @@ class ModelWorker:
         )
         if res is not None:
             results.queue_result(pipe, self.keys, res, reply_to, self.settings.result_ttl_s)
+            self.tally.answer(res.status, res.timings.get("total_ms", 0.0))
         results.queue_dead_letter(
             pipe,
             self.keys,

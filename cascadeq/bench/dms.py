@@ -36,6 +36,7 @@ from cascadeq.settings import Settings
 
 TASK = "digits"
 LEARNED_TASK = "digits-learned"
+WORKERS = 2  # worker processes; `cascadeq cost` divides throughput by it
 POLICIES = (
     "large-only",
     "small-only",
@@ -195,7 +196,7 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool, spike: int = 20
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cascadeq-dms-") as tmp:
         path = prepare(models_dir, Path(tmp))
-        with live_system(settings, path, "bench-dms") as system:
+        with live_system(settings, path, "bench-dms", workers=WORKERS) as system:
             with Producer(system.url, settings=system.settings, catalog=system.catalog()) as c:
                 warm_up(c, val_data.x, system.catalog())
                 tag(f"training traffic: {len(val_data.y)} validation requests, traces logged")
@@ -207,7 +208,15 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool, spike: int = 20
                 for policy in POLICIES:
                     data = spike_data if policy == "load-spike" else test_data
                     rows.append(run_policy(c, system, policy, data))
+            memory = system.memory()
+            large = system.catalog().tasks[TASK].cascade[-1].model
     print(render(rows))
     if as_json:
-        print(json.dumps({"rows": rows}))
+        doc = {
+            "rows": rows,
+            "workers": WORKERS,
+            "models": memory,
+            "large": large,
+        }
+        print(json.dumps(doc))
     return 0

@@ -59,6 +59,17 @@ class System:
         r.close()
         return {k.decode(): int(v) for k, v in raw.items()}
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Each model's load memory as its workers measured it (for `cascadeq cost`)."""
+        from cascadeq.keys import Keys  # noqa: PLC0415
+        from cascadeq.stats import model_memory  # noqa: PLC0415
+
+        r = connect(self.url)
+        try:
+            return model_memory(r, Keys(self.settings.prefix), sorted(self.catalog().models))
+        finally:
+            r.close()
+
 
 @contextmanager
 def live_system(

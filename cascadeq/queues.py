@@ -1,0 +1,71 @@
+"""Each model stream's backlog as Redis reports it: depth, lag, pending, consumers.
+
+Read in one pipeline by `cascadeq stats` and by the /metrics collector at scrape time,
+never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from cascadeq.keys import DEFAULT_LANE, WORKER_GROUP, Keys
+
+LANES: tuple[str, ...] = (DEFAULT_LANE,)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One model stream; zeros for a stream that does not exist yet."""
+
+    depth: int = 0  # XLEN: entries not yet trimmed (acknowledged ones included until trimmed)
+    lag: int = 0  # entries no worker has read yet
+    pending: int = 0  # read by a worker, not yet acknowledged
+    consumers: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "depth": self.depth,
+            "lag": self.lag,
+            "pending": self.pending,
+            "consumers": self.consumers,
+        }
+
+
+def read_lanes(
+    r: redis.Redis, keys: Keys, models: Iterable[str], lanes: Iterable[str] = LANES
+) -> dict[tuple[str, str], Lane]:
+    """Every (model, lane) in one pipeline: XINFO GROUPS and XLEN per stream."""
+    pairs = [(m, lane) for m in sorted(models) for lane in lanes]
+    pipe = r.pipeline(transaction=False)
+    for model, lane in pairs:
+        stream = keys.model_stream(model, lane)
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+    replies = iter(pipe.execute(raise_on_error=False))
+    return {pair: lane_of(next(replies), next(replies)) for pair in pairs}
+
+
+def lane_of(groups: Any, length: Any) -> Lane:
+    """Lag from the workers' group; on Redis 6.x (no lag field), XLEN minus pending."""
+    if isinstance(groups, Exception) or isinstance(length, Exception):
+        return Lane()  # the stream does not exist yet: nothing waits
+    depth = int(length)
+    mine = [g for g in groups if _text(g.get("name")) == WORKER_GROUP]
+    if not mine:
+        return Lane(depth=depth, lag=depth)
+    pending = int(mine[0].get("pending") or 0)
+    lag = mine[0].get("lag")
+    return Lane(
+        depth=depth,
+        lag=int(lag) if lag is not None else max(0, depth - pending),
+        pending=pending,
+        consumers=int(mine[0].get("consumers") or 0),
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,143 @@
+"""`cascadeq stats`: a cluster-wide table per model, read from Redis alone.
+
+Queues come from XINFO GROUPS and XLEN (cascadeq/queues.py); rates, batch sizes,
+escalation rates and latency percentiles over the last minute come from the per-second
+aggregates workers write with each batch (cascadeq/window.py). Models are the ones in
+the catalog routers publish, else whatever model streams exist under the prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import redis
+
+from cascadeq import queues, wire
+from cascadeq.catalog import Catalog
+from cascadeq.keys import Keys
+from cascadeq.window import ANSWERED, BATCHES, ENTRIES, ESCALATED, SAMPLES, Window, read_windows
+
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: `--watch` redraws in place
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    lanes: dict[str, dict[str, int]]
+    window: Window
+
+    def as_dict(self) -> dict[str, Any]:
+        w, seconds = self.window, self.window.seconds
+        entries, batches = w.counts[ENTRIES], w.counts[BATCHES]
+        return {
+            "lanes": self.lanes,
+            "depth": sum(lane["depth"] for lane in self.lanes.values()),
+            "lag": sum(lane["lag"] for lane in self.lanes.values()),
+            "pending": sum(lane["pending"] for lane in self.lanes.values()),
+            "consumers": max((lane["consumers"] for lane in self.lanes.values()), default=0),
+            "processed_per_s": round(entries / seconds, 3),
+            "mean_batch": round(w.counts[SAMPLES] / batches, 3) if batches else 0.0,
+            "escalation_rate": round(w.counts[ESCALATED] / entries, 4) if entries else 0.0,
+            "answered_per_s": round(w.counts[ANSWERED] / seconds, 3),
+            "p50_ms": round(w.percentile_ms(0.50), 3),
+            "p99_ms": round(w.percentile_ms(0.99), 3),
+            "processed_total": w.totals.get("processed", 0),
+            "memory_bytes": w.totals.get("load_rss_bytes", 0),
+            "worker_rss_bytes": w.totals.get("worker_rss_bytes", 0),
+        }
+
+
+def model_names(r: redis.Redis, keys: Keys) -> list[str]:
+    """The published catalog's models, else the model streams present."""
+    raw: Any = r.get(keys.catalog)
+    if raw is not None:
+        doc = wire.loads_map(raw, "catalog")
+        catalog = Catalog.loads(str(doc["text"]), source=str(doc["source"]), check_files=False)
+        return sorted(catalog.models)
+    found = set()
+    for name in r.scan_iter(match=f"{keys.prefix}:q:*", count=1000):
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        found.add(text.split(":q:", 1)[1].rsplit(":", 1)[0])
+    return sorted(found)
+
+
+def model_memory(r: redis.Redis, keys: Keys, models: list[str]) -> dict[str, dict[str, int]]:
+    """What workers measured at load, for bench JSONs that `cascadeq cost` reads."""
+    windows = read_windows(r, keys, models)
+    return {
+        m: {
+            "memory_bytes": w.totals.get("load_rss_bytes", 0),
+            "worker_rss_bytes": w.totals.get("worker_rss_bytes", 0),
+        }
+        for m, w in windows.items()
+    }
+
+
+def collect(r: redis.Redis, keys: Keys, now_s: float | None = None) -> dict[str, Any]:
+    """The whole table as the JSON document `--json` prints."""
+    models = model_names(r, keys)
+    lanes = queues.read_lanes(r, keys, models)
+    windows = read_windows(r, keys, models, now_s)
+    out: dict[str, Any] = {}
+    for model in models:
+        per_lane = {lane: state.as_dict() for (m, lane), state in lanes.items() if m == model}
+        out[model] = ModelStats(per_lane, windows[model]).as_dict()
+    return {"models": out}
+
+
+COLUMNS = (
+    ("model", "{:<16}", "{:<16}"),
+    ("lane", "{:<9}", "{:<9}"),
+    ("depth", "{:>7}", "{:>7}"),
+    ("lag", "{:>7}", "{:>7}"),
+    ("pending", "{:>8}", "{:>8}"),
+    ("cons", "{:>5}", "{:>5}"),
+    ("req/s", "{:>9}", "{:>9.1f}"),
+    ("batch", "{:>7}", "{:>7.1f}"),
+    ("esc%", "{:>6}", "{:>6.1f}"),
+    ("p50 ms", "{:>8}", "{:>8.1f}"),
+    ("p99 ms", "{:>8}", "{:>8.1f}"),
+    ("total", "{:>10}", "{:>10}"),
+)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """One line per model and lane; rates and latencies are per model (last minute)."""
+    head = "".join(fmt.format(name) for name, fmt, _ in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for model, m in doc["models"].items():
+        for lane, q in m["lanes"].items():
+            values = (
+                model, lane, q["depth"], q["lag"], q["pending"], q["consumers"],
+                m["processed_per_s"], m["mean_batch"], m["escalation_rate"] * 100,
+                m["p50_ms"], m["p99_ms"], m["processed_total"],
+            )  # fmt: skip
+            cells = zip(COLUMNS, values, strict=True)
+            lines.append("".join(fmt.format(v) for (_, _, fmt), v in cells))
+    lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
+    return "\n".join(lines)
+
+
+def main(
+    r: redis.Redis,
+    keys: Keys,
+    *,
+    as_json: bool,
+    watch: float | None,
+    stop: threading.Event | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print once, or redraw every ``watch`` seconds until stopped (Ctrl-C)."""
+    stop = stop or threading.Event()
+    while True:
+        doc = collect(r, keys)
+        if watch is None or not as_json:  # watching with --json: a stream of JSON lines
+            out.write((CLEAR if watch is not None else "") + render(doc) + "\n")
+        if as_json:
+            out.write(json.dumps(doc) + "\n")
+        out.flush()
+        if watch is None or stop.wait(watch):
+            return 0

@@ -1,0 +1,185 @@
+"""Last-minute figures from Redis alone: workers write per-second aggregates per model.
+
+Each batch adds its counts and a latency sketch to the hash of the current second
+(``obs:<model>:s:<epoch second>``, HINCRBY in the batch's effects pipeline, so no extra
+round trip) and to the model's running totals. A second's hash expires after
+WINDOW_TTL_S, so memory is bounded by models x seconds x sketch buckets however busy the
+system is. `cascadeq stats` reads the last WINDOW_S seconds back in one pipeline.
+
+The sketch is a histogram with log-spaced buckets (each LATENCY_GROWTH wider than the
+last), so a percentile read back from it is within about 5% of the true value.
+Seconds are the writing worker's clock: hosts are assumed NTP-synced, as submitted_at
+already assumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cascadeq.keys import Keys
+
+WINDOW_S = 60
+WINDOW_TTL_S = 2 * WINDOW_S
+LATENCY_GROWTH = 1.1
+LATENCY_FLOOR_MS = 0.01  # bucket 0 holds everything at or under it
+
+# Field names inside a second's hash and the totals hash.
+ENTRIES, SAMPLES, BATCHES, ESCALATED, ANSWERED = "n", "s", "b", "e", "a"
+LATENCY_PREFIX = "l"
+TOTAL_FIELDS = {
+    ENTRIES: "processed",
+    SAMPLES: "samples",
+    BATCHES: "batches",
+    ESCALATED: "escalated",
+    ANSWERED: "answered",
+}
+
+
+def latency_bucket(ms: float) -> int:
+    """Bucket i holds (FLOOR * GROWTH**(i-1), FLOOR * GROWTH**i]."""
+    if ms <= LATENCY_FLOOR_MS:
+        return 0
+    return math.ceil(math.log(ms / LATENCY_FLOOR_MS, LATENCY_GROWTH) - 1e-9)
+
+
+def bucket_ms(i: int) -> float:
+    """A bucket's representative value: the geometric middle of its bounds."""
+    return LATENCY_FLOOR_MS * LATENCY_GROWTH ** (i - 0.5) if i > 0 else LATENCY_FLOOR_MS
+
+
+@dataclass
+class Tally:
+    """What one batch did; filled as the batch settles, written once at its end.
+
+    The counts go to Redis (for `cascadeq stats`); the lists feed the process's
+    Prometheus histograms (cascadeq/metrics.py).
+    """
+
+    entries: int = 0  # entries given an effect (result, escalation or dead letter)
+    samples: int = 0  # samples the model computed
+    batches: int = 0
+    escalated: int = 0
+    answered: int = 0  # final results written by this model's workers
+    latency: Counter[int] = field(default_factory=Counter)  # end-to-end, of answered ones
+    statuses: Counter[str] = field(default_factory=Counter)
+    total_ms: list[float] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)  # per computed request
+    batch_wait_ms: list[float] = field(default_factory=list)
+    compute_ms: list[float] = field(default_factory=list)  # per model call
+    batch_samples: list[int] = field(default_factory=list)
+    padding: list[float] = field(default_factory=list)
+    escalated_to: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def ran(self, samples: int, compute_ms: float, padding_overhead: float | None) -> None:
+        self.batches += 1
+        self.samples += samples
+        self.batch_samples.append(samples)
+        self.compute_ms.append(compute_ms)
+        if padding_overhead is not None:
+            self.padding.append(padding_overhead)
+
+    def waited(self, queue_ms: float, batch_wait_ms: float) -> None:
+        self.queue_ms.append(queue_ms)
+        self.batch_wait_ms.append(batch_wait_ms)
+
+    def escalate(self, target: str) -> None:
+        self.escalated += 1
+        self.escalated_to[target] += 1
+
+    def answer(self, status: str, total_ms: float) -> None:
+        self.answered += 1
+        self.statuses[status] += 1
+        self.total_ms.append(total_ms)
+        self.latency[latency_bucket(total_ms)] += 1
+
+    def queue(self, pipe: Any, keys: Keys, model: str, now_s: float | None = None) -> None:
+        """HINCRBYs into this second's hash and the totals; nothing when the batch was empty."""
+        if not self.entries:
+            return
+        second = int(time.time() if now_s is None else now_s)
+        key = keys.window(model, second)
+        counts = {
+            ENTRIES: self.entries,
+            SAMPLES: self.samples,
+            BATCHES: self.batches,
+            ESCALATED: self.escalated,
+            ANSWERED: self.answered,
+        }
+        totals = keys.model_totals(model)
+        for name, n in counts.items():
+            if n:
+                pipe.hincrby(key, name, n)
+                pipe.hincrby(totals, TOTAL_FIELDS[name], n)
+        for bucket, n in self.latency.items():
+            pipe.hincrby(key, f"{LATENCY_PREFIX}{bucket}", n)
+        pipe.expire(key, WINDOW_TTL_S)
+
+
+@dataclass
+class Window:
+    """A model's aggregates over the last WINDOW_S seconds, and its running totals."""
+
+    seconds: int = WINDOW_S
+    counts: Counter[str] = field(default_factory=Counter)
+    latency: Counter[int] = field(default_factory=Counter)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def add(self, raw: dict[Any, Any]) -> None:
+        for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else str(k)
+            if name.startswith(LATENCY_PREFIX):
+                self.latency[int(name[len(LATENCY_PREFIX) :])] += int(v)
+            else:
+                self.counts[name] += int(v)
+
+    def percentile_ms(self, q: float) -> float:
+        """The q-quantile (0..1) of end-to-end latency; 0.0 when nothing was answered."""
+        n = sum(self.latency.values())
+        if not n:
+            return 0.0
+        rank, seen = max(1, math.ceil(q * n)), 0
+        for bucket in sorted(self.latency):
+            seen += self.latency[bucket]
+            if seen >= rank:
+                return bucket_ms(bucket)
+        return bucket_ms(max(self.latency))  # unreachable: seen reaches n
+
+
+def read_windows(
+    r: redis.Redis, keys: Keys, models: Iterable[str], now_s: float | None = None
+) -> dict[str, Window]:
+    """The seconds (now - WINDOW_S, now] and the totals of every model, in one pipeline."""
+    names = sorted(models)
+    last = int(time.time() if now_s is None else now_s)
+    pipe = r.pipeline(transaction=False)
+    for model in names:
+        pipe.hgetall(keys.model_totals(model))
+        for second in range(last - WINDOW_S + 1, last + 1):
+            pipe.hgetall(keys.window(model, second))
+    replies = iter(pipe.execute())
+    windows: dict[str, Window] = {}
+    for model in names:
+        window = Window(totals=_ints(next(replies)))
+        for _ in range(WINDOW_S):
+            window.add(next(replies))
+        windows[model] = window
+    return windows
+
+
+def _ints(raw: dict[Any, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        try:
+            out[name] = int(v)
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,219 @@
+"""Metrics, `cascadeq stats` and the per-second aggregates, against a known workload.
+
+A real router and worker (processes, real Redis, real models) serve a workload the test
+itself counts; /metrics and `stats --json` must report exactly those counts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from conftest import run_cli, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from cascadeq import metrics, stats
+from cascadeq.catalog import Catalog
+from cascadeq.keys import Keys
+from cascadeq.messages import Result
+from cascadeq.process import ProcessGroup
+from cascadeq.settings import Settings
+from cascadeq.window import Tally, latency_bucket, read_windows
+from producer import Producer, Request
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> Samples:
+    """Every sample by sample name (``_total``, ``_bucket``... included), with labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(
+        v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
+    )
+
+
+def scrapable(port: int) -> bool:
+    try:
+        scrape(port)
+    except OSError:
+        return False
+    return True
+
+
+def blocked_readers(r: redis.Redis, model: str) -> int:
+    return sum(
+        1 for c in r.client_list() if c["name"] == f"cq-worker-{model}" and "b" in c["flags"]
+    )
+
+
+@pytest.fixture
+def workload(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
+) -> tuple[list[Result], int, int]:
+    """200 cascade requests and 30 pinned to the large model, through real processes."""
+    router_port, worker_port = free_port(), free_port()
+    group.spawn("router", "--metrics-port", str(router_port))
+    group.spawn("worker", "--metrics-port", str(worker_port))
+    wait_for(lambda: blocked_readers(r, "digits-large") == 1, 60, "the worker waits for work")
+    wait_for(lambda: scrapable(router_port), 60, "the router serves /metrics")
+    x = np.load(digits_dir / "digits_test.npz")["X"]
+    requests = [Request({"input": x[i][None]}, task="digits") for i in range(200)]
+    requests += [Request({"input": x[i][None]}, model="digits-large") for i in range(30)]
+    with Producer(settings=settings, catalog=catalog) as client:
+        got = client.wait_many(client.submit_many(requests), timeout=120)
+    assert all(g.ok for g in got)
+    return got, router_port, worker_port
+
+
+def test_stats_json_and_metrics_match_the_workload(
+    workload: tuple[list[Result], int, int], env: dict[str, str]
+) -> None:
+    got, router_port, worker_port = workload
+    escalated = sum(len(g.path) == 2 for g in got[:200])
+    assert 0 < escalated < 200
+    large_runs = escalated + 30
+
+    proc = run_cli(env, "stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    small, large = doc["models"]["digits-small"], doc["models"]["digits-large"]
+    assert small["processed_total"] == 200
+    assert large["processed_total"] == large_runs
+    assert small["escalation_rate"] == round(escalated / 200, 4)
+    assert large["escalation_rate"] == 0.0
+    assert abs(small["processed_per_s"] * 60 - 200) < 0.1  # all within the last minute
+    for m in (small, large):
+        assert set(m) >= {
+            "lanes", "depth", "lag", "pending", "consumers", "processed_per_s", "mean_batch",
+            "escalation_rate", "p50_ms", "p99_ms", "processed_total",
+        }  # fmt: skip
+        assert m["lag"] == m["pending"] == 0
+        assert m["consumers"] == 1
+        assert m["lanes"]["default"]["consumers"] == 1
+        assert 1 <= m["mean_batch"] <= 64
+        assert 0 < m["p50_ms"] <= m["p99_ms"] < 60_000
+    assert large["memory_bytes"] > 1_000_000  # a 1.1M-parameter MLP's session
+    assert any(line.startswith("digits-small") for line in proc.stdout.splitlines()[:4])
+
+    def worker_counted() -> bool:  # metrics are observed just after the batch's commit
+        return total(scrape(worker_port), "cascadeq_requests_total") == 230
+
+    wait_for(worker_counted, 30, "the worker observed every batch")
+    w = scrape(worker_port)
+    assert total(w, "cascadeq_requests_total", model="digits-small", status="ok") == 200 - escalated
+    assert total(w, "cascadeq_requests_total", model="digits-large", status="ok") == large_runs
+    assert total(w, "cascadeq_escalations_total", model="digits-small", to="digits-large") == (
+        escalated
+    )
+    assert total(w, "cascadeq_queue_wait_seconds_count") == 200 + large_runs
+    assert total(w, "cascadeq_batch_wait_seconds_count") == 200 + large_runs
+    assert total(w, "cascadeq_request_duration_seconds_count") == 230
+    batches = total(w, "cascadeq_batch_size_samples_count", model="digits-small")
+    assert total(w, "cascadeq_batch_size_samples_sum", model="digits-small") == 200
+    assert total(w, "cascadeq_compute_seconds_count", model="digits-small") == batches > 0
+    assert 0 < total(w, "cascadeq_compute_seconds_sum") < 60
+    assert total(w, "cascadeq_model_loads_total") == 2
+    assert total(w, "cascadeq_model_unloads_total") == 0
+    assert total(w, "cascadeq_model_memory_bytes", model="digits-large") > 1_000_000
+    assert total(w, "cascadeq_process_resident_memory_bytes", role="worker") > 50_000_000
+    for model in ("digits-small", "digits-large"):
+        lane = {"model": model, "lane": "default"}
+        assert total(w, "cascadeq_queue_lag", **lane) == 0
+        assert total(w, "cascadeq_queue_pending", **lane) == 0
+        assert total(w, "cascadeq_queue_consumers", **lane) == 1
+        assert "cascadeq_queue_depth" in w
+
+    wait_for(
+        lambda: total(scrape(router_port), "cascadeq_routing_decisions_total") == 230,
+        30,
+        "the router observed every batch",
+    )
+    assert "cascadeq_queue_lag" in scrape(router_port)
+
+
+def test_replicas_share_one_metrics_port_in_multiprocess_mode(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, env: dict[str, str]
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in env.items() if k != metrics.MULTIPROC_ENV}
+    group = ProcessGroup(env)
+    try:
+        group.spawn("router")
+        group.spawn(
+            "worker", "--models", "digits-small", "--replicas", "2", "--metrics-port", str(port)
+        )
+        wait_for(lambda: blocked_readers(r, "digits-small") == 2, 60, "both copies wait for work")
+        x = np.load(digits_dir / "digits_test.npz")["X"]
+        with Producer(settings=settings, catalog=catalog) as client:
+            ids = client.submit_many(
+                [Request({"input": x[i][None]}, model="digits-small") for i in range(100)]
+            )
+            assert all(g.ok for g in client.wait_many(ids, timeout=120))
+        wait_for(
+            lambda: total(scrape(port), "cascadeq_requests_total") == 100,
+            30,
+            "the supervisor serves both copies' counts",
+        )
+        s = scrape(port)
+        assert total(s, "cascadeq_model_loads_total", model="digits-small") == 2
+        assert total(s, "cascadeq_batch_size_samples_sum", model="digits-small") == 100
+        assert total(s, "cascadeq_queue_consumers", model="digits-small") == 2
+    finally:
+        group.stop()
+
+
+def test_window_percentiles_and_totals_from_redis(r: redis.Redis, settings: Settings) -> None:
+    keys = Keys(settings.prefix)
+    tally = Tally(entries=100)
+    tally.ran(100, 5.0, None)
+    for ms in range(1, 101):  # 1..100 ms
+        tally.answer("ok", float(ms))
+    tally.escalate("big")
+    pipe = r.pipeline(transaction=False)
+    tally.queue(pipe, keys, "m", now_s=1_000_000)
+    pipe.execute()
+    assert 0 < r.ttl(keys.window("m", 1_000_000)) <= 120
+    w = read_windows(r, keys, ["m"], now_s=1_000_030)["m"]
+    assert (w.counts["n"], w.counts["e"], w.totals["processed"]) == (100, 1, 100)
+    assert w.percentile_ms(0.5) == pytest.approx(50, rel=0.06)
+    assert w.percentile_ms(0.99) == pytest.approx(99, rel=0.06)
+    assert read_windows(r, keys, ["m"], now_s=1_000_060)["m"].counts["n"] == 0  # out of window
+    assert latency_bucket(0.0) == 0 < latency_bucket(0.02)
+
+
+def test_stats_watch_redraws_in_place(r: redis.Redis, settings: Settings) -> None:
+    out, stop = io.StringIO(), threading.Event()
+    stop.set()  # one frame, then leave
+    assert stats.main(r, Keys(settings.prefix), as_json=False, watch=1.0, stop=stop, out=out) == 0
+    assert out.getvalue().startswith(stats.CLEAR)
+
+
+def test_metric_families_follow_prometheus_conventions() -> None:
+    names = metrics.family_names()
+    assert all(n.startswith("cascadeq_") for n in names)
+    assert {"cascadeq_requests", "cascadeq_queue_wait_seconds", "cascadeq_queue_lag"} <= names
+    assert os.environ.get(metrics.MULTIPROC_ENV) is None  # tests run in single-process mode
