@@ -71,10 +71,9 @@ class PrefetchBatcher(Batcher):
                 self._fill()
             items, self.buffer, self.buffered = self.carry + self.buffer, [], 0
             self.carry = []
-            self.cond.notify_all()
-        batch = self._fit(items)
-        with self.cond:
+            batch = self._fit(items)  # under the lock: the reader counts the carry
             self.busy = bool(batch)
+            self.cond.notify_all()
         return batch
 
     def _fill(self) -> None:
@@ -90,6 +89,14 @@ class PrefetchBatcher(Batcher):
             if budget_ms <= 0:
                 return
             self._wait_for_more(self.fetched, budget_ms)
+
+    def _held(self) -> int:
+        """Samples read but not yet run: the buffer plus what the last batch left over.
+
+        Reading ahead stops at one batch's worth, so nothing waits here long enough to
+        look idle to a reclaim (which would deliver it again, and again).
+        """
+        return self.buffered + sum(i.samples for i in self.carry if isinstance(i, Item))
 
     def _wait_for_more(self, seen: int, budget_ms: float) -> None:
         self.cond.wait_for(lambda: self.fetched > seen, timeout=budget_ms / 1000.0)
@@ -116,9 +123,9 @@ class PrefetchBatcher(Batcher):
         while not self.stopping.is_set():
             with self.cond:
                 self.cond.wait_for(
-                    lambda: self.buffered < max_batch or self.stopping.is_set(), timeout=1.0
+                    lambda: self._held() < max_batch or self.stopping.is_set(), timeout=1.0
                 )
-                room = max_batch - self.buffered
+                room = max_batch - self._held()
             if self.stopping.is_set() or room < 1:
                 continue
             try:
