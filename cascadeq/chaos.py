@@ -234,7 +234,7 @@ class Load:
         config: ChaosConfig,
     ) -> None:
         self.producer, self.make, self.ledger, self.config = producer, make, ledger, config
-        self.backlog: queue.Queue[str | None] = queue.Queue(maxsize=max(50, int(config.rate)))
+        self.backlog: queue.Queue[str | None] = queue.Queue(maxsize=max(50, int(5 * config.rate)))
         self.threads = [
             threading.Thread(target=self._submitter, name=f"chaos-submit-{i}", daemon=True)
             for i in range(config.submitters)
