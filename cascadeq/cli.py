@@ -208,6 +208,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return dms.main(settings, models_dir, as_json=args.json, spike=args.spike)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    try:
+        import psutil  # noqa: F401 - sampled for peak RSS
+    except ImportError as exc:
+        print(f"chaos needs psutil: pip install 'cascadeq[chaos]' ({exc})", file=sys.stderr)
+        return 2
+    from cascadeq import chaos
+
+    settings = Settings.from_env()
+    logging_setup.configure("warning", settings.log_format)
+    config = chaos.ChaosConfig(seconds=args.seconds, rate=args.rate, seed=args.seed)
+    return chaos.main(Path(args.models_dir), config, as_json=args.json)
+
+
+def _add_chaos_parser(sub: Any) -> None:
+    chaos = sub.add_parser(
+        "chaos", help="load the live system while killing workers, routers and Redis"
+    )
+    chaos.add_argument("--seconds", type=float, required=True, help="how long load and kills run")
+    chaos.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
+    chaos.add_argument("--seed", type=int, default=0, help="seeds the kill plan and the requests")
+    chaos.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    chaos.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    chaos.set_defaults(func=cmd_chaos)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cascadeq.demo import main as demo_main
 
@@ -420,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     _add_bench_parser(sub)
+    _add_chaos_parser(sub)
 
     submit = sub.add_parser("submit", help="submit one request from .npy files")
     target = submit.add_mutually_exclusive_group(required=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -86,10 +87,17 @@ class EmbeddedRedis:
         executable: str | None = None,
         extra_args: tuple[str, ...] = (),
         tls: TlsConfig | None = None,
+        appendfsync: str | None = None,
     ) -> None:
+        """``appendfsync`` ("always", "everysec", "no") turns the AOF on; None keeps it off."""
+        if appendfsync not in (None, "always", "everysec", "no"):
+            raise EmbeddedRedisError(
+                f"appendfsync {appendfsync!r} is not one of always, everysec, no"
+            )
         self.executable = executable or find_redis_server()
         self.extra_args = extra_args
         self.tls = tls
+        self.appendfsync = appendfsync
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -117,6 +125,28 @@ class EmbeddedRedis:
             errors.append(output)
         raise EmbeddedRedisError(f"redis-server did not start: {errors[-1][-2000:]}")
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, not a shutdown); the data dir and port are kept."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> str:
+        """Start again on the same port and data dir, so the AOF is replayed and URLs hold."""
+        assert self._dir is not None, "not started"
+        if self.proc is not None:
+            self.kill()
+        output = self._launch()
+        if output is not None:
+            raise EmbeddedRedisError(f"redis-server did not restart: {output[-2000:]}")
+        return self.url
+
+    def _persistence_args(self) -> list[str]:
+        if self.appendfsync is None:
+            return ["--appendonly", "no"]
+        return ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+
     def _launch(self) -> str | None:
         """Start the server and block on its output until it is ready; None means ready."""
         listen = ["--port", str(self.port)] if self.tls is None else self.tls.server_args(self.port)
@@ -129,8 +159,7 @@ class EmbeddedRedis:
             str(self.data_dir),
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *self._persistence_args(),
             "--daemonize",
             "no",
             "--protected-mode",

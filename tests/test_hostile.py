@@ -7,17 +7,20 @@ these throw arbitrary bytes and arbitrary msgpack structures at the decoders.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import msgpack
 import numpy as np
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cascadeq import wire
 from cascadeq.catalog import Catalog
 from cascadeq.keys import InvalidName
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, salvage_id
+from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms, salvage_id
+from cascadeq.settings import Settings
 from workers.batcher import Bad, Item, decode
 
 scalars = st.one_of(
@@ -120,3 +123,74 @@ def test_the_worker_decoder_returns_an_item_or_a_bad_entry_for_anything(
     if isinstance(got, Item):
         assert got.samples >= 1
         assert got.inputs["input"].dtype == np.float32
+
+
+# -- the same, end to end: raw entries a hostile client writes onto a worker's stream ----
+
+ROW = np.zeros((1, 64), np.float32)
+
+
+def raw_array(dtype: str, shape: list[int], buf: bytes) -> msgpack.ExtType:
+    """An array extension exactly as given: the encoder would never write a lying one."""
+    return msgpack.ExtType(wire.EXT_NDARRAY, packed([dtype, shape, buf]))
+
+
+def as_ext(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return raw_array(value.dtype.str, list(value.shape), value.tobytes())
+    return value
+
+
+def good_header(rid: str) -> dict[str, object]:
+    return {"id": rid, "model": "digits-small", "submitted_at": now_ms()}  # pinned: answered here
+
+
+HOSTILE = {  # name: (header changes (None drops), inputs, code, match; None: no readable id)
+    "no_id": ({"id": None}, {"input": ROW}, "bad_payload", None),
+    "no_target": ({"model": None}, {"input": ROW}, "bad_payload", "neither a task nor a model"),
+    "key_chars": ({"id": "x:res:*"}, {"input": ROW}, "bad_payload", None),
+    "ext_header": ({"routed_at": msgpack.ExtType(9, b"")}, {"input": ROW}, "bad_payload", None),
+    "wrong_name": ({}, {"pixels": ROW}, "bad_input", "takes inputs"),
+    "rank_1": ({}, {"input": ROW[0]}, "bad_input", "rank"),
+    "rank_3": ({}, {"input": ROW[None]}, "bad_input", "rank"),
+    "inf": ({}, {"input": np.full((1, 64), np.inf, np.float32)}, "bad_input", "NaN or inf"),
+    "huge_shape": ({}, {"input": raw_array("<f4", [2**40, 64], bytes(256))}, "bad_input", "needs"),
+    "negative_batch": ({}, {"input": raw_array("<f4", [-3, 64], b"")}, "bad_input", "shape"),
+    "empty_batch": ({}, {"input": np.zeros((0, 64), np.float32)}, "bad_input", "empty batch"),
+    "foreign_ext": ({}, {"input": msgpack.ExtType(7, b"x")}, "bad_input", "extension type 7"),
+    "oversized": ({}, {"input": np.zeros((64, 64), np.float32)}, "too_large", "exceed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_entry_on_a_worker_stream_fails_alone_and_reaches_no_other_key(
+    r: redis.Redis, settings: Settings, catalog: Catalog, case: str
+) -> None:
+    from workers import ModelWorker
+
+    fields, inputs, code, match = HOSTILE[case]
+    small = replace(settings, max_payload_bytes=4096)  # the "oversized" case is 16 KiB
+    worker = ModelWorker(r, catalog, catalog.models["digits-small"], small, "w1")
+    keys = worker.keys
+    stream = keys.model_stream("digits-small")
+    good = wire.dumps_inputs({"input": ROW})
+    r.xadd(stream, {HEADER_FIELD: wire.dumps(good_header("before")), INPUTS_FIELD: good})
+    header = {k: v for k, v in {**good_header("hostile"), **fields}.items() if v is not None}
+    hostile = {k: as_ext(v) for k, v in inputs.items()}
+    r.xadd(stream, {HEADER_FIELD: packed(header), INPUTS_FIELD: packed(hostile)})
+    r.xadd(stream, {HEADER_FIELD: wire.dumps(good_header("after")), INPUTS_FIELD: good})
+    worker.setup()
+    while worker.step(block_ms=None):
+        pass
+    [(_, dead)] = r.xrange(keys.dead_letter)
+    assert dead[b"code"].decode() == code
+    answered = {k.decode().rsplit(":", 1)[-1] for k in r.scan_iter(f"{keys.prefix}:res:*")}
+    if match is None:  # no id to answer under: dead-lettered only
+        assert answered == {"before", "after"}
+    else:
+        assert answered == {"before", "after", str(header["id"])}
+        got = Result.loads(r.get(keys.result(str(header["id"]))) or b"")
+        assert got.error is not None
+        assert (got.error["code"], match in got.error["message"]) == (code, True), got.error
+    assert all(Result.loads(r.get(keys.result(i)) or b"").ok for i in ("before", "after"))
+    assert r.xpending(stream, "workers")["pending"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,11 @@ def backlog(r: redis.Redis, keys: Keys, x: np.ndarray, reply_to: str, n: int) ->
     return ids
 
 
+#: With CASCADEQ_BLOCK_MS=200: one blocking read, one batch window, a batch or two of
+#: compute, interpreter exit. docs/architecture.md (Shutdown) states the general bound.
+SHUTDOWN_BOUND_S = 3.0
+
+
 def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
     r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
 ) -> None:
@@ -134,8 +140,10 @@ def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
         ids = backlog(r, keys, x, client.client_id, 1500)
         worker = group.spawn("worker", "--models", "digits-large")
         client.wait(ids[0], timeout=60)
+        signalled = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < SHUTDOWN_BOUND_S
         assert (
             held_by(r, stream, worker.pid) == 0
         )  # everything it had read was answered and acknowledged
@@ -144,6 +152,28 @@ def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
         assert 0 < len(answered) < len(ids)  # it stopped early, leaving the rest queued
         group.spawn("worker", "--models", "digits-large")
         assert all(g.ok for g in client.wait_many(ids, timeout=180))
+
+
+def test_sigterm_lets_a_router_forward_and_ack_what_it_read_then_exit(
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
+) -> None:
+    x = np.load(digits_dir / "digits_test.npz")["X"][:1]
+    keys = Keys(settings.prefix)
+    small = keys.model_stream("digits-small")
+    with Producer(settings=settings, catalog=catalog) as client:
+        ids = client.submit_many([Request({"input": x}, task="digits")] * 20_000)
+    router = group.spawn("router")
+    wait_for(lambda: r.xlen(small) > 0, 60, "the router is forwarding")
+    signalled = time.monotonic()
+    router.send_signal(signal.SIGTERM)
+    assert router.wait(timeout=30) == 0
+    assert time.monotonic() - signalled < SHUTDOWN_BOUND_S
+    assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0  # all it read: acked
+    routed = r.xlen(small)
+    assert 0 < routed < len(ids)  # it stopped early, leaving the rest on ingress
+    group.spawn("router")
+    wait_for(lambda: r.xlen(small) == len(ids), 120, "a new router routes the rest")
+    assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0
 
 
 def test_replicas_are_restarted_when_they_die(

@@ -61,6 +61,13 @@ def test_submit_queues_an_entry_the_router_can_read(
         ({"task": "toy", "inputs": {"input": np.ones((1, 4), np.float64)}}, "bad_input"),
         ({"task": "toy", "inputs": {"input": [[1.0, 2.0, 3.0, 4.0]]}}, "bad_input"),
         ({"task": "toy", "inputs": {"x": np.ones((1, 4), np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": {"input": np.ones(4, np.float32)}}, "bad_input"),  # rank
+        ({"task": "toy", "inputs": {"input": np.ones((1, 1, 4), np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": {"input": np.ones((1, 5), np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": {"input": np.zeros((0, 4), np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": {"input": np.full((1, 4), np.inf, np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": {"input": np.full((1, 4), np.nan, np.float32)}}, "bad_input"),
+        ({"task": "toy", "inputs": X, "deadline_ms": 0}, "bad_deadline"),
         ({"task": "toy", "inputs": {}}, "bad_input"),
         ({"task": "toy", "inputs": X, "request_id": "a:b*"}, "bad_id"),
         ({"task": "toy", "inputs": X, "deadline_ms": -5}, "bad_deadline"),
