@@ -28,7 +28,6 @@ from cascadeq.bench.harness import (
     run_burst,
     run_paced,
 )
-from cascadeq.calibration import edit_task
 from cascadeq.catalog import Catalog
 from cascadeq.connection import connect
 from cascadeq.keys import Keys
@@ -36,6 +35,7 @@ from cascadeq.settings import Settings
 
 TASK = "digits"
 LEARNED_TASK = "digits-learned"
+SPIKE_TASK = "digits-spike"
 WORKERS = 2  # worker processes; `cascadeq cost` divides throughput by it
 POLICIES = (
     "large-only",
@@ -75,17 +75,22 @@ class Data:
 
 
 def prepare(models_dir: Path, work: Path) -> Path:
-    """A private copy: traces on, lower load marks; the user's catalog is never edited."""
+    """A private copy: traces on, and a twin task with load marks this machine's spike
+    crosses (so the spike's marks touch no other row); the user's catalog is never edited.
+    """
+    import tomlkit  # noqa: PLC0415
+
     for f in models_dir.iterdir():
         if f.is_file():
             shutil.copy(f, work / f.name)
     path = work / "catalog.toml"
-
-    def edit(table: Any) -> None:
-        table["trace_sample"] = 1.0
-        table["load"] = SPIKE_LOAD
-
-    edit_task(path, TASK, edit)
+    doc: Any = tomlkit.parse(path.read_text(encoding="utf-8"))
+    task = doc["tasks"][TASK]
+    task["trace_sample"] = 1.0
+    spike = task.unwrap()  # a plain-dict copy
+    spike.update(trace_sample=0.0, load=SPIKE_LOAD)
+    doc["tasks"][SPIKE_TASK] = spike
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     return path
 
 
@@ -136,7 +141,8 @@ def policy_requests(policy: str, data: Data, catalog: Catalog) -> list[Any]:
             budget = DEADLINES_MS[i % len(DEADLINES_MS)]
             out.append(Request(inputs, task=TASK, deadline_ms=budget))
         elif policy == "load-spike":
-            out.append(Request(inputs, task=TASK, tier="premium" if i % 2 else "standard"))
+            tier = "premium" if i % 2 else "standard"
+            out.append(Request(inputs, task=SPIKE_TASK, tier=tier))
         else:
             out.append(Request(inputs, task=TASK))
     return out
