@@ -130,7 +130,10 @@ def test_bad_entries_get_error_results_and_the_batch_still_runs(
         assert bad.error is not None
         assert bad.error["code"] == "bad_input"
         assert match in bad.error["message"]
-    assert result(r, keys, "late").status == "expired"
+    late = result(r, keys, "late")
+    assert late.status == "expired"
+    assert not any("compute_ms" in hop for hop in late.path)  # answered, never computed
+    assert result(r, keys, "good1").batch_size == 3  # good1 + good2's two rows, not "late"
     assert r.xlen(keys.dead_letter) == 5
     assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
 
