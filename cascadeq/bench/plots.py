@@ -36,10 +36,10 @@ def throughput_vs_batch(rows: list[dict[str, Any]], out: Path) -> None:
 def latency_vs_load(rows: list[dict[str, Any]], model: str, out: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    rates = [r["achieved_rps"] for r in rows]
+    rates = [r["offered_rps"] for r in rows]
     for key, style in (("p50_ms", "-o"), ("p95_ms", "--s"), ("p99_ms", ":^")):
         ax.plot(rates, [r[key] for r in rows], style, label=key.replace("_ms", ""))
-    ax.set_xlabel("offered load, achieved (requests/s, open loop)")
+    ax.set_xlabel("offered load (requests/s, open loop)")
     ax.set_ylabel("end-to-end latency (ms)")
     ax.set_yscale("log")
     ax.set_title(f"{model}: latency vs offered load")
