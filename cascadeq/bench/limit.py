@@ -61,6 +61,7 @@ def side_by_side(bench: Bench, model: str, spec: ModelSpec, n: int) -> dict[str,
     after = ref.samples_per_s(bench.scale.reference_s)
     in_process = (before + after) / 2
     system = ok_rps(run)
+    hops = [h for r in run.results for h in r.path if "compute_ms" in h]
     row = {
         "model": model,
         "max_batch": batch,
@@ -72,13 +73,17 @@ def side_by_side(bench: Bench, model: str, spec: ModelSpec, n: int) -> dict[str,
         "in_process_after": round(after, 1),
         "efficiency": round(system / in_process, 4),
         "mean_batch": round(float(np.mean([r.batch_size for r in run.results] or [0])), 2),
+        # Where the gap is: a batch's compute inside the loaded system against alone.
+        "system_batch_compute_ms": round(float(np.mean([h["compute_ms"] for h in hops] or [0])), 3),
+        "in_process_batch_ms": round(batch / in_process * 1000, 3),
         "errors": sum(not r.ok for r in run.results),
         "lost": run.lost,
     }
     tag(
         f"limit {model:<13} batch {batch:>3}: system {system:>8.0f}/s  in-process "
         f"{in_process:>8.0f}/s ({before:.0f}, {after:.0f})  efficiency {row['efficiency']:.3f}  "
-        f"mean batch {row['mean_batch']}"
+        f"mean batch {row['mean_batch']}; batch compute {row['system_batch_compute_ms']} ms in "
+        f"the system, {row['in_process_batch_ms']} ms alone"
     )
     return row
 
@@ -115,7 +120,7 @@ def sweep(bench: Bench) -> list[dict[str, Any]]:
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'model':<14}{'batch':>6}{'system/s':>10}{'in-proc/s':>11}{'before':>9}{'after':>9}"
-        f"{'effic.':>8}{'mean batch':>11}"
+        f"{'effic.':>8}{'mean batch':>11}{'compute ms':>11}{'alone ms':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -123,5 +128,6 @@ def render(rows: list[dict[str, Any]]) -> str:
             f"{r['model']:<14}{r['max_batch']:>6}{r['system_sps']:>10.0f}"
             f"{r['in_process_sps']:>11.0f}{r['in_process_before']:>9.0f}"
             f"{r['in_process_after']:>9.0f}{r['efficiency']:>8.3f}{r['mean_batch']:>11.1f}"
+            f"{r['system_batch_compute_ms']:>11.2f}{r['in_process_batch_ms']:>9.2f}"
         )
     return "\n".join(lines)

@@ -35,6 +35,13 @@ def redis_cpu_seconds(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def idle_us_per_s(pids: list[int], seconds: float = 1.0) -> float:
+    """What router and worker burn with nothing to do, to show it is not in the figure."""
+    before = sum(map(cpu_seconds, pids))
+    time.sleep(seconds)
+    return (sum(map(cpu_seconds, pids)) - before) / seconds * 1e6
+
+
 def measure(bench: Bench) -> dict[str, Any]:
     n = bench.scale.overhead
     procs = bench.system.group.procs
@@ -42,6 +49,7 @@ def measure(bench: Bench) -> dict[str, Any]:
     assert router is not None
     workers = [p.pid for p in procs if p is not router]
     bench.client.wait_many(bench.client.submit_many(requests(TRIVIAL, bench.inputs[TRIVIAL], 200)))
+    idle = idle_us_per_s([router.pid, *workers])
     before = {"router": cpu_seconds(router.pid), "worker": sum(map(cpu_seconds, workers))}
     redis_before, producer_before = redis_cpu_seconds(bench.system.url), time.process_time()
     run = burst(bench, TRIVIAL, n)
@@ -60,6 +68,7 @@ def measure(bench: Bench) -> dict[str, Any]:
         "overhead_us_per_request": round(sum(spent.values()) / n * 1e6, 2),
         "per_process_us": per,
         "redis_us_per_request": round(redis / n * 1e6, 2),
+        "idle_roles_us_per_s": round(idle, 1),  # background: blocked reads, other models
         "mean_batch": round(sum(r.batch_size for r in run.results) / max(1, len(run.results)), 2),
         "errors": sum(not r.ok for r in run.results),
         "lost": run.lost,
@@ -67,7 +76,8 @@ def measure(bench: Bench) -> dict[str, Any]:
     tag(
         f"overhead: {row['overhead_us_per_request']:.1f} us CPU/request "
         f"(producer {per['producer']}, router {per['router']}, worker {per['worker']}; "
-        f"redis {row['redis_us_per_request']}) at {row['throughput_rps']:.0f} req/s"
+        f"redis {row['redis_us_per_request']}) at {row['throughput_rps']:.0f} req/s; idle roles "
+        f"{idle:.0f} us/s"
     )
     return row
 

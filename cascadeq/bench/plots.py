@@ -23,6 +23,7 @@ def throughput_vs_batch(rows: list[dict[str, Any]], out: Path) -> None:
     ax.plot(batches, [r["system_sps"] for r in rows], marker="s", label="cascadeq end to end")
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_yscale("log")  # the two lines are an order of magnitude apart
     ax.set_xlabel("max_batch (samples)")
     ax.set_ylabel("samples/s")
     ax.set_title(f"{rows[0]['model']}: throughput vs batch size (1 worker, 1 thread)")

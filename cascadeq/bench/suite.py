@@ -12,6 +12,7 @@ JSON, never asserted: they are this project's goals, not a test.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ def main(
             run_cascade(bench, report)
         if part in ("all", "limit"):
             run_sweep(bench, report, plot_dir)  # last: it restarts the roles
+    report["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report["targets"] = targets(report)
     report["seconds"] = round(time.perf_counter() - started, 1)
     for t in report["targets"]:
