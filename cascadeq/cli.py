@@ -195,11 +195,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging_setup.configure("warning", settings.log_format)
     try:
-        from cascadeq.bench import batching, dms
+        from cascadeq.bench import batching, dms, suite
     except ImportError as exc:
         print(f"benchmarks need: pip install 'cascadeq[bench]' ({exc})", file=sys.stderr)
         return 2
     models_dir = Path(args.models_dir)
+    if args.bench_command in suite.PARTS:
+        plot_dir = Path(args.plot_dir) if args.plot_dir else None
+        return suite.main(
+            settings,
+            models_dir,
+            args.bench_command,
+            as_json=args.json,
+            quick=args.quick,
+            plot_dir=plot_dir,
+        )
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -380,6 +390,16 @@ def _add_calibrate_parser(sub: Any) -> None:
     calib.set_defaults(func=cmd_calibrate)
 
 
+SUITE_PARTS = {
+    "all": "every part below on one live system, side by side",
+    "limit": "end-to-end throughput against in-process ONNX Runtime (efficiency)",
+    "rq": "against plain rq, one job per inference",
+    "overhead": "CPU microseconds per request with a trivial model",
+    "latency": "open-loop latency at 10/50/90% of capacity",
+    "cascade": "large-only against the calibrated cascade",
+}
+
+
 def _add_bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="measure the live system").add_subparsers(
         dest="bench_command", required=True
@@ -397,6 +417,13 @@ def _add_bench_parser(sub: Any) -> None:
     batching.add_argument("--quick", action="store_true", help="a short run (for CI)")
     batching.add_argument("--plot", metavar="PNG", help="save latency vs offered load here")
     batching.set_defaults(func=cmd_bench)
+    for name, text in SUITE_PARTS.items():
+        part = bench.add_parser(name, help=text)
+        part.add_argument("--json", action="store_true", help="last stdout line is JSON")
+        part.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+        part.add_argument("--quick", action="store_true", help="a short run (for CI)")
+        part.add_argument("--plot-dir", help="save the PNG plots here (all, limit, latency)")
+        part.set_defaults(func=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

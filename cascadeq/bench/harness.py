@@ -125,14 +125,23 @@ def run_burst(client: Any, requests: list[Any], labels: np.ndarray, timeout: flo
 def run_paced(
     client: Any, requests: list[Any], labels: np.ndarray, rate_rps: float, timeout: float = 300
 ) -> Run:
-    """Open loop: request i is submitted at i / rate, whatever came back, so latency is honest."""
+    """Open loop: request i is due at i / rate, whatever came back, so latency is honest.
+
+    Everything already due goes in one call: a producer slower than one round trip per
+    request then lags the schedule by about one call, instead of drifting ever later and
+    hiding the queueing it should have caused.
+    """
     started = time.perf_counter()
     ids: list[str] = []
-    for i, request in enumerate(requests):
-        delay = started + i / rate_rps - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)  # the arrival schedule itself, not a wait for a result
-        ids += client.submit_many([request])
+    sent = 0
+    while sent < len(requests):
+        now = time.perf_counter()
+        due = min(len(requests), int((now - started) * rate_rps) + 1)
+        if due <= sent:
+            time.sleep(started + sent / rate_rps - now)  # the schedule, not a wait for results
+            continue
+        ids += client.submit_many(requests[sent:due])
+        sent = due
     return collect(client, ids, labels, started, timeout)
 
 
