@@ -33,6 +33,7 @@ from cascadeq.embedded import EmbeddedRedis
 from cascadeq.errors import ConfigError
 from cascadeq.keys import Keys
 from cascadeq.process import CRASH_WINDOW_S, ProcessGroup
+from cascadeq.results import split_published
 from cascadeq.settings import Settings
 
 if TYPE_CHECKING:
@@ -302,7 +303,8 @@ class Observer(threading.Thread):
                     pubsub.psubscribe(f"{self.keys.prefix}:reply:*")
                 msg = pubsub.get_message(timeout=0.25)  # blocks on the socket
                 if msg is not None and msg["type"] == "pmessage":
-                    self.answers.add_raw(msg["data"])
+                    for raw in split_published(msg["data"]):  # a batch's answers, or one
+                        self.answers.add_raw(raw)
                 if reread.due():
                     self._reread(r)
             except redis.RedisError:

@@ -36,18 +36,26 @@ class Effects:
         yield self.pipe
         self._spans.append((stream, entry_id, start, len(self.pipe)))
 
+    @contextmanager
+    def shared(self, entries: list[tuple[str, bytes]]) -> Iterator[Any]:
+        """Commands queued inside the block are an effect of every one of these entries."""
+        start = len(self.pipe)
+        yield self.pipe
+        self._spans += [(stream, eid, start, len(self.pipe)) for stream, eid in entries]
+
     def commit(self) -> int:
         """Run the effects, then ack what succeeded; returns how many entries failed."""
         replies = self.pipe.execute(raise_on_error=False) if len(self.pipe) else []
+        errors: dict[tuple[str, bytes], Exception | None] = {}
+        for stream, entry_id, start, end in self._spans:  # an entry may have several spans
+            found = next((x for x in replies[start:end] if isinstance(x, Exception)), None)
+            errors[(stream, entry_id)] = errors.get((stream, entry_id)) or found
         done: dict[str, list[bytes]] = {}
         failed = 0
-        for stream, entry_id, start, end in self._spans:
-            errors = [x for x in replies[start:end] if isinstance(x, Exception)]
-            if errors:
+        for (stream, entry_id), error in errors.items():
+            if error is not None:
                 failed += 1
-                log.error(
-                    "effect_failed", stream=stream, entry=entry_id.decode(), error=str(errors[0])
-                )
+                log.error("effect_failed", stream=stream, entry=entry_id.decode(), error=str(error))
             else:
                 done.setdefault(stream, []).append(entry_id)
         if done:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from cascadeq.keys import Keys
 from cascadeq.messages import Result
 
@@ -27,6 +29,25 @@ return 1
 """
 
 
+#: The same for every result of a batch bound for one waiter: one script call stores them
+#: all and publishes the stored ones as one msgpack array, so a batch costs one command
+#: and one message per waiting client instead of one per request.
+_STORE_MANY = f"""
+local stored = {{}}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if not cur or cur == {PENDING_LUA} then
+    redis.call('SET', key, ARGV[i + 2], 'EX', ARGV[1])
+    stored[#stored + 1] = ARGV[i + 2]
+  end
+end
+if ARGV[2] ~= '' and #stored > 0 then redis.call('PUBLISH', ARGV[2], cmsgpack.pack(stored)) end
+return #stored
+"""
+
+_ARRAY_MARKERS = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})  # msgpack array headers
+
+
 def is_pending(raw: object) -> bool:
     """True for the placeholder submit leaves: the request exists but has no result yet."""
     return raw == PENDING
@@ -36,6 +57,35 @@ def queue_result(pipe: Any, keys: Keys, result: Result, reply_to: str | None, tt
     """Add the store-and-notify step for one result to a pipeline."""
     channel = keys.reply_channel(reply_to) if reply_to else ""
     pipe.eval(_STORE_ONCE, 1, keys.result(result.id), result.dumps(), ttl_s, channel)
+
+
+def queue_results(
+    pipe: Any, keys: Keys, batch: list[Result], reply_to: str | None, ttl_s: int
+) -> None:
+    """Store-and-notify for several results bound for one waiter, in one script call.
+
+    It touches several keys at once; on Redis Cluster they share a slot only under a
+    hash-tagged prefix (see docs/architecture.md, Keys).
+    """
+    if len(batch) == 1:
+        queue_result(pipe, keys, batch[0], reply_to, ttl_s)
+        return
+    channel = keys.reply_channel(reply_to) if reply_to else ""
+    names = [keys.result(r.id) for r in batch]
+    pipe.eval(_STORE_MANY, len(names), *names, ttl_s, channel, *(r.dumps() for r in batch))
+
+
+def split_published(data: bytes) -> list[bytes]:
+    """The result payloads in one reply-channel message: one result, or an array of them."""
+    if not data or data[0] not in _ARRAY_MARKERS:
+        return [data]
+    try:
+        items = msgpack.unpackb(data, raw=True)
+    except (ValueError, msgpack.UnpackException):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, bytes)]
 
 
 DEAD_LETTER_MAXLEN = 100_000

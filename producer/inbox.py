@@ -16,7 +16,7 @@ from typing import Any
 
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
-from cascadeq.results import is_pending
+from cascadeq.results import is_pending, split_published
 from cascadeq.wire import WireError
 from producer.errors import Timeout
 
@@ -79,7 +79,8 @@ class Inbox:
         if msg["type"] == "subscribe":
             return True
         if msg["type"] == "message" and msg["data"]:
-            self.deliver_raw(msg["data"])
+            for raw in split_published(msg["data"]):  # one result, or a batch's worth
+                self.deliver_raw(raw)
         return False
 
     def deliver_raw(self, data: bytes) -> None:

@@ -77,6 +77,7 @@ class ModelWorker:
         self.board = LoadBoard(r, self.keys, catalog)
         self.speed = Speed()
         self.counts: Counter[str] = Counter()
+        self.answers: dict[str | None, list[tuple[Item, Result]]] = {}  # this batch's, by waiter
         self.rng = random.Random()
 
     def setup(self) -> None:
@@ -206,6 +207,17 @@ class ModelWorker:
                     self._settle(pipe, item, rows, times)
             except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
                 self._crashed(effects, item, "internal", exc)
+        self._answer_batch(effects)
+
+    def _answer_batch(self, effects: Effects) -> None:
+        """One store-and-publish per waiting client for the whole batch."""
+        for reply_to, answered in self.answers.items():
+            with effects.shared([(i.stream, i.entry_id) for i, _ in answered]) as pipe:
+                batch = [res for _, res in answered]
+                results.queue_results(pipe, self.keys, batch, reply_to, self.settings.result_ttl_s)
+            for _, res in answered:
+                self._count_answer(res)
+        self.answers.clear()
 
     def _crashed(self, effects: Effects, item: Item, code: str, exc: Exception) -> None:
         log.warning(
@@ -236,10 +248,9 @@ class ModelWorker:
                 self.counts[f"skip:{why}"] += 1
                 self.tally.skipped[why] += 1
                 target = None
-        if target is None:
-            self._answer(
-                pipe, item, outcome.final_result(header, self.spec, rows, times.batch_size, info)
-            )
+        if target is None:  # written with the batch's other answers for this waiter
+            final = outcome.final_result(header, self.spec, rows, times.batch_size, info)
+            self.answers.setdefault(header.reply_to, []).append((item, final))
             return
         log.debug(
             "escalated", request_id=header.id, model=self.spec.name, to=target, confidence=conf
@@ -272,6 +283,9 @@ class ModelWorker:
         results.queue_result(
             pipe, self.keys, result, item.header.reply_to, self.settings.result_ttl_s
         )
+        self._count_answer(result)
+
+    def _count_answer(self, result: Result) -> None:
         self.stats["results"] += 1
         self.tally.answer(result.status, result.timings.get("total_ms", 0.0))
         log.debug("answered", request_id=result.id, model=self.spec.name, status=result.status)
