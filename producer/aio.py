@@ -101,9 +101,8 @@ class AsyncProducer(ClientBase):
     async def _fetch_stored(self, ids: list[str]) -> None:
         for start in range(0, len(ids), MGET_CHUNK):
             chunk = ids[start : start + MGET_CHUNK]
-            self._inbox.deliver_stored(
-                await self.redis.mget([self.keys.result(rid) for rid in chunk])
-            )
+            raws = await self.redis.mget([self.keys.result(rid) for rid in chunk])
+            self._inbox.deliver_stored(chunk, raws)
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():

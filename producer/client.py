@@ -122,7 +122,8 @@ class Producer(ClientBase):
         """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
         for start in range(0, len(ids), MGET_CHUNK):
             chunk = ids[start : start + MGET_CHUNK]
-            self._inbox.deliver_stored(self.redis.mget([self.keys.result(rid) for rid in chunk]))
+            raws = self.redis.mget([self.keys.result(rid) for rid in chunk])
+            self._inbox.deliver_stored(chunk, raws)
 
     # -- the reply listener -----------------------------------------------------------
 

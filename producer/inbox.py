@@ -92,11 +92,18 @@ class Inbox:
             return
         self.deliver(result)
 
-    def deliver_stored(self, raws: list[Any]) -> None:
-        """Deliver what an MGET of result keys found; absent and "not ready" are skipped."""
-        for raw in raws:
-            if raw is not None and not is_pending(raw):
-                self.deliver_raw(raw)
+    def deliver_stored(self, ids: list[str], raws: list[Any]) -> None:
+        """Deliver what an MGET of these ids' result keys found; absent, "not ready" and
+        ids the listener has answered meanwhile are skipped (no decoding twice)."""
+        for rid, raw in zip(ids, raws, strict=True):
+            if raw is None or is_pending(raw) or self._answered(rid):
+                continue
+            self.deliver_raw(raw)
+
+    def _answered(self, rid: str) -> bool:
+        with self._lock:
+            fut = self._futures.get(rid)
+        return fut is not None and fut.done()
 
     def outstanding(self) -> list[str]:
         """Ids someone waits for whose result has not arrived."""
