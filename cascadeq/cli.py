@@ -16,6 +16,7 @@ from cascadeq.errors import ConfigError
 from cascadeq.settings import Settings
 
 DEFAULT_MODELS_DIR = Path("models/digits")
+WORKER_SWITCH_INTERVAL_S = 0.0005
 
 
 def _catalog_path(args: argparse.Namespace, settings: Settings) -> str:
@@ -114,6 +115,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for name in names
     ]
     _serve_metrics(settings, names)
+    # Each model has a compute thread and a prefetching reader thread. When ONNX Runtime
+    # hands the GIL back, the compute thread should get it within 0.5 ms, not the default
+    # 5 ms a busy reader may hold it (measured: small-model batches took 2.3 ms in the
+    # worker against 0.035 ms alone).
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     run_threads([w.run for w in workers], stop)
     return 0
 
