@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from conftest import TOY_CATALOG
 from test_router import hdr, put
 
 from cascadeq import wire
@@ -20,22 +21,9 @@ from cascadeq.tasks import Learned
 from router import Router
 from router import train as learned_train
 
-POLICY_CATALOG = """
-[models.toy-small]
-path = "toy_small.onnx"
-output = "probabilities"
-cost = 1.0
-inputs = [{ name = "input", dtype = "float32", shape = [-1, 4] }]
-
-[models.toy-large]
-path = "toy_large.onnx"
-output = "probabilities"
-cost = 10.0
-inputs = [{ name = "input", dtype = "float32", shape = [-1, 4] }]
-
-[tasks.toy]
-cascade = [{ model = "toy-small", threshold = 0.9 }, { model = "toy-large" }]
-
+POLICY_CATALOG = (
+    TOY_CATALOG
+    + """
 [tasks.toy.tiers.premium]
 start = "toy-large"
 
@@ -47,6 +35,7 @@ above = 0.5
 high_water = 5
 low_water = 2
 """
+)
 
 ZEROS = np.zeros((1, 4), np.float32)
 ONES = np.ones((1, 4), np.float32)

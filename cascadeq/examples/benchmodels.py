@@ -5,7 +5,6 @@ should vanish next to compute, and a trivial softmax, where nearly all CPU is th
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from cascadeq.examples import digits
+from cascadeq.examples.common import measure_cost, write_atomically
 
 HEAVY_DIR = "heavy"
 HEAVY_MODEL = "heavy"
@@ -46,9 +46,7 @@ def model_toml(name: str, file: str, features: int, cost: float, max_batch: int)
 def _write_catalog(out: Path, text: str) -> Path:
     """Written last and atomically: its presence means a complete build."""
     path = out / CATALOG_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, text)
     return path
 
 
@@ -65,7 +63,7 @@ def build_heavy(out: Path, *, seed: int = 0, log: Callable[[str], None] = print)
         model.fit(splits.x_train, splits.y_train)
     path = out / HEAVY_FILE
     digits.export(model, path, splits.x_val)
-    cost = digits.measure_cost(path, splits.x_val)
+    cost = measure_cost(path, "input", splits.x_val)
     log(f"exported {path} in {time.perf_counter() - started:.0f} s; {cost} us/sample at batch 32")
     text = "# heavy: built on demand by the benchmarks (cascadeq bench limit)\n"
     return _write_catalog(

@@ -9,8 +9,6 @@ running system reproduces the validation figures exactly; the test split stays u
 from __future__ import annotations
 
 import itertools
-import os
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -20,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
 from sklearn.datasets import load_digits
@@ -30,6 +27,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from cascadeq.calibration import Split, confidences, search
+from cascadeq.examples.common import COST_BATCH, measure_cost, session, write_atomically
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -50,8 +48,6 @@ LARGE_HIDDEN = (1024, 1024)
 # Training loss is ~0.003 after 40 epochs: more buys nothing but build time.
 LARGE_EPOCHS = 40
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
-COST_BATCH = 32
-COST_RUNS = 25
 PROBA_ATOL = 1e-4
 FREE_ESCALATION = 0.05
 
@@ -141,14 +137,6 @@ def train_large(splits: Splits, seed: int = 0) -> MLPClassifier:
         return model.fit(splits.x_train, splits.y_train)
 
 
-def session(path: Path) -> ort.InferenceSession:
-    """One intra-op thread: the same setting the catalog declares and the cost is measured at."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def onnx_probabilities(path: Path, x: F32) -> F32:
     """Class probabilities exactly as the workers will see them."""
     out = session(path).run(["probabilities"], {"input": x})[0]
@@ -221,21 +209,6 @@ def free_threshold(small: F32, large: F32, y: I64) -> float:
     return search(split_of(small, large, y), max_escalation=FREE_ESCALATION).thresholds[0]
 
 
-def measure_cost(path: Path, x: F32) -> float:
-    """Median µs of ONNX Runtime compute per sample at batch 32, to 3 significant digits."""
-    sess = session(path)
-    batch = {"input": np.ascontiguousarray(x[:COST_BATCH])}
-    for _ in range(5):
-        sess.run(["probabilities"], batch)
-    times = []
-    for _ in range(COST_RUNS):
-        start = time.perf_counter_ns()
-        sess.run(["probabilities"], batch)
-        times.append(time.perf_counter_ns() - start)
-    micros = statistics.median(times) / 1000.0 / COST_BATCH
-    return float(f"{micros:.3g}")
-
-
 def _model_toml(name: str, path: str, cost: float, max_batch: int) -> str:
     """One model entry plus its batching table."""
     return (
@@ -280,13 +253,6 @@ def catalog_toml(
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """The catalog is written last and atomically, so its presence means a complete build."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build(out_dir: Path, *, seed: int = 0, log: Callable[[str], None] = print) -> BuildReport:
     """Train, export, verify and measure both models, choose the threshold, write the catalog."""
     started = time.perf_counter()
@@ -311,11 +277,14 @@ def build(out_dir: Path, *, seed: int = 0, log: Callable[[str], None] = print) -
         f"threshold {choice.threshold:.4f}: val accuracy {choice.accuracy:.4f} "
         f"(large {large_acc:.4f}), {choice.escalation_share:.1%} escalated"
     )
-    costs = (measure_cost(small_path, splits.x_val), measure_cost(large_path, splits.x_val))
+    costs = (
+        measure_cost(small_path, "input", splits.x_val),
+        measure_cost(large_path, "input", splits.x_val),
+    )
     log(f"cost per sample at batch {COST_BATCH}: small {costs[0]} us, large {costs[1]} us")
     catalog_path = out_dir / CATALOG_FILE
     free = free_threshold(small_val, large_val, splits.y_val)
-    _write_atomically(catalog_path, catalog_toml(seed, choice, large_acc, costs, free))
+    write_atomically(catalog_path, catalog_toml(seed, choice, large_acc, costs, free))
     log(f"wrote {catalog_path}")
     return BuildReport(
         catalog_path=catalog_path,

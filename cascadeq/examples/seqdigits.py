@@ -14,8 +14,6 @@ training and export are deterministic, so the ONNX file is byte-identical across
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+
+from cascadeq.examples.common import measure_cost, session, write_atomically
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -51,8 +50,6 @@ OPSET = 17
 # Lengths run from 16 to 42 (median 33): three boundaries keep padding per bucket small.
 BUCKETS = (24, 30, 36)
 PROBA_ATOL = 1e-5
-COST_BATCH = 32
-COST_RUNS = 25
 
 
 @dataclass(frozen=True)
@@ -192,14 +189,6 @@ def graph(table: F32, weights: F32, bias: F32) -> onnx.ModelProto:
     return model
 
 
-def session(path: Path) -> ort.InferenceSession:
-    """One intra-op thread, as the catalog declares and the cost is measured at."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def onnx_probabilities(path: Path, tokens: I64) -> F32:
     """Class probabilities exactly as the workers will see them."""
     return np.asarray(session(path).run(["probabilities"], {"tokens": tokens})[0], np.float32)
@@ -220,19 +209,6 @@ def accuracy(path: Path, split: Split) -> float:
     return float(np.mean(onnx_probabilities(path, split.tokens).argmax(axis=1) == split.y))
 
 
-def measure_cost(path: Path, tokens: I64) -> float:
-    """Median µs of ONNX Runtime compute per sample at batch 32, to 3 significant digits."""
-    sess, batch = session(path), {"tokens": np.ascontiguousarray(tokens[:COST_BATCH])}
-    for _ in range(5):
-        sess.run(["probabilities"], batch)
-    times = []
-    for _ in range(COST_RUNS):
-        start = time.perf_counter_ns()
-        sess.run(["probabilities"], batch)
-        times.append(time.perf_counter_ns() - start)
-    return float(f"{statistics.median(times) / 1000.0 / COST_BATCH:.3g}")
-
-
 def catalog_toml(seed: int, cost: float, test_accuracy: float) -> str:
     """One model pinned by name; its only input has a free length axis."""
     return (
@@ -245,13 +221,6 @@ def catalog_toml(seed: int, cost: float, test_accuracy: float) -> str:
         f'[models.{MODEL_NAME}.batching]\nmode = "dynamic"\nmax_batch = 64\nmax_wait_ms = 2.0\n'
         f"pad_value = {PAD}\nbucketing = {list(BUCKETS)}\n"
     )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """The catalog is written last and atomically, so its presence means a complete build."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_split(split: Split, path: Path) -> None:
@@ -281,10 +250,10 @@ def build(out_dir: Path, *, seed: int = 0, log: Callable[[str], None] = print) -
     path = out_dir / MODEL_FILE
     export(path, table, weights, bias, val)
     val_acc, test_acc = accuracy(path, val), accuracy(path, test)
-    cost = measure_cost(path, val.tokens)
+    cost = measure_cost(path, "tokens", val.tokens)
     log(f"exported {MODEL_FILE}: val accuracy {val_acc:.4f}, test {test_acc:.4f}, {cost} us")
     catalog_path = out_dir / CATALOG_FILE
-    _write_atomically(catalog_path, catalog_toml(seed, cost, test_acc))
+    write_atomically(catalog_path, catalog_toml(seed, cost, test_acc))
     log(f"wrote {catalog_path}")
     return BuildReport(catalog_path, val_acc, test_acc, cost, time.perf_counter() - started)
 
