@@ -25,6 +25,7 @@ class Effects:
     group: str
     pipe: Any = None
     _spans: list[tuple[str, bytes, int, int]] = field(default_factory=list)
+    replies: list[Any] = field(default_factory=list)  # every command's reply, after commit
 
     def __post_init__(self) -> None:
         self.pipe = self.r.pipeline(transaction=False)
@@ -46,6 +47,7 @@ class Effects:
     def commit(self) -> int:
         """Run the effects, then ack what succeeded; returns how many entries failed."""
         replies = self.pipe.execute(raise_on_error=False) if len(self.pipe) else []
+        self.replies = replies
         errors: dict[tuple[str, bytes], Exception | None] = {}
         for stream, entry_id, start, end in self._spans:  # an entry may have several spans
             found = next((x for x in replies[start:end] if isinstance(x, Exception)), None)

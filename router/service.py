@@ -85,6 +85,7 @@ class Router:
             for lane in m.lanes
         )
         self.held: list[str] = []  # model streams over the bound when last checked
+        self.depths: list[int] | None = None  # of self.fed, as last seen
         self.finals: Counter[str] = Counter()  # statuses of results the router gave itself
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
@@ -123,13 +124,18 @@ class Router:
         """True while a model stream this router feeds holds ``model_max_depth`` or more.
 
         Holding off reading keeps model streams within the bound plus one read per
-        router; ingress, bounded at submit, takes up the backlog.
+        router; ingress, bounded at submit, takes up the backlog. The depths come with
+        each batch's own effects (no round trip of their own) while nothing is held, so
+        they miss only what other routers and escalations added since this router's last
+        batch.
         """
-        pipe = self.r.pipeline(transaction=False)
-        for stream in self.fed:
-            pipe.xlen(stream)
-        depths = dict(zip(self.fed, pipe.execute(), strict=True))
-        held = [s for s, d in depths.items() if int(d) >= self.settings.model_max_depth]
+        if self.held or self.depths is None:  # only a held router asks Redis again
+            pipe = self.r.pipeline(transaction=False)
+            for stream in self.fed:
+                pipe.xlen(stream)
+            self.depths = [int(d) for d in pipe.execute()]
+        bound = self.settings.model_max_depth
+        held = [s for s, d in zip(self.fed, self.depths, strict=True) if d >= bound]
         if held != self.held:
             log.warning("backpressure", held=held, bound=self.settings.model_max_depth)
             self.held = held
@@ -167,7 +173,13 @@ class Router:
                 rules[self._route(pipe, parsed_entry)] += 1
         for rule, n in rules.items():
             effects.pipe.hincrby(self.keys.routing_counts, f"route:{rule}", n)
+        first = len(effects.pipe)
+        for stream in self.fed:  # the depths after this batch, in the same round trip
+            effects.pipe.xlen(stream)
         effects.commit()
+        depths = effects.replies[first : first + len(self.fed)]
+        if not any(isinstance(d, Exception) for d in depths):
+            self.depths = [int(d) for d in depths]
         metrics.observe_routing(rules, self.finals)
         self.finals.clear()
         self.routed += len(entries)
