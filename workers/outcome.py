@@ -25,6 +25,24 @@ def confidence(spec: ModelSpec, rows: np.ndarray, measure: str = "top") -> float
     return float(confidences(rows, measure).min())
 
 
+class BatchConfidence:
+    """Per-row confidence of a whole batch's output, one numpy call per measure (not per
+    request); a request's confidence is the minimum over its rows."""
+
+    def __init__(self, spec: ModelSpec, out: np.ndarray) -> None:
+        self.usable = spec.output_kind == "probabilities" and out.ndim == 2 and out.shape[1] > 0
+        self.out = out
+        self.rows: dict[str, np.ndarray] = {}
+
+    def of(self, start: int, stop: int, measure: str) -> float | None:
+        if not self.usable:
+            return None
+        rows = self.rows.get(measure)
+        if rows is None:
+            rows = self.rows[measure] = confidences(self.out, measure)
+        return float(rows[start:stop].min())
+
+
 def task_of(catalog: Catalog, header: Header) -> TaskSpec | None:
     """The task whose cascade this request follows; None when it was pinned."""
     if header.model is not None or header.task is None:

@@ -11,6 +11,8 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -192,6 +194,7 @@ class ModelWorker:
         log.debug("batch_run", model=self.spec.name, samples=samples, compute_ms=compute_ms)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
+        confs = outcome.BatchConfidence(self.spec, out)
         offset = 0
         for item in items:
             rows = out[offset : offset + item.samples]
@@ -204,7 +207,8 @@ class ModelWorker:
             )
             try:
                 with effects.entry(item.stream, item.entry_id) as pipe:
-                    self._settle(pipe, item, rows, times)
+                    sure = partial(confs.of, offset - item.samples, offset)
+                    self._settle(pipe, item, rows, times, sure)
             except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
                 self._crashed(effects, item, "internal", exc)
         self._answer_batch(effects)
@@ -231,10 +235,17 @@ class ModelWorker:
         with effects.entry(item.stream, item.entry_id) as pipe:
             self._answer(pipe, item, failed)
 
-    def _settle(self, pipe: Any, item: Item, rows: np.ndarray, times: outcome.HopTimes) -> None:
+    def _settle(
+        self,
+        pipe: Any,
+        item: Item,
+        rows: np.ndarray,
+        times: outcome.HopTimes,
+        sure: Callable[[str], float | None],
+    ) -> None:
         header = item.header
         task = outcome.task_of(self.catalog, header)
-        conf = outcome.confidence(self.spec, rows, task.confidence if task else "top")
+        conf = sure(task.confidence if task else "top")
         outcome.record_hop(header, self.spec.name, conf, times)
         target = outcome.next_model(task, header, self.spec.name, conf)
         if task is not None:
