@@ -16,7 +16,7 @@ from cascadeq.keys import Keys
 from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
 from cascadeq.settings import Settings
 from workers import ModelWorker
-from workers.continuous import ContinuousBatcher
+from workers.continuous import PrefetchBatcher
 
 MODEL = "digits-small"
 MODES = {
@@ -76,7 +76,7 @@ def test_continuous_reads_the_next_batch_while_this_one_computes(
     spec = replace(catalog.models["digits-large"], batching=Batching("continuous", 8))
     worker = ModelWorker(r, catalog, spec, settings, "w1")
     batcher = worker.batcher
-    assert isinstance(batcher, ContinuousBatcher)
+    assert isinstance(batcher, PrefetchBatcher)
     ids = [f"c{i}" for i in range(200)]
     for i, rid in enumerate(ids):
         enqueue(r, worker.keys, rid, x[i : i + 1], "digits-large")

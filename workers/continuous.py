@@ -153,9 +153,6 @@ class PrefetchBatcher(Batcher):
             self.cond.notify_all()
 
 
-ContinuousBatcher = PrefetchBatcher  # continuous mode: the strategy never waits
-
-
 def batcher_for(spec: ModelSpec, read: Reader, max_bytes: int, block_ms: int) -> Batcher:
     """Every mode serves through the prefetching batcher; the strategy makes the mode."""
     return PrefetchBatcher(spec, read, max_bytes, block_ms=block_ms)

@@ -14,20 +14,11 @@ from cascadeq.observed import LoadBoard
 from cascadeq.tasks import TaskSpec
 
 
-def confidence(spec: ModelSpec, rows: np.ndarray, measure: str = "top") -> float | None:
-    """How sure the model is, the least sure sample speaking for the request.
-
-    top: the top-class probability; margin: top minus runner-up; entropy: one minus the
-    normalised entropy (1 = certain, 0 = uniform). All lie in [0, 1], higher is surer.
-    """
-    if spec.output_kind != "probabilities" or rows.ndim != 2 or rows.shape[1] == 0:
-        return None
-    return float(confidences(rows, measure).min())
-
-
 class BatchConfidence:
     """Per-row confidence of a whole batch's output, one numpy call per measure (not per
-    request); a request's confidence is the minimum over its rows."""
+    request); a request's confidence is its least sure row's. top: the top-class
+    probability; margin: top minus runner-up; entropy: one minus the normalised entropy
+    (1 = certain, 0 = uniform). All lie in [0, 1], higher is surer."""
 
     def __init__(self, spec: ModelSpec, out: np.ndarray) -> None:
         self.usable = spec.output_kind == "probabilities" and out.ndim == 2 and out.shape[1] > 0
