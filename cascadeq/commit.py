@@ -1,0 +1,107 @@
+"""A batch's effects and acknowledgements, sent as one call of ``lua/commit.lua``.
+
+Build one per batch (it is batch state, kept in the caller's locals), register each entry
+read, add the effects that belong to entries, then ``send``. The script stores, publishes,
+adds and acknowledges in Redis; an effect that fails leaves only its own entries pending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis
+
+from cascadeq import lua
+
+COMMIT = lua.load("commit")
+
+
+@dataclass
+class Committed:
+    stored: int  # results written (a result already there is not written again)
+    acked: int  # entries acknowledged
+    depths: list[int]  # XLEN of each key asked for with ``depth``, after the writes
+    extra: list[Any]  # replies of the commands ``send`` was given to run alongside
+
+
+@dataclass
+class Commit:
+    ttl_s: int
+    keys: list[str] = field(default_factory=list)
+    args: list[bytes] = field(default_factory=list)  # ARGV[2..]
+    results: list[int] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+    adds: list[list[Any]] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    _key_index: dict[str, int] = field(default_factory=dict)
+    _channel_index: dict[str, int] = field(default_factory=dict)
+    _read: list[tuple[int, str, bytes]] = field(default_factory=list)  # key, group, id
+
+    def key(self, name: str) -> int:
+        index = self._key_index.get(name)
+        if index is None:
+            self.keys.append(name)
+            index = self._key_index[name] = len(self.keys)
+        return index
+
+    def arg(self, value: bytes) -> int:
+        self.args.append(value)
+        return len(self.args) + 1  # ARGV[1] is the plan
+
+    def entry(self, stream: str, group: str, entry_id: bytes) -> int:
+        """Register an entry read from ``stream``; it is acknowledged unless an effect fails."""
+        self._read.append((self.key(stream), group, entry_id))
+        return len(self._read)
+
+    def result(self, key: str, payload: bytes, channel: str | None, entry: int) -> None:
+        """Store-if-absent a result, and publish it to ``channel`` if it was stored."""
+        ch = 0
+        if channel:
+            ch = self._channel_index.get(channel, 0)
+            if not ch:
+                self.channels.append(channel)
+                ch = self._channel_index[channel] = len(self.channels)
+        self.results += (self.key(key), self.arg(payload), ch, entry)
+
+    def add(
+        self, stream: str, fields: dict[bytes, bytes], entries: Iterable[int], maxlen: int = 0
+    ) -> None:
+        """XADD one stream entry, an effect of every one of ``entries``."""
+        add: list[Any] = [self.key(stream), maxlen, list(entries)]
+        for name, value in fields.items():
+            add += (name, self.arg(value))
+        self.adds.append(add)
+
+    def depth(self, stream: str) -> None:
+        self.depths.append(self.key(stream))
+
+    def plan(self) -> bytes:
+        """The acks as runs of consecutive entries from one stream: the script numbers
+        entries across its ack lists in order, so the runs keep registration order."""
+        runs: list[list[Any]] = []
+        for key, group, entry_id in self._read:
+            if not runs or runs[-1][0] != key or runs[-1][1] != group:
+                runs.append([key, group])
+            runs[-1].append(entry_id)
+        plan = [self.ttl_s, self.results, self.channels, self.adds, runs, self.depths]
+        packed: bytes = msgpack.packb(plan, use_bin_type=False)
+        return packed
+
+    def send(self, r: redis.Redis, also: Callable[[Any], None] | None = None) -> Committed:
+        """One round trip: the script, plus whatever per-batch commands ``also`` queues
+        (metrics hashes), in one pipeline."""
+        if not self._read and not self.results and not self.adds:
+            return Committed(0, 0, [], [])
+        args: list[Any] = [self.plan(), *self.args]
+        pipe = r.pipeline(transaction=False)
+        COMMIT.queue(pipe, self.keys, args)
+        if also is not None:
+            also(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        reply = COMMIT.retry_missing(r, replies[0], self.keys, args)
+        if isinstance(reply, Exception):
+            raise reply
+        return Committed(int(reply[0]), int(reply[1]), [int(d) for d in reply[2:]], replies[1:])

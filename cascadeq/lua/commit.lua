@@ -1,0 +1,91 @@
+-- commit.lua: one batch's effects, then XACK for every entry whose effects all landed.
+--
+-- Routers (forwards, refusals) and workers (results, escalations, dead letters) end each
+-- batch with this one call, so a batch costs one round trip and the per-item work
+-- (first-write-wins stores, publishes, acks) happens here rather than as a command each.
+-- Each effect runs under redis.pcall: one that fails leaves its entries unacknowledged,
+-- so they are delivered again, while every other entry of the batch is acknowledged.
+--
+-- KEYS    every key the batch touches; the plan names them by 1-based index.
+-- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, depths}:
+--   ttl       result TTL in seconds
+--   results   flat array of quads: key index, payload ARGV index, channel (0: none), entry
+--   channels  reply channel names (pub/sub channels are not keys)
+--   adds      array of {key index, maxlen (0: uncapped), {entry...}, name, ARGV index, ...}:
+--             one XADD each, its fields as name / value-ARGV-index pairs
+--   acks      array of {stream key index, group, entry id...}; entries are numbered
+--             1, 2, ... across these lists, in order
+--   depths    key indices whose XLEN is returned, after the writes
+-- ARGV[2..] result payloads and field values, named by index from the plan.
+--
+-- A result is stored only where its key is absent or holds the submit placeholder (a
+-- value whose first byte is 0xC1, a byte msgpack never starts a message with), so a
+-- request processed twice keeps its first answer; only stored results are published.
+-- Returns {results stored, entries acknowledged, XLEN of each depths key...}.
+
+local plan = cmsgpack.unpack(ARGV[1])
+local ttl, results, channels, adds, acks, depths = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6]
+local failed = {}
+local stored = 0
+local outbox = {}
+
+for i = 1, #results, 4 do
+  local key, payload = KEYS[results[i]], ARGV[results[i + 1]]
+  local cur = redis.pcall('GET', key)
+  if type(cur) == 'table' and cur.err then
+    failed[results[i + 3]] = true
+  elseif not cur or string.byte(cur, 1) == 0xC1 then
+    local ok = redis.pcall('SET', key, payload, 'EX', ttl)
+    if type(ok) == 'table' and ok.err then
+      failed[results[i + 3]] = true
+    else
+      stored = stored + 1
+      local channel = results[i + 2]
+      if channel > 0 then
+        local box = outbox[channel]
+        if not box then box = {}; outbox[channel] = box end
+        box[#box + 1] = payload
+      end
+    end
+  end
+end
+
+for channel, box in pairs(outbox) do
+  if #box == 1 then
+    redis.pcall('PUBLISH', channels[channel], box[1])
+  else
+    redis.pcall('PUBLISH', channels[channel], cmsgpack.pack(box))
+  end
+end
+
+for _, add in ipairs(adds) do
+  local argv = {KEYS[add[1]]}
+  if add[2] > 0 then
+    argv[#argv + 1] = 'MAXLEN'; argv[#argv + 1] = '~'; argv[#argv + 1] = add[2]
+  end
+  argv[#argv + 1] = '*'
+  for j = 4, #add, 2 do
+    argv[#argv + 1] = add[j]; argv[#argv + 1] = ARGV[add[j + 1]]
+  end
+  local ok = redis.pcall('XADD', unpack(argv))
+  if type(ok) == 'table' and ok.err then
+    for _, entry in ipairs(add[3]) do failed[entry] = true end
+  end
+end
+
+local entry, acked = 0, 0
+for _, ack in ipairs(acks) do
+  local ids = {}
+  for j = 3, #ack do
+    entry = entry + 1
+    if not failed[entry] then ids[#ids + 1] = ack[j] end
+  end
+  if #ids > 0 then
+    local n = redis.pcall('XACK', KEYS[ack[1]], ack[2], unpack(ids))
+    if type(n) == 'number' then acked = acked + n end
+  end
+end
+
+local out = {stored, acked}
+for _, index in ipairs(depths) do out[#out + 1] = redis.call('XLEN', KEYS[index]) end
+return out

@@ -1,0 +1,76 @@
+"""The batch commit script on a real Redis: first write wins, publish, add, ack per entry."""
+
+from __future__ import annotations
+
+import msgpack
+import redis
+
+from cascadeq.commit import Commit
+from cascadeq.results import PENDING
+from cascadeq.settings import Settings
+
+
+def _stream_with(r: redis.Redis, stream: str, n: int) -> list[bytes]:
+    r.xgroup_create(stream, "g", id="0", mkstream=True)
+    for i in range(n):
+        r.xadd(stream, {b"i": str(i).encode()})
+    got = r.xreadgroup("g", "c", {stream: ">"}, count=n)
+    return [eid for eid, _ in got[0][1]]
+
+
+def test_results_first_write_wins_and_are_published_once_per_channel(
+    r: redis.Redis, settings: Settings
+) -> None:
+    p = settings.prefix
+    ids = _stream_with(r, f"{p}:s", 3)
+    r.set(f"{p}:res:a", PENDING)
+    r.set(f"{p}:res:b", b"first")
+    sub = r.pubsub()
+    sub.subscribe(f"{p}:reply:c")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    commit = Commit(ttl_s=60)
+    entries = [commit.entry(f"{p}:s", "g", eid) for eid in ids]
+    commit.result(f"{p}:res:a", b"\x81\xa1k\x01", f"{p}:reply:c", entries[0])
+    commit.result(f"{p}:res:b", b"second", f"{p}:reply:c", entries[1])
+    commit.result(f"{p}:res:c", b"\x81\xa1k\x03", f"{p}:reply:c", entries[2])
+    commit.depth(f"{p}:s")
+    done = commit.send(r)
+    assert (done.stored, done.acked) == (2, 3)
+    assert r.get(f"{p}:res:b") == b"first"  # a real result is never overwritten
+    assert r.get(f"{p}:res:a") == b"\x81\xa1k\x01"
+    assert 0 < r.ttl(f"{p}:res:c") <= 60
+    assert r.xpending(f"{p}:s", "g")["pending"] == 0
+    msg = sub.get_message(timeout=5)
+    assert msgpack.unpackb(msg["data"], raw=True) == [b"\x81\xa1k\x01", b"\x81\xa1k\x03"]
+    sub.close()
+
+
+def test_a_failed_effect_leaves_only_its_entries_pending(
+    r: redis.Redis, settings: Settings
+) -> None:
+    p = settings.prefix
+    ids = _stream_with(r, f"{p}:s", 3)
+    r.hset(f"{p}:wrongtype", "f", "v")  # XADD to a hash fails
+    commit = Commit(ttl_s=60)
+    entries = [commit.entry(f"{p}:s", "g", eid) for eid in ids]
+    commit.add(f"{p}:out", {b"x": b"1"}, [entries[0]])
+    commit.add(f"{p}:wrongtype", {b"x": b"2"}, [entries[1]])
+    commit.result(f"{p}:wrongtype", b"r", None, entries[2])  # GET on a hash fails
+    commit.depth(f"{p}:out")
+    done = commit.send(r, also=lambda pipe: pipe.hincrby(f"{p}:counts", "n", 1))
+    assert done.acked == 1 and done.depths == [1] and done.extra == [1]
+    pending = r.xpending_range(f"{p}:s", "g", min="-", max="+", count=10)
+    assert sorted(p["message_id"] for p in pending) == sorted(ids[1:])
+
+
+def test_entries_of_two_streams_interleaved_are_acked_on_their_own_streams(
+    r: redis.Redis, settings: Settings
+) -> None:
+    p = settings.prefix
+    a, b = _stream_with(r, f"{p}:a", 2), _stream_with(r, f"{p}:b", 2)
+    commit = Commit(ttl_s=60)
+    for stream, eid in [(f"{p}:a", a[0]), (f"{p}:b", b[0]), (f"{p}:a", a[1]), (f"{p}:b", b[1])]:
+        commit.entry(stream, "g", eid)
+    r.script_flush()  # the script is loaded again on NOSCRIPT
+    assert commit.send(r).acked == 4
+    assert r.xpending(f"{p}:a", "g")["pending"] == r.xpending(f"{p}:b", "g")["pending"] == 0
