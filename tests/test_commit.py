@@ -58,7 +58,7 @@ def test_a_failed_effect_leaves_only_its_entries_pending(
     commit.result(f"{p}:wrongtype", b"r", None, entries[2])  # GET on a hash fails
     commit.depth(f"{p}:out")
     done = commit.send(r, also=lambda pipe: pipe.hincrby(f"{p}:counts", "n", 1))
-    assert done.acked == 1 and done.depths == [1] and done.extra == [1]
+    assert (done.acked, done.depths, done.extra) == (1, [1], [1])
     pending = r.xpending_range(f"{p}:s", "g", min="-", max="+", count=10)
     assert sorted(p["message_id"] for p in pending) == sorted(ids[1:])
 
