@@ -39,6 +39,7 @@ class Commit:
     _key_index: dict[str, int] = field(default_factory=dict)
     _channel_index: dict[str, int] = field(default_factory=dict)
     _read: list[tuple[int, str, bytes]] = field(default_factory=list)  # key, group, id
+    _failed: list[int] = field(default_factory=list)  # entries left pending on purpose
 
     def key(self, name: str) -> int:
         index = self._key_index.get(name)
@@ -55,6 +56,10 @@ class Commit:
         """Register an entry read from ``stream``; it is acknowledged unless an effect fails."""
         self._read.append((self.key(stream), group, entry_id))
         return len(self._read)
+
+    def fail(self, entry: int) -> None:
+        """Leave an entry unacknowledged, whatever its effects: it is delivered again."""
+        self._failed.append(entry)
 
     def result(self, key: str, payload: bytes, channel: str | None, entry: int) -> None:
         """Store-if-absent a result, and publish it to ``channel`` if it was stored."""
@@ -86,7 +91,9 @@ class Commit:
             if not runs or runs[-1][0] != key or runs[-1][1] != group:
                 runs.append([key, group])
             runs[-1].append(entry_id)
-        plan = [self.ttl_s, self.results, self.channels, self.adds, runs, self.depths]
+        plan = [
+            self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed
+        ]
         packed: bytes = msgpack.packb(plan, use_bin_type=False)
         return packed
 

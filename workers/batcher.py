@@ -7,24 +7,18 @@ filling is the strategy's call (workers/strategies.py), not a flag here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
-from cascadeq import wire
-from cascadeq.catalog import ModelSpec
-from cascadeq.keys import InvalidName
-from cascadeq.messages import (
-    HEADER_FIELD,
-    INPUTS_FIELD,
-    Header,
-    kept_for_dead_letter,
-    now_ms,
-    oversize,
-)
+from cascadeq import bundle
+from cascadeq.bundle import BadItem, Bundle, EntryError, Header
+from cascadeq.catalog import InputError, ModelSpec
+from cascadeq.messages import kept_for_dead_letter, now_ms
 from cascadeq.streams import Entry, Fields
 from workers import strategies
 
@@ -36,53 +30,115 @@ RunFn = Callable[[Mapping[str, np.ndarray], int], np.ndarray]
 
 @dataclass
 class Item:
-    """A decoded, validated request, ready to join a batch."""
+    """A decoded entry (one request or a bundle of them) whose good requests may run."""
 
-    stream: str
-    entry_id: bytes
-    header: Header
-    inputs: dict[str, np.ndarray]
-    raw_inputs: bytes  # passed on untouched when the request escalates
-    samples: int
+    bundle: Bundle
     read_at: float  # epoch ms
+    keep: np.ndarray  # bool per request: False where the request already failed
+    samples: int  # rows of the kept requests
 
-    @cached_property  # read three times per request (queue wait, hop times, tally)
+    @property
+    def stream(self) -> str:
+        return self.bundle.stream
+
+    @property
+    def entry_id(self) -> bytes:
+        return self.bundle.entry_id
+
+    @property
+    def headers(self) -> list[Header]:
+        return self.bundle.headers
+
+    @property
+    def bad(self) -> list[BadItem]:
+        return self.bundle.bad
+
+    @cached_property
     def enqueued_at(self) -> float:
         return float(self.entry_id.split(b"-", 1)[0])
+
+    def kept_inputs(self) -> dict[str, np.ndarray]:
+        """The stacked rows of the requests that may run."""
+        if self.keep.all():
+            return self.bundle.inputs
+        return bundle.take_rows(self.bundle.inputs, self.bundle.rows, self.keep)
 
 
 @dataclass
 class Bad:
-    """An entry that cannot run; it gets an error result and never joins a batch."""
+    """An entry none of whose requests can run; each salvaged id gets an error result."""
 
     stream: str
     entry_id: bytes
     fields: Fields
     code: str
     message: str
-    header: Header | None = None
+    salvaged: list[BadItem] = field(default_factory=list)
+    samples: int = 0
 
 
 def decode(
     stream: str, entry: Entry, spec: ModelSpec, read_at: float, max_bytes: int
 ) -> Item | Bad:
     eid, fields = entry
-    raw_header, raw_inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
-    if raw_header is None or raw_inputs is None:
-        return Bad(stream, eid, fields, "bad_payload", "entry lacks the h or x field")
-    problem = oversize(raw_header, raw_inputs, max_bytes)
-    if problem:
-        return Bad(stream, eid, kept_for_dead_letter(raw_header), "too_large", problem)
     try:
-        header = Header.loads(raw_header)
-    except (wire.WireError, InvalidName) as exc:
-        return Bad(stream, eid, fields, "bad_payload", f"header is unusable: {exc}")
+        got = bundle.decode(stream, eid, fields, max_bytes)
+    except EntryError as exc:
+        kept = fields if exc.code != "too_large" else _kept(fields)
+        return Bad(stream, eid, kept, exc.code, str(exc), exc.salvaged)
+    if got.inputs:
+        _check_inputs(got, spec)
+    keep = np.ones(got.size, dtype=bool)
+    for item in got.bad:
+        keep[item.index] = False
+    return Item(got, read_at, keep, int(got.rows[keep].sum()))
+
+
+def _kept(fields: Fields) -> Fields:
+    """What of an oversized entry is worth keeping: its headers, if they are not the problem."""
+    raw = fields.get(bundle.HEADER)
+    if raw is not None:
+        return kept_for_dead_letter(raw)
+    raw = fields.get(bundle.HEADERS)
+    return {bundle.HEADERS: raw} if raw is not None and len(raw) <= 64 * 1024 else {}
+
+
+def _check_inputs(got: Bundle, spec: ModelSpec) -> None:
+    """The model's declared inputs, checked once on the stacked rows; a non-finite value
+    fails only the requests whose rows hold it."""
+    taken = {b.index for b in got.bad}
     try:
-        inputs = wire.loads_inputs(raw_inputs)
-        samples = spec.check_inputs(inputs)
-    except (ValueError, TypeError) as exc:  # WireError and InputError are ValueErrors
-        return Bad(stream, eid, fields, "bad_input", str(exc), header)
-    return Item(stream, eid, header, inputs, raw_inputs, samples, read_at)
+        _structure(spec).check_inputs(got.inputs)
+    except InputError as exc:
+        got.bad += [
+            BadItem(i, "bad_input", str(exc), header=h)
+            for i, h in enumerate(got.headers)
+            if i not in taken
+        ]
+        return
+    if spec.allow_nonfinite:
+        return
+    for name, arr in got.inputs.items():
+        if arr.dtype.kind != "f" or bool(np.isfinite(arr).all()):
+            continue
+        finite_rows = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        finite = np.logical_and.reduceat(finite_rows, got.offsets()[:-1]) if len(arr) else []
+        message = f"input {name!r} of model {spec.name} holds NaN or inf, which it does not allow"
+        for i in np.flatnonzero(~np.asarray(finite, dtype=bool)):
+            if int(i) not in taken:
+                taken.add(int(i))
+                got.bad.append(BadItem(int(i), "bad_input", message, header=got.headers[i]))
+
+
+_STRUCTURE: dict[int, tuple[ModelSpec, ModelSpec]] = {}
+
+
+def _structure(spec: ModelSpec) -> ModelSpec:
+    """The spec with non-finite values allowed: checked per request afterwards instead."""
+    held = _STRUCTURE.get(id(spec))
+    if held is None or held[0] is not spec:
+        held = _STRUCTURE[id(spec)] = (spec, replace(spec, allow_nonfinite=True))
+    return held[1]
 
 
 @dataclass
@@ -95,6 +151,7 @@ class Batcher:
     carry: list[Item | Bad] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic  # seconds; tests inject a fake
     strategy: strategies.Strategy | None = None  # None: the catalog's mode
+    per_entry: float = 1.0  # samples per entry read, a moving average
 
     def __post_init__(self) -> None:
         self.rule = self.strategy or strategies.for_batching(self.spec.batching)
@@ -141,21 +198,27 @@ class Batcher:
         return self._fit(items)
 
     def fetch(self, count: int, block_ms: int | None) -> tuple[list[Item | Bad], int]:
-        """Read and decode up to count entries; returns them and their samples."""
-        got = self.read(count, block_ms)
+        """Read and decode entries for about ``count`` samples; returns them and their
+        samples. An entry may be a bundle, so the count of entries asked for follows the
+        samples per entry seen so far."""
+        entries = max(1, min(count, math.ceil(count / self.per_entry)))
+        got = self.read(entries, block_ms)
         read_at = now_ms()
         items = [decode(stream, entry, self.spec, read_at, self.max_bytes) for stream, entry in got]
-        return items, sum(i.samples for i in items if isinstance(i, Item))
+        samples = sum(i.samples for i in items)
+        if items:
+            self.per_entry = max(1.0, 0.8 * self.per_entry + 0.2 * samples / len(items))
+        return items, samples
 
     def _take_carry(self) -> tuple[list[Item | Bad], int]:
         items, self.carry = self.carry, []
-        return items, sum(i.samples for i in items if isinstance(i, Item))
+        return items, sum(i.samples for i in items)
 
     def _fit(self, items: list[Item | Bad]) -> list[Item | Bad]:
         """Keep the batch within max_batch samples; the first item always runs."""
         limit, total = self.spec.batching.max_batch, 0
         for index, item in enumerate(items):
-            size = item.samples if isinstance(item, Item) else 0
+            size = item.samples
             if total + size > limit and total > 0:
                 self.carry = items[index:] + self.carry
                 return items[:index]

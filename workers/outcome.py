@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cascadeq.calibration import confidences
 from cascadeq.catalog import Catalog, ModelSpec
-from cascadeq.messages import OK, Header, Result, now_ms
+from cascadeq.bundle import Header
+from cascadeq.messages import now_ms
 from cascadeq.observed import LoadBoard
 from cascadeq.tasks import TaskSpec
 
@@ -25,13 +25,18 @@ class BatchConfidence:
         self.out = out
         self.rows: dict[str, np.ndarray] = {}
 
-    def of(self, start: int, stop: int, measure: str) -> float | None:
+    def all_rows(self, measure: str) -> np.ndarray | None:
+        """Every row's confidence by ``measure``; None when the output has none."""
         if not self.usable:
             return None
         rows = self.rows.get(measure)
         if rows is None:
             rows = self.rows[measure] = confidences(self.out, measure)
-        return float(rows[start:stop].min())
+        return rows
+
+    def of(self, start: int, stop: int, measure: str) -> float | None:
+        rows = self.all_rows(measure)
+        return None if rows is None else float(rows[start:stop].min())
 
 
 def task_of(catalog: Catalog, header: Header) -> TaskSpec | None:
@@ -67,59 +72,33 @@ def skip_reason(
     return None
 
 
-@dataclass(frozen=True)
-class HopTimes:
-    """When this model's hop happened, for the result's timings."""
-
-    read_at: float
-    enqueued_at: float
-    launched_at: float
-    compute_ms: float
-    batch_size: int
-
-
-def record_hop(header: Header, model: str, conf: float | None, times: HopTimes) -> None:
-    if (
-        not header.trace
-        or header.trace[-1].get("model") != model
-        or "confidence" in header.trace[-1]
-    ):
-        header.trace.append({"model": model, "rule": "direct"})
-    header.trace[-1].update(
-        confidence=conf,
-        queue_ms=round(max(0.0, times.read_at - times.enqueued_at), 3),
-        batch_wait_ms=round(max(0.0, times.launched_at - times.read_at), 3),
-        compute_ms=round(times.compute_ms, 3),
-        batch_size=times.batch_size,
-    )
-
-
-def final_result(
-    header: Header,
-    spec: ModelSpec,
-    rows: np.ndarray,
-    batch_size: int,
-    info: dict[str, Any] | None = None,
-) -> Result:
-    return Result(
-        id=header.id,
-        status=OK,
-        outputs={spec.output: rows},
-        model=spec.name,
-        path=header.trace,
-        timings=timings(header),
-        batch_size=batch_size,
-        info=info or {},
-    )
+def record_hop(header: Header, model: str, conf: float | None, hop: dict[str, Any]) -> None:
+    """This model's hop: the batch's shared figures (queue, wait, compute, size) and the
+    request's own confidence."""
+    trace = header.trace
+    if not trace or trace[-1].get("model") != model or "confidence" in trace[-1]:
+        trace.append({"model": model, "rule": "direct"})
+    last = trace[-1]
+    last["confidence"] = conf
+    last.update(hop)
 
 
 def timings(header: Header) -> dict[str, float]:
-    hops = header.trace
+    """The result's timings; a hop's figure that is not a number (forged) counts as 0."""
+    queue = wait = compute = 0.0
+    for h in header.trace:
+        queue += _number(h.get("queue_ms"))
+        wait += _number(h.get("batch_wait_ms"))
+        compute += _number(h.get("compute_ms"))
     routed = header.routed_at if header.routed_at is not None else header.submitted_at
     return {
         "route_ms": round(max(0.0, routed - header.submitted_at), 3),
-        "queue_ms": round(sum(h.get("queue_ms", 0.0) for h in hops), 3),
-        "batch_wait_ms": round(sum(h.get("batch_wait_ms", 0.0) for h in hops), 3),
-        "compute_ms": round(sum(h.get("compute_ms", 0.0) for h in hops), 3),
+        "queue_ms": round(queue, 3),
+        "batch_wait_ms": round(wait, 3),
+        "compute_ms": round(compute, 3),
         "total_ms": round(max(0.0, now_ms() - header.submitted_at), 3),
     }
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

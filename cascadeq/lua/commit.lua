@@ -7,7 +7,7 @@
 -- so they are delivered again, while every other entry of the batch is acknowledged.
 --
 -- KEYS    every key the batch touches; the plan names them by 1-based index.
--- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, depths}:
+-- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, depths, failed}:
 --   ttl       result TTL in seconds
 --   results   flat array of quads: key index, payload ARGV index, channel (0: none), entry
 --   channels  reply channel names (pub/sub channels are not keys)
@@ -16,6 +16,7 @@
 --   acks      array of {stream key index, group, entry id...}; entries are numbered
 --             1, 2, ... across these lists, in order
 --   depths    key indices whose XLEN is returned, after the writes
+--   failed    entries to leave unacknowledged whatever their effects (the caller failed them)
 -- ARGV[2..] result payloads and field values, named by index from the plan.
 --
 -- A result is stored only where its key is absent or holds the submit placeholder (a
@@ -26,6 +27,7 @@
 local plan = cmsgpack.unpack(ARGV[1])
 local ttl, results, channels, adds, acks, depths = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6]
 local failed = {}
+for _, entry in ipairs(plan[7]) do failed[entry] = true end
 local stored = 0
 local outbox = {}
 
