@@ -59,6 +59,14 @@ class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
         if (self.task is None) == (self.model is None):
             raise ValueError("header must name exactly one of task and model")
 
+    def dumps(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def loads(cls, data: bytes) -> Header:
+        """Decode and check one header; raises wire.WireError saying what is wrong."""
+        return loads_header(data)
+
 
 _ENCODER = msgspec.msgpack.Encoder()
 _ONE = msgspec.msgpack.Decoder(Header)

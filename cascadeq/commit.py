@@ -91,9 +91,7 @@ class Commit:
             if not runs or runs[-1][0] != key or runs[-1][1] != group:
                 runs.append([key, group])
             runs[-1].append(entry_id)
-        plan = [
-            self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed
-        ]
+        plan = [self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed]
         packed: bytes = msgpack.packb(plan, use_bin_type=False)
         return packed
 

@@ -7,13 +7,14 @@ and ``x`` (the tensors, encoded once by the producer and passed through untouche
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cascadeq import wire
-from cascadeq.keys import DEFAULT_LANE, InvalidName, check_id, check_name
+from cascadeq.bundle import Header as Header  # noqa: PLC0414 - re-exported from the codec
+from cascadeq.keys import InvalidName, check_id
 
 HEADER_FIELD = b"h"
 INPUTS_FIELD = b"x"
@@ -44,93 +45,6 @@ def kept_for_dead_letter(header: bytes) -> dict[bytes, bytes]:
 
 def now_ms() -> float:
     return time.time() * 1000.0
-
-
-@dataclass
-class Header:
-    """Routing metadata of one request; ``stage`` is its position in the cascade."""
-
-    id: str
-    task: str | None = None
-    model: str | None = None
-    tier: str = "standard"
-    priority: str = DEFAULT_LANE
-    deadline: float | None = None  # epoch ms
-    submitted_at: float = 0.0  # epoch ms
-    reply_to: str | None = None
-    trace: list[dict[str, Any]] = field(default_factory=list)
-    attempt: int = 0
-    stage: int = 0
-    routed_at: float | None = None
-
-    def dumps(self) -> bytes:
-        # Not dataclasses.asdict: it deep-copies the trace, and this runs once per hop.
-        return wire.dumps({name: getattr(self, name) for name in _HEADER_FIELDS})
-
-    @classmethod
-    def loads(cls, data: bytes) -> Header:
-        raw = wire.loads_map(data, "header")
-        try:
-            header = cls(**raw)
-        except TypeError as exc:
-            raise wire.WireError(f"header fields are wrong: {exc}") from exc
-        check_id(header.id)
-        _check_types(header)
-        return header
-
-
-_HEADER_FIELDS = tuple(f.name for f in fields(Header))
-
-_HEADER_TYPES: dict[str, tuple[type, ...]] = {
-    "task": (str, type(None)),
-    "model": (str, type(None)),
-    "tier": (str,),
-    "priority": (str,),
-    "deadline": (int, float, type(None)),
-    "submitted_at": (int, float),
-    "reply_to": (str, type(None)),
-    "trace": (list,),
-    "attempt": (int,),
-    "stage": (int,),
-    "routed_at": (int, float, type(None)),
-}
-
-
-MAX_HOPS = 16
-_HOP_TEXT = frozenset({"model", "rule", "tier", "skipped"})
-
-
-def _check_types(header: Header) -> None:
-    for name, types in _HEADER_TYPES.items():
-        value = getattr(header, name)
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise wire.WireError(f"header field {name!r} has type {type(value).__name__}")
-    if header.task is None and header.model is None:
-        raise wire.WireError("header names neither a task nor a model")
-    if header.reply_to is not None:
-        check_id(header.reply_to)
-    for kind in ("tier", "priority"):
-        check_name(kind, getattr(header, kind))
-    if not (0 <= header.attempt <= MAX_HOPS and 0 <= header.stage <= MAX_HOPS):
-        raise wire.WireError(f"header attempt/stage must be within 0..{MAX_HOPS}")
-    _check_trace(header.trace)
-
-
-def _check_trace(trace: list[Any]) -> None:
-    """Hops are written by routers and workers; a client's forgery must not crash them."""
-    if len(trace) > MAX_HOPS:
-        raise wire.WireError(f"header trace has {len(trace)} hops, more than {MAX_HOPS}")
-    for hop in trace:
-        if not isinstance(hop, dict):
-            raise wire.WireError("header trace hops must be maps")
-        for key, value in hop.items():
-            ok = (
-                isinstance(value, str | None)
-                if key in _HOP_TEXT
-                else isinstance(value, int | float | None) and not isinstance(value, bool)
-            )
-            if not isinstance(key, str) or not ok:
-                raise wire.WireError(f"header trace hop field {key!r} has a wrong type")
 
 
 @dataclass

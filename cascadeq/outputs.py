@@ -9,6 +9,7 @@ struct encode in C.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,4 +71,4 @@ def exts(out: np.ndarray, offsets: Sequence[int] | np.ndarray) -> list[msgspec.m
     """The extension of each request's rows, request i being rows offsets[i]:offsets[i+1]."""
     slicer = RowSlicer(out)
     bounds = [int(o) for o in offsets]
-    return [slicer.ext(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [slicer.ext(a, b) for a, b in itertools.pairwise(bounds)]

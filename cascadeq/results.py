@@ -102,6 +102,14 @@ def queue_dead_letter(
     reason: str,
 ) -> None:
     """Keep the raw entry for an operator; the dead-letter stream is capped, not unbounded."""
+    record = dead_letter_record(fields, stream=stream, entry_id=entry_id, code=code, reason=reason)
+    pipe.xadd(keys.dead_letter, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+
+
+def dead_letter_record(
+    fields: dict[bytes, bytes], *, stream: str, entry_id: bytes, code: str, reason: str
+) -> dict[bytes, bytes]:
+    """The dead-letter entry: the raw fields, where they came from, and why."""
     record = dict(fields)
     record.update(
         {
@@ -111,4 +119,4 @@ def queue_dead_letter(
             b"reason": reason.encode()[:2000],
         }
     )
-    pipe.xadd(keys.dead_letter, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+    return record

@@ -122,9 +122,9 @@ def _check_inputs(got: Bundle, spec: ModelSpec) -> None:
         if arr.dtype.kind != "f" or bool(np.isfinite(arr).all()):
             continue
         finite_rows = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        finite = np.logical_and.reduceat(finite_rows, got.offsets()[:-1]) if len(arr) else []
+        finite = np.logical_and.reduceat(finite_rows, got.offsets()[:-1])
         message = f"input {name!r} of model {spec.name} holds NaN or inf, which it does not allow"
-        for i in np.flatnonzero(~np.asarray(finite, dtype=bool)):
+        for i in np.flatnonzero(~finite):
             if int(i) not in taken:
                 taken.add(int(i))
                 got.bad.append(BadItem(int(i), "bad_input", message, header=got.headers[i]))
@@ -224,3 +224,16 @@ class Batcher:
                 return items[:index]
             total += size
         return items
+
+
+def poisoned(stream: str, entry_id: bytes, fields: Fields, deliveries: int) -> Bad:
+    """An entry delivered too often: every request in it that has an id is answered."""
+    message = f"delivered {deliveries} times; dead-lettered"
+    try:
+        got = bundle.decode(stream, entry_id, fields, 1 << 62)
+    except EntryError as exc:
+        return Bad(stream, entry_id, fields, "dead_letter", message, exc.salvaged)
+    salvaged = [BadItem(i, "dead_letter", message, header=h) for i, h in enumerate(got.headers)]
+    for bad in got.bad:  # placeholders stand where headers were unusable
+        salvaged[bad.index] = bad
+    return Bad(stream, entry_id, fields, "dead_letter", message, salvaged)

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from cascadeq.bundle import Header
 from cascadeq.calibration import confidences
 from cascadeq.catalog import Catalog, ModelSpec
-from cascadeq.bundle import Header
 from cascadeq.messages import now_ms
 from cascadeq.observed import LoadBoard
 from cascadeq.tasks import TaskSpec

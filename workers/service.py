@@ -1,53 +1,42 @@
 """One model's serving loop: collect a batch, run it, answer or escalate, then ack.
 
-Every entry read ends in exactly one effect (result, escalation or dead letter); the
-effects of a batch go in one pipeline and the XACKs in a second, only for the entries
-whose effects landed (cascadeq/effects.py), so a crash re-delivers rather than loses.
+Every request read ends in exactly one effect (result, escalation or dead letter). A
+batch's effects and the acks of its entries go to Redis as one call of the commit
+script (cascadeq/commit.py), which acknowledges only entries whose effects landed, so a
+crash re-delivers rather than loses. A surprise while handling one entry leaves only
+that entry pending; delivered again, it is retried alone before it is dead-lettered.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
 import redis
 
 from cascadeq import keys as keynames
-from cascadeq import metrics, results, streams
+from cascadeq import metrics, results, streams, wire
+from cascadeq.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.clock import Every
-from cascadeq.effects import Effects
+from cascadeq.commit import Commit
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
-from cascadeq.messages import (
-    EXPIRED,
-    HEADER_FIELD,
-    INPUTS_FIELD,
-    Result,
-    error_result,
-    now_ms,
-    salvage_id,
-)
+from cascadeq.messages import EXPIRED, OK, Result, error_result, now_ms
 from cascadeq.observed import LoadBoard, Speed
 from cascadeq.process import serve
 from cascadeq.settings import Settings
-from cascadeq.tasks import TaskSpec
 from cascadeq.window import Tally
-from workers import outcome, padding
-from workers.batcher import Bad, Item, decode
+from workers import padding
+from workers.batcher import Bad, Item, decode, poisoned
 from workers.continuous import batcher_for
 from workers.lanes import LaneReader
 from workers.runner import OnnxRunner
+from workers.settle import BatchWork, Ran, Settler
 
 log = get_logger("cascadeq.worker")
-
-TRACES_MAXLEN = 50_000  # per task: enough to train on, small enough to forget
 
 
 class ModelWorker:
@@ -67,20 +56,16 @@ class ModelWorker:
         self.runner = runner or OnnxRunner(spec)
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
-        self.tally = Tally()  # the current batch's figures, written once at its end
         self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
         self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
         self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
-        self.batch_info: dict[str, Any] = {}
-        self.stats = {"batches": 0, "samples": 0, "results": 0, "escalated": 0, "errors": 0}
+        self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
         self.speed = Speed()
-        self.counts: Counter[str] = Counter()
-        self.answers: dict[str | None, list[tuple[Item, Result]]] = {}  # this batch's, by waiter
-        self.rng = random.Random()
+        self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s)
 
     def setup(self) -> None:
         for lane in self.lanes:
@@ -111,7 +96,9 @@ class ModelWorker:
         return handled + len(batch)
 
     def _reclaim(self) -> int:
-        """Take over entries a crashed consumer held; they join the next batches."""
+        """Take over entries a crashed consumer held. Each runs alone, so an entry that
+        broke a batch cannot break a batch of good ones again; past max deliveries it is
+        dead-lettered."""
         handled = 0
         for lane in self.lanes:
             found = streams.reclaim(
@@ -122,212 +109,220 @@ class ModelWorker:
                 idle_ms=self.settings.visibility_timeout_ms,
                 max_deliveries=self.settings.max_deliveries,
             )
-            read_at = now_ms()
-            self.batcher.carry += [
-                decode(lane, e, self.spec, read_at, self.settings.max_payload_bytes)
-                for e in found.entries
-            ]
-            poison: list[Item | Bad] = [
-                Bad(lane, eid, fields, "dead_letter", f"delivered {n} times; dead-lettered")
-                for (eid, fields), n in found.poison
-            ]
-            if poison:
-                self.process(poison)
-            if found.entries or poison:
+            for entry in found.entries:
+                self.process([decode(lane, entry, self.spec, now_ms(), self.max_bytes)])
+            for (eid, fields), n in found.poison:
+                self.process([poisoned(lane, eid, fields, n)])
+            if found.entries or found.poison:
                 log.info(
                     "reclaimed",
                     model=self.spec.name,
                     entries=len(found.entries),
-                    poison=len(poison),
+                    poison=len(found.poison),
                 )
-            handled += len(found.entries) + len(poison)
+            handled += len(found.entries) + len(found.poison)
         return handled
 
+    @property
+    def max_bytes(self) -> int:
+        return self.settings.max_payload_bytes
+
     def process(self, batch: list[Item | Bad]) -> None:
-        """Give every entry exactly one effect, then ack the ones whose effect landed."""
-        effects = Effects(self.r, keynames.WORKER_GROUP)
-        self.tally = Tally(entries=len(batch))
-        runnable: list[Item] = []
+        """Give every entry exactly one effect per request, then ack it, in one call."""
+        work = BatchWork(Commit(self.settings.result_ttl_s), Tally(entries=len(batch)))
+        runnable: list[tuple[Item, int]] = []
         for item in batch:
             if isinstance(item, Bad):
-                with effects.entry(item.stream, item.entry_id) as pipe:
-                    self._fail(pipe, item)
-            elif item.header.deadline is not None and item.header.deadline <= now_ms():
-                expired = error_result(
-                    item.header, "deadline", "deadline passed before compute", status=EXPIRED
-                )
-                with effects.entry(item.stream, item.entry_id) as pipe:
-                    self._answer(pipe, item, expired)
-            else:
-                runnable.append(item)
+                self._guarded(work, None, self._fail_entry, work, item)
+                continue
+            entry = work.commit.entry(item.stream, keynames.WORKER_GROUP, item.entry_id)
+            if self._guarded(work, entry, self._admit, work, item, entry):
+                runnable.append((item, entry))
         if runnable:
-            self._run(effects, runnable)
-        for name, n in self.counts.items():
-            effects.pipe.hincrby(self.keys.routing_counts, name, n)
-        self.counts.clear()
-        self.tally.queue(effects.pipe, self.keys, self.spec.name)  # `cascadeq stats` reads it
-        effects.commit()
-        metrics.observe_batch(self.spec.name, self.tally)
+            self._compute(work, runnable)
+        self._send(work)
 
-    def _run(self, effects: Effects, items: list[Item]) -> None:
-        samples = sum(i.samples for i in items)
+    def _guarded(self, work: BatchWork, entry: int | None, step: Any, *args: Any) -> Any:
+        """Run one entry's step; a surprise leaves that entry pending (delivered again,
+        then retried alone), never the loop or its neighbours."""
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            log.warning("entry_failed", model=self.spec.name, error=repr(exc))
+            if entry is not None:
+                work.commit.fail(entry)
+            return None
+
+    def _admit(self, work: BatchWork, item: Item, entry: int) -> bool:
+        """Answer the entry's requests that cannot run (bad, expired); True if any can."""
+        for bad in item.bad:
+            self._fail_request(work, item, entry, bad)
+        now = now_ms()
+        for j in np.flatnonzero(item.keep).tolist():
+            header = item.headers[j]
+            if header.deadline is not None and header.deadline <= now:
+                item.keep[j] = False
+                expired = error_result(
+                    header, "deadline", "deadline passed before compute", status=EXPIRED
+                )
+                self._store(work, expired, header.reply_to, entry)
+        item.samples = int(item.bundle.rows[item.keep].sum())
+        return bool(item.keep.any())
+
+    def _compute(self, work: BatchWork, items: list[tuple[Item, int]]) -> None:
+        """Run the batch; a failure is narrowed down entry by entry, then request by request."""
+        samples = sum(i.samples for i, _ in items)
         launched_at = now_ms()
         started = time.perf_counter()
         try:
             run = self.batcher.timed(self.runner.run)  # the strategy learns compute costs
-            out, overhead = padding.run(run, [i.inputs for i in items], self.spec)
-        except Exception as exc:  # noqa: BLE001 - isolate the entry that broke the batch
-            if len(items) > 1:
-                for item in items:
-                    self._run(effects, [item])
-                return
-            self._crashed(effects, items[0], "compute_failed", exc)
+            out, overhead = padding.run(run, [i.kept_inputs() for i, _ in items], self.spec)
+        except Exception as exc:  # noqa: BLE001 - isolate what broke the batch
+            self._narrow(work, items, exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
-        queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) for i in items) / len(items)
-        self.speed.update(compute_ms, samples, queue_ms)
-        overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
-        extra = None if overlap is None else {"overlap": round(overlap, 4)}
-        self.speed.queue(effects.pipe, self.keys, self.spec.name, extra)
-        self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
-        self.tally.ran(samples, compute_ms, overhead if self.padded else None)
-        log.debug("batch_run", model=self.spec.name, samples=samples, compute_ms=compute_ms)
+        queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) * i.samples for i, _ in items)
+        self.speed.update(compute_ms, samples, queue_ms / max(1, samples))
+        info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
+        work.tally.ran(samples, compute_ms, overhead if self.padded else None)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
-        confs = outcome.BatchConfidence(self.spec, out)
-        offset = 0
-        for item in items:
-            rows = out[offset : offset + item.samples]
-            offset += item.samples
-            times = outcome.HopTimes(
-                item.read_at, item.enqueued_at, launched_at, compute_ms, samples
-            )
-            self.tally.waited(
-                max(0.0, item.read_at - item.enqueued_at), max(0.0, launched_at - item.read_at)
-            )
-            try:
-                with effects.entry(item.stream, item.entry_id) as pipe:
-                    sure = partial(confs.of, offset - item.samples, offset)
-                    self._settle(pipe, item, rows, times, sure)
-            except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
-                self._crashed(effects, item, "internal", exc)
-        self._answer_batch(effects)
+        ran = Ran(items, out, launched_at, compute_ms, samples, info)
+        self.settler.settle(work, ran)
 
-    def _answer_batch(self, effects: Effects) -> None:
-        """One store-and-publish per waiting client for the whole batch."""
-        for reply_to, answered in self.answers.items():
-            with effects.shared([(i.stream, i.entry_id) for i, _ in answered]) as pipe:
-                batch = [res for _, res in answered]
-                results.queue_results(pipe, self.keys, batch, reply_to, self.settings.result_ttl_s)
-            for _, res in answered:
-                self._count_answer(res)
-        self.answers.clear()
-
-    def _crashed(self, effects: Effects, item: Item, code: str, exc: Exception) -> None:
+    def _narrow(self, work: BatchWork, items: list[tuple[Item, int]], exc: Exception) -> None:
+        if len(items) > 1:
+            for one in items:
+                self._compute(work, [one])
+            return
+        item, entry = items[0]
+        kept = np.flatnonzero(item.keep)
+        if len(kept) > 1:
+            for j in kept.tolist():
+                self._compute(work, [(_only(item, j), entry)])
+            return
+        j = int(kept[0])
         log.warning(
             "request_failed",
             model=self.spec.name,
-            request_id=item.header.id,
-            code=code,
+            request_id=item.headers[j].id,
+            code="compute_failed",
             error=repr(exc),
         )
-        failed = error_result(item.header.id, code, f"model {self.spec.name}: {exc}")
-        with effects.entry(item.stream, item.entry_id) as pipe:
-            self._answer(pipe, item, failed)
+        message = f"model {self.spec.name}: {exc}"
+        failed = error_result(item.headers[j].id, "compute_failed", message)
+        self._store(work, failed, item.headers[j].reply_to, entry)
 
-    def _settle(
-        self,
-        pipe: Any,
-        item: Item,
-        rows: np.ndarray,
-        times: outcome.HopTimes,
-        sure: Callable[[str], float | None],
-    ) -> None:
-        header = item.header
-        task = outcome.task_of(self.catalog, header)
-        conf = sure(task.confidence if task else "top")
-        outcome.record_hop(header, self.spec.name, conf, times)
-        target = outcome.next_model(task, header, self.spec.name, conf)
-        if task is not None:
-            self._log_trace(pipe, task, item, kept=target is None)
-        info: dict[str, Any] = dict(self.batch_info)
-        if task is not None and target is not None:
-            why = outcome.skip_reason(task, header, target, self.board, now_ms())
-            if why is not None:
-                info["escalation_skipped"] = why
-                header.trace[-1]["skipped"] = why
-                self.counts[f"skip:{why}"] += 1
-                self.tally.skipped[why] += 1
-                target = None
-        if target is None:  # written with the batch's other answers for this waiter
-            final = outcome.final_result(header, self.spec, rows, times.batch_size, info)
-            self.answers.setdefault(header.reply_to, []).append((item, final))
-            return
-        log.debug(
-            "escalated", request_id=header.id, model=self.spec.name, to=target, confidence=conf
+    def _send(self, work: BatchWork) -> None:
+        """The batch's one round trip: the commit script and the per-batch figures."""
+        model, keys = self.spec.name, self.keys
+        overlap = self.batcher_overlap()
+        extra = None if overlap is None else {"overlap": overlap}
+
+        def figures(pipe: Any) -> None:
+            for name, n in work.counts.items():
+                pipe.hincrby(keys.routing_counts, name, n)
+            work.tally.queue(pipe, keys, model)  # `cascadeq stats` reads it
+            if work.tally.batches:
+                self.speed.queue(pipe, keys, model, extra)
+
+        done = work.commit.send(self.r, figures)
+        self.stats["results"] += done.stored
+        try:
+            metrics.observe_batch(model, work.tally)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping never ends the loop
+            log.warning("metrics_failed", model=model, error=repr(exc))
+
+    def batcher_overlap(self) -> float | None:
+        overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
+        return None if overlap is None else round(overlap, 4)
+
+    def _store(self, work: BatchWork, result: Result, reply_to: str | None, entry: int) -> None:
+        channel = self.keys.reply_channel(reply_to) if reply_to else None
+        work.commit.result(self.keys.result(result.id), result.dumps(), channel, entry)
+        work.tally.answer(result.status, result.timings.get("total_ms", 0.0))
+        if result.status != OK:
+            self.stats["errors"] += 1
+
+    def _fail_request(self, work: BatchWork, item: Item, entry: int, bad: BadItem) -> None:
+        """One request of an entry fails alone: its error result and its dead letter."""
+        rid, reply_to = bad.salvage()
+        log.warning(
+            "request_refused",
+            model=self.spec.name,
+            entry=item.entry_id.decode(),
+            request_id=rid,
+            code=bad.code,
+            reason=bad.message,
         )
-        header.stage += 1
-        header.attempt += 1
-        header.trace.append({"model": target, "rule": "escalate"})
-        pipe.xadd(
-            self.keys.model_stream(target, self.catalog.models[target].lane_for(header.priority)),
-            {HEADER_FIELD: header.dumps(), INPUTS_FIELD: item.raw_inputs},
-        )
-        self.stats["escalated"] += 1
-        self.counts[f"escalate:{self.spec.name}"] += 1
-        self.tally.escalate(target)
-
-    def _log_trace(self, pipe: Any, task: TaskSpec, item: Item, *, kept: bool) -> None:
-        """Sampled (inputs, kept?) pairs from the first stage: the learned router's data."""
-        if task.trace_sample <= 0 or item.header.stage != 0 or len(task.cascade) < 2:
-            return
-        if task.cascade[0].model != self.spec.name or self.rng.random() >= task.trace_sample:
-            return
-        pipe.xadd(
-            self.keys.traces(task.name),
-            {INPUTS_FIELD: item.raw_inputs, b"k": b"1" if kept else b"0"},
-            maxlen=TRACES_MAXLEN,
-            approximate=True,
+        if rid is not None:
+            res = (
+                error_result(bad.header, bad.code, bad.message)
+                if bad.header is not None
+                else error_result(rid, bad.code, bad.message)
+            )
+            self._store(work, res, reply_to, entry)
+        work.commit.add(
+            self.keys.dead_letter,
+            results.dead_letter_record(
+                _item_fields(item, bad),
+                stream=item.stream,
+                entry_id=item.entry_id,
+                code=bad.code,
+                reason=bad.message,
+            ),
+            [entry],
+            maxlen=results.DEAD_LETTER_MAXLEN,
         )
 
-    def _answer(self, pipe: Any, item: Item, result: Result) -> None:
-        results.queue_result(
-            pipe, self.keys, result, item.header.reply_to, self.settings.result_ttl_s
-        )
-        self._count_answer(result)
-
-    def _count_answer(self, result: Result) -> None:
-        self.stats["results"] += 1
-        self.tally.answer(result.status, result.timings.get("total_ms", 0.0))
-        log.debug("answered", request_id=result.id, model=self.spec.name, status=result.status)
-
-    def _fail(self, pipe: Any, bad: Bad) -> None:
-        self.stats["errors"] += 1
-        res: Result | None = None
-        reply_to: str | None = None
-        if bad.header is not None:
-            reply_to = bad.header.reply_to
-            res = error_result(bad.header, bad.code, bad.message)
-        else:
-            rid, reply_to = salvage_id(bad.fields.get(HEADER_FIELD))
-            res = error_result(rid, bad.code, bad.message) if rid else None
+    def _fail_entry(self, work: BatchWork, bad: Bad) -> None:
+        """An entry none of whose requests can run: an error result for each id found."""
+        entry = work.commit.entry(bad.stream, keynames.WORKER_GROUP, bad.entry_id)
         log.warning(
             "entry_refused",
             model=self.spec.name,
             entry=bad.entry_id.decode(),
-            request_id=res.id if res else None,
             code=bad.code,
             reason=bad.message,
         )
-        if res is not None:
-            results.queue_result(pipe, self.keys, res, reply_to, self.settings.result_ttl_s)
-            self.tally.answer(res.status, res.timings.get("total_ms", 0.0))
-        results.queue_dead_letter(
-            pipe,
-            self.keys,
-            bad.fields,
-            stream=bad.stream,
-            entry_id=bad.entry_id,
-            code=bad.code,
-            reason=bad.message,
+        for item in bad.salvaged:
+            rid, reply_to = item.salvage()
+            if rid is not None:
+                self._store(work, error_result(rid, bad.code, bad.message), reply_to, entry)
+        work.commit.add(
+            self.keys.dead_letter,
+            results.dead_letter_record(
+                bad.fields,
+                stream=bad.stream,
+                entry_id=bad.entry_id,
+                code=bad.code,
+                reason=bad.message,
+            ),
+            [entry],
+            maxlen=results.DEAD_LETTER_MAXLEN,
         )
+
+
+def _only(item: Item, index: int) -> Item:
+    """The same entry with only one request left to run."""
+    keep = np.zeros_like(item.keep)
+    keep[index] = True
+    return Item(item.bundle, item.read_at, keep, int(item.bundle.rows[index]))
+
+
+def _item_fields(item: Item, bad: BadItem) -> dict[bytes, bytes]:
+    """A dead letter of one request: the entry itself when it holds only that request,
+    else that request's header and rows as a one-request entry (what a replay takes)."""
+    if item.bundle.size == 1:
+        return item.bundle.fields() if item.bundle.single else _single_of(item, 0, bad)
+    return _single_of(item, bad.index, bad)
+
+
+def _single_of(item: Item, index: int, bad: BadItem) -> dict[bytes, bytes]:
+    header = bad.raw_header if bad.raw_header is not None else dumps_header(item.headers[index])
+    fields = {HEADER: header}
+    if item.bundle.inputs:
+        mask = np.zeros(item.bundle.size, dtype=bool)
+        mask[index] = True
+        fields[INPUTS] = wire.dumps_inputs(take_rows(item.bundle.inputs, item.bundle.rows, mask))
+    return fields

@@ -146,9 +146,7 @@ class Settler:
         work.tally.skipped[why] += 1
         return None
 
-    def _answer(
-        self, work: BatchWork, ran: Ran, header: Header, rows: Any, entry: int
-    ) -> None:
+    def _answer(self, work: BatchWork, ran: Ran, header: Header, rows: Any, entry: int) -> None:
         info = dict(ran.info)
         skipped = header.trace[-1].get("skipped") if header.trace else None
         if skipped is not None:
@@ -237,9 +235,7 @@ def _escalation_fields(esc: _Escalation) -> Iterator[dict[bytes, bytes]]:
         stacked = {name: np.concatenate([t[name] for t in taken]) for name in taken[0]}
         rows = np.concatenate([i.bundle.rows[m] for i, m in parts])
         count = sum(int(m.sum()) for _, m in parts)
-        headers = (
-            esc.headers[at : at + count] if len(groups) == 1 else _headers_of(esc, parts)
-        )
+        headers = esc.headers[at : at + count] if len(groups) == 1 else _headers_of(esc, parts)
         at += count
         yield bundle.bundle_fields(headers, wire.dumps_inputs(stacked), rows)
 
