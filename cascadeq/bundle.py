@@ -57,7 +57,7 @@ class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.model is None):
-            raise ValueError("header must name exactly one of task and model")
+            raise ValueError("header names neither a task nor a model, or both: name exactly one")
 
     def dumps(self) -> bytes:
         return _ENCODER.encode(self)
@@ -333,7 +333,8 @@ def check_names(headers: Sequence[Header]) -> list[BadItem]:
     replies = {h.reply_to for h in headers} - {None}
     joined = "\n".join(names) + "\n"
     if (
-        ids.count("\n") == len(headers)
+        not any(_trace_problem(h.trace) for h in headers)
+        and ids.count("\n") == len(headers)
         and _IDS.fullmatch(ids)
         and joined.count("\n") == len(names)
         and _NAMES.fullmatch(joined)
@@ -347,8 +348,24 @@ def check_names(headers: Sequence[Header]) -> list[BadItem]:
     ]
 
 
+#: The trace hop fields that hold text; every other field holds a number (or nothing).
+HOP_TEXT = frozenset({"model", "rule", "tier", "skipped"})
+
+
+def _trace_problem(trace: list[Hop]) -> str | None:
+    for hop in trace:
+        for key, value in hop.items():
+            if value is not None and (key in HOP_TEXT) != (value.__class__ is str):
+                kind = "text" if key in HOP_TEXT else "a number"
+                return f"header trace hop field {key!r} must be {kind}, got {value!r:.40}"
+    return None
+
+
 def name_problem(h: Header) -> str | None:
-    """What is wrong with one header's id or names, or None."""
+    """What is wrong with one header's id, names or trace, or None."""
+    trace = _trace_problem(h.trace)
+    if trace:
+        return trace
     if not _valid_id(h.id):
         return f"request id {h.id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
     if h.reply_to is not None and not _valid_id(h.reply_to):

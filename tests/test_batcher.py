@@ -44,7 +44,7 @@ def spec(toy_catalog: Catalog, max_batch: int, max_wait_ms: float) -> ModelSpec:
 
 
 def ids(batch: list[Item | Bad]) -> list[str]:
-    return [i.header.id if isinstance(i, Item) else "bad" for i in batch]
+    return [i.headers[0].id if isinstance(i, Item) and i.samples else "bad" for i in batch]
 
 
 def test_full_batch_launches_without_waiting(toy_catalog: Catalog) -> None:
@@ -115,8 +115,9 @@ def test_broken_entries_come_back_as_bad_and_do_not_count(toy_catalog: Catalog) 
     batcher = Batcher(spec(toy_catalog, 2, 20.0), reader)
     batch = batcher.collect(block_ms=100)
     assert ids(batch) == ["r1", "bad", "r3"]
-    bad = batch[1]
-    assert isinstance(bad, Bad)
-    assert bad.code == "bad_input"
-    assert bad.header is not None
-    assert bad.header.id == "r2"
+    bad = batch[1]  # its header is fine, so it is answered with its own error
+    assert isinstance(bad, Item)
+    assert bad.samples == 0
+    [failed] = bad.bad
+    assert failed.code == "bad_input"
+    assert failed.salvage() == ("r2", None)

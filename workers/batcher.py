@@ -86,7 +86,7 @@ def decode(
     except EntryError as exc:
         kept = fields if exc.code != "too_large" else _kept(fields)
         return Bad(stream, eid, kept, exc.code, str(exc), exc.salvaged)
-    if got.inputs:
+    if len(got.bad) < got.size:
         _check_inputs(got, spec)
     keep = np.ones(got.size, dtype=bool)
     for item in got.bad:
