@@ -160,12 +160,6 @@ def request_digest(req: Request, inputs: bytes) -> bytes:
     return h.digest()
 
 
-def digest_key(keys: Keys, request_id: str) -> str:
-    """Beside the result key (an id has no ``:``, so no result key looks like it); under
-    ``res:`` so the producer's ACL rule already covers it."""
-    return f"{keys.result(request_id)}:digest"
-
-
 _TARGETS: dict[int, tuple[Catalog, dict[tuple[str | None, str | None], Any]]] = {}
 
 
@@ -245,7 +239,7 @@ def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> Submit
     for p in chunk:
         at = 0
         if p.digest is not None:
-            script_keys.append(digest_key(keys, p.id))
+            script_keys.append(keys.digest(p.id))
             at = len(script_keys)
         stream = index[keys.model_stream(p.first_model, p.lane)]
         args += [p.header, p.inputs, stream, at, p.digest or b""]

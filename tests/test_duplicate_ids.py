@@ -14,7 +14,7 @@ from cascadeq.keys import Keys
 from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_result
 from cascadeq.settings import Settings
 from producer import AsyncProducer, Producer, Rejected, Request
-from producer.requests import SUBMIT_SCRIPT, check_admitted, digest_key, prepare, submit_call
+from producer.requests import SUBMIT_SCRIPT, check_admitted, prepare, submit_call
 
 X = {"input": np.ones((1, 4), np.float32)}
 Y = {"input": np.zeros((1, 4), np.float32)}
@@ -126,7 +126,7 @@ def test_an_idempotent_retry_returns_the_id_without_a_second_computation(
         with pytest.raises(Rejected, match="already in use: plain"):  # first not idempotent
             client.submit(task="toy", inputs=X, request_id="plain", idempotent=True)
     assert queued_ids(r, keys) == ["k", plain]
-    assert r.ttl(digest_key(keys, "k")) > r.ttl(keys.result("k"))  # outlives what it vouches
+    assert r.ttl(keys.digest("k")) > r.ttl(keys.result("k"))  # outlives what it vouches
 
 
 def test_a_mixed_chunk_queues_only_the_new_requests(
