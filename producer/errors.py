@@ -13,11 +13,16 @@ class Rejected(CascadeqError):
     """The request was refused at submit and was not queued."""
 
     def __init__(
-        self, reason: str, code: str = "rejected", accepted: list[str] | None = None
+        self,
+        reason: str,
+        code: str = "rejected",
+        accepted: list[str] | None = None,
+        ids: list[str] | None = None,
     ) -> None:
         super().__init__(reason)
         self.code = code
         self.accepted = accepted or []  # submit_many: ids queued before the refusal
+        self.ids = ids or []  # duplicate_id: the ids already in use or repeated
 
 
 class UnknownRequest(CascadeqError, LookupError):
