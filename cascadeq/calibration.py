@@ -168,9 +168,10 @@ def load_split(
         raise CalibrationError(f"{path}: is one array, not a .npz of inputs and labels")
     held = sorted(data.files)
     if keys.y not in data:
+        what = "labels" if keys.y == "y" else f"labels {keys.y!r}"
         raise CalibrationError(
-            f"{path}: holds no labels {keys.y!r} (it has {held}); save them as y "
-            "or name the array with --y-key"
+            f"{path}: holds no {what}; save them as y, or name their array with --y-key "
+            f"(it has {held})"
         )
     inputs = _split_inputs(path, spec, data, keys.x)
     inputs = {s.name: inputs[s.name].astype(s.dtype, copy=False) for s in spec.inputs}
