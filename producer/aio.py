@@ -16,7 +16,13 @@ from cascadeq.keys import DEFAULT_LANE
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.base import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S, ClientBase
+from producer.base import (
+    MAX_CONNECTIONS,
+    MGET_CHUNK,
+    SWEEP_S,
+    ClientBase,
+    raises_connection_failed,
+)
 from producer.errors import RequestFailed
 from producer.inbox import collect
 from producer.requests import (
@@ -32,6 +38,7 @@ from producer.requests import (
 log = get_logger("cascadeq.producer")
 
 
+@raises_connection_failed
 class AsyncProducer(ClientBase):
     """The same contract as Producer, for asyncio code; safe to share between tasks."""
 

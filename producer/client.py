@@ -19,7 +19,13 @@ from cascadeq.keys import DEFAULT_LANE
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.base import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S, ClientBase
+from producer.base import (
+    MAX_CONNECTIONS,
+    MGET_CHUNK,
+    SWEEP_S,
+    ClientBase,
+    raises_connection_failed,
+)
 from producer.errors import RequestFailed
 from producer.inbox import collect
 from producer.requests import (
@@ -35,6 +41,7 @@ from producer.requests import (
 log = get_logger("cascadeq.producer")
 
 
+@raises_connection_failed
 class Producer(ClientBase):
     """Thread-safe; one reply connection serves every outstanding wait of the process.
 
