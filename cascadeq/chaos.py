@@ -188,12 +188,14 @@ class Cluster:
         return True
 
     def stop(self) -> None:
-        with self.lock:
-            self.stopped = True
-        if self.group is not None:
-            self.group.stop()
-        with self.lock:
-            self.server.stop()
+        """Roles, then Redis; a stop signal landing meanwhile waits until both are down."""
+        with uninterrupted():
+            with self.lock:
+                self.stopped = True
+            if self.group is not None:
+                self.group.stop()
+            with self.lock:
+                self.server.stop()
 
 
 def _alive(proc: psutil.Process) -> bool:

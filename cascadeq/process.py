@@ -307,18 +307,22 @@ class ProcessGroup:
         return proc
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM all, wait up to ``timeout`` in all, then SIGKILL the rest."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        """SIGTERM all, wait up to ``timeout`` in all, then SIGKILL the rest.
+
+        A stop signal landing meanwhile is raised only once all are stopped.
+        """
+        with uninterrupted():
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for proc in self.procs:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.procs.clear()
 
     def __enter__(self) -> ProcessGroup:
         return self

@@ -21,6 +21,7 @@ import pytest
 import redis
 from conftest import wait_for
 
+from cascadeq.process import interruptible, uninterrupted
 from cascadeq.settings import Settings
 
 STARTED = re.compile(r"redis at (\S+), keys under (\S+):;")
@@ -90,9 +91,9 @@ def stop_and_check(proc: subprocess.Popen[bytes], log: Path, signum: int) -> Non
     started = len(descendants(proc))
     os.kill(proc.pid, signum)
     code = proc.wait(timeout=40)
-    assert code == 128 + signum, (code, log.read_text()[-3000:])
     assert started > 0
-    assert left_in_group(proc.pid) == []
+    assert left_in_group(proc.pid) == [], log.read_text()[-3000:]
+    assert code == 128 + signum, (code, log.read_text()[-3000:])  # stopped, not killed
 
 
 def without_redis_url() -> dict[str, str]:
@@ -167,3 +168,35 @@ def test_copies_stop_when_their_supervisor_is_killed(
         proc.wait()
         _, alive = psutil.wait_procs(copies, timeout=20)
         assert alive == [], [p.pid for p in alive]
+
+
+def signalled_in_a_shielded_block(steps: list[str]) -> None:
+    with interruptible():
+        with uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs as kill returns
+            steps.append("the block finished")
+        steps.append("not reached")
+
+
+def signalled_twice(steps: list[str]) -> None:
+    with interruptible():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # stopping already: ignored
+            steps.append("the cleanup finished")
+
+
+def test_a_stop_waits_for_the_uninterrupted_block_and_a_second_signal_is_ignored() -> None:
+    """A signal while a child starts or while children stop must not abandon them."""
+    before = signal.getsignal(signal.SIGTERM)
+    steps: list[str] = []
+    with pytest.raises(SystemExit) as stopped:
+        signalled_in_a_shielded_block(steps)
+    assert steps == ["the block finished"]
+    assert stopped.value.code == 128 + signal.SIGTERM
+    with pytest.raises(SystemExit) as stopped:
+        signalled_twice(steps)
+    assert steps[-1] == "the cleanup finished"
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -83,7 +83,8 @@ def redis_for(url: str | None) -> Iterator[str]:
             server.start()
         yield server.url
     finally:
-        server.stop()
+        with uninterrupted():
+            server.stop()
 
 
 @contextmanager
