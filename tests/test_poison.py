@@ -167,7 +167,8 @@ def test_a_surprise_while_settling_one_request_fails_only_that_request(
     cursed = result(r, worker.keys, "cursed")
     assert cursed.error is not None
     assert (cursed.error["code"], "boom" in cursed.error["message"]) == ("internal", True)
-    assert result(r, worker.keys, "a").ok and result(r, worker.keys, "b").ok
+    assert result(r, worker.keys, "a").ok
+    assert result(r, worker.keys, "b").ok
     assert result(r, worker.keys, "a").batch_size == 3  # computed together, failed alone
     assert no_pending(r, stream)
 
@@ -191,7 +192,8 @@ def test_a_result_that_will_not_encode_fails_alone_in_its_waiters_share(
     cursed = result(r, worker.keys, "cursed")
     assert cursed.error is not None
     assert cursed.error["code"] == "internal"
-    assert result(r, worker.keys, "a").ok and result(r, worker.keys, "b").ok
+    assert result(r, worker.keys, "a").ok
+    assert result(r, worker.keys, "b").ok
     assert no_pending(r, stream)
 
 
@@ -208,7 +210,8 @@ def test_failing_metrics_never_stop_the_worker(
     drain(worker)
     put(r, stream, good("two"))
     drain(worker)
-    assert result(r, worker.keys, "one").ok and result(r, worker.keys, "two").ok
+    assert result(r, worker.keys, "one").ok
+    assert result(r, worker.keys, "two").ok
 
 
 def test_a_surprise_while_routing_one_request_fails_only_that_request(
