@@ -6,6 +6,7 @@ and ``x`` (the tensors, encoded once by the producer and passed through untouche
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -98,6 +99,15 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
 
 MAX_HOPS = 16
 _HOP_TEXT = frozenset({"model", "rule", "tier", "skipped"})
+_HOP_OPTIONAL = frozenset({"confidence"})  # None: the model's output has no confidence
+
+#: Epoch-ms fields (submitted_at, deadline, routed_at) must lie in [0, MAX_EPOCH_MS]
+#: (1e14 ms is the year 5138): finite, and far from where ``now - t`` could overflow.
+MAX_EPOCH_MS = 1e14
+#: Numbers in trace hops (timings, confidence, batch size, rule facts) stay within
+#: +-MAX_HOP_NUMBER, so summing the hops of a path stays finite and fits msgpack.
+MAX_HOP_NUMBER = 1e15
+_EPOCH_FIELDS = ("submitted_at", "deadline", "routed_at")
 
 
 def _check_types(header: Header) -> None:
@@ -105,6 +115,13 @@ def _check_types(header: Header) -> None:
         value = getattr(header, name)
         if not isinstance(value, types) or isinstance(value, bool):
             raise wire.WireError(f"header field {name!r} has type {type(value).__name__}")
+    for name in _EPOCH_FIELDS:
+        value = getattr(header, name)
+        if value is not None and not 0 <= value <= MAX_EPOCH_MS:  # False for NaN too
+            raise wire.WireError(
+                f"header field {name!r} is {value!r}: it must be a finite epoch-ms time "
+                f"within 0..{MAX_EPOCH_MS:.0e}"
+            )
     if header.task is None and header.model is None:
         raise wire.WireError("header names neither a task nor a model")
     if header.reply_to is not None:
@@ -124,13 +141,28 @@ def _check_trace(trace: list[Any]) -> None:
         if not isinstance(hop, dict):
             raise wire.WireError("header trace hops must be maps")
         for key, value in hop.items():
-            ok = (
-                isinstance(value, str | None)
-                if key in _HOP_TEXT
-                else isinstance(value, int | float | None) and not isinstance(value, bool)
-            )
-            if not isinstance(key, str) or not ok:
+            if not isinstance(key, str):
                 raise wire.WireError(f"header trace hop field {key!r} has a wrong type")
+            problem = _hop_value_problem(key, value)
+            if problem:
+                raise wire.WireError(f"header trace hop field {key!r} {problem}")
+
+
+def _hop_value_problem(key: str, value: Any) -> str | None:
+    """Why a hop's value is unusable, or None: text fields are str, the rest numbers."""
+    if key in _HOP_TEXT:
+        return None if isinstance(value, str) else f"must be a string, not {_kind(value)}"
+    if value is None and key in _HOP_OPTIONAL:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"must be a number, not {_kind(value)}"
+    if not (math.isfinite(value) and abs(value) <= MAX_HOP_NUMBER):
+        return f"is {value!r}: it must be a finite number within +-{MAX_HOP_NUMBER:.0e}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
 
 
 @dataclass

@@ -23,6 +23,7 @@ from cascadeq import metrics, results, streams
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.clock import Every
 from cascadeq.effects import Effects
+from cascadeq.isolation import backstop, bookkeeping, drop_since, guarded
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import (
@@ -104,14 +105,18 @@ class ModelWorker:
         self.board.refresh()
         batch = self.batcher.collect(block_ms)
         if batch:
-            self.process(batch)
+            backstop("worker", "batch", partial(self.process, batch))
         if self.trim_clock.due():
             for lane in self.lanes:
                 streams.trim_acknowledged(self.r, lane)
         return handled + len(batch)
 
     def _reclaim(self) -> int:
-        """Take over entries a crashed consumer held; they join the next batches."""
+        """Take over entries a crashed consumer held; each runs in a batch of its own.
+
+        An entry seen before may be what crashed that consumer: alone, it can fail only
+        itself, and a fresh batch of good entries never waits on it.
+        """
         handled = 0
         for lane in self.lanes:
             found = streams.reclaim(
@@ -122,17 +127,15 @@ class ModelWorker:
                 idle_ms=self.settings.visibility_timeout_ms,
                 max_deliveries=self.settings.max_deliveries,
             )
-            read_at = now_ms()
-            self.batcher.carry += [
-                decode(lane, e, self.spec, read_at, self.settings.max_payload_bytes)
-                for e in found.entries
-            ]
+            for entry in found.entries:
+                item = decode(lane, entry, self.spec, now_ms(), self.settings.max_payload_bytes)
+                backstop("worker", "reclaimed entry", partial(self.process, [item]))
             poison: list[Item | Bad] = [
                 Bad(lane, eid, fields, "dead_letter", f"delivered {n} times; dead-lettered")
                 for (eid, fields), n in found.poison
             ]
             if poison:
-                self.process(poison)
+                backstop("worker", "dead letters", partial(self.process, poison))
             if found.entries or poison:
                 log.info(
                     "reclaimed",
@@ -150,24 +153,43 @@ class ModelWorker:
         runnable: list[Item] = []
         for item in batch:
             if isinstance(item, Bad):
-                with effects.entry(item.stream, item.entry_id) as pipe:
-                    self._fail(pipe, item)
+                act, keep = partial(self._fail, bad=item), partial(self._keep, bad=item)
+                guarded(effects, item.stream, item.entry_id, act, keep)
             elif item.header.deadline is not None and item.header.deadline <= now_ms():
-                expired = error_result(
-                    item.header, "deadline", "deadline passed before compute", status=EXPIRED
-                )
-                with effects.entry(item.stream, item.entry_id) as pipe:
-                    self._answer(pipe, item, expired)
+                self._guarded(effects, item, partial(self._expire, item=item))
             else:
                 runnable.append(item)
         if runnable:
             self._run(effects, runnable)
-        for name, n in self.counts.items():
-            effects.pipe.hincrby(self.keys.routing_counts, name, n)
-        self.counts.clear()
-        self.tally.queue(effects.pipe, self.keys, self.spec.name)  # `cascadeq stats` reads it
+        bookkeeping("counts", partial(self._queue_counts, effects))
         effects.commit()
-        metrics.observe_batch(self.spec.name, self.tally)
+        bookkeeping("metrics", partial(metrics.observe_batch, self.spec.name, self.tally))
+
+    def _guarded(self, effects: Effects, item: Item, act: Callable[[Any], None]) -> None:
+        """One request's effects; a surprise while making them answers it with an error."""
+
+        def fallback(pipe: Any, exc: Exception) -> None:
+            self._answer(pipe, item, self._failure(item, "internal", exc))
+
+        guarded(effects, item.stream, item.entry_id, act, fallback)
+
+    def _expire(self, pipe: Any, item: Item) -> None:
+        expired = error_result(
+            item.header, "deadline", "deadline passed before compute", status=EXPIRED
+        )
+        self._answer(pipe, item, expired)
+
+    def _queue_counts(self, effects: Effects) -> None:
+        start = len(effects.pipe)
+        try:
+            for name, n in self.counts.items():
+                effects.pipe.hincrby(self.keys.routing_counts, name, n)
+            self.tally.queue(effects.pipe, self.keys, self.spec.name)  # `cascadeq stats`
+        except Exception:
+            drop_since(effects, start)  # half a tally is worse than none
+            raise
+        finally:
+            self.counts.clear()
 
     def _run(self, effects: Effects, items: list[Item]) -> None:
         samples = sum(i.samples for i in items)
@@ -184,16 +206,8 @@ class ModelWorker:
             self._crashed(effects, items[0], "compute_failed", exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
-        queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) for i in items) / len(items)
-        self.speed.update(compute_ms, samples, queue_ms)
-        overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
-        extra = None if overlap is None else {"overlap": round(overlap, 4)}
-        self.speed.queue(effects.pipe, self.keys, self.spec.name, extra)
+        bookkeeping("speed", partial(self._ran, effects, items, samples, compute_ms, overhead))
         self.batch_info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
-        self.tally.ran(samples, compute_ms, overhead if self.padded else None)
-        log.debug("batch_run", model=self.spec.name, samples=samples, compute_ms=compute_ms)
-        self.stats["batches"] += 1
-        self.stats["samples"] += samples
         confs = outcome.BatchConfidence(self.spec, out)
         offset = 0
         for item in items:
@@ -202,38 +216,68 @@ class ModelWorker:
             times = outcome.HopTimes(
                 item.read_at, item.enqueued_at, launched_at, compute_ms, samples
             )
-            self.tally.waited(
-                max(0.0, item.read_at - item.enqueued_at), max(0.0, launched_at - item.read_at)
+            sure = partial(confs.of, offset - item.samples, offset)
+            self._guarded(
+                effects, item, partial(self._settle, item=item, rows=rows, times=times, sure=sure)
             )
-            try:
-                with effects.entry(item.stream, item.entry_id) as pipe:
-                    sure = partial(confs.of, offset - item.samples, offset)
-                    self._settle(pipe, item, rows, times, sure)
-            except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
-                self._crashed(effects, item, "internal", exc)
         self._answer_batch(effects)
 
+    def _ran(
+        self, effects: Effects, items: list[Item], samples: int, compute_ms: float, overhead: float
+    ) -> None:
+        """A computed batch's figures: moving averages, tally, stats."""
+        queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) for i in items) / len(items)
+        self.speed.update(compute_ms, samples, queue_ms)
+        overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
+        extra = None if overlap is None else {"overlap": round(overlap, 4)}
+        self.speed.queue(effects.pipe, self.keys, self.spec.name, extra)
+        self.tally.ran(samples, compute_ms, overhead if self.padded else None)
+        log.debug("batch_run", model=self.spec.name, samples=samples, compute_ms=compute_ms)
+        self.stats["batches"] += 1
+        self.stats["samples"] += samples
+
     def _answer_batch(self, effects: Effects) -> None:
-        """One store-and-publish per waiting client for the whole batch."""
-        for reply_to, answered in self.answers.items():
-            with effects.shared([(i.stream, i.entry_id) for i, _ in answered]) as pipe:
-                batch = [res for _, res in answered]
-                results.queue_results(pipe, self.keys, batch, reply_to, self.settings.result_ttl_s)
+        """One store-and-publish per waiting client for the whole batch.
+
+        Should one result of a waiter's share not encode, that share is written one
+        result at a time instead, so the one that fails fails alone.
+        """
+        answers, self.answers = self.answers, {}
+        for reply_to, answered in answers.items():
+            start = len(effects.pipe)
+            try:
+                with effects.shared([(i.stream, i.entry_id) for i, _ in answered]) as pipe:
+                    batch = [res for _, res in answered]
+                    ttl = self.settings.result_ttl_s
+                    results.queue_results(pipe, self.keys, batch, reply_to, ttl)
+            except redis.RedisError:
+                raise
+            except Exception:  # noqa: BLE001 - one result's surprise stays its own
+                drop_since(effects, start)
+                for item, res in answered:
+                    self._guarded(effects, item, partial(self._answer, item=item, result=res))
+                continue
             for _, res in answered:
-                self._count_answer(res)
-        self.answers.clear()
+                bookkeeping("answer", partial(self._count_answer, res))
+
+    def _failure(self, item: Item, code: str, exc: Exception) -> Result:
+        """The error result of a request whose handling failed; logged, never raising."""
+        bookkeeping(
+            "log",
+            partial(
+                log.warning,
+                "request_failed",
+                model=self.spec.name,
+                request_id=item.header.id,
+                code=code,
+                error=repr(exc),
+            ),
+        )
+        return error_result(item.header.id, code, f"model {self.spec.name}: {exc}")
 
     def _crashed(self, effects: Effects, item: Item, code: str, exc: Exception) -> None:
-        log.warning(
-            "request_failed",
-            model=self.spec.name,
-            request_id=item.header.id,
-            code=code,
-            error=repr(exc),
-        )
-        failed = error_result(item.header.id, code, f"model {self.spec.name}: {exc}")
-        with effects.entry(item.stream, item.entry_id) as pipe:
-            self._answer(pipe, item, failed)
+        failed = self._failure(item, code, exc)
+        self._guarded(effects, item, partial(self._answer, item=item, result=failed))
 
     def _settle(
         self,
@@ -244,6 +288,9 @@ class ModelWorker:
         sure: Callable[[str], float | None],
     ) -> None:
         header = item.header
+        self.tally.waited(
+            max(0.0, times.read_at - times.enqueued_at), max(0.0, times.launched_at - times.read_at)
+        )
         task = outcome.task_of(self.catalog, header)
         conf = sure(task.confidence if task else "top")
         outcome.record_hop(header, self.spec.name, conf, times)
@@ -294,12 +341,25 @@ class ModelWorker:
         results.queue_result(
             pipe, self.keys, result, item.header.reply_to, self.settings.result_ttl_s
         )
-        self._count_answer(result)
+        bookkeeping("answer", partial(self._count_answer, result))
 
     def _count_answer(self, result: Result) -> None:
         self.stats["results"] += 1
         self.tally.answer(result.status, result.timings.get("total_ms", 0.0))
         log.debug("answered", request_id=result.id, model=self.spec.name, status=result.status)
+
+    def _keep(self, pipe: Any, exc: Exception, bad: Bad) -> None:
+        """Refusing the entry failed itself: keep the raw entry for an operator, no more."""
+        reason = f"{bad.message} (answering it failed: {exc!r})"
+        results.queue_dead_letter(
+            pipe,
+            self.keys,
+            bad.fields,
+            stream=bad.stream,
+            entry_id=bad.entry_id,
+            code=bad.code,
+            reason=reason,
+        )
 
     def _fail(self, pipe: Any, bad: Bad) -> None:
         self.stats["errors"] += 1
@@ -320,8 +380,13 @@ class ModelWorker:
             reason=bad.message,
         )
         if res is not None:
-            results.queue_result(pipe, self.keys, res, reply_to, self.settings.result_ttl_s)
-            self.tally.answer(res.status, res.timings.get("total_ms", 0.0))
+            try:
+                results.queue_result(pipe, self.keys, res, reply_to, self.settings.result_ttl_s)
+            except Exception as exc:  # noqa: BLE001 - the dead letter below still lands
+                log.warning("error_result_unwritable", entry=bad.entry_id.decode(), error=repr(exc))
+            else:
+                total = res.timings.get("total_ms", 0.0)
+                bookkeeping("answer", partial(self.tally.answer, res.status, total))
         results.queue_dead_letter(
             pipe,
             self.keys,
