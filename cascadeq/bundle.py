@@ -91,7 +91,7 @@ def loads_header(data: bytes) -> Header:
     try:
         header = _ONE.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:  # ValidationError is a DecodeError
-        raise wire.WireError(f"header is unusable: {exc}") from exc
+        raise wire.WireError(f"header is unusable: {_explain(exc)}") from exc
     problem = name_problem(header)
     if problem:
         raise wire.WireError(f"header is unusable: {problem}")
@@ -235,7 +235,8 @@ def _headers(raw: bytes) -> tuple[list[Header], list[BadItem]]:
         try:
             header = _ONE.decode(item)
         except (msgspec.DecodeError, ValueError) as exc:
-            bad.append(BadItem(index, "bad_payload", f"header is unusable: {exc}", item))
+            message = f"header is unusable: {_explain(exc)}"
+            bad.append(BadItem(index, "bad_payload", message, item))
             headers.append(_PLACEHOLDER)
             continue
         headers.append(header)
@@ -352,13 +353,31 @@ def check_names(headers: Sequence[Header]) -> list[BadItem]:
 HOP_TEXT = frozenset({"model", "rule", "tier", "skipped"})
 
 
+HOP_OPTIONAL = frozenset({"confidence"})  # None: the model's output has no confidence
+
+
 def _trace_problem(trace: list[Hop]) -> str | None:
+    """Text fields hold str, the rest numbers (msgspec already bounded them)."""
     for hop in trace:
         for key, value in hop.items():
-            if value is not None and (key in HOP_TEXT) != (value.__class__ is str):
-                kind = "text" if key in HOP_TEXT else "a number"
-                return f"header trace hop field {key!r} must be {kind}, got {value!r:.40}"
+            if key in HOP_TEXT:
+                if value.__class__ is not str:
+                    return f"header trace hop field {key!r} must be a string, got {value!r:.40}"
+            elif value.__class__ is str or (value is None and key not in HOP_OPTIONAL):
+                return f"header trace hop field {key!r} must be a number, got {value!r:.40}"
     return None
+
+
+_EPOCH_FIELDS = ("submitted_at", "deadline", "routed_at")
+
+
+def _explain(exc: Exception) -> str:
+    """msgspec's message, with what an epoch-ms field must be where that is the problem."""
+    text = str(exc)
+    for name in _EPOCH_FIELDS:
+        if f".{name}`" in text:
+            return f"header field {name!r} must be a finite epoch-ms time within 0..1e14 ({text})"
+    return text
 
 
 def name_problem(h: Header) -> str | None:

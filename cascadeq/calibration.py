@@ -9,6 +9,7 @@ on them, so a sample a hair away from the boundary does not decide the outcome.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from cascadeq.tasks import TaskSpec
 
 MAX_CANDIDATES = 400  # per stage; the grid is their product, capped below
 MAX_COMBOS = 200_000
+PROGRESS_FROM = 5_000  # combinations; a smaller search is over before a line would help
 
 
 class CalibrationError(ConfigError, ValueError):
@@ -102,19 +104,36 @@ def candidates(conf: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], mids, [np.nextafter(values[-1], np.inf)]])
 
 
+def _quiet(_line: str) -> None:
+    return None
+
+
 def search(
     split: Split,
     *,
     target_accuracy: float | None = None,
     max_escalation: float | None = None,
+    log: Callable[[str], None] = _quiet,
 ) -> Outcome:
     """Cheapest outcome reaching the target, or the most accurate within the budget."""
     grids = [candidates(c) for c in split.conf[:-1]]
     while np.prod([len(g) for g in grids], dtype=float) > MAX_COMBOS:
         grids = [g[::2] if len(g) > 3 else g for g in grids]
-    outcomes = [split.evaluate(ts) for ts in itertools.product(*grids)]
+    total = int(np.prod([len(g) for g in grids]))
+    log(f"searching {total} threshold combinations")
+    outcomes = []
+    every = max(1, total // 10)
+    for i, ts in enumerate(itertools.product(*grids), 1):
+        outcomes.append(split.evaluate(ts))
+        if i % every == 0 and total >= PROGRESS_FROM:
+            log(f"searching: {i}/{total} ({i / total:.0%})")
     if max_escalation is not None:
         fit = [o for o in outcomes if o.escalation_share <= max_escalation + 1e-12]
+        if not fit:
+            raise CalibrationError(
+                f"no thresholds escalate at most {max_escalation:.4f} of the split; "
+                "--max-escalation takes a share from 0 to 1"
+            )
         return max(fit, key=lambda o: (o.accuracy, -o.relative_cost))
     assert target_accuracy is not None
     fit = [o for o in outcomes if o.accuracy >= target_accuracy - 1e-12]
@@ -127,23 +146,61 @@ def search(
     return min(fit, key=lambda o: (o.relative_cost, -o.accuracy))
 
 
-def load_split(path: Path, spec: ModelSpec) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Inputs by name (or X for a single-input model) and labels y, from a plain npz."""
+@dataclass(frozen=True)
+class SplitKeys:
+    """Which npz arrays hold the inputs and labels: by default the inputs' names (or X)
+    and y; ``x`` names the one array of a single-input model."""
+
+    x: str | None = None
+    y: str = "y"
+
+
+def load_split(
+    path: Path, spec: ModelSpec, keys: SplitKeys | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inputs by name (or X, or ``keys.x``, for a single-input model) and labels, from a npz."""
+    keys = keys or SplitKeys()
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise CalibrationError(f"{path}: cannot be read as .npz: {exc}") from exc
-    if "y" not in data:
-        raise CalibrationError(f"{path}: holds no labels; save them as y")
-    names = [s.name for s in spec.inputs]
-    if all(n in data for n in names):
-        inputs = {n: data[n] for n in names}
-    elif len(names) == 1 and "X" in data:
-        inputs = {names[0]: data["X"]}
-    else:
-        raise CalibrationError(f"{path}: needs arrays named {names} (or X for one input)")
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise CalibrationError(f"{path}: is one array, not a .npz of inputs and labels")
+    held = sorted(data.files)
+    if keys.y not in data:
+        what = "labels" if keys.y == "y" else f"labels {keys.y!r}"
+        raise CalibrationError(
+            f"{path}: holds no {what}; save them as y, or name their array with --y-key "
+            f"(it has {held})"
+        )
+    inputs = _split_inputs(path, spec, data, keys.x)
     inputs = {s.name: inputs[s.name].astype(s.dtype, copy=False) for s in spec.inputs}
-    return inputs, np.asarray(data["y"])
+    return inputs, np.asarray(data[keys.y])
+
+
+def _split_inputs(
+    path: Path, spec: ModelSpec, data: Any, x_key: str | None
+) -> dict[str, np.ndarray]:
+    names = [s.name for s in spec.inputs]
+    if x_key is not None:
+        if len(names) != 1:
+            raise CalibrationError(
+                f"--x-key names one array, but model {spec.name} takes inputs {names}; "
+                "save each under its input's name"
+            )
+        if x_key not in data:
+            raise CalibrationError(
+                f"{path}: holds no array {x_key!r} (it has {sorted(data.files)})"
+            )
+        return {names[0]: data[x_key]}
+    if all(n in data for n in names):
+        return {n: data[n] for n in names}
+    if len(names) == 1 and "X" in data:
+        return {names[0]: data["X"]}
+    raise CalibrationError(
+        f"{path}: needs arrays named {names} (or X for one input), it has "
+        f"{sorted(data.files)}; name the inputs' array with --x-key"
+    )
 
 
 def probabilities(
@@ -160,10 +217,23 @@ def probabilities(
     return np.concatenate(parts)
 
 
-def measure_split(catalog: Catalog, task: TaskSpec, data: Path, measure: str) -> Split:
+def measure_split(
+    catalog: Catalog,
+    task: TaskSpec,
+    data: Path,
+    measure: str,
+    keys: SplitKeys | None = None,
+    log: Callable[[str], None] = _quiet,
+) -> Split:
+    """Each stage's model run over the whole split: the slow part, so it logs per model."""
     specs = [catalog.models[m] for m in task.models]
-    inputs, labels = load_split(data, specs[0])
-    probas = [probabilities(spec, inputs) for spec in specs]
+    inputs, labels = load_split(data, specs[0], keys)
+    probas = []
+    for k, spec in enumerate(specs, 1):
+        started = time.perf_counter()
+        log(f"[{k}/{len(specs)}] running {spec.name} on {len(labels)} samples")
+        probas.append(probabilities(spec, inputs))
+        log(f"[{k}/{len(specs)}] {spec.name} done in {time.perf_counter() - started:.1f} s")
     return Split(
         conf=tuple(confidences(p, measure) for p in probas),
         correct=tuple(np.argmax(p, axis=1) == labels for p in probas),
@@ -194,11 +264,18 @@ def write_thresholds(path: Path, task: str, outcome: Outcome, measure: str) -> N
 
 
 def report(outcome: Outcome, baselines: list[tuple[str, Outcome]], models: Sequence[str]) -> str:
-    lines = [f"{'':<20}{'accuracy':>9}{'escalated':>10}{'cost':>7}  thresholds"]
+    """One row per baseline and the cascade; past two stages, the share reaching each."""
+    later = list(models[1:]) if len(models) > 2 else []
+    reach = "".join(f"{'to ' + m:>{max(12, len(m) + 5)}}" for m in later)
+    lines = [f"{'':<20}{'accuracy':>9}{'escalated':>10}{reach}{'cost':>7}  thresholds"]
     for name, o in [*baselines, ("cascade", outcome)]:
         ts = ", ".join(f"{m}<{t:.4f}" for m, t in zip(models, o.thresholds, strict=False))
+        reached = "".join(
+            f"{sum(o.stage_shares[k:]) * 100:>{max(12, len(m) + 5) - 1}.1f}%"
+            for k, m in enumerate(later, 1)
+        )
         lines.append(
-            f"{name:<20}{o.accuracy:>9.4f}{o.escalation_share * 100:>9.1f}%"
+            f"{name:<20}{o.accuracy:>9.4f}{o.escalation_share * 100:>9.1f}%{reached}"
             f"{o.relative_cost:>7.3f}  {ts}"
         )
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from cascadeq.connection import connect
 from cascadeq.embedded import EmbeddedRedis
 from cascadeq.errors import ConfigError
 from cascadeq.keys import Keys
-from cascadeq.process import CRASH_WINDOW_S, ProcessGroup
+from cascadeq.process import CRASH_WINDOW_S, ProcessGroup, interruptible, uninterrupted
 from cascadeq.results import split_published
 from cascadeq.settings import Settings
 
@@ -113,9 +113,12 @@ class Cluster:
         self.server = EmbeddedRedis(appendfsync="always")
         self.group: ProcessGroup | None = None
         self.supervisors: dict[str, subprocess.Popen[bytes]] = {}
+        self.lock = threading.Lock()  # the monkey's Redis restarts against the final stop
+        self.stopped = False
 
     def start(self) -> str:
-        url = self.server.start()
+        with uninterrupted():  # a stop landing mid-start still finds the server's process
+            url = self.server.start()
         env = {
             **os.environ,
             "REDIS_URL": url,
@@ -174,15 +177,25 @@ class Cluster:
 
     def kill_redis(self, downtime_s: float, stop: threading.Event) -> bool:
         """SIGKILL Redis, stay down a while, restart on the same port and data dir."""
-        self.server.kill()
+        with self.lock:
+            if self.stopped:
+                return False
+            self.server.kill()
         stop.wait(downtime_s)  # the outage; a stopping run restarts at once
-        self.server.restart()
+        with self.lock:
+            if not self.stopped:  # never a new server after the final stop
+                self.server.restart()
         return True
 
     def stop(self) -> None:
-        if self.group is not None:
-            self.group.stop()
-        self.server.stop()
+        """Roles, then Redis; a stop signal landing meanwhile waits until both are down."""
+        with uninterrupted():
+            with self.lock:
+                self.stopped = True
+            if self.group is not None:
+                self.group.stop()
+            with self.lock:
+                self.server.stop()
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -366,39 +379,46 @@ def requests_for(models_dir: Path, seed: int) -> Callable[[str], Request]:
 
 def run(models_dir: Path, config: ChaosConfig) -> Report:
     """The whole run: start, load and kill, stop killing, wait for the accepted, count."""
-    from producer import Producer  # noqa: PLC0415
-
     catalog_path = models_dir / "catalog.toml"
     catalog = Catalog.load(catalog_path)
     cluster = Cluster(catalog_path, config)
-    try:
-        url = cluster.start()
-        r = connect(url, name="cq-chaos")
-        wait_until(lambda: cluster.ready(r), 120, "routers and workers wait for work")
-        plan = kill_plan(config.seconds, config.seed)
-        progress(f"redis {url} (appendfsync always); {len(plan)} kills planned over the load")
-        settings = Settings(
-            redis_url=url, prefix=PREFIX, visibility_timeout_ms=config.visibility_timeout_ms
-        )
-        ledger, answers = Ledger(), Answers()
-        monkey = Monkey(cluster, plan, config.seed)
-        observer = Observer(url, cluster, ledger, answers, monkey)
-        with Producer(settings=settings, catalog=catalog) as producer:
-            load = Load(producer, requests_for(models_dir, config.seed), ledger, config)
-            observer.start()
-            monkey.start()
-            load.run(threading.Event())
-            monkey.stop.set()
-            monkey.join()
-            if monkey.error is not None:
-                raise monkey.error
-            report = settle(r, producer, ledger, answers, config, load.submitted)
-        observer.stop.set()
-        observer.join()
-        r.close()
-        return replace(report, kills=dict(monkey.kills), peak_rss_mb=observer.peaks.snapshot())
-    finally:
-        cluster.stop()
+    with interruptible():  # SIGTERM and SIGINT, too, reach the finally below
+        try:
+            return _load_and_kill(cluster, models_dir, config, catalog)
+        finally:
+            cluster.stop()
+
+
+def _load_and_kill(
+    cluster: Cluster, models_dir: Path, config: ChaosConfig, catalog: Catalog
+) -> Report:
+    from producer import Producer  # noqa: PLC0415
+
+    url = cluster.start()
+    r = connect(url, name="cq-chaos")
+    wait_until(lambda: cluster.ready(r), 120, "routers and workers wait for work")
+    plan = kill_plan(config.seconds, config.seed)
+    progress(f"redis {url} (appendfsync always); {len(plan)} kills planned over the load")
+    settings = Settings(
+        redis_url=url, prefix=PREFIX, visibility_timeout_ms=config.visibility_timeout_ms
+    )
+    ledger, answers = Ledger(), Answers()
+    monkey = Monkey(cluster, plan, config.seed)
+    observer = Observer(url, cluster, ledger, answers, monkey)
+    with Producer(settings=settings, catalog=catalog) as producer:
+        load = Load(producer, requests_for(models_dir, config.seed), ledger, config)
+        observer.start()
+        monkey.start()
+        load.run(threading.Event())
+        monkey.stop.set()
+        monkey.join()
+        if monkey.error is not None:
+            raise monkey.error
+        report = settle(r, producer, ledger, answers, config, load.submitted)
+    observer.stop.set()
+    observer.join()
+    r.close()
+    return replace(report, kills=dict(monkey.kills), peak_rss_mb=observer.peaks.snapshot())
 
 
 def settle(

@@ -12,10 +12,31 @@ from pathlib import Path
 from typing import Any
 
 from cascadeq import log as logging_setup
-from cascadeq.errors import ConfigError
+from cascadeq.errors import (
+    EXIT_FAILED,
+    EXIT_NO_REDIS,
+    EXIT_NOT_READY,
+    EXIT_REJECTED,
+    EXIT_REQUEST_FAILED,
+    EXIT_UNKNOWN_ID,
+    EXIT_USAGE,
+    ConfigError,
+)
 from cascadeq.settings import Settings
 
 DEFAULT_MODELS_DIR = Path("models/digits")
+EXIT_CODES = f"""exit codes:
+  0  ok
+  {EXIT_FAILED}  the command ran but did not do all it was asked (dlq replay skipped some,
+     dlq purge without --yes)
+  {EXIT_USAGE}  usage or input to fix: a bad flag, a missing or unreadable file, a bad
+     catalog or split, REDIS_URL not set
+  {EXIT_REJECTED}  submit: the request was refused and not queued
+  {EXIT_REQUEST_FAILED}  submit --wait, result: the request ended with an error or expired
+  {EXIT_NOT_READY}  submit --wait, result: no result yet
+  {EXIT_UNKNOWN_ID}  result: unknown id (never submitted, or expired)
+  {EXIT_NO_REDIS}  cannot reach Redis (refused, timed out): start it or fix REDIS_URL
+"""
 WORKER_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -40,7 +61,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
             f"building models needs the build extra: pip install 'cascadeq[build]' ({exc})",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     out = Path(args.out)
     seq_out = out / seqdigits.SUBDIR
     if digits.is_built(out) and seqdigits.is_built(seq_out) and not args.force:
@@ -57,6 +78,25 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_measure(args: argparse.Namespace) -> int:
+    from cascadeq import measure
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    config = measure.MeasureConfig(repeats=args.repeats, free_dim=args.length)
+    costs = measure.measure_catalog(Path(args.catalog), names, config, log=_progress)
+    if args.dry_run:
+        print("dry run: the catalog is unchanged", file=sys.stderr)
+    else:
+        measure.write_costs(Path(args.catalog), costs)
+        print(f"wrote cost of {len(costs)} model(s) to {args.catalog}", file=sys.stderr)
+    print(json.dumps(costs))
+    return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def cmd_router(args: argparse.Namespace) -> int:
     if getattr(args, "router_command", None) == "train":
         from cascadeq.tuning import router_train
@@ -70,11 +110,11 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     catalog = Catalog.load(_catalog_path(args, settings), check_files=False)
+    url = _require_url(settings)  # before any replica starts: one error, not one per copy
     if args.replicas > 1:
         return _replicas(args, settings, catalog.models)
     stop = threading.Event()
     stop_on_signals(stop)
-    url = _require_url(settings)
     router = Router(
         connect(url, name="cq-router", socket_timeout=_role_timeout(settings)), catalog, settings
     )
@@ -97,12 +137,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(
             f"unknown model(s) {unknown}; the catalog has {sorted(catalog.models)}", file=sys.stderr
         )
-        return 2
+        return EXIT_USAGE
+    url = _require_url(settings)
     if args.replicas > 1:
         return _replicas(args, settings, names)
     stop = threading.Event()
     stop_on_signals(stop)
-    url = _require_url(settings)
     consumer = consumer_name("worker")
     workers = [
         ModelWorker(
@@ -169,12 +209,7 @@ def _role_timeout(settings: Settings) -> float:
 
 
 def _require_url(settings: Settings) -> str:
-    if not settings.redis_url:
-        raise ConfigError(
-            "REDIS_URL is not set: point it at Redis (redis://host:6379/0), "
-            "or use `cascadeq demo`, which starts its own"
-        )
-    return settings.redis_url
+    return settings.require_redis_url()
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -204,7 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from cascadeq.bench import batching, dms, suite
     except ImportError as exc:
         print(f"benchmarks need: pip install 'cascadeq[bench]' ({exc})", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     models_dir = Path(args.models_dir)
     if args.bench_command in suite.PARTS:
         plot_dir = Path(args.plot_dir) if args.plot_dir else None
@@ -229,7 +264,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         import psutil  # noqa: F401 - sampled for peak RSS
     except ImportError as exc:
         print(f"chaos needs psutil: pip install 'cascadeq[chaos]' ({exc})", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from cascadeq import chaos
 
     settings = Settings.from_env()
@@ -342,13 +377,13 @@ def _dlq_replay(r: Any, keys: Any, entry_id: str | None, pending_ttl_s: int) -> 
     for old, why in report.skipped:
         print(f"skipped {old}: {why}", file=sys.stderr)
     print(f"{len(report.replayed)} replayed, {len(report.skipped)} skipped", file=sys.stderr)
-    return 1 if report.skipped else 0
+    return EXIT_FAILED if report.skipped else 0
 
 
 def _dlq_purge(total: int, confirmed: bool, purge: Any) -> int:
     if not confirmed:
         print(f"{total} dead letter(s) would be deleted; run again with --yes", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"deleted {purge()} dead letter(s)", file=sys.stderr)
     return 0
 
@@ -372,6 +407,17 @@ def _add_dlq_parser(sub: Any) -> None:
         p.set_defaults(func=cmd_dlq)
 
 
+def _share(text: str) -> float:
+    """A share or an accuracy: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (0.2 means 20%)")
+    return value
+
+
 def _add_calibrate_parser(sub: Any) -> None:
     calib = sub.add_parser(
         "calibrate", help="choose a task's cascade thresholds from a labelled split"
@@ -380,16 +426,24 @@ def _add_calibrate_parser(sub: Any) -> None:
     goal = calib.add_mutually_exclusive_group()
     goal.add_argument(
         "--target-accuracy",
-        type=float,
-        help="cheapest thresholds reaching it (default: the last model's accuracy)",
+        type=_share,
+        help="cheapest thresholds reaching it, 0 to 1 (default: the last model's accuracy)",
     )
     goal.add_argument(
         "--max-escalation",
-        type=float,
-        help="most accurate thresholds escalating at most this share",
+        type=_share,
+        help="most accurate thresholds escalating at most this share, 0 to 1",
     )
     calib.add_argument("--measure", choices=["top", "margin", "entropy"])
-    calib.add_argument("--data", help="npz with inputs (or X) and labels y (default: the task's)")
+    calib.add_argument(
+        "--data",
+        help="npz with the inputs and labels (default: the task's validation split); arrays "
+        "named after the first model's inputs (or X for one input) and y, unless --x-key/--y-key",
+    )
+    calib.add_argument(
+        "--x-key", metavar="NAME", help="the npz array holding the inputs (single-input models)"
+    )
+    calib.add_argument("--y-key", metavar="NAME", default="y", help="the labels' array (y)")
     calib.add_argument("--catalog")
     calib.add_argument("--dry-run", action="store_true", help="report, do not write")
     calib.add_argument("--json", action="store_true", help="last stdout line is JSON")
@@ -401,7 +455,7 @@ SUITE_PARTS = {
     "limit": "end-to-end throughput against in-process ONNX Runtime (efficiency)",
     "rq": "against plain rq, one job per inference",
     "overhead": "CPU microseconds per request with a trivial model",
-    "latency": "open-loop latency at 10/50/90% of capacity",
+    "latency": "open-loop latency at 10/50/90%% of capacity",
     "cascade": "large-only against the calibrated cascade",
 }
 
@@ -432,15 +486,8 @@ def _add_bench_parser(sub: Any) -> None:
         part.set_defaults(func=cmd_bench)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cascadeq",
-        description="A Redis inference queue that answers each request with the cheapest "
-        "model good enough for it. Settings come from REDIS_URL and CASCADEQ_* variables.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    models = sub.add_parser("models", help="example models").add_subparsers(
+def _add_models_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="build example models, measure models").add_subparsers(
         dest="models_command", required=True
     )
     build = models.add_parser(
@@ -449,6 +496,55 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default=str(DEFAULT_MODELS_DIR))
     build.add_argument("--force", action="store_true", help="rebuild even if present")
     build.set_defaults(func=cmd_models_build)
+    measure = models.add_parser(
+        "measure",
+        help="time each model at its max_batch and write its per-sample cost into the catalog",
+        description="Runs each model with ONNX Runtime on synthetic inputs of the declared "
+        "shapes and dtypes (free dimensions beyond the batch get --length), at its max_batch, "
+        "and writes the median microseconds per sample as its `cost`. Comments and layout "
+        "of the catalog are kept.",
+    )
+    measure.add_argument("catalog", help="catalog TOML to measure and rewrite")
+    measure.add_argument("--models", default="", help="comma-separated (default: all)")
+    measure.add_argument("--repeats", type=int, default=25, help="timed runs per model")
+    measure.add_argument(
+        "--length", type=int, default=32, help="size of free dimensions beyond the batch"
+    )
+    measure.add_argument("--dry-run", action="store_true", help="report, do not write")
+    measure.set_defaults(func=cmd_models_measure)
+
+
+def _add_client_parsers(sub: Any) -> None:
+    submit = sub.add_parser("submit", help="submit one request from .npy files")
+    target = submit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--task")
+    target.add_argument("--model")
+    submit.add_argument(
+        "--input", action="append", default=[], metavar="NAME=FILE.npy", required=True
+    )
+    submit.add_argument("--tier", default="standard")
+    submit.add_argument("--deadline-ms", type=float)
+    submit.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="wait for the result and print it"
+    )
+    submit.add_argument("--catalog")
+    submit.set_defaults(func=cmd_submit)
+
+    result = sub.add_parser("result", help="print a request's result")
+    result.add_argument("request_id")
+    result.add_argument("--wait", type=float, metavar="SECONDS")
+    result.set_defaults(func=cmd_result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascadeq",
+        description="A Redis inference queue that answers each request with the cheapest "
+        "model good enough for it. Settings come from REDIS_URL and CASCADEQ_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_models_parser(sub)
 
     for name, func, text in (
         ("router", cmd_router, "run a router"),
@@ -481,25 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(sub)
     _add_chaos_parser(sub)
 
-    submit = sub.add_parser("submit", help="submit one request from .npy files")
-    target = submit.add_mutually_exclusive_group(required=True)
-    target.add_argument("--task")
-    target.add_argument("--model")
-    submit.add_argument(
-        "--input", action="append", default=[], metavar="NAME=FILE.npy", required=True
-    )
-    submit.add_argument("--tier", default="standard")
-    submit.add_argument("--deadline-ms", type=float)
-    submit.add_argument(
-        "--wait", type=float, metavar="SECONDS", help="wait for the result and print it"
-    )
-    submit.add_argument("--catalog")
-    submit.set_defaults(func=cmd_submit)
-
-    result = sub.add_parser("result", help="print a request's result")
-    result.add_argument("request_id")
-    result.add_argument("--wait", type=float, metavar="SECONDS")
-    result.set_defaults(func=cmd_result)
+    _add_client_parsers(sub)
     _add_dlq_parser(sub)
 
     stats = sub.add_parser("stats", help="queues, rates and latency per model, from Redis")
@@ -526,7 +604,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cost.add_argument("--json", action="store_true", help="last stdout line is JSON")
     cost.set_defaults(func=cmd_cost)
+    _with_exit_codes(parser)
     return parser
+
+
+def _with_exit_codes(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help ends with the exit codes, so scripts can act on them."""
+    parser.epilog = EXIT_CODES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_exit_codes(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -534,8 +623,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"cascadeq {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), EXIT_USAGE)
+    except Exception as exc:
+        unreachable = _unreachable(exc)
+        if unreachable is None:
+            raise  # a bug: the traceback is what a report needs
+        return _fail(args, unreachable, EXIT_NO_REDIS)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    line = " ".join(message.split())  # one line, whatever the cause's message holds
+    print(f"cascadeq {args.command}: {line}", file=sys.stderr)
+    return code
+
+
+def _unreachable(exc: Exception) -> str | None:
+    """The one-line message for Redis being out of reach, None for any other error."""
+    import redis
+
+    from producer.errors import ConnectionFailed, redact
+
+    fix = "start Redis, or point REDIS_URL at a running one"
+    if isinstance(exc, ConnectionFailed):
+        return f"{exc} ({fix})"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        url = redact(Settings.from_env().redis_url or "")
+        return f"cannot reach Redis at {url}: {exc} ({fix})"
+    return None
 
 
 if __name__ == "__main__":

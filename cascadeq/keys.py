@@ -63,6 +63,11 @@ class Keys:
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:res:{request_id}"
 
+    def digest(self, request_id: str) -> str:
+        """What an idempotent submit's retry must match; beside the result key (an id has
+        no ``:``, so no result key looks like it), under ``res:`` for the producer's ACL."""
+        return f"{self.prefix}:res:{request_id}:digest"
+
     def reply_channel(self, client_id: str) -> str:
         return f"{self.prefix}:reply:{client_id}"
 

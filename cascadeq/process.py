@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 import redis
@@ -19,6 +20,11 @@ import redis
 from cascadeq.log import get_logger
 
 log = get_logger("cascadeq.process")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_GRACE_S = 10.0  # a child that has not stopped this long after SIGTERM gets SIGKILL
+PARENT_ENV = "CASCADEQ_PARENT_PID"  # set by a spawner for die_with_parent in the child
+PR_SET_PDEATHSIG = 1
 
 
 def consumer_name(role: str) -> str:
@@ -35,6 +41,102 @@ def stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    die_with_parent()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class _Interrupts:
+    """What ``interruptible`` and ``uninterrupted`` share (main thread only)."""
+
+    depth = 0  # nesting of uninterrupted blocks
+    pending: int | None = None  # a signal that landed inside one, raised at its end
+    raised = False  # a stop is under way: further signals are ignored
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    if _Interrupts.raised:
+        log.info("already_stopping", signal=signal.Signals(signum).name)
+        return
+    if _Interrupts.depth:
+        _Interrupts.pending = signum
+        return
+    _Interrupts.raised = True
+    log.info("stopping", signal=signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise SystemExit(128 + signal), so ``finally`` blocks stop children.
+
+    Python's default SIGTERM ends the process on the spot and leaves every child running.
+    Once the stop is raised, further signals are ignored: the stop is bounded already
+    (SIGKILL after STOP_GRACE_S), and a second Ctrl-C must not abandon it halfway.
+    """
+    if not _in_main_thread():  # signal handlers can only be set there
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    _Interrupts.pending, _Interrupts.raised = None, False
+    for s in STOP_SIGNALS:
+        signal.signal(s, _raise_stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _Interrupts.pending, _Interrupts.raised = None, False
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A stop signal inside is raised at the end: a child started is always recorded."""
+    if not _in_main_thread():
+        yield
+        return
+    _Interrupts.depth += 1
+    try:
+        yield
+    finally:
+        _Interrupts.depth -= 1
+        signum, _Interrupts.pending = _Interrupts.pending, None
+        if signum is not None and not _Interrupts.depth:
+            _raise_stop(signum, None)
+
+
+def launch(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Popen, naming this process in the child's environment for ``die_with_parent``.
+
+    Only from the main thread: PR_SET_PDEATHSIG fires when the spawning *thread* ends.
+    """
+    child_env = dict(os.environ if env is None else env)
+    child_env.pop(PARENT_ENV, None)
+    if _in_main_thread():
+        child_env[PARENT_ENV] = str(os.getpid())
+    return subprocess.Popen(list(cmd), env=child_env)
+
+
+def die_with_parent() -> None:
+    """On Linux, SIGTERM this process when the cascadeq process that started it dies.
+
+    Covers a parent that is SIGKILLed or crashes and so cannot stop its children; the
+    signal then reaches the handler already installed, and the process stops cleanly.
+    """
+    expected = os.environ.pop(PARENT_ENV, "")
+    if not expected.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0
+    except (OSError, AttributeError):
+        failed = True
+    if failed:
+        log.warning("no_parent_death_signal", error=os.strerror(ctypes.get_errno()))
+    elif os.getppid() != int(expected):  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_threads(loops: Sequence[Callable[[threading.Event], None]], stop: threading.Event) -> None:
@@ -93,10 +195,14 @@ def run_replicas(
     supervisor.on_exit = on_exit
     signal.signal(signal.SIGTERM, supervisor.forward)
     signal.signal(signal.SIGINT, supervisor.forward)
-    for _ in range(replicas):
-        supervisor.start()
-    log.info("replicas_started", replicas=replicas, pids=sorted(supervisor.children))
-    return supervisor.watch()
+    die_with_parent()
+    try:
+        for _ in range(replicas):
+            supervisor.start()
+        log.info("replicas_started", replicas=replicas, pids=sorted(supervisor.children))
+        return supervisor.watch()
+    finally:
+        supervisor.stop()  # after an exception; a no-op once every copy has exited
 
 
 class Supervisor:
@@ -114,13 +220,35 @@ class Supervisor:
         self.on_exit: Callable[[int], None] | None = None  # told each copy's pid as it exits
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
-        self.stopping.set()
+        """Pass the stop on; copies still running STOP_GRACE_S later are SIGKILLed."""
+        if not self.stopping.is_set():
+            self.stopping.set()
+            timer = threading.Timer(STOP_GRACE_S, self._kill_all)
+            timer.daemon = True
+            timer.start()
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def _kill_all(self) -> None:
+        if self.children:
+            log.warning("replicas_killed", pids=sorted(self.children))
+        self._signal_all(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Outside ``watch``: stop and reap whatever copies are left."""
+        if not self.children:
+            return
+        self.forward(signal.SIGTERM)
+        for child, _ in list(self.children.values()):
+            child.wait()  # bounded: _kill_all fires after STOP_GRACE_S
+        self.children.clear()
+
     def start(self) -> None:
-        child = subprocess.Popen(self.cmd)
+        child = launch(self.cmd)
         self.children[child.pid] = (child, time.monotonic())
         if self.stopping.is_set():  # a signal landed while it was starting
             os.kill(child.pid, signal.SIGTERM)
@@ -158,25 +286,46 @@ class Supervisor:
 
 
 class ProcessGroup:
-    """Child processes of cascadeq roles, stopped gracefully (then firmly) together."""
+    """Child processes of a command, stopped gracefully (then firmly) together.
+
+    The owner of everything a command starts besides its Redis: spawn them here inside
+    ``interruptible`` and stop them in a ``finally`` (or use the group as a context).
+    """
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, *argv: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "cascadeq.cli", *argv], env=self.env)
-        self.procs.append(proc)
+        """A ``cascadeq`` subcommand."""
+        return self.start([sys.executable, "-m", "cascadeq.cli", *argv])
+
+    def start(self, cmd: Sequence[str]) -> subprocess.Popen[bytes]:
+        with uninterrupted():  # a stop landing here still finds the child in procs
+            proc = launch(cmd, self.env)
+            self.procs.append(proc)
         return proc
 
     def stop(self, timeout: float = 20.0) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        """SIGTERM all, wait up to ``timeout`` in all, then SIGKILL the rest.
+
+        A stop signal landing meanwhile is raised only once all are stopped.
+        """
+        with uninterrupted():
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for proc in self.procs:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.procs.clear()
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -23,7 +23,9 @@ class SettingsError(ConfigError, ValueError):
 class Settings:
     """Every tunable of every role; env var ``CASCADEQ_<FIELD>`` overrides a default."""
 
-    redis_url: str | None = None  # None: start the embedded redis-server
+    # None: unset; every role and client refuses to start and says to set REDIS_URL.
+    # Only `cascadeq demo`, the benchmarks and the tests start an embedded redis-server.
+    redis_url: str | None = None
     catalog: str | None = None  # path of the catalog TOML
     prefix: str = "cq"  # namespace of every Redis key (one deployment per prefix)
     result_ttl_s: int = 3600  # how long a final result stays readable
@@ -49,6 +51,15 @@ class Settings:
         return self.result_ttl_s + math.ceil(
             self.visibility_timeout_ms * self.max_deliveries / 1000
         )
+
+    def require_redis_url(self) -> str:
+        """The URL, or one clear error instead of a client failing somewhere deeper."""
+        if not self.redis_url:
+            raise ConfigError(
+                "REDIS_URL is not set: point it at Redis (export REDIS_URL=redis://host:6379/0), "
+                "or run `cascadeq demo`, which starts its own"
+            )
+        return self.redis_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -9,6 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from cascadeq.errors import (
+    EXIT_NOT_READY,
+    EXIT_REJECTED,
+    EXIT_REQUEST_FAILED,
+    EXIT_UNKNOWN_ID,
+    ConfigError,
+)
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
 
@@ -27,23 +34,48 @@ def result_to_json(result: Result) -> dict[str, Any]:
     }
 
 
+class InputFileError(ConfigError):
+    """An --input that cannot be loaded; nothing was submitted."""
+
+
 def _load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
     inputs = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name:
-            raise SystemExit(f"--input {spec!r}: write NAME=FILE.npy")
-        inputs[name] = np.load(path, allow_pickle=False)
+            raise InputFileError(f"--input {spec!r}: write NAME=FILE.npy")
+        inputs[name] = _load_array(name, path)
     return inputs
+
+
+def _load_array(name: str, path: str) -> np.ndarray:
+    """A plain numeric .npy; object arrays are refused, since loading them runs pickle."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise InputFileError(
+            f"--input {name}={path}: cannot be read ({exc.strerror or exc}); "
+            "pass an existing .npy file, saved with numpy.save"
+        ) from exc
+    except ValueError as exc:
+        raise InputFileError(
+            f"--input {name}={path}: not a plain numeric .npy ({exc}); "
+            "save a numeric array, e.g. numpy.save(path, x.astype('float32'))"
+        ) from exc
+    if not isinstance(arr, np.ndarray):  # an .npz opens as a mapping of arrays
+        arr.close()
+        raise InputFileError(f"--input {name}={path}: holds several arrays; pass one .npy each")
+    return arr
 
 
 def submit(args: argparse.Namespace, settings: Settings) -> int:
     from producer import Producer, Rejected, RequestFailed, Timeout  # noqa: PLC0415
 
-    with Producer(settings=settings) as client:
+    inputs = _load_inputs(args.input)  # before any connection: a typo costs nothing
+    with Producer(settings.require_redis_url(), settings=settings) as client:
         try:
             rid = client.submit(
-                inputs=_load_inputs(args.input),
+                inputs=inputs,
                 task=args.task,
                 model=args.model,
                 tier=args.tier,
@@ -51,7 +83,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
             )
         except Rejected as exc:
             print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
-            return 3
+            return EXIT_REJECTED
         if args.wait is None:
             print(rid)
             return 0
@@ -59,25 +91,25 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(result_to_json(client.wait(rid, args.wait))))
         except RequestFailed as exc:
             print(json.dumps(result_to_json(exc.result)))
-            return 4
+            return EXIT_REQUEST_FAILED
         except Timeout:
             print(f"{rid}: no result within {args.wait}s", file=sys.stderr)
-            return 5
+            return EXIT_NOT_READY
     return 0
 
 
 def result(args: argparse.Namespace, settings: Settings) -> int:
-    """Exit 0 ok, 4 failed, 5 not ready (yet), 6 unknown id."""
+    """Exit 0 ok, else the code cascadeq.errors names (failed, not ready, unknown id)."""
     from producer import Producer, RequestFailed, Timeout, UnknownRequest  # noqa: PLC0415
 
-    with Producer(settings=settings) as client:
+    with Producer(settings.require_redis_url(), settings=settings) as client:
         try:
             found = client.result(args.request_id)
             if found is None and args.wait is not None:
                 found = client.wait_many([args.request_id], args.wait)[0]
         except UnknownRequest as exc:
             print(str(exc), file=sys.stderr)
-            return 6
+            return EXIT_UNKNOWN_ID
         except Timeout:
             found = None
         except RequestFailed as exc:
@@ -85,6 +117,6 @@ def result(args: argparse.Namespace, settings: Settings) -> int:
     if found is None:
         waited = "" if args.wait is None else f" after waiting {args.wait}s"
         print(f"{args.request_id}: not ready{waited} (submitted, no result yet)", file=sys.stderr)
-        return 5
+        return EXIT_NOT_READY
     print(json.dumps(result_to_json(found)))
-    return 0 if found.ok else 4
+    return 0 if found.ok else EXIT_REQUEST_FAILED

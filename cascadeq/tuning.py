@@ -25,6 +25,11 @@ def _task(catalog: Catalog, name: str) -> TaskSpec:
     return task
 
 
+def _progress(line: str) -> None:
+    """Calibration runs every model over the split: say where it is, on stderr."""
+    print(f"calibrate: {line}", file=sys.stderr, flush=True)
+
+
 def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
     catalog = Catalog.load(catalog_path)
     task = _task(catalog, args.task)
@@ -34,13 +39,14 @@ def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
     if data is None:
         raise ConfigError(f"task {task.name} names no validation split: pass --data FILE.npz")
     measure = args.measure or task.confidence
-    split = calibration.measure_split(catalog, task, data, measure)
+    keys = calibration.SplitKeys(x=args.x_key, y=args.y_key)
+    split = calibration.measure_split(catalog, task, data, measure, keys, log=_progress)
     large = split.alone(len(task.cascade) - 1)
     if args.max_escalation is not None:
-        best = calibration.search(split, max_escalation=args.max_escalation)
+        best = calibration.search(split, max_escalation=args.max_escalation, log=_progress)
     else:
         target = large.accuracy if args.target_accuracy is None else args.target_accuracy
-        best = calibration.search(split, target_accuracy=target)
+        best = calibration.search(split, target_accuracy=target, log=_progress)
     baselines = [(f"{m} only", split.alone(k)) for k, m in enumerate(task.models)]
     print(
         f"{data} ({len(split.correct[0])} samples), confidence measure: {measure}", file=sys.stderr
@@ -63,11 +69,7 @@ def router_train(args: argparse.Namespace, catalog_path: str, settings: Settings
 
     catalog = Catalog.load(catalog_path, check_files=False)
     task = _task(catalog, args.task)
-    if not settings.redis_url:
-        raise ConfigError(
-            "REDIS_URL is not set: training reads the traces the workers logged there"
-        )
-    r = connect(settings.redis_url)
+    r = connect(settings.require_redis_url())
     x, hard = train.read_traces(r, Keys(settings.prefix), task.name, args.limit)
     out = Path(catalog_path).parent / f"{task.name}-router.onnx"
     report = train.train(catalog, task, x, hard, out, min_precision=args.min_precision)

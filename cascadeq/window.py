@@ -29,6 +29,7 @@ WINDOW_S = 60
 WINDOW_TTL_S = 2 * WINDOW_S
 LATENCY_GROWTH = 1.1
 LATENCY_FLOOR_MS = 0.01  # bucket 0 holds everything at or under it
+LATENCY_CEILING_MS = 1e10  # ~116 days: the last bucket holds everything above it (and inf)
 
 # Field names inside a second's hash and the totals hash.
 ENTRIES, SAMPLES, BATCHES, ESCALATED, ANSWERED = "n", "s", "b", "e", "a"
@@ -43,10 +44,26 @@ TOTAL_FIELDS = {
 
 
 def latency_bucket(ms: float) -> int:
-    """Bucket i holds (FLOOR * GROWTH**(i-1), FLOOR * GROWTH**i]."""
+    """Bucket i holds (FLOOR * GROWTH**(i-1), FLOOR * GROWTH**i]; any float has one.
+
+    Accounting must never raise on a figure a forged header produced: NaN and anything
+    at or under the floor go to bucket 0, inf and anything past the ceiling to the last.
+    """
+    ms = sane_ms(ms)
     if ms <= LATENCY_FLOOR_MS:
         return 0
     return math.ceil(math.log(ms / LATENCY_FLOOR_MS, LATENCY_GROWTH) - 1e-9)
+
+
+def sane_ms(ms: float) -> float:
+    """A duration clamped to [0, LATENCY_CEILING_MS]; NaN (or a non-number) counts as 0."""
+    try:
+        value = float(ms)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    if math.isnan(value):
+        return 0.0
+    return min(max(value, 0.0), LATENCY_CEILING_MS)
 
 
 def bucket_ms(i: int) -> float:
@@ -82,13 +99,13 @@ class Tally:
         self.batches += 1
         self.samples += samples
         self.batch_samples.append(samples)
-        self.compute_ms.append(compute_ms)
+        self.compute_ms.append(sane_ms(compute_ms))
         if padding_overhead is not None:
             self.padding.append(padding_overhead)
 
     def waited(self, queue_ms: float, batch_wait_ms: float) -> None:
-        self.queue_ms.append(queue_ms)
-        self.batch_wait_ms.append(batch_wait_ms)
+        self.queue_ms.append(sane_ms(queue_ms))
+        self.batch_wait_ms.append(sane_ms(batch_wait_ms))
 
     def escalate(self, target: str) -> None:
         self.escalated += 1
@@ -97,7 +114,7 @@ class Tally:
     def answer(self, status: str, total_ms: float) -> None:
         self.answered += 1
         self.statuses[status] += 1
-        self.total_ms.append(total_ms)
+        self.total_ms.append(sane_ms(total_ms))  # a NaN would poison the histogram's sum
         self.latency[latency_bucket(total_ms)] += 1
 
     def queue(self, pipe: Any, keys: Keys, model: str, now_s: float | None = None) -> None:

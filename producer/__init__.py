@@ -3,12 +3,20 @@
 from cascadeq.messages import Result
 from producer.aio import AsyncProducer
 from producer.client import Producer
-from producer.errors import CascadeqError, Rejected, RequestFailed, Timeout, UnknownRequest
+from producer.errors import (
+    CascadeqError,
+    ConnectionFailed,
+    Rejected,
+    RequestFailed,
+    Timeout,
+    UnknownRequest,
+)
 from producer.requests import Request
 
 __all__ = [
     "AsyncProducer",
     "CascadeqError",
+    "ConnectionFailed",
     "Producer",
     "Rejected",
     "Request",

@@ -16,7 +16,13 @@ from cascadeq.keys import DEFAULT_LANE
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.base import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S, ClientBase
+from producer.base import (
+    MAX_CONNECTIONS,
+    MGET_CHUNK,
+    SWEEP_S,
+    ClientBase,
+    raises_connection_failed,
+)
 from producer.errors import RequestFailed
 from producer.inbox import collect
 from producer.requests import (
@@ -24,6 +30,7 @@ from producer.requests import (
     SUBMIT_SCRIPT,
     Request,
     check_admitted,
+    check_unique,
     prepare,
     submit_call,
 )
@@ -31,6 +38,7 @@ from producer.requests import (
 log = get_logger("cascadeq.producer")
 
 
+@raises_connection_failed
 class AsyncProducer(ClientBase):
     """The same contract as Producer, for asyncio code; safe to share between tasks."""
 
@@ -57,16 +65,20 @@ class AsyncProducer(ClientBase):
         priority: str = DEFAULT_LANE,
         deadline_ms: float | None = None,
         request_id: str | None = None,
+        idempotent: bool = False,
     ) -> str:
-        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id)
+        """As Producer.submit, ids and idempotent retries included."""
+        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
         return (await self.submit_many([req]))[0]
 
     async def submit_many(self, requests: Iterable[Request]) -> list[str]:
+        """As Producer.submit_many: refusals, duplicate ids and ``accepted`` alike."""
         prepared = []
         for req in requests:
             if self.catalogs.should_fetch(req):
                 self.catalogs.update(await self.redis.get(self.keys.catalog))
             prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
+        check_unique(prepared)
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
             call = submit_call(chunk, self.keys, self.settings)

@@ -2,21 +2,63 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
 
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.messages import Result
 from cascadeq.results import is_pending
 from cascadeq.settings import Settings
-from producer.errors import UnknownRequest
+from producer.errors import ConnectionFailed, UnknownRequest
 from producer.inbox import Inbox
 from producer.requests import CatalogCache
 
 MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
 MGET_CHUNK = 1000
 SWEEP_S = 1.0  # how often the listener re-reads outstanding results as a backstop
+LOST = (redis.ConnectionError, redis.TimeoutError)  # what redis-py raises once retries are spent
+
+C = TypeVar("C", bound=type)
+
+
+def raises_connection_failed(cls: C) -> C:
+    """Every public method of the client raises ConnectionFailed, never redis-py's errors.
+
+    Applied once per client class, so a caller catches one CascadeqError and no method
+    repeats the translation.
+    """
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(fn):
+            setattr(cls, name, _translated(fn))
+    return cls
+
+
+def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(self: ClientBase, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(self, *args, **kwargs)
+            except LOST as exc:
+                raise ConnectionFailed(self.url, exc) from exc
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(self: ClientBase, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except LOST as exc:
+            raise ConnectionFailed(self.url, exc) from exc
+
+    return run
 
 
 class ClientBase:

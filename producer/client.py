@@ -19,7 +19,13 @@ from cascadeq.keys import DEFAULT_LANE
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
-from producer.base import MAX_CONNECTIONS, MGET_CHUNK, SWEEP_S, ClientBase
+from producer.base import (
+    MAX_CONNECTIONS,
+    MGET_CHUNK,
+    SWEEP_S,
+    ClientBase,
+    raises_connection_failed,
+)
 from producer.errors import RequestFailed
 from producer.inbox import collect
 from producer.requests import (
@@ -27,6 +33,7 @@ from producer.requests import (
     SUBMIT_SCRIPT,
     Request,
     check_admitted,
+    check_unique,
     prepare,
     submit_call,
 )
@@ -34,6 +41,7 @@ from producer.requests import (
 log = get_logger("cascadeq.producer")
 
 
+@raises_connection_failed
 class Producer(ClientBase):
     """Thread-safe; one reply connection serves every outstanding wait of the process.
 
@@ -67,21 +75,32 @@ class Producer(ClientBase):
         priority: str = DEFAULT_LANE,
         deadline_ms: float | None = None,
         request_id: str | None = None,
+        idempotent: bool = False,
     ) -> str:
-        """Queue one request and return its id at once; raises Rejected if refused."""
-        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id)
+        """Queue one request and return its id at once; raises Rejected if refused.
+
+        An id names one request: a ``request_id`` already in use is refused
+        (``duplicate_id``). To retry a submit whose outcome you did not see (a timeout, a
+        lost connection), pass the same ``request_id`` and inputs with ``idempotent=True``
+        on every attempt: if the first attempt landed, the retry returns the id without
+        queueing it again; if it did not, the retry queues it.
+        """
+        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
         return self.submit_many([req])[0]
 
     def submit_many(self, requests: Iterable[Request]) -> list[str]:
         """Queue many in one round trip per chunk; a refused chunk raises Rejected.
 
         Chunks before a refused one stay queued: their ids are in ``Rejected.accepted``.
+        An id repeated within the call refuses the whole call; one already in use refuses
+        its chunk (``duplicate_id``, the ids in ``Rejected.ids``), except idempotent retries.
         """
         prepared = []
         for req in requests:
             if self.catalogs.should_fetch(req):
                 self.catalogs.update(self.redis.get(self.keys.catalog))
             prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
+        check_unique(prepared)
         for start in range(0, len(prepared), SUBMIT_CHUNK):
             chunk = prepared[start : start + SUBMIT_CHUNK]
             call = submit_call(chunk, self.keys, self.settings)

@@ -13,11 +13,16 @@ class Rejected(CascadeqError):
     """The request was refused at submit and was not queued."""
 
     def __init__(
-        self, reason: str, code: str = "rejected", accepted: list[str] | None = None
+        self,
+        reason: str,
+        code: str = "rejected",
+        accepted: list[str] | None = None,
+        ids: list[str] | None = None,
     ) -> None:
         super().__init__(reason)
         self.code = code
         self.accepted = accepted or []  # submit_many: ids queued before the refusal
+        self.ids = ids or []  # duplicate_id: the ids already in use or repeated
 
 
 class UnknownRequest(CascadeqError, LookupError):
@@ -52,3 +57,25 @@ class RequestFailed(CascadeqError):
             f"{err.get('code', '?')}: {err.get('message', '')}"
         )
         self.result = result
+
+
+class ConnectionFailed(CascadeqError):
+    """Redis could not be reached (refused, timed out, dropped) even after the retries.
+
+    Nothing is known about a request whose submit raised this: it may or may not be
+    queued. Submitting it again under the same ``request_id`` is the safe retry.
+    """
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        super().__init__(f"cannot reach Redis at {redact(url)}: {cause}")
+        self.url = redact(url)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for a log line or an error message."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user + ':***' if user else '***'}@{host}"

@@ -5,8 +5,10 @@ Shared by the sync and asyncio clients so both refuse the same things the same w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,29 +23,54 @@ from cascadeq.results import PENDING_LUA
 from cascadeq.settings import Settings
 from producer.errors import Rejected
 
-#: Admission control and the XADDs in one step: refuse the whole chunk past a bound.
-#: KEYS: ingress, the m model streams the chunk starts on, each request's result key.
-#: ARGV: ingress bound, model bound, placeholder TTL, m, then per request its header,
-#: inputs and the index (1..m) of its model stream. Refusal returns {0, key index, depth}.
+#: Id checks, admission control and the XADDs in one step; a refusal refuses the chunk.
+#: KEYS: ingress, the m model streams the chunk starts on, each request's result key,
+#: then the digest key of each idempotent request.
+#: ARGV: ingress bound, model bound, placeholder TTL, digest TTL, m, n, then per request
+#: its header, inputs, the index (1..m) of its model stream, the KEYS index of its digest
+#: key (0: not idempotent) and its digest.
+#: An id is refused if it repeats in the chunk or its result key exists, except an
+#: idempotent retry whose stored digest matches: that one is skipped, not queued again.
+#: GET, not EXISTS: the producer's documented ACL rule allows GET and SET, not EXISTS.
+#: Refusals: {0, 0, i...} (duplicate ids, by position) or {0, key index, depth} (full).
 SUBMIT_SCRIPT = f"""
-local m = tonumber(ARGV[4])
-local n = #KEYS - 1 - m
+local m, n = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function arg(i, f) return ARGV[1 + 5 * i + f] end
+local seen, dup, skip, want, queued = {{}}, {{}}, {{}}, {{}}, 0
+for i = 1, n do
+  local key = KEYS[1 + m + i]
+  local d = tonumber(arg(i, 4))
+  if seen[key] then
+    dup[#dup + 1] = i
+  elseif redis.call('GET', key) then
+    if d > 0 and redis.call('GET', KEYS[d]) == arg(i, 5) then skip[i] = true
+    else dup[#dup + 1] = i end
+  end
+  seen[key] = true
+  if not skip[i] then
+    local j = tonumber(arg(i, 3))
+    want[j] = (want[j] or 0) + 1
+    queued = queued + 1
+  end
+end
+if #dup > 0 then return {{0, 0, unpack(dup)}} end
 local depth = redis.call('XLEN', KEYS[1])
-if depth + n > tonumber(ARGV[1]) then return {{0, 1, depth}} end
-local want = {{}}
-for i = 1, n do
-  local j = tonumber(ARGV[4 + 3 * i])
-  want[j] = (want[j] or 0) + 1
-end
+if depth + queued > tonumber(ARGV[1]) then return {{0, 1, depth}} end
 for j = 1, m do
-  local d = redis.call('XLEN', KEYS[1 + j])
-  if d + want[j] > tonumber(ARGV[2]) then return {{0, 1 + j, d}} end
+  if want[j] then
+    local l = redis.call('XLEN', KEYS[1 + j])
+    if l + want[j] > tonumber(ARGV[2]) then return {{0, 1 + j, l}} end
+  end
 end
 for i = 1, n do
-  redis.call('XADD', KEYS[1], '*', 'h', ARGV[2 + 3 * i], 'x', ARGV[3 + 3 * i])
-  redis.call('SET', KEYS[1 + m + i], {PENDING_LUA}, 'NX', 'EX', ARGV[3])
+  if not skip[i] then
+    redis.call('XADD', KEYS[1], '*', 'h', arg(i, 1), 'x', arg(i, 2))
+    redis.call('SET', KEYS[1 + m + i], {PENDING_LUA}, 'NX', 'EX', ARGV[3])
+    local d = tonumber(arg(i, 4))
+    if d > 0 then redis.call('SET', KEYS[d], arg(i, 5), 'EX', ARGV[4]) end
+  end
 end
-return {{1, 0, depth + n}}
+return {{1, 0, depth + queued}}
 """
 
 
@@ -58,6 +85,9 @@ class Request:
     priority: str = DEFAULT_LANE
     deadline_ms: float | None = None  # relative: milliseconds from now
     id: str | None = None
+    #: With ``id``: a retry of this exact request (same task or model, tier and input
+    #: bytes) under that id returns the id instead of being refused or computed again.
+    idempotent: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +97,7 @@ class Prepared:
     inputs: bytes
     first_model: str  # the model whose queue it starts on (pinned, or the cascade's first)
     lane: str = DEFAULT_LANE  # the lane of that model it joins
+    digest: bytes | None = None  # idempotent requests: what a retry must match
 
 
 def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | None) -> Prepared:
@@ -80,6 +111,11 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
             spec.check_inputs(req.inputs)
     except InputError as exc:
         raise Rejected(str(exc), "bad_input") from exc
+    if req.idempotent and req.id is None:
+        raise Rejected(
+            "idempotent=True needs the caller's own request_id: a retry is recognised by it",
+            "bad_request",
+        )
     rid = req.id or os.urandom(16).hex()  # what uuid4().hex gives, at a tenth of the cost
     try:
         check_id(rid)
@@ -110,7 +146,18 @@ def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | 
     problem = oversize(header, inputs, settings.max_payload_bytes)
     if problem:
         raise Rejected(problem, "too_large")
-    return Prepared(rid, header, inputs, models[0].name, models[0].lane_for(req.priority))
+    digest = request_digest(req, inputs) if req.idempotent else None
+    lane = models[0].lane_for(req.priority)
+    return Prepared(rid, header, inputs, models[0].name, lane, digest)
+
+
+def request_digest(req: Request, inputs: bytes) -> bytes:
+    """What decides the answer: the target, the tier and the encoded inputs. Not the
+    deadline, priority or client, so a retry from another process still matches."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{req.task or ''}\n{req.model or ''}\n{req.tier}\n".encode())
+    h.update(inputs)
+    return h.digest()
 
 
 _TARGETS: dict[int, tuple[Catalog, dict[tuple[str | None, str | None], Any]]] = {}
@@ -170,6 +217,7 @@ class SubmitCall:
     keys: list[str]
     args: list[Any]
     bounds: dict[str, int]
+    ids: list[str]  # the chunk's ids, in order: a refusal names them by position
 
     def eval_args(self) -> list[Any]:
         return [len(self.keys), *self.keys, *self.args]
@@ -184,25 +232,57 @@ def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> Submit
         settings.ingress_max_depth,
         settings.model_max_depth,
         settings.pending_ttl_s,
+        settings.pending_ttl_s + settings.result_ttl_s,  # outlives the result it vouches for
         len(streams),
+        len(chunk),
     ]
     for p in chunk:
-        args += [p.header, p.inputs, index[keys.model_stream(p.first_model, p.lane)]]
+        at = 0
+        if p.digest is not None:
+            script_keys.append(keys.digest(p.id))
+            at = len(script_keys)
+        stream = index[keys.model_stream(p.first_model, p.lane)]
+        args += [p.header, p.inputs, stream, at, p.digest or b""]
     bounds = {keys.ingress: settings.ingress_max_depth}
     bounds.update(dict.fromkeys(streams, settings.model_max_depth))
-    return SubmitCall(script_keys, args, bounds)
+    return SubmitCall(script_keys, args, bounds, [p.id for p in chunk])
+
+
+def check_unique(prepared: list[Prepared]) -> None:
+    """One call naming an id twice is refused whole, before anything is queued."""
+    ids = [p.id for p in prepared]
+    if len(set(ids)) < len(ids):
+        repeated = [rid for rid, n in Counter(ids).items() if n > 1]
+        raise duplicate_ids(repeated, len(prepared), [], "repeated in this call")
+
+
+def duplicate_ids(ids: list[str], count: int, accepted: list[str], why: str) -> Rejected:
+    shown = ", ".join(ids[:10]) + (f" (and {len(ids) - 10} more)" if len(ids) > 10 else "")
+    return Rejected(
+        f"request id(s) {why}: {shown}; an id names one request, and a reused one would be "
+        f"answered with the other's result; {count} request(s) not queued. Use a new id, "
+        "or retry the same request with idempotent=True (see the README, The Python client)",
+        "duplicate_id",
+        accepted=accepted,
+        ids=ids,
+    )
 
 
 def check_admitted(reply: Any, call: SubmitCall, before: list[Prepared], count: int) -> None:
-    """Raise Rejected naming the full queue, its depth and bound; ids queued before kept."""
+    """Raise Rejected naming the reused ids, or the full queue with its depth and bound;
+    ids queued before kept."""
     if int(reply[0]):
         return
+    accepted = [p.id for p in before]
+    if int(reply[1]) == 0:
+        ids = [call.ids[int(i) - 1] for i in reply[2:]]
+        raise duplicate_ids(ids, count, accepted, "already in use")
     queue, depth = call.keys[int(reply[1]) - 1], int(reply[2])
     raise Rejected(
         f"queue is full: {queue} holds {depth} entries, bound {call.bounds[queue]}; "
         f"{count} request(s) not queued, retry later",
         "queue_full",
-        accepted=[p.id for p in before],
+        accepted=accepted,
     )
 
 

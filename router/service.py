@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from cascadeq import metrics, results, streams, wire
 from cascadeq.catalog import Catalog
 from cascadeq.clock import Every
 from cascadeq.effects import Effects
+from cascadeq.isolation import backstop, bookkeeping, guarded
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import (
@@ -53,6 +55,7 @@ class _Parsed:
     eid: bytes
     header: Header
     inputs: bytes
+    fields: streams.Fields = field(default_factory=dict)  # as read: for a dead letter
     p_hard: float | None = None
     _decoded: dict[str, np.ndarray] | None = None
     _broken: bool = False
@@ -115,7 +118,9 @@ class Router:
                 self.settings.router_batch,
                 block_ms,
             )
-            handled += self.forward([entry for _, entry in got])
+            entries = [entry for _, entry in got]
+            backstop("router", "batch", partial(self.forward, entries))
+            handled += len(entries)
         if self.trim_clock.due():
             streams.trim_acknowledged(self.r, self.keys.ingress)
         return handled
@@ -142,6 +147,8 @@ class Router:
         return bool(held)
 
     def _reclaim(self) -> int:
+        """Take over entries a crashed router held; each is routed in a batch of its own,
+        so one that crashed a router can fail only itself."""
         found = streams.reclaim(
             self.r,
             self.keys.ingress,
@@ -154,10 +161,14 @@ class Router:
             effects = Effects(self.r, keynames.ROUTER_GROUP)
             for (eid, fields), count in found.poison:
                 reason = f"routing failed {count} times; moved to the dead-letter stream"
-                with effects.entry(self.keys.ingress, eid) as pipe:
-                    self._fail(pipe, eid, fields, "dead_letter", reason)
+                act = partial(
+                    self._fail, eid=eid, fields=fields, code="dead_letter", message=reason
+                )
+                guarded(effects, self.keys.ingress, eid, act, partial(self._keep, eid, fields))
             effects.commit()
-        return self.forward(found.entries) + len(found.poison)
+        for entry in found.entries:
+            backstop("router", "reclaimed entry", partial(self.forward, [entry]))
+        return len(found.entries) + len(found.poison)
 
     def forward(self, entries: list[streams.Entry]) -> int:
         """Route a batch: one pipeline of effects, then one of acks."""
@@ -166,11 +177,15 @@ class Router:
         effects = Effects(self.r, keynames.ROUTER_GROUP)
         parsed = [self._parse(effects, eid, fields) for eid, fields in entries]
         requests = [p for p in parsed if p is not None]
-        self._ask_learned(requests)
+        bookkeeping("learned router", partial(self._ask_learned, requests))
         rules: Counter[str] = Counter()
-        for parsed_entry in requests:
-            with effects.entry(self.keys.ingress, parsed_entry.eid) as pipe:
-                rules[self._route(pipe, parsed_entry)] += 1
+        for p in requests:
+
+            def act(pipe: Any, p: _Parsed = p) -> None:
+                rules[self._route(pipe, p)] += 1
+
+            if not guarded(effects, self.keys.ingress, p.eid, act, partial(self._internal, p)):
+                rules["internal"] += 1
         for rule, n in rules.items():
             effects.pipe.hincrby(self.keys.routing_counts, f"route:{rule}", n)
         first = len(effects.pipe)
@@ -180,30 +195,44 @@ class Router:
         depths = effects.replies[first : first + len(self.fed)]
         if not any(isinstance(d, Exception) for d in depths):
             self.depths = [int(d) for d in depths]
-        metrics.observe_routing(rules, self.finals)
+        bookkeeping("metrics", partial(metrics.observe_routing, rules, self.finals))
         self.finals.clear()
         self.routed += len(entries)
         return len(entries)
 
     def _parse(self, effects: Effects, eid: bytes, fields: streams.Fields) -> _Parsed | None:
         """The entry's header, or None once a broken entry has had its effect queued."""
+        got: list[_Parsed] = []
+
+        def act(pipe: Any) -> None:
+            parsed = self._check(pipe, eid, fields)
+            if parsed is not None:
+                got.append(parsed)
+
+        guarded(effects, self.keys.ingress, eid, act, partial(self._keep, eid, fields))
+        return got[0] if got else None
+
+    def _check(self, pipe: Any, eid: bytes, fields: streams.Fields) -> _Parsed | None:
         raw_header, inputs = fields.get(HEADER_FIELD), fields.get(INPUTS_FIELD)
-        with effects.entry(self.keys.ingress, eid) as pipe:
-            if raw_header is None or inputs is None:
-                self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
-                return None
-            problem = oversize(raw_header, inputs, self.settings.max_payload_bytes)
-            if problem:
-                self._fail(pipe, eid, kept_for_dead_letter(raw_header), "too_large", problem)
-                return None
-            try:
-                return _Parsed(eid, Header.loads(raw_header), inputs)
-            except (wire.WireError, keynames.InvalidName) as exc:
-                self._fail(pipe, eid, fields, "bad_payload", f"header is unusable: {exc}")
-                return None
+        if raw_header is None or inputs is None:
+            self._fail(pipe, eid, fields, "bad_payload", "entry lacks the h or x field")
+            return None
+        problem = oversize(raw_header, inputs, self.settings.max_payload_bytes)
+        if problem:
+            self._fail(pipe, eid, kept_for_dead_letter(raw_header), "too_large", problem)
+            return None
+        try:
+            return _Parsed(eid, Header.loads(raw_header), inputs, fields)
+        except (wire.WireError, keynames.InvalidName) as exc:
+            self._fail(pipe, eid, fields, "bad_payload", f"header is unusable: {exc}")
+            return None
 
     def _ask_learned(self, batch: list[_Parsed]) -> None:
-        """One classifier run per task per router batch, not one per request."""
+        """One classifier run per task per router batch, not one per request.
+
+        Should a batch's run fail, each request is asked alone, so one odd input costs
+        only its own verdict (None: the rules go on without it).
+        """
         by_task: dict[str, list[_Parsed]] = {}
         for p in batch:
             task = p.header.task
@@ -211,9 +240,16 @@ class Router:
                 by_task.setdefault(task, []).append(p)
         for task, group in by_task.items():
             usable = [p for p in group if p.decoded() is not None]
-            verdicts = self.learned.p_hard(task, [p.decoded() or {} for p in usable])
-            for p, verdict in zip(usable, verdicts, strict=True):
-                p.p_hard = verdict
+            try:
+                self._judge(task, usable)
+            except Exception:  # noqa: BLE001 - retried one by one below
+                for p in usable:
+                    bookkeeping("learned router", partial(self._judge, task, [p]))
+
+    def _judge(self, task: str, group: list[_Parsed]) -> None:
+        verdicts = self.learned.p_hard(task, [p.decoded() or {} for p in group])
+        for p, verdict in zip(group, verdicts, strict=True):
+            p.p_hard = verdict
 
     def _route(self, pipe: Any, p: _Parsed) -> str:
         header = p.header
@@ -249,6 +285,22 @@ class Router:
             return p.decoded() or {}
 
         return Request(p.header, task, self.board, inputs, p.p_hard, now_ms())
+
+    def _internal(self, p: _Parsed, pipe: Any, exc: Exception) -> None:
+        """Routing this request raised: it gets an error result, its entry a dead letter."""
+        self._fail(pipe, p.eid, p.fields, "internal", f"routing failed: {exc!r}")
+
+    def _keep(self, eid: bytes, fields: streams.Fields, pipe: Any, exc: Exception) -> None:
+        """Refusing the entry failed itself: keep the raw entry for an operator, no more."""
+        results.queue_dead_letter(
+            pipe,
+            self.keys,
+            fields,
+            stream=self.keys.ingress,
+            entry_id=eid,
+            code="internal",
+            reason=f"refusing the entry failed: {exc!r}",
+        )
 
     def _fail(self, pipe: Any, eid: bytes, fields: streams.Fields, code: str, message: str) -> None:
         """Answer what can be answered, and keep the raw entry for an operator."""

@@ -7,6 +7,7 @@ these throw arbitrary bytes and arbitrary msgpack structures at the decoders.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import replace
 
 import msgpack
@@ -151,7 +152,20 @@ HOSTILE = {  # name: (header changes (None drops), inputs, code, match; None: no
     "no_id": ({"id": None}, {"input": ROW}, "bad_payload", None),
     "no_target": ({"model": None}, {"input": ROW}, "bad_payload", "neither a task nor a model"),
     "key_chars": ({"id": "x:res:*"}, {"input": ROW}, "bad_payload", None),
-    "ext_header": ({"routed_at": msgpack.ExtType(9, b"")}, {"input": ROW}, "bad_payload", "routed_at"),
+    "ext_header": (
+        {"routed_at": msgpack.ExtType(9, b"")},
+        {"input": ROW},
+        "bad_payload",
+        "routed_at",
+    ),
+    "minus_inf_submitted": ({"submitted_at": -math.inf}, {"input": ROW}, "bad_payload", "epoch"),
+    "nan_deadline": ({"deadline": math.nan}, {"input": ROW}, "bad_payload", "'deadline'"),
+    "none_hop_time": (
+        {"trace": [{"model": "digits-small", "queue_ms": None}]},
+        {"input": ROW},
+        "bad_payload",
+        "'queue_ms' must be a number",
+    ),
     "wrong_name": ({}, {"pixels": ROW}, "bad_input", "takes inputs"),
     "rank_1": ({}, {"input": ROW[0]}, "bad_input", "rank"),
     "rank_3": ({}, {"input": ROW[None]}, "bad_input", "rank"),

@@ -17,7 +17,7 @@ from cascadeq.embedded import EmbeddedRedis
 from cascadeq.keys import Keys
 from cascadeq.messages import Result, error_result
 from cascadeq.settings import Settings
-from producer import AsyncProducer, Producer, Timeout, UnknownRequest
+from producer import AsyncProducer, Producer, Rejected, Timeout, UnknownRequest
 
 X = {"input": np.ones((1, 4), np.float32)}
 
@@ -90,8 +90,11 @@ def test_the_first_real_result_wins_over_the_placeholder_and_stays(
         pipe.execute()
     assert r.get(keys.result(rid)) == first.dumps()
     assert r.ttl(keys.result(rid)) <= settings.result_ttl_s
-    # A resubmission under the same id does not put the placeholder back over it.
-    with Producer(settings=settings, catalog=toy_catalog) as client:
+    # A resubmission under the same id is refused and puts no placeholder back over it.
+    with (
+        Producer(settings=settings, catalog=toy_catalog) as client,
+        pytest.raises(Rejected, match="already in use"),
+    ):
         client.submit(task="toy", inputs=X, request_id=rid)
     assert r.get(keys.result(rid)) == first.dumps()
 

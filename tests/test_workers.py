@@ -204,6 +204,9 @@ def test_an_entry_delivered_too_often_is_dead_lettered_with_an_error_result(
         ({"tier": "a:b"}, "bad_payload"),
         ({"priority": ""}, "bad_payload"),
         ({"deadline": "tomorrow"}, "bad_payload"),
+        ({"trace": [{"model": "x", "queue_ms": None}]}, "bad_payload"),
+        ({"submitted_at": float("-inf")}, "bad_payload"),
+        ({"routed_at": 1e308}, "bad_payload"),
     ],
 )
 def test_forged_headers_get_error_results_and_the_worker_carries_on(

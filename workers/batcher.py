@@ -80,6 +80,17 @@ class Bad:
 def decode(
     stream: str, entry: Entry, spec: ModelSpec, read_at: float, max_bytes: int
 ) -> Item | Bad:
+    """An Item, or a Bad saying why not; never raises (it runs in the reader thread too)."""
+    try:
+        return _decode(stream, entry, spec, read_at, max_bytes)
+    except Exception as exc:  # noqa: BLE001 - a surprise no check foresaw is still bad input
+        eid, fields = entry
+        return Bad(stream, eid, dict(fields or {}), "bad_payload", f"entry is unusable: {exc!r}")
+
+
+def _decode(
+    stream: str, entry: Entry, spec: ModelSpec, read_at: float, max_bytes: int
+) -> Item | Bad:
     eid, fields = entry
     try:
         got = bundle.decode(stream, eid, fields, max_bytes)

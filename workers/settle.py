@@ -22,7 +22,7 @@ from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.commit import Commit
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
-from cascadeq.messages import OK, now_ms
+from cascadeq.messages import OK, error_result, now_ms
 from cascadeq.observed import LoadBoard
 from cascadeq.tasks import TaskSpec
 from cascadeq.window import Tally
@@ -42,6 +42,7 @@ class BatchWork:
     tally: Tally
     counts: Counter[str] = field(default_factory=Counter)  # routing-count hash increments
     channels: dict[str, str] = field(default_factory=dict)  # reply_to -> channel name
+    hop: dict[str, Any] = field(default_factory=dict)  # the current entry's shared hop figures
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Settler:
     ) -> None:
         queue_ms = round(max(0.0, item.read_at - item.enqueued_at), 3)
         wait_ms = round(max(0.0, ran.launched_at - item.read_at), 3)
-        hop = {
+        work.hop = {
             "queue_ms": queue_ms,
             "batch_wait_ms": wait_ms,
             "compute_ms": round(ran.compute_ms, 3),
@@ -115,22 +116,54 @@ class Settler:
         start = confs.row_start(first)
         for j, n in zip(kept.tolist(), rows, strict=True):
             header = item.headers[j]
-            task = outcome.task_of(self.catalog, header)
-            conf = confs.of(req, task.confidence if task else "top")
-            outcome.record_hop(header, self.spec.name, conf, hop)
-            target = self._target(work, task, header, conf)
-            if task is not None:
-                self._log_trace(work, task, item, j, entry, kept=target is None)
-            if target is None:
-                self._answer(work, ran, header, slicer.ext(start, start + n), entry)
-            else:
-                stream = self.keys.model_stream(
-                    target, self.catalog.models[target].lane_for(header.priority)
-                )
-                esc = escalations.get(stream) or escalations.setdefault(stream, _Escalation(stream))
-                _take(esc, item, j, header, entry, target)
+            try:
+                target = self._decide(work, item, j, entry, confs.of, req)
+                if target is None:
+                    self._answer(work, ran, header, slicer.ext(start, start + n), entry)
+                else:
+                    stream = self.keys.model_stream(
+                        target, self.catalog.models[target].lane_for(header.priority)
+                    )
+                    esc = escalations.get(stream) or escalations.setdefault(
+                        stream, _Escalation(stream)
+                    )
+                    _take(esc, item, j, header, entry, target)
+            except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
+                self._internal(work, header, entry, exc)
             req += 1
             start += n
+
+    def _decide(
+        self, work: BatchWork, item: Item, index: int, entry: int, conf_of: Any, req: int
+    ) -> str | None:
+        """Record the hop; the next model if the answer is not sure enough, else None."""
+        header = item.headers[index]
+        task = outcome.task_of(self.catalog, header)
+        conf = conf_of(req, task.confidence if task else "top")
+        outcome.record_hop(header, self.spec.name, conf, work.hop)
+        target = self._target(work, task, header, conf)
+        if task is not None:
+            self._log_trace(work, task, item, index, entry, kept=target is None)
+        return target
+
+    def _internal(self, work: BatchWork, header: Header, entry: int, exc: Exception) -> None:
+        """A request whose handling raised: an error result of its own, or, if even that
+        fails, its entry left pending to be delivered again."""
+        log.warning(
+            "request_failed",
+            model=self.spec.name,
+            request_id=header.id,
+            code="internal",
+            error=repr(exc),
+        )
+        try:
+            failed = error_result(header.id, "internal", f"model {self.spec.name}: {exc}")
+            work.commit.result(
+                self.keys.result(header.id), failed.dumps(), self.channel(work, header), entry
+            )
+            work.tally.answer(failed.status, 0.0)
+        except Exception:  # noqa: BLE001
+            work.commit.fail(entry)
 
     def _target(
         self, work: BatchWork, task: TaskSpec | None, header: Header, conf: float | None

@@ -18,9 +18,9 @@ import numpy as np
 
 from cascadeq.catalog import Catalog
 from cascadeq.connection import connect
-from cascadeq.embedded import redis_url_or_embedded
+from cascadeq.embedded import EmbeddedRedis
 from cascadeq.messages import EXPIRED, Result
-from cascadeq.process import ProcessGroup
+from cascadeq.process import ProcessGroup, interruptible, uninterrupted
 from cascadeq.settings import Settings
 
 
@@ -72,13 +72,30 @@ class System:
 
 
 @contextmanager
+def redis_for(url: str | None) -> Iterator[str]:
+    """``url`` if set, else a private redis-server, stopped even if a signal lands mid-start."""
+    if url:
+        yield url
+        return
+    server = EmbeddedRedis()
+    try:
+        with uninterrupted():
+            server.start()
+        yield server.url
+    finally:
+        with uninterrupted():
+            server.stop()
+
+
+@contextmanager
 def live_system(
     settings: Settings, catalog_path: Path, tag: str, workers: int = 2
 ) -> Iterator[System]:
-    """Everything torn down afterwards; on a user's Redis, under a private key prefix."""
+    """Everything torn down afterwards, on SIGTERM or SIGINT too; on a user's Redis,
+    under a private key prefix."""
     shared = bool(settings.redis_url)
     prefix = f"{settings.prefix}-{tag}-{uuid.uuid4().hex[:8]}" if shared else settings.prefix
-    with redis_url_or_embedded(settings.redis_url) as url:
+    with interruptible(), redis_for(settings.redis_url) as url:
         settings = replace(settings, redis_url=url, prefix=prefix)
         progress(tag, f"redis at {url}, keys under {prefix}:; 1 router, {workers} workers")
         env = {

@@ -10,13 +10,13 @@ job is in the finished (or failed) registry, the same burst cascadeq gets.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
 from typing import Any
 
 from cascadeq.bench.workbench import SMALL, Bench, tag
+from cascadeq.process import ProcessGroup
 
 KINDS = {"simple": "SimpleWorker", "fork": "Worker"}
 CHUNK = 500
@@ -63,9 +63,10 @@ def run_kind(bench: Bench, kind: str, n: int) -> dict[str, Any]:
         "CASCADEQ_RQ_MODEL": SMALL,
     }
     argv = ["--url", bench.system.url, "--queue", name, "--worker", kind]
-    proc = subprocess.Popen([sys.executable, "-m", "cascadeq.bench.rqjob", *argv], env=env)
+    rq_worker = ProcessGroup(env)
     conn = redis.Redis.from_url(bench.system.url)
     try:
+        rq_worker.start([sys.executable, "-m", "cascadeq.bench.rqjob", *argv])
         queue = Queue(name, connection=conn, serializer=JSONSerializer)
         x = bench.inputs[SMALL]
         rows = [[float(v) for v in x[i % len(x)]] for i in range(n)]
@@ -79,12 +80,7 @@ def run_kind(bench: Bench, kind: str, n: int) -> dict[str, Any]:
         if not (isinstance(answer, list) and len(answer) == 10):
             raise RuntimeError(f"rq {kind}: unexpected job result {answer!r}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        rq_worker.stop(30)
         for key in list(conn.scan_iter(match=f"rq:*{name}*", count=1000)):
             conn.unlink(key)
         conn.close()

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from cascadeq.process import die_with_parent
+
 _runner: Any = None  # workers.runner.OnnxRunner, once loaded
 
 
@@ -49,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queue", required=True)
     parser.add_argument("--worker", choices=["simple", "fork"], required=True)
     args = parser.parse_args(argv)
+    die_with_parent()  # the bench that started it may be SIGKILLed
     runner()
     conn = redis.Redis.from_url(args.url)
     queue = Queue(args.queue, connection=conn, serializer=JSONSerializer)

@@ -4,12 +4,12 @@ measurement the catalog's `cost` comes from, and the atomic catalog write."""
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from cascadeq.measure import median_us_per_sample
 
 COST_BATCH = 32
 COST_RUNS = 25
@@ -24,17 +24,13 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def measure_cost(path: Path, name: str, rows: np.ndarray) -> float:
-    """Median µs of ONNX Runtime compute per sample at batch 32, to 3 significant digits."""
+    """Median µs of ONNX Runtime compute per sample at batch 32, to 3 significant digits.
+
+    The timing is `cascadeq models measure`'s, which does the same for any catalog.
+    """
     sess = session(path)
     batch = {name: np.ascontiguousarray(rows[:COST_BATCH])}
-    for _ in range(5):
-        sess.run(["probabilities"], batch)
-    times = []
-    for _ in range(COST_RUNS):
-        start = time.perf_counter_ns()
-        sess.run(["probabilities"], batch)
-        times.append(time.perf_counter_ns() - start)
-    return float(f"{statistics.median(times) / 1000.0 / COST_BATCH:.3g}")
+    return median_us_per_sample(lambda: sess.run(["probabilities"], batch), COST_BATCH, COST_RUNS)
 
 
 def write_atomically(path: Path, text: str) -> None:
