@@ -12,11 +12,13 @@ its own, so a forged item fails alone with its own error and its neighbours go o
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import msgpack
 import msgspec
 import numpy as np
 
@@ -29,10 +31,11 @@ STACKED = b"X"  # a bundle's inputs, stacked
 ROWS = b"R"  # a bundle's rows per request
 
 MAX_HOPS = 16
+MAX_HOP_NUMBER = 1e15  # numbers in hops stay within this, so summing a path stays finite
 #: Epoch milliseconds: finite and within years 1970..5138, so no arithmetic on them overflows.
 EpochMs = Annotated[float, msgspec.Meta(ge=0.0, le=1e14)]
 #: A number in a trace hop: finite and bounded for the same reason.
-HopNumber = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
+HopNumber = Annotated[float, msgspec.Meta(ge=-MAX_HOP_NUMBER, le=MAX_HOP_NUMBER)]
 HopInt = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
 HopValue = str | HopInt | HopNumber | None
 Hop = dict[str, HopValue]
@@ -91,7 +94,7 @@ def loads_header(data: bytes) -> Header:
     try:
         header = _ONE.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:  # ValidationError is a DecodeError
-        raise wire.WireError(f"header is unusable: {_explain(exc)}") from exc
+        raise wire.WireError(f"header is unusable: {_explain(exc, data)}") from exc
     problem = name_problem(header)
     if problem:
         raise wire.WireError(f"header is unusable: {problem}")
@@ -235,7 +238,7 @@ def _headers(raw: bytes) -> tuple[list[Header], list[BadItem]]:
         try:
             header = _ONE.decode(item)
         except (msgspec.DecodeError, ValueError) as exc:
-            message = f"header is unusable: {_explain(exc)}"
+            message = f"header is unusable: {_explain(exc, item)}"
             bad.append(BadItem(index, "bad_payload", message, item))
             headers.append(_PLACEHOLDER)
             continue
@@ -360,20 +363,55 @@ def _trace_problem(trace: list[Hop]) -> str | None:
     """Text fields hold str, the rest numbers (msgspec already bounded them)."""
     for hop in trace:
         for key, value in hop.items():
-            if key in HOP_TEXT:
-                if value.__class__ is not str:
-                    return f"header trace hop field {key!r} must be a string, got {value!r:.40}"
-            elif value.__class__ is str or (value is None and key not in HOP_OPTIONAL):
-                return f"header trace hop field {key!r} must be a number, got {value!r:.40}"
+            if (key in HOP_TEXT) != (value.__class__ is str) or value is None:
+                problem = hop_value_problem(key, value)
+                if problem:
+                    return f"header trace hop field {key!r} {problem}"
+    return None
+
+
+def hop_value_problem(key: str, value: Any) -> str | None:
+    """Why a hop's value is unusable, or None: text fields are str, the rest numbers."""
+    if key in HOP_TEXT:
+        return None if isinstance(value, str) else f"must be a string, not {_kind(value)}"
+    if value is None and key in HOP_OPTIONAL:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"must be a number, not {_kind(value)}"
+    if not (math.isfinite(value) and abs(value) <= MAX_HOP_NUMBER):
+        return f"is {value!r}: it must be a finite number within +-{MAX_HOP_NUMBER:.0e}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _hop_detail(raw: bytes) -> str | None:
+    """Which hop field a typed decode refused (its message names no key): looked up only
+    on that slow path, in the loosely decoded header."""
+    try:
+        doc = msgpack.unpackb(raw, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - anything undecodable has no detail to give
+        return None
+    trace = doc.get("trace") if isinstance(doc, dict) else None
+    for hop in trace if isinstance(trace, list) else []:
+        for key, value in hop.items() if isinstance(hop, dict) else []:
+            problem = hop_value_problem(str(key), value)
+            if problem:
+                return f"header trace hop field {key!r} {problem}"
     return None
 
 
 _EPOCH_FIELDS = ("submitted_at", "deadline", "routed_at")
 
 
-def _explain(exc: Exception) -> str:
-    """msgspec's message, with what an epoch-ms field must be where that is the problem."""
+def _explain(exc: Exception, raw: bytes) -> str:
+    """msgspec's message, with what an epoch-ms field must be where that is the problem,
+    or the hop field a trace was refused for."""
     text = str(exc)
+    if ".trace[" in text:
+        return _hop_detail(raw) or text
     for name in _EPOCH_FIELDS:
         if f".{name}`" in text:
             return f"header field {name!r} must be a finite epoch-ms time within 0..1e14 ({text})"
