@@ -129,7 +129,10 @@ class ModelWorker:
 
     def process(self, batch: list[Item | Bad]) -> None:
         """Give every entry exactly one effect per request, then ack it, in one call."""
-        work = BatchWork(Commit(self.settings.result_ttl_s), Tally(entries=len(batch)))
+        requests = sum(
+            i.bundle.size if isinstance(i, Item) else max(1, len(i.salvaged)) for i in batch
+        )
+        work = BatchWork(Commit(self.settings.result_ttl_s), Tally(entries=requests))
         runnable: list[tuple[Item, int]] = []
         for item in batch:
             if isinstance(item, Bad):
