@@ -94,7 +94,7 @@ def test_header_round_trip_and_validation() -> None:
         Header(id="x")  # refused when built, too
     with pytest.raises(wire.WireError, match="unknown field `bogus`"):
         Header.loads(wire.dumps({"id": "x", "task": "t", "bogus": 1}))
-    with pytest.raises(wire.WireError, match="Expected `str | null`, got `int`"):
+    with pytest.raises(wire.WireError, match=r"Expected `str \| null`, got `int`"):
         Header.loads(wire.dumps({"id": "x", "task": 3}))
 
 
