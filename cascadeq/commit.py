@@ -23,7 +23,7 @@ COMMIT = lua.load("commit")
 class Committed:
     stored: int  # results written (a result already there is not written again)
     acked: int  # entries acknowledged
-    depths: list[int]  # XLEN of each key asked for with ``depth``, after the writes
+    depths: list[int]  # each counter asked for with ``depth``, after the writes
     extra: list[Any]  # replies of the commands ``send`` was given to run alongside
 
 
@@ -38,7 +38,8 @@ class Commit:
     depths: list[int] = field(default_factory=list)
     _key_index: dict[str, int] = field(default_factory=dict)
     _channel_index: dict[str, int] = field(default_factory=dict)
-    _read: list[tuple[int, str, bytes]] = field(default_factory=list)  # key, group, id
+    # stream key, group, counter key (0: none), id, requests
+    _read: list[tuple[int, str, int, bytes, int]] = field(default_factory=list)
     _failed: list[int] = field(default_factory=list)  # entries left pending on purpose
 
     def key(self, name: str) -> int:
@@ -52,9 +53,18 @@ class Commit:
         self.args.append(value)
         return len(self.args) + 1  # ARGV[1] is the plan
 
-    def entry(self, stream: str, group: str, entry_id: bytes) -> int:
-        """Register an entry read from ``stream``; it is acknowledged unless an effect fails."""
-        self._read.append((self.key(stream), group, entry_id))
+    def entry(
+        self,
+        stream: str,
+        group: str,
+        entry_id: bytes,
+        requests: int = 1,
+        counter: str | None = None,
+    ) -> int:
+        """Register an entry read from ``stream``; it is acknowledged unless an effect fails,
+        and then its ``requests`` leave the stream's request ``counter``."""
+        index = self.key(counter) if counter else 0
+        self._read.append((self.key(stream), group, index, entry_id, requests))
         return len(self._read)
 
     def fail(self, entry: int) -> None:
@@ -72,25 +82,33 @@ class Commit:
         self.results += (self.key(key), self.arg(payload), ch, entry)
 
     def add(
-        self, stream: str, fields: dict[bytes, bytes], entries: Iterable[int], maxlen: int = 0
+        self,
+        stream: str,
+        fields: dict[bytes, bytes],
+        entries: Iterable[int],
+        maxlen: int = 0,
+        counted: tuple[str, int] | None = None,
     ) -> None:
-        """XADD one stream entry, an effect of every one of ``entries``."""
-        add: list[Any] = [self.key(stream), maxlen, list(entries)]
+        """XADD one stream entry, an effect of every one of ``entries``; ``counted`` is the
+        stream's request counter and the requests the entry holds."""
+        counter, requests = (self.key(counted[0]), counted[1]) if counted else (0, 0)
+        add: list[Any] = [self.key(stream), maxlen, list(entries), counter, requests]
         for name, value in fields.items():
             add += (name, self.arg(value))
         self.adds.append(add)
 
-    def depth(self, stream: str) -> None:
-        self.depths.append(self.key(stream))
+    def depth(self, counter: str) -> None:
+        """Return this request counter's value after the writes."""
+        self.depths.append(self.key(counter))
 
     def plan(self) -> bytes:
         """The acks as runs of consecutive entries from one stream: the script numbers
         entries across its ack lists in order, so the runs keep registration order."""
         runs: list[list[Any]] = []
-        for key, group, entry_id in self._read:
-            if not runs or runs[-1][0] != key or runs[-1][1] != group:
-                runs.append([key, group])
-            runs[-1].append(entry_id)
+        for key, group, counter, entry_id, requests in self._read:
+            if not runs or runs[-1][0] != key or runs[-1][1] != group or runs[-1][2] != counter:
+                runs.append([key, group, counter])
+            runs[-1] += (entry_id, requests)
         plan = [self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed]
         packed: bytes = msgpack.packb(plan, use_bin_type=False)
         return packed

@@ -103,3 +103,12 @@ class Keys:
     def model_totals(self, model: str) -> str:
         """Hash of one model's running totals and its measured load memory (no TTL)."""
         return f"{self.prefix}:counts:model:{model}"
+
+    def backlog(self, stream: str) -> str:
+        """Counter of the requests in one of this prefix's streams not yet acknowledged.
+
+        A stream entry may be a bundle of many requests, so XLEN counts entries, not
+        requests: the bounds, backpressure and load rules read this counter instead. The
+        scripts that add and acknowledge keep it (lua/submit.lua, lua/commit.lua).
+        """
+        return f"{self.prefix}:n:{stream[len(self.prefix) + 1 :]}"

@@ -33,7 +33,6 @@ def test_results_first_write_wins_and_are_published_once_per_channel(
     commit.result(f"{p}:res:a", b"\x81\xa1k\x01", f"{p}:reply:c", entries[0])
     commit.result(f"{p}:res:b", b"second", f"{p}:reply:c", entries[1])
     commit.result(f"{p}:res:c", b"\x81\xa1k\x03", f"{p}:reply:c", entries[2])
-    commit.depth(f"{p}:s")
     done = commit.send(r)
     assert (done.stored, done.acked) == (2, 3)
     assert r.get(f"{p}:res:b") == b"first"  # a real result is never overwritten
@@ -53,10 +52,10 @@ def test_a_failed_effect_leaves_only_its_entries_pending(
     r.hset(f"{p}:wrongtype", "f", "v")  # XADD to a hash fails
     commit = Commit(ttl_s=60)
     entries = [commit.entry(f"{p}:s", "g", eid) for eid in ids]
-    commit.add(f"{p}:out", {b"x": b"1"}, [entries[0]])
+    commit.add(f"{p}:out", {b"x": b"1"}, [entries[0]], counted=(f"{p}:n:out", 1))
     commit.add(f"{p}:wrongtype", {b"x": b"2"}, [entries[1]])
     commit.result(f"{p}:wrongtype", b"r", None, entries[2])  # GET on a hash fails
-    commit.depth(f"{p}:out")
+    commit.depth(f"{p}:n:out")
     done = commit.send(r, also=lambda pipe: pipe.hincrby(f"{p}:counts", "n", 1))
     assert (done.acked, done.depths, done.extra) == (1, [1], [1])
     pending = r.xpending_range(f"{p}:s", "g", min="-", max="+", count=10)
@@ -74,3 +73,17 @@ def test_entries_of_two_streams_interleaved_are_acked_on_their_own_streams(
     r.script_flush()  # the script is loaded again on NOSCRIPT
     assert commit.send(r).acked == 4
     assert r.xpending(f"{p}:a", "g")["pending"] == r.xpending(f"{p}:b", "g")["pending"] == 0
+
+
+def test_request_counters_follow_adds_and_acks(r: redis.Redis, settings: Settings) -> None:
+    p = settings.prefix
+    ids = _stream_with(r, f"{p}:in", 2)
+    r.set(f"{p}:n:in", 7)  # two bundles: 3 and 4 requests
+    commit = Commit(ttl_s=60)
+    first = commit.entry(f"{p}:in", "g", ids[0], 3, f"{p}:n:in")
+    second = commit.entry(f"{p}:in", "g", ids[1], 4, f"{p}:n:in")
+    commit.add(f"{p}:out", {b"x": b"1"}, [first, second], counted=(f"{p}:n:out", 7))
+    commit.fail(second)  # left pending: its requests stay counted where they are
+    commit.depth(f"{p}:n:in")
+    commit.depth(f"{p}:n:out")
+    assert commit.send(r).depths == [4, 7]

@@ -138,7 +138,13 @@ class ModelWorker:
             if isinstance(item, Bad):
                 self._guarded(work, None, self._fail_entry, work, item)
                 continue
-            entry = work.commit.entry(item.stream, keynames.WORKER_GROUP, item.entry_id)
+            entry = work.commit.entry(
+                item.stream,
+                keynames.WORKER_GROUP,
+                item.entry_id,
+                item.bundle.size,
+                self.keys.backlog(item.stream),
+            )
             if self._guarded(work, entry, self._admit, work, item, entry):
                 runnable.append((item, entry))
         if runnable:
@@ -280,7 +286,13 @@ class ModelWorker:
 
     def _fail_entry(self, work: BatchWork, bad: Bad) -> None:
         """An entry none of whose requests can run: an error result for each id found."""
-        entry = work.commit.entry(bad.stream, keynames.WORKER_GROUP, bad.entry_id)
+        entry = work.commit.entry(
+            bad.stream,
+            keynames.WORKER_GROUP,
+            bad.entry_id,
+            max(1, len(bad.salvaged)),
+            self.keys.backlog(bad.stream),
+        )
         log.warning(
             "entry_refused",
             model=self.spec.name,

@@ -211,8 +211,9 @@ class Settler:
 
     def _escalate(self, work: BatchWork, esc: _Escalation) -> None:
         """One entry per next model and lane, its rows taken from each source entry."""
-        for fields in _escalation_fields(esc):
-            work.commit.add(esc.stream, fields, sorted(esc.entries))
+        counter = self.keys.backlog(esc.stream)
+        for fields, requests in _escalation_fields(esc):
+            work.commit.add(esc.stream, fields, sorted(esc.entries), counted=(counter, requests))
         n = len(esc.headers)
         work.counts[f"escalate:{self.spec.name}"] += n
         target = esc.headers[0].trace[-1]["model"]
@@ -252,11 +253,12 @@ def _take(esc: _Escalation, item: Item, index: int, header: Header, entry: int, 
     esc.entries.add(entry)
 
 
-def _escalation_fields(esc: _Escalation) -> Iterator[dict[bytes, bytes]]:
+def _escalation_fields(esc: _Escalation) -> Iterator[tuple[dict[bytes, bytes], int]]:
     """Bundle fields for an escalation; parts whose inputs cannot stack go separately."""
     if len(esc.parts) == 1 and esc.parts[0][1].all():
         item = esc.parts[0][0]  # the whole entry goes up: its inputs bytes as they came
-        yield bundle.bundle_fields(esc.headers, item.bundle.raw_inputs, item.bundle.rows)
+        fields = bundle.bundle_fields(esc.headers, item.bundle.raw_inputs, item.bundle.rows)
+        yield fields, len(esc.headers)
         return
     groups: dict[tuple[Any, ...], list[tuple[Item, np.ndarray]]] = {}
     for item, mask in esc.parts:
@@ -270,7 +272,7 @@ def _escalation_fields(esc: _Escalation) -> Iterator[dict[bytes, bytes]]:
         count = sum(int(m.sum()) for _, m in parts)
         headers = esc.headers[at : at + count] if len(groups) == 1 else _headers_of(esc, parts)
         at += count
-        yield bundle.bundle_fields(headers, wire.dumps_inputs(stacked), rows)
+        yield bundle.bundle_fields(headers, wire.dumps_inputs(stacked), rows), len(headers)
 
 
 def _headers_of(esc: _Escalation, parts: list[tuple[Item, np.ndarray]]) -> list[Header]:

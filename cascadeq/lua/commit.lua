@@ -7,16 +7,21 @@
 -- so they are delivered again, while every other entry of the batch is acknowledged.
 --
 -- KEYS    every key the batch touches; the plan names them by 1-based index.
--- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, depths, failed}:
+-- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, reads, failed}:
 --   ttl       result TTL in seconds
 --   results   flat array of quads: key index, payload ARGV index, channel (0: none), entry
 --   channels  reply channel names (pub/sub channels are not keys)
---   adds      array of {key index, maxlen (0: uncapped), {entry...}, name, ARGV index, ...}:
---             one XADD each, its fields as name / value-ARGV-index pairs
---   acks      array of {stream key index, group, entry id...}; entries are numbered
---             1, 2, ... across these lists, in order
---   depths    key indices whose XLEN is returned, after the writes
+--   adds      array of {key index, maxlen (0: uncapped), {entry...}, counter key index
+--             (0: none), requests, name, ARGV index, ...}: one XADD each, its fields as
+--             name / value-ARGV-index pairs; once added, the counter grows by requests
+--   acks      array of {stream key index, group, counter key index (0: none), entry id,
+--             requests, entry id, requests...}; entries are numbered 1, 2, ... across
+--             these lists, in order; an acknowledged entry's requests leave the counter
+--   reads     counter key indices whose value is returned, after the writes
 --   failed    entries to leave unacknowledged whatever their effects (the caller failed them)
+--
+-- A counter holds the requests in a stream that no consumer has acknowledged yet (a
+-- stream entry may be a bundle of many): the bounds and backpressure read it, not XLEN.
 -- ARGV[2..] result payloads and field values, named by index from the plan.
 --
 -- A result is stored only where its key is absent or holds the submit placeholder (a
@@ -25,7 +30,7 @@
 -- Returns {results stored, entries acknowledged, XLEN of each depths key...}.
 
 local plan = cmsgpack.unpack(ARGV[1])
-local ttl, results, channels, adds, acks, depths = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6]
+local ttl, results, channels, adds, acks, reads = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6]
 local failed = {}
 for _, entry in ipairs(plan[7]) do failed[entry] = true end
 local stored = 0
@@ -66,28 +71,44 @@ for _, add in ipairs(adds) do
     argv[#argv + 1] = 'MAXLEN'; argv[#argv + 1] = '~'; argv[#argv + 1] = add[2]
   end
   argv[#argv + 1] = '*'
-  for j = 4, #add, 2 do
+  for j = 6, #add, 2 do
     argv[#argv + 1] = add[j]; argv[#argv + 1] = ARGV[add[j + 1]]
   end
   local ok = redis.pcall('XADD', unpack(argv))
   if type(ok) == 'table' and ok.err then
     for _, entry in ipairs(add[3]) do failed[entry] = true end
+  elseif add[4] > 0 and add[5] > 0 then
+    redis.call('INCRBY', KEYS[add[4]], add[5])
   end
 end
 
 local entry, acked = 0, 0
 for _, ack in ipairs(acks) do
-  local ids = {}
-  for j = 3, #ack do
+  local ids, requests = {}, 0
+  for j = 4, #ack, 2 do
     entry = entry + 1
-    if not failed[entry] then ids[#ids + 1] = ack[j] end
+    if not failed[entry] then
+      ids[#ids + 1] = ack[j]
+      requests = requests + ack[j + 1]
+    end
   end
   if #ids > 0 then
     local n = redis.pcall('XACK', KEYS[ack[1]], ack[2], unpack(ids))
-    if type(n) == 'number' then acked = acked + n end
+    if type(n) == 'number' then
+      acked = acked + n
+      if ack[3] > 0 and n > 0 then
+        -- a re-delivered entry acknowledged by another consumer first counts once
+        if n < #ids then requests = math.floor(requests * n / #ids) end
+        if redis.call('DECRBY', KEYS[ack[3]], requests) < 0 then
+          redis.call('SET', KEYS[ack[3]], 0)
+        end
+      end
+    end
   end
 end
 
 local out = {stored, acked}
-for _, index in ipairs(depths) do out[#out + 1] = redis.call('XLEN', KEYS[index]) end
+for _, index in ipairs(reads) do
+  out[#out + 1] = tonumber(redis.call('GET', KEYS[index]) or '0')
+end
 return out
