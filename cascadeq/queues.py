@@ -1,7 +1,9 @@
 """Each model stream's backlog as Redis reports it: depth, lag, pending, consumers.
 
 Read in one pipeline by `cascadeq stats` and by the /metrics collector at scrape time,
-never per request.
+never per request. Lag is None where the server reports none: Redis 6.2's XINFO GROUPS
+has no lag field (7.0 added it, with entries-added), and XLEN minus pending would count
+acknowledged entries not yet trimmed as unread, so no figure beats a wrong one.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ class Lane:
     """One model stream; zeros for a stream that does not exist yet."""
 
     depth: int = 0  # XLEN: entries not yet trimmed (acknowledged ones included until trimmed)
-    lag: int = 0  # entries no worker has read yet
+    lag: int | None = 0  # entries no worker has read yet; None: not reported (Redis < 7)
     pending: int = 0  # read by a worker, not yet acknowledged
     consumers: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | None]:
         return {
             "depth": self.depth,
             "lag": self.lag,
@@ -50,7 +52,7 @@ def read_lanes(
 
 
 def lane_of(groups: Any, length: Any) -> Lane:
-    """Lag from the workers' group; on Redis 6.x (no lag field), XLEN minus pending."""
+    """Lag from the workers' group; None where the server reports none (Redis 6.x)."""
     if isinstance(groups, Exception) or isinstance(length, Exception):
         return Lane()  # the stream does not exist yet: nothing waits
     depth = int(length)
@@ -61,7 +63,7 @@ def lane_of(groups: Any, length: Any) -> Lane:
     lag = mine[0].get("lag")
     return Lane(
         depth=depth,
-        lag=int(lag) if lag is not None else max(0, depth - pending),
+        lag=int(lag) if lag is not None else None,
         pending=pending,
         consumers=int(mine[0].get("consumers") or 0),
     )

@@ -26,7 +26,7 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: `--watch` redraws in place
 
 @dataclass(frozen=True)
 class ModelStats:
-    lanes: dict[str, dict[str, int]]
+    lanes: dict[str, dict[str, int | None]]
     window: Window
 
     def as_dict(self) -> dict[str, Any]:
@@ -34,10 +34,10 @@ class ModelStats:
         entries, batches = w.counts[ENTRIES], w.counts[BATCHES]
         return {
             "lanes": self.lanes,
-            "depth": sum(lane["depth"] for lane in self.lanes.values()),
-            "lag": sum(lane["lag"] for lane in self.lanes.values()),
-            "pending": sum(lane["pending"] for lane in self.lanes.values()),
-            "consumers": max((lane["consumers"] for lane in self.lanes.values()), default=0),
+            "depth": self._sum("depth"),
+            "lag": self._sum("lag"),
+            "pending": self._sum("pending"),
+            "consumers": max((lane["consumers"] or 0 for lane in self.lanes.values()), default=0),
             "processed_per_s": round(entries / seconds, 3),
             "mean_batch": round(w.counts[SAMPLES] / batches, 3) if batches else 0.0,
             "escalation_rate": round(w.counts[ESCALATED] / entries, 4) if entries else 0.0,
@@ -48,6 +48,11 @@ class ModelStats:
             "memory_bytes": w.totals.get("load_rss_bytes", 0),
             "worker_rss_bytes": w.totals.get("worker_rss_bytes", 0),
         }
+
+    def _sum(self, field: str) -> int | None:
+        """Over the lanes; None if a lane's server did not report it (lag on Redis 6.x)."""
+        values = [lane[field] for lane in self.lanes.values()]
+        return None if None in values else sum(v for v in values if v is not None)
 
 
 def model_names(r: redis.Redis, keys: Keys) -> list[str]:
@@ -104,6 +109,14 @@ COLUMNS = (
 )
 
 
+NOT_REPORTED = "-"
+
+
+def _cell(text_fmt: str, fmt: str, value: Any) -> str:
+    """A figure the server did not report (None) shows as a dash, never as 0."""
+    return text_fmt.format(NOT_REPORTED) if value is None else fmt.format(value)
+
+
 def render(doc: dict[str, Any]) -> str:
     """One line per model and lane; rates and latencies are per model (last minute)."""
     head = "".join(fmt.format(name) for name, fmt, _ in COLUMNS)
@@ -116,8 +129,10 @@ def render(doc: dict[str, Any]) -> str:
                 m["p50_ms"], m["p99_ms"], m["processed_total"],
             )  # fmt: skip
             cells = zip(COLUMNS, values, strict=True)
-            lines.append("".join(fmt.format(v) for (_, _, fmt), v in cells))
+            lines.append("".join(_cell(text, fmt, v) for (_, text, fmt), v in cells))
     lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
+    if any(q["lag"] is None for m in doc["models"].values() for q in m["lanes"].values()):
+        lines.append(f"lag {NOT_REPORTED}: this Redis reports none (XINFO GROUPS lag is 7.0+)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,9 @@
 """Shared fixtures: a private redis-server for the session, the digits models, isolation.
 
 Each test gets its own key prefix, so tests share one server without seeing each other.
+The server is cascadeq.embedded's choice (``CASCADEQ_REDIS_SERVER`` overrides it); tests
+that meet a redis-server get the ``redis`` marker, so `make test` reruns just those on
+the embedded 6.2 (``-m redis``), and the summary names the server version the run met.
 """
 
 from __future__ import annotations
@@ -17,10 +20,41 @@ from subprocess import CompletedProcess
 import pytest
 import redis
 
+from cascadeq import embedded
 from cascadeq.catalog import Catalog
 from cascadeq.embedded import EmbeddedRedis
 from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
+
+REDIS_MARKER = "redis: meets a real redis-server (rerun by `make test` on the embedded 6.2)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", REDIS_MARKER)
+
+
+def meets_redis(item: pytest.Item) -> bool:
+    """Uses the session server (any fixture over redis_url) or starts servers of its own."""
+    if "redis_url" in getattr(item, "fixturenames", ()):
+        return True
+    module = getattr(item, "module", None)
+    return getattr(module, "EmbeddedRedis", None) is EmbeddedRedis
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if meets_redis(item):
+            item.add_marker(pytest.mark.redis)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Which redis-server the run met, shown under -q too (the 6.2 rerun must say so)."""
+    try:
+        exe = embedded.find_redis_server()
+        text = f"redis-server {embedded.server_version(exe)} ({exe})"
+    except embedded.EmbeddedRedisError as exc:
+        text = f"no redis-server: {exc}"
+    terminalreporter.write_line(text)
 
 
 @pytest.fixture(scope="session")

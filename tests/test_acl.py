@@ -23,19 +23,22 @@ from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 from producer import Producer, Request
 
-# Exactly the rules in docs/architecture.md, for the default prefix "cq".
-RULES = {
-    "producer": "~cq:ingress ~cq:q:* ~cq:res:* ~cq:catalog &cq:reply:* -@all"
-    " +eval +xlen +xadd +set +get +mget +subscribe +unsubscribe +publish"
-    " +ping +client|setname",
-    "router": "~cq:ingress ~cq:q:* ~cq:res:* ~cq:dlq ~cq:catalog ~cq:obs:* ~cq:counts:*"
-    " &cq:reply:* -@all"
-    " +xgroup|create +xreadgroup +xack +xpending +xclaim +xinfo|groups +xtrim +xlen +xadd"
-    " +eval +get +set +publish +ping +client|setname +hgetall +hincrby",
-    "worker": "~cq:q:* ~cq:res:* ~cq:dlq ~cq:obs:* ~cq:counts:* ~cq:traces:* &cq:reply:* -@all"
-    " +xgroup|create +xreadgroup +xack +xpending +xclaim +xinfo|groups +xtrim +xadd"
-    " +eval +get +set +publish +ping +client|setname +xlen +hgetall +hset +expire +hincrby",
-}
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+ROLES = ("producer", "router", "worker", "operator")
+
+
+def documented_rules() -> dict[str, str]:
+    """The rule per role exactly as docs/architecture.md's Security table prints it."""
+    rules: dict[str, str] = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [c.strip() for c in line.replace("\\|", "\0").split("|")]
+        if len(cells) == 4 and cells[1].split(" ")[0] in ROLES and cells[2].startswith("`"):
+            rules[cells[1].split(" ")[0]] = cells[2].strip("`").replace("\0", "|")
+    assert set(rules) == set(ROLES), f"the Security table lists {sorted(rules)}"
+    return rules
+
+
+RULES = documented_rules()
 IGNORED = {"client|setinfo"}  # redis-py sends it on connect and ignores a refusal
 
 
@@ -60,10 +63,20 @@ def admin(server: EmbeddedRedis) -> redis.Redis:
     return redis.Redis.from_url(f"redis://:admin@127.0.0.1:{server.port}/0")
 
 
+def ignored(r: redis.Redis) -> set[str]:
+    """Redis 6.2's ACL log names the command alone ("client"), not CLIENT SETINFO.
+
+    So there a refused CLIENT subcommand cannot be told from redis-py's SETINFO; the run on
+    Redis 7 (`make test` runs both) keeps the check strict.
+    """
+    major = int(str(r.info("server")["redis_version"]).split(".")[0])
+    return IGNORED if major >= 7 else IGNORED | {"client"}
+
+
 def refusals(server: EmbeddedRedis) -> list[str]:
     with admin(server) as r:
-        log = r.acl_log()
-    return [f"{e['username']}: {e['object']}" for e in log if e["object"] not in IGNORED]
+        log, skip = r.acl_log(), ignored(r)
+    return [f"{e['username']}: {e['object']}" for e in log if e["object"] not in skip]
 
 
 def test_each_role_runs_the_pipeline_under_its_own_minimal_acl_user(
@@ -106,6 +119,9 @@ def test_each_role_runs_the_pipeline_under_its_own_minimal_acl_user(
         ("worker", ("GET", "cq:catalog")),
         ("router", ("DEL", "cq:ingress")),
         ("router", ("CONFIG", "GET", "*")),
+        ("producer", ("PUBLISH", "elsewhere", "x")),  # channels too: resetchannels holds
+        ("worker", ("PUBLISH", "cq:ingress", "x")),
+        ("operator", ("GET", "cq:catalog")),  # the operator rule loads and confines too
     ],
 )
 def test_a_role_cannot_step_outside_its_rule(

