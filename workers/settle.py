@@ -43,6 +43,8 @@ class BatchWork:
     counts: Counter[str] = field(default_factory=Counter)  # routing-count hash increments
     channels: dict[str, str] = field(default_factory=dict)  # reply_to -> channel name
     hop: dict[str, Any] = field(default_factory=dict)  # the current entry's shared hop figures
+    answered: list[float] = field(default_factory=list)  # total_ms of each ok result
+    now: float = 0.0  # epoch ms when the batch's results were written
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Settler:
     def settle(self, work: BatchWork, ran: Ran) -> None:
         confs = _Confidences(self.spec, ran)
         slicer = outputs.RowSlicer(ran.out)
+        work.now = now_ms()
         escalations: dict[str, _Escalation] = {}
         for item, entry, first in _request_offsets(ran):
             try:
@@ -88,6 +91,8 @@ class Settler:
                 work.commit.fail(entry)  # delivered again, then retried alone
         for esc in escalations.values():
             self._escalate(work, esc)
+        work.tally.answer_many(OK, work.answered)
+        work.answered.clear()
 
     def _settle_item(
         self,
@@ -184,7 +189,7 @@ class Settler:
         skipped = header.trace[-1].get("skipped") if header.trace else None
         if skipped is not None:
             info["escalation_skipped"] = skipped
-        times = outcome.timings(header)
+        times = outcome.timings(header, work.now)
         record = outputs.ResultRecord(
             id=header.id,
             status=OK,
@@ -199,7 +204,7 @@ class Settler:
         work.commit.result(
             self.keys.result(header.id), outputs.encode(record), self.channel(work, header), entry
         )
-        work.tally.answer(OK, times["total_ms"])
+        work.answered.append(times["total_ms"])
 
     def channel(self, work: BatchWork, header: Header) -> str | None:
         if header.reply_to is None:
