@@ -54,6 +54,13 @@ def test_bench_all_quick_reports_every_figure(digits_dir: Path, tmp_path: Path) 
     for key in ("cpu", "cores", "ram_gb", "python", "onnxruntime", "redis_server"):
         assert machine[key], key
     assert all(r["lost"] == 0 and r["errors"] == 0 for r in report["limit"])
+    overhead = report["overhead"]
+    assert set(overhead["throughput_vs_floor"]) == {"submit_many", "threads_16", "async_64"}
+    assert all(positive(v) for v in overhead["throughput_vs_floor"].values())
+    assert positive(overhead["cpu_vs_floor"])
+    for row in [overhead["floor"], *overhead["modes"]]:
+        assert set(row["per_role_us"]) == {"producer", "router", "worker", "redis"}, row
+        assert row["lost"] == 0 and row["errors"] == 0, row
     assert [t["figure"] for t in report["targets"]] == [t[0] for t in TARGETS]
     assert (plots / "bench-latency.png").stat().st_size > 10_000
     assert (digits_dir / "heavy" / "catalog.toml").is_file()  # built on demand
@@ -63,16 +70,20 @@ def test_targets_say_met_or_by_how_much_they_are_missed() -> None:
     from cascadeq.bench.suite import targets
 
     report = {
-        "small_e2e_rps": 10_000.0,
-        "overhead_us_per_request": 25.0,
+        "overhead": {
+            "throughput_vs_floor": {"submit_many": 3.0, "threads_16": 0.5, "async_64": 1.0},
+            "cpu_vs_floor": 0.3,
+        },
         "efficiency": {"heavy": 0.95},
         "speedup_vs_rq": 60.0,
         "latency": {"10": {"p50_ms": 4.0, "p99_ms": 10.0}},
     }
     got = {t["figure"]: (t["met"], t["off_by"]) for t in targets(report)}
     assert got == {
-        "small_e2e_rps": (False, 2.0),
-        "overhead_us_per_request": (True, None),
+        "overhead.throughput_vs_floor.submit_many": (True, None),
+        "overhead.throughput_vs_floor.threads_16": (False, 2.0),
+        "overhead.throughput_vs_floor.async_64": (True, None),
+        "overhead.cpu_vs_floor": (True, None),
         "efficiency.heavy": (True, None),
         "speedup_vs_rq": (True, None),
         "latency.10.p50_ms": (False, 2.0),
