@@ -60,7 +60,7 @@ def test_bench_all_quick_reports_every_figure(digits_dir: Path, tmp_path: Path) 
     assert positive(overhead["cpu_vs_floor"])
     for row in [overhead["floor"], *overhead["modes"]]:
         assert set(row["per_role_us"]) == {"producer", "router", "worker", "redis"}, row
-        assert row["lost"] == 0 and row["errors"] == 0, row
+        assert (row["lost"], row["errors"]) == (0, 0), row
     assert [t["figure"] for t in report["targets"]] == [t[0] for t in TARGETS]
     assert (plots / "bench-latency.png").stat().st_size > 10_000
     assert (digits_dir / "heavy" / "catalog.toml").is_file()  # built on demand
