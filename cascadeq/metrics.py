@@ -111,6 +111,8 @@ PROCESS_MEMORY = Gauge(
     multiprocess_mode="livesum",
 )
 QUEUE_FAMILIES = {
+    "cascadeq_queue_requests": "Requests in a model stream not yet acknowledged (entries may "
+    "be bundles of many requests)",
     "cascadeq_queue_depth": "Entries in a model stream (XLEN; acknowledged ones until trimmed)",
     "cascadeq_queue_lag": "Entries in a model stream no worker has read yet (absent: Redis < 7)",
     "cascadeq_queue_pending": "Entries read by a worker and not yet acknowledged",

@@ -122,7 +122,7 @@ class LoadBoard:
             for lane in self.catalog.models[model].lanes:
                 stream = self.keys.model_stream(model, lane)
                 pipe.xinfo_groups(stream)
-                pipe.xlen(stream)
+                pipe.get(self.keys.backlog(stream))
         replies = iter(pipe.execute(raise_on_error=False))
         for model in models:
             obs = next(replies)
@@ -163,19 +163,17 @@ class LoadBoard:
 
 
 def _backlog(lanes: Iterable[tuple[Any, Any]]) -> tuple[int, int]:
-    """Lag + pending of the workers' group; XLEN where Redis (6.x) reports no lag."""
+    """Requests not yet acknowledged (each stream's request counter: an entry may be a
+    bundle of many), and the workers' group's consumers."""
     backlog = consumers = 0
-    for groups, length in lanes:
-        if isinstance(groups, Exception) or isinstance(length, Exception):
-            continue  # the stream does not exist yet: nothing waits
+    for groups, counted in lanes:
+        if not isinstance(counted, Exception) and counted is not None:
+            backlog += max(0, int(counted))
+        if isinstance(groups, Exception):
+            continue  # the stream does not exist yet
         mine = [g for g in groups if _text(g.get("name")) == WORKER_GROUP]
-        if not mine:
-            backlog += int(length)
-            continue
-        lag = mine[0].get("lag")
-        pending = int(mine[0].get("pending") or 0)
-        backlog += pending + (int(lag) if lag is not None else max(0, int(length) - pending))
-        consumers = max(consumers, int(mine[0].get("consumers") or 0))
+        if mine:
+            consumers = max(consumers, int(mine[0].get("consumers") or 0))
     return backlog, consumers
 
 

@@ -9,7 +9,7 @@ acknowledged entries not yet trimmed as unread, so no figure beats a wrong one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -25,11 +25,13 @@ class Lane:
 
     depth: int = 0  # XLEN: entries not yet trimmed (acknowledged ones included until trimmed)
     lag: int | None = 0  # entries no worker has read yet; None: not reported (Redis < 7)
-    pending: int = 0  # read by a worker, not yet acknowledged
+    pending: int = 0  # entries read by a worker, not yet acknowledged
     consumers: int = 0
+    requests: int = 0  # requests not yet acknowledged: an entry may be a bundle of many
 
     def as_dict(self) -> dict[str, int | None]:
         return {
+            "requests": self.requests,
             "depth": self.depth,
             "lag": self.lag,
             "pending": self.pending,
@@ -47,8 +49,16 @@ def read_lanes(
         stream = keys.model_stream(model, lane)
         pipe.xinfo_groups(stream)
         pipe.xlen(stream)
+        pipe.get(keys.backlog(stream))
     replies = iter(pipe.execute(raise_on_error=False))
-    return {pair: lane_of(next(replies), next(replies)) for pair in pairs}
+    lanes: dict[tuple[str, str], Lane] = {}
+    for pair in pairs:
+        groups, length, counted = next(replies), next(replies), next(replies)
+        lane = lane_of(groups, length)
+        if counted is not None and not isinstance(counted, Exception):
+            lane = replace(lane, requests=max(0, int(counted)))
+        lanes[pair] = lane
+    return lanes
 
 
 def lane_of(groups: Any, length: Any) -> Lane:

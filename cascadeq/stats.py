@@ -34,6 +34,7 @@ class ModelStats:
         entries, batches = w.counts[ENTRIES], w.counts[BATCHES]
         return {
             "lanes": self.lanes,
+            "requests": self._sum("requests"),
             "depth": self._sum("depth"),
             "lag": self._sum("lag"),
             "pending": self._sum("pending"),
@@ -96,6 +97,7 @@ def collect(r: redis.Redis, keys: Keys, now_s: float | None = None) -> dict[str,
 COLUMNS = (
     ("model", "{:<16}", "{:<16}"),
     ("lane", "{:<9}", "{:<9}"),
+    ("queued", "{:>7}", "{:>7}"),
     ("depth", "{:>7}", "{:>7}"),
     ("lag", "{:>7}", "{:>7}"),
     ("pending", "{:>8}", "{:>8}"),
@@ -124,12 +126,13 @@ def render(doc: dict[str, Any]) -> str:
     for model, m in doc["models"].items():
         for lane, q in m["lanes"].items():
             values = (
-                model, lane, q["depth"], q["lag"], q["pending"], q["consumers"],
+                model, lane, q["requests"], q["depth"], q["lag"], q["pending"], q["consumers"],
                 m["processed_per_s"], m["mean_batch"], m["escalation_rate"] * 100,
                 m["p50_ms"], m["p99_ms"], m["processed_total"],
             )  # fmt: skip
             cells = zip(COLUMNS, values, strict=True)
             lines.append("".join(_cell(text, fmt, v) for (_, text, fmt), v in cells))
+    lines.append("queued: requests not yet acknowledged; depth, lag, pending: stream entries")
     lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
     if any(q["lag"] is None for m in doc["models"].values() for q in m["lanes"].values()):
         lines.append(f"lag {NOT_REPORTED}: this Redis reports none (XINFO GROUPS lag is 7.0+)")
