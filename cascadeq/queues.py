@@ -51,14 +51,14 @@ def read_lanes(
         pipe.xlen(stream)
         pipe.get(keys.backlog(stream))
     replies = iter(pipe.execute(raise_on_error=False))
-    lanes: dict[tuple[str, str], Lane] = {}
+    out: dict[tuple[str, str], Lane] = {}
     for pair in pairs:
         groups, length, counted = next(replies), next(replies), next(replies)
         lane = lane_of(groups, length)
         if counted is not None and not isinstance(counted, Exception):
             lane = replace(lane, requests=max(0, int(counted)))
-        lanes[pair] = lane
-    return lanes
+        out[pair] = lane
+    return out
 
 
 def lane_of(groups: Any, length: Any) -> Lane:
