@@ -54,10 +54,10 @@ def read_lanes(
     out: dict[tuple[str, str], Lane] = {}
     for pair in pairs:
         groups, length, counted = next(replies), next(replies), next(replies)
-        lane = lane_of(groups, length)
+        state = lane_of(groups, length)
         if counted is not None and not isinstance(counted, Exception):
-            lane = replace(lane, requests=max(0, int(counted)))
-        out[pair] = lane
+            state = replace(state, requests=max(0, int(counted)))
+        out[pair] = state
     return out
 
 
