@@ -241,7 +241,7 @@ def test_stats_say_lag_not_reported_and_metrics_omit_it(r: redis.Redis, settings
     assert known.as_dict()["lag"] == 0
     assert unknown.as_dict()["lag"] is None
     table = stats.render({"models": {"m": unknown.as_dict()}})
-    assert table.splitlines()[2].split()[:4] == ["m", "default", "1", "-"]
+    assert table.splitlines()[2].split()[:5] == ["m", "default", "0", "1", "-"]
     assert "reports none" in table
     assert "reports none" not in stats.render({"models": {"m": known.as_dict()}})
     collected = {f.name: f.samples for f in metrics.QueueCollector(r, keys, ["m"]).collect()}
