@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import streamview
 from conftest import TOY_CATALOG
 from test_router import hdr, put
 
 from cascadeq import wire
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, Header, now_ms
+from cascadeq.messages import now_ms
 from cascadeq.observed import Speed
 from cascadeq.settings import Settings
 from cascadeq.tasks import Learned
@@ -54,8 +55,7 @@ def route(router: Router, *entries: tuple[str, np.ndarray, dict[str, object]]) -
 
 
 def hops(r: redis.Redis, keys: Keys, model: str) -> dict[str, dict[str, object]]:
-    entries = r.xrange(keys.model_stream(model))
-    headers = [Header.loads(f[HEADER_FIELD]) for _, f in entries if HEADER_FIELD in f]  # type: ignore[union-attr]
+    headers = streamview.headers_in(r, keys.model_stream(model))
     return {h.id: h.trace[-1] for h in headers}
 
 
