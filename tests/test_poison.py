@@ -229,7 +229,9 @@ def test_a_surprise_while_routing_one_request_fails_only_that_request(
 
     monkeypatch.setattr(service, "choose", choose)
     router = Router(r, catalog, settings, "r1")
-    for rid in ("a", "cursed", "b"):
+    # The three share one decision, asked of the group's first request: the surprise
+    # fails the group's decision, and each request is then decided alone.
+    for rid in ("cursed", "a", "b"):
         put(r, router.keys.ingress, good(rid))
     drain(router)
     cursed = result(r, router.keys, "cursed")

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-import streamview
 from conftest import TOY_CATALOG
 from test_router import hdr, put
 
-from cascadeq import wire
+from cascadeq import bundle, wire
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.messages import now_ms
@@ -55,7 +54,13 @@ def route(router: Router, *entries: tuple[str, np.ndarray, dict[str, object]]) -
 
 
 def hops(r: redis.Redis, keys: Keys, model: str) -> dict[str, dict[str, object]]:
-    headers = streamview.headers_in(r, keys.model_stream(model))
+    stream = keys.model_stream(model)
+    headers = [  # the fake backlog's entries ({f: v}) hold no requests
+        h
+        for eid, f in r.xrange(stream)
+        if bundle.HEADER in f or bundle.HEADERS in f
+        for h in bundle.decode(stream, eid, f, 1 << 30).headers
+    ]
     return {h.id: h.trace[-1] for h in headers}
 
 
