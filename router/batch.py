@@ -166,7 +166,11 @@ class RouteBatch:
                 if h.deadline is None:
                     self._place(n, i, shared, hop)
                     continue
-                d = deadline(self._request(h, task), shared)
+                try:
+                    d = deadline(self._request(h, task), shared)
+                except Exception as exc:  # noqa: BLE001 - this request fails alone
+                    self._internal(n, self.bundles[n], i, exc)
+                    continue
                 self._place(n, i, d, hop if d is shared else d.hop())
 
     def _decide_each(self, g: Group, task: TaskSpec) -> None:
@@ -175,17 +179,38 @@ class RouteBatch:
             b = self.bundles[n]
             score, p_hard = self._figures(task, b)
             for i in indices:
-                h = b.headers[i]
-                req = self._request(
-                    h,
-                    task,
-                    score=None if score is None else float(score[i]),
-                    p_hard=None if p_hard is None else float(p_hard[i]),
-                )
-                if score is None and task.complexity is not None:
-                    req.inputs = partial_inputs(b, i)
-                d = choose(h, self.router.catalog, RULES, req)
-                self._place(n, i, d, d.hop())
+                self._each(n, b, i, task, score, p_hard)
+
+    def _each(
+        self,
+        n: int,
+        b: Bundle,
+        i: int,
+        task: TaskSpec,
+        score: np.ndarray | None,
+        p_hard: np.ndarray | None,
+    ) -> None:
+        """One request's own rules, with its per-entry figures; a surprise fails it alone."""
+        h = b.headers[i]
+        try:
+            req = self._request(
+                h,
+                task,
+                score=None if score is None else float(score[i]),
+                p_hard=None if p_hard is None else float(p_hard[i]),
+            )
+            if score is None and task.complexity is not None:
+                req.inputs = partial_inputs(b, i)
+            d = choose(h, self.router.catalog, RULES, req)
+        except RouteError as exc:
+            self._route_error(n, h, exc)
+            return
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this request fails, its neighbours go on
+            self._internal(n, b, i, exc)
+            return
+        self._place(n, i, d, d.hop())
 
     def _figures(self, task: TaskSpec, b: Bundle) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Complexity scores and learned verdicts for every request of an entry."""
