@@ -59,6 +59,21 @@ class LearnedRouters:
             offset += len(f)
         return out
 
+    def p_hard_stacked(
+        self, task: str, inputs: Mapping[str, np.ndarray], starts: np.ndarray
+    ) -> np.ndarray | None:
+        """Every request's verdict over an entry's stacked inputs, in one session run;
+        ``starts`` is each request's first row. None: not the shape it learned."""
+        stacked = features(inputs)
+        session = self.sessions[task]
+        expected = session.get_inputs()[0].shape[1]
+        if isinstance(expected, int) and stacked.shape[1] != expected:
+            return None
+        outputs = session.run(None, {session.get_inputs()[0].name: stacked})
+        proba = _probabilities(outputs)
+        hard = proba[:, 1] if proba.shape[1] > 1 else proba[:, 0]
+        return np.maximum.reduceat(hard, starts)
+
 
 def _probabilities(outputs: list[object]) -> np.ndarray:
     for out in outputs:

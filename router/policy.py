@@ -58,6 +58,7 @@ class Request:
     inputs: Callable[[], Mapping[str, np.ndarray]]
     p_hard: float | None = None  # the learned router's verdict, computed per batch
     now_ms: float = 0.0
+    score: float | None = None  # the complexity score, when computed per batch
 
 
 Rule = Callable[[Request, Decision], Decision]
@@ -93,12 +94,15 @@ def input_complexity(req: Request, d: Decision) -> Decision:
     spec = req.task.complexity
     if spec is None:
         return d
-    inputs = req.inputs()
-    name = spec.input or next(iter(inputs))
-    arr = inputs.get(name)
-    if arr is None:
-        return d
-    score = round(complexity.resolve(spec.score)(arr), 6)
+    if req.score is not None:
+        score = round(req.score, 6)
+    else:
+        inputs = req.inputs()
+        name = spec.input or next(iter(inputs))
+        arr = inputs.get(name)
+        if arr is None:
+            return d
+        score = round(complexity.resolve(spec.score)(arr), 6)
     if score > spec.above and req.task.stage_of(spec.start) > d.stage:
         return d.moved(req.task, spec.start, "complexity", score=score)
     return d.noted(score=score)
@@ -150,3 +154,28 @@ def deadline(req: Request, d: Decision) -> Decision:
 
 
 RULES: list[Rule] = [tier, input_complexity, learned, load, deadline]
+#: What a group of requests shares when its task reads no inputs: the complexity and
+#: learned rules change nothing there, and the deadline rule runs per request after these.
+GROUP_RULES: list[Rule] = [tier, load]
+
+
+def scores(name: str, arr: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Every request's complexity score over an entry's stacked input: one numpy call per
+    entry for the built-in scorers, the scorer on each request's rows otherwise."""
+    fn = complexity.resolve(name)
+    n = len(offsets) - 1
+    rows = np.diff(offsets)
+    if n and arr.ndim >= 1 and int(rows.min()) > 0:
+        starts = offsets[:-1]
+        flat = arr.reshape(arr.shape[0], -1)
+        if fn is complexity.input_size:
+            return np.full(n, float(flat.shape[1]))
+        if fn is complexity.nonzero_fraction:
+            per_row = np.count_nonzero(flat, axis=1)
+            total: np.ndarray = np.add.reduceat(per_row, starts)
+            fraction: np.ndarray = total / np.maximum(1, rows * flat.shape[1])
+            return fraction
+        if fn is complexity.sequence_length and arr.ndim >= 2 and arr.dtype.kind in "iu":
+            per_row = np.count_nonzero(arr, axis=1).reshape(arr.shape[0], -1).max(axis=1)
+            return np.maximum.reduceat(per_row, starts).astype(np.float64)
+    return np.array([fn(arr[offsets[i] : offsets[i + 1]]) for i in range(n)], dtype=np.float64)

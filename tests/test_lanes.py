@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import streamview
 from test_router import hdr, put
 
 from cascadeq import streams, wire
 from cascadeq.catalog import Catalog, CatalogError
 from cascadeq.keys import WORKER_GROUP, Keys
-from cascadeq.messages import HEADER_FIELD, Header
 from cascadeq.settings import Settings
 from router import Router
 from workers import ModelWorker
@@ -85,8 +85,7 @@ def test_requests_travel_in_their_priority_lane_and_are_answered(
     router.step(block_ms=None)
 
     def ids(lane: str) -> list[str]:
-        entries = r.xrange(keys.model_stream("digits-small", lane))
-        return [Header.loads(f[HEADER_FIELD]).id for _, f in entries]  # type: ignore[index]
+        return [h.id for h in streamview.headers_in(r, keys.model_stream("digits-small", lane))]
 
     assert ids("interactive") == ["fast"]
     assert ids("batch") == ["slow", "plain"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import redis
+import streamview
 from conftest import wait_for
 
 from cascadeq.catalog import Catalog
@@ -109,7 +110,8 @@ def test_sustained_overload_is_refused_at_the_bounds_and_memory_stays_bounded(
                 assert peaks.mb["driver_rss"] - base["driver_rss"] < DRIVER_GROWTH_MB, peaks.mb
                 # Nothing accepted was trimmed away while unserved.
                 queued = sum(
-                    int(r.xlen(s)) for s in (keys.ingress, keys.model_stream("digits-small"))
+                    streamview.count(r, s)
+                    for s in (keys.ingress, keys.model_stream("digits-small"))
                 )
                 assert queued >= len(accepted)
                 group.spawn("worker")  # now serve the backlog

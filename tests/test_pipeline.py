@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+import streamview
 from conftest import run_cli, wait_for
 
 from cascadeq import keys as keynames
@@ -163,16 +164,16 @@ def test_sigterm_lets_a_router_forward_and_ack_what_it_read_then_exit(
     with Producer(settings=settings, catalog=catalog) as client:
         ids = client.submit_many([Request({"input": x}, task="digits")] * 20_000)
     router = group.spawn("router")
-    wait_for(lambda: r.xlen(small) > 0, 60, "the router is forwarding")
+    wait_for(lambda: streamview.count(r, small) > 0, 60, "the router is forwarding")
     signalled = time.monotonic()
     router.send_signal(signal.SIGTERM)
     assert router.wait(timeout=30) == 0
     assert time.monotonic() - signalled < SHUTDOWN_BOUND_S
     assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0  # all it read: acked
-    routed = r.xlen(small)
+    routed = streamview.count(r, small)
     assert 0 < routed < len(ids)  # it stopped early, leaving the rest on ingress
     group.spawn("router")
-    wait_for(lambda: r.xlen(small) == len(ids), 120, "a new router routes the rest")
+    wait_for(lambda: streamview.count(r, small) == len(ids), 120, "a new router routes the rest")
     assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0
 
 

@@ -11,10 +11,10 @@ import redis
 from conftest import TOY_CATALOG
 from test_router import hdr, put
 
-from cascadeq import wire
+from cascadeq import bundle, wire
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, Header, now_ms
+from cascadeq.messages import now_ms
 from cascadeq.observed import Speed
 from cascadeq.settings import Settings
 from cascadeq.tasks import Learned
@@ -54,8 +54,13 @@ def route(router: Router, *entries: tuple[str, np.ndarray, dict[str, object]]) -
 
 
 def hops(r: redis.Redis, keys: Keys, model: str) -> dict[str, dict[str, object]]:
-    entries = r.xrange(keys.model_stream(model))
-    headers = [Header.loads(f[HEADER_FIELD]) for _, f in entries if HEADER_FIELD in f]  # type: ignore[union-attr]
+    stream = keys.model_stream(model)
+    headers = [  # the fake backlog's entries ({f: v}) hold no requests
+        h
+        for eid, f in r.xrange(stream)
+        if bundle.HEADER in f or bundle.HEADERS in f
+        for h in bundle.decode(stream, eid, f, 1 << 30).headers
+    ]
     return {h.id: h.trace[-1] for h in headers}
 
 

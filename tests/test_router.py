@@ -4,10 +4,11 @@ from dataclasses import replace
 
 import numpy as np
 import redis
+import streamview
 from conftest import wait_for
 
+from cascadeq import bundle, streams, wire
 from cascadeq import keys as keynames
-from cascadeq import streams, wire
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
@@ -31,10 +32,13 @@ def hdr(rid: str, **kw: object) -> bytes:
 
 
 def routed(r: redis.Redis, keys: Keys, model: str) -> list[tuple[Header, bytes]]:
-    return [
-        (Header.loads(f[HEADER_FIELD]), f[INPUTS_FIELD])
-        for _, f in r.xrange(keys.model_stream(model))
-    ]
+    """Each request routed to the model, with the inputs bytes of the entry that holds it."""
+    stream = keys.model_stream(model)
+    out = []
+    for eid, f in r.xrange(stream):
+        got = bundle.decode(stream, eid, f, 1 << 30)
+        out += [(h, got.raw_inputs) for h in got.headers]
+    return out
 
 
 def result(r: redis.Redis, keys: Keys, rid: str) -> Result:
@@ -114,7 +118,7 @@ def test_routers_share_the_work_and_reclaim_a_dead_routers_entries(
     one.reclaim_clock.next = two.reclaim_clock.next = float("inf")
     assert one.step(None) == 10
     assert two.step(None) == 10
-    assert r.xlen(keys.model_stream("toy-small")) == 20
+    assert streamview.count(r, keys.model_stream("toy-small")) == 20
     r.execute_command(
         "XCLAIM",
         keys.ingress,
@@ -162,10 +166,16 @@ def test_a_router_recovers_when_redis_loses_its_stream_and_group(
     thread.start()
     try:
         put(r, keys, hdr("before", task="toy"))
-        wait_for(lambda: r.xlen(keys.model_stream("toy-small")) == 1, 30, "the first is routed")
+        wait_for(
+            lambda: streamview.count(r, keys.model_stream("toy-small")) == 1,
+            30,
+            "the first is routed",
+        )
         r.delete(keys.ingress)  # as a restart without persistence would: NOGROUP next read
         put(r, keys, hdr("after", task="toy"))
-        wait_for(lambda: r.xlen(keys.model_stream("toy-small")) == 2, 30, "routing resumed")
+        wait_for(
+            lambda: streamview.count(r, keys.model_stream("toy-small")) == 2, 30, "routing resumed"
+        )
     finally:
         stop.set()
         thread.join(timeout=10)

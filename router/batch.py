@@ -1,0 +1,417 @@
+"""One router read batch: its entries, its groups, its decisions and its one commit.
+
+Requests that share (task or pinned model, tier, priority) share one decision when no
+rule needs their inputs and none of them has a deadline; the deadline rule then runs per
+request (float compares), and the complexity and learned rules run per request on
+figures computed per entry in one numpy or ONNX call. A surprise in a group's decision
+retries its requests alone; one in a request's own decision fails only that request.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+
+from cascadeq import bundle, results
+from cascadeq import keys as keynames
+from cascadeq.bundle import BadItem, Bundle, EntryError, Header
+from cascadeq.commit import Commit
+from cascadeq.log import get_logger
+from cascadeq.messages import EXPIRED, error_result, kept_for_dead_letter
+from cascadeq.tasks import TaskSpec
+from router import forward
+from router.policy import (
+    GROUP_RULES,
+    RULES,
+    Decision,
+    Request,
+    RouteError,
+    choose,
+    deadline,
+    scores,
+)
+
+if TYPE_CHECKING:
+    from router.service import Router
+
+log = get_logger("cascadeq.router")
+
+_NO_INPUTS: Mapping[str, np.ndarray] = {}
+
+
+def _no_inputs() -> Mapping[str, np.ndarray]:
+    return _NO_INPUTS
+
+
+@dataclass
+class Group:
+    """Requests of one batch that share task or model, tier and priority."""
+
+    first: Header
+    parts: dict[int, list[int]] = field(default_factory=dict)  # entry number -> indices
+    timed: bool = False  # some request has a deadline
+
+
+class RouteBatch:
+    def __init__(self, router: Router, now: float) -> None:
+        self.router = router
+        self.keys = router.keys
+        self.now = now
+        self.commit = Commit(router.settings.result_ttl_s)
+        self.bundles: dict[int, Bundle] = {}  # entry number -> its requests
+        self.raw: dict[int, dict[bytes, bytes]] = {}
+        self.groups: dict[tuple[str | None, str | None, str, str], Group] = {}
+        self.out: dict[str, list[forward.Part]] = {}  # stream -> parts, in order
+        self.rules: Counter[str] = Counter()
+        self.finals: Counter[str] = Counter()
+        self.ingress = self.keys.ingress
+        self.counter = self.keys.backlog(self.ingress)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, eid: bytes, fields: dict[bytes, bytes]) -> None:
+        """Decode one entry and sort its requests into groups; refuse what cannot go on."""
+        try:
+            got = bundle.decode(self.ingress, eid, fields, self.router.settings.max_payload_bytes)
+        except EntryError as exc:
+            kept = fields if exc.code != "too_large" else _kept(fields)
+            self._refuse_entry(eid, kept, exc.code, str(exc), exc.salvaged)
+            return
+        except Exception as exc:  # noqa: BLE001 - a surprise no check foresaw is bad input
+            self._refuse_entry(eid, fields, "bad_payload", f"entry is unusable: {exc!r}", [])
+            return
+        n = self.commit.entry(self.ingress, keynames.ROUTER_GROUP, eid, got.size, self.counter)
+        self.bundles[n], self.raw[n] = got, fields
+        try:
+            self._sort(n, got)
+        except Exception as exc:  # noqa: BLE001 - nothing one entry does escapes
+            self._internal_entry(n, got, exc)
+
+    def _sort(self, n: int, got: Bundle) -> None:
+        bad = {item.index for item in got.bad}
+        for item in got.bad:
+            self._refuse_item(n, got, item)
+        now, groups = self.now, self.groups
+        for i, h in enumerate(got.headers):
+            if bad and i in bad:
+                continue
+            if h.deadline is not None and h.deadline <= now:
+                self._expire(n, h)
+                continue
+            key = (h.task, h.model, h.tier, h.priority)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = Group(h)
+            indices = g.parts.get(n)
+            if indices is None:
+                indices = g.parts[n] = []
+            indices.append(i)
+            if h.deadline is not None:
+                g.timed = True
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def route(self) -> None:
+        """Decide every group, then add one bundle per stream (at most max_batch samples)."""
+        for g in self.groups.values():
+            self._guarded_group(g)
+        for stream, parts in self.out.items():
+            self._emit(stream, parts)
+
+    def _guarded_group(self, g: Group) -> None:
+        try:
+            self._decide_group(g)
+        except redis.RedisError:
+            raise
+        except RouteError as exc:
+            for n, indices in g.parts.items():
+                for i in indices:
+                    self._route_error(n, self.bundles[n].headers[i], exc)
+        except Exception:  # noqa: BLE001 - retried one request at a time
+            log.warning("group_decision_failed", task=g.first.task, model=g.first.model)
+            for n, indices in g.parts.items():
+                for i in indices:
+                    self._alone(n, i)
+
+    def _decide_group(self, g: Group) -> None:
+        first, catalog = g.first, self.router.catalog
+        task = catalog.tasks.get(first.task) if first.task is not None else None
+        if task is None:  # a pinned model, or an unknown task: no rule reads anything
+            self._place_all(g, choose(first, catalog, RULES, None))
+            return
+        if task.complexity is not None or task.learned is not None:
+            self._decide_each(g, task)
+            return
+        decision = choose(first, catalog, GROUP_RULES, self._request(first, task))
+        if g.timed and task.deadline:
+            self._deadlines(g, task, decision)
+        else:
+            self._place_all(g, decision)
+
+    def _request(self, h: Header, task: TaskSpec, **kw: Any) -> Request:
+        return Request(h, task, self.router.board, _no_inputs, now_ms=self.now, **kw)
+
+    def _deadlines(self, g: Group, task: TaskSpec, shared: Decision) -> None:
+        """The group's decision, with the deadline rule looking at each request's own."""
+        hop = shared.hop()
+        for n, indices in g.parts.items():
+            headers = self.bundles[n].headers
+            for i in indices:
+                h = headers[i]
+                if h.deadline is None:
+                    self._place(n, i, shared, hop)
+                    continue
+                try:
+                    d = deadline(self._request(h, task), shared)
+                except Exception as exc:  # noqa: BLE001 - this request fails alone
+                    self._internal(n, self.bundles[n], i, exc)
+                    continue
+                self._place(n, i, d, hop if d is shared else d.hop())
+
+    def _decide_each(self, g: Group, task: TaskSpec) -> None:
+        """Rules that read inputs: their figures per entry in one call, the rules per request."""
+        for n, indices in g.parts.items():
+            b = self.bundles[n]
+            score, p_hard = self._figures(task, b)
+            for i in indices:
+                self._each(n, b, i, task, score, p_hard)
+
+    def _each(
+        self,
+        n: int,
+        b: Bundle,
+        i: int,
+        task: TaskSpec,
+        score: np.ndarray | None,
+        p_hard: np.ndarray | None,
+    ) -> None:
+        """One request's own rules, with its per-entry figures; a surprise fails it alone."""
+        h = b.headers[i]
+        try:
+            req = self._request(
+                h,
+                task,
+                score=None if score is None else float(score[i]),
+                p_hard=None if p_hard is None else float(p_hard[i]),
+            )
+            if score is None and task.complexity is not None:
+                req.inputs = partial_inputs(b, i)
+            d = choose(h, self.router.catalog, RULES, req)
+        except RouteError as exc:
+            self._route_error(n, h, exc)
+            return
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this request fails, its neighbours go on
+            self._internal(n, b, i, exc)
+            return
+        self._place(n, i, d, d.hop())
+
+    def _figures(self, task: TaskSpec, b: Bundle) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Complexity scores and learned verdicts for every request of an entry."""
+        score = p_hard = None
+        off = b.offsets()
+        spec = task.complexity
+        if spec is not None and b.inputs:
+            name = spec.input or next(iter(b.inputs))
+            arr = b.inputs.get(name)
+            if arr is not None:
+                score = scores(spec.score, arr, off)
+        learned = self.router.learned
+        if task.learned is not None and task.name in learned and b.inputs:
+            try:
+                p_hard = learned.p_hard_stacked(task.name, b.inputs, off[:-1])
+            except Exception as exc:  # noqa: BLE001 - no verdict: the rules go on without it
+                log.warning("learned_router_failed", task=task.name, error=repr(exc))
+        return score, p_hard
+
+    def _alone(self, n: int, i: int) -> None:
+        """A request whose group's decision raised, decided by itself."""
+        b = self.bundles[n]
+        h = b.headers[i]
+        try:
+            task = self.router.catalog.tasks.get(h.task) if h.task is not None else None
+            req = None if task is None else self._request(h, task, **self._own(task, b, i))
+            if req is not None and task is not None and task.complexity is not None:
+                req.inputs = partial_inputs(b, i)
+            d = choose(h, self.router.catalog, RULES, req)
+            self._place(n, i, d, d.hop())
+        except RouteError as exc:
+            self._route_error(n, h, exc)
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this request fails, its neighbours go on
+            self._internal(n, b, i, exc)
+
+    def _own(self, task: TaskSpec, b: Bundle, i: int) -> dict[str, float | None]:
+        if task.learned is None or task.name not in self.router.learned or not b.inputs:
+            return {}
+        mask = np.zeros(b.size, dtype=bool)
+        mask[i] = True
+        one = bundle.take_rows(b.inputs, b.rows, mask)
+        verdict = self.router.learned.p_hard(task.name, [one])[0]
+        return {"p_hard": verdict}
+
+    # -- placing -------------------------------------------------------------------------
+
+    def _place_all(self, g: Group, d: Decision) -> None:
+        """Every request of the group goes where ``d`` says, sharing one hop dict (nothing
+        changes a hop the router appended: the worker appends its own)."""
+        hop, stage, now = d.hop(), d.stage, self.now
+        stream = self.router.stream_for(d.model, g.first.priority)
+        for n, indices in g.parts.items():
+            headers = self.bundles[n].headers
+            for i in indices:
+                h = headers[i]
+                h.stage, h.routed_at = stage, now
+                h.trace.append(hop)
+            self._out(stream, n, indices)
+        self.rules[d.rule] += sum(len(i) for i in g.parts.values())
+
+    def _place(self, n: int, i: int, d: Decision, hop: dict[str, Any]) -> None:
+        h = self.bundles[n].headers[i]
+        h.stage, h.routed_at = d.stage, self.now
+        h.trace.append(hop)
+        self._out(self.router.stream_for(d.model, h.priority), n, [i])
+        self.rules[d.rule] += 1
+
+    def _out(self, stream: str, n: int, indices: list[int]) -> None:
+        parts = self.out.get(stream)
+        if parts is None:
+            parts = self.out[stream] = []
+        if parts and parts[-1][1] == n:
+            parts[-1][2].extend(indices)
+        else:
+            parts.append((self.bundles[n], n, list(indices)))
+
+    def _emit(self, stream: str, parts: list[forward.Part]) -> None:
+        """The stream's entries; a surprise building them leaves their sources pending, so
+        a reclaim retries each alone."""
+        model = stream.rsplit(":", 2)[-2]
+        max_batch = self.router.catalog.models[model].batching.max_batch
+        counter = self.keys.backlog(stream)
+        for _, _, indices in parts:
+            indices.sort()
+        try:
+            built = list(forward.entries(parts, max_batch))
+        except Exception as exc:
+            log.error("forward_failed", stream=stream, error=repr(exc), exc_info=True)
+            for _, n, _ in parts:
+                self.commit.fail(n)
+            return
+        for fields, requests, sources in built:
+            self.commit.add(stream, fields, sources, counted=(counter, requests))
+
+    # -- refusing ------------------------------------------------------------------------
+
+    def _answer(self, rid: str, payload: bytes, reply_to: str | None, n: int, status: str) -> None:
+        channel = self.keys.reply_channel(reply_to) if reply_to else None
+        self.commit.result(self.keys.result(rid), payload, channel, n)
+        self.finals[status] += 1
+
+    def _expire(self, n: int, h: Header) -> None:
+        res = error_result(h, "deadline", "deadline passed before routing", status=EXPIRED)
+        self._answer(h.id, res.dumps(), h.reply_to, n, res.status)
+        self.rules["expired"] += 1
+
+    def _route_error(self, n: int, h: Header, exc: RouteError) -> None:
+        res = error_result(h, exc.code, str(exc))
+        self._answer(h.id, res.dumps(), h.reply_to, n, res.status)
+        self.rules[exc.code] += 1
+
+    def _dead_letter(
+        self, n: int, fields: dict[bytes, bytes], eid: bytes, code: str, why: str
+    ) -> None:
+        record = results.dead_letter_record(
+            fields, stream=self.ingress, entry_id=eid, code=code, reason=why
+        )
+        self.commit.add(self.keys.dead_letter, record, [n], maxlen=results.DEAD_LETTER_MAXLEN)
+
+    def _refuse_item(self, n: int, b: Bundle, item: BadItem) -> None:
+        """One request of an entry that cannot go on: its error result and dead letter."""
+        rid, reply_to = item.salvage()
+        log.warning(
+            "request_refused",
+            entry=b.entry_id.decode(),
+            request_id=rid,
+            code=item.code,
+            reason=item.message,
+        )
+        if rid is not None:
+            res = error_result(item.header or rid, item.code, item.message)
+            self._answer(rid, res.dumps(), reply_to, n, res.status)
+        fields = self.raw[n] if b.single else forward.single_fields(b, item.index, item.raw_header)
+        self._dead_letter(n, fields, b.entry_id, item.code, item.message)
+
+    def _internal(self, n: int, b: Bundle, i: int, exc: Exception) -> None:
+        """Routing this request raised: it gets an error result, it a dead letter."""
+        message = f"routing failed: {exc!r}"
+        self._refuse_item(n, b, BadItem(i, "internal", message, header=b.headers[i]))
+        self.rules["internal"] += 1
+
+    def _internal_entry(self, n: int, b: Bundle, exc: Exception) -> None:
+        """Sorting an entry raised: each of its requests fails, none is forwarded."""
+        for g in self.groups.values():
+            g.parts.pop(n, None)
+        for i in range(b.size):
+            self._internal(n, b, i, exc)
+
+    def _refuse_entry(
+        self,
+        eid: bytes,
+        fields: dict[bytes, bytes],
+        code: str,
+        message: str,
+        salvaged: list[BadItem],
+    ) -> None:
+        """An entry none of whose requests can go on: an error result for each id found."""
+        n = self.commit.entry(
+            self.ingress, keynames.ROUTER_GROUP, eid, max(1, len(salvaged)), self.counter
+        )
+        log.warning("entry_refused", entry=eid.decode(), code=code, reason=message)
+        for item in salvaged:
+            rid, reply_to = item.salvage()
+            if rid is not None:
+                self._answer(rid, error_result(rid, code, message).dumps(), reply_to, n, "error")
+        self._dead_letter(n, fields, eid, code, message)
+
+    def poison(self, eid: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        """An entry delivered too often: every id it holds is answered, it is dead-lettered."""
+        try:
+            got = bundle.decode(self.ingress, eid, fields, self.router.settings.max_payload_bytes)
+            headers = enumerate(got.headers)
+            salvaged = [BadItem(i, "dead_letter", reason, header=h) for i, h in headers]
+            for item in got.bad:
+                salvaged[item.index] = item
+        except EntryError as exc:
+            salvaged = exc.salvaged
+        except Exception:  # noqa: BLE001 - then only the dead letter
+            salvaged = []
+        self._refuse_entry(eid, fields, "dead_letter", reason, salvaged)
+
+
+def partial_inputs(b: Bundle, i: int) -> Any:
+    """The inputs of one request of an entry, for a scorer asked per request."""
+
+    def inputs() -> Mapping[str, np.ndarray]:
+        if not b.inputs:
+            return _NO_INPUTS
+        mask = np.zeros(b.size, dtype=bool)
+        mask[i] = True
+        return bundle.take_rows(b.inputs, b.rows, mask)
+
+    return inputs
+
+
+def _kept(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """What of an oversized entry is worth keeping: its headers, if they are not the problem."""
+    raw = fields.get(bundle.HEADER)
+    if raw is not None:
+        return kept_for_dead_letter(raw)
+    raw = fields.get(bundle.HEADERS)
+    return {bundle.HEADERS: raw} if raw is not None and len(raw) <= 64 * 1024 else {}
