@@ -82,12 +82,13 @@ def test_escalation_into_an_overloaded_model_is_skipped_until_it_recovers(
 ) -> None:
     keys = Keys(settings.prefix)
     cat = with_task(catalog, load=Load(high_water=3, low_water=1))
-    backlog = [r.xadd(keys.model_stream("digits-large"), {b"f": b"v"}) for _ in range(3)]
+    backlog = keys.backlog(keys.model_stream("digits-large"))  # requests waiting there
+    r.set(backlog, 3)
     worker = small_worker(r, cat, settings)
     enqueue(r, keys, "digits-small", "busy", x[:1], task="digits")
     drain(worker)
     assert result(r, keys, "busy").info == {"escalation_skipped": "load"}
-    r.xdel(keys.model_stream("digits-large"), *backlog)
+    r.set(backlog, 0)
     worker.board.refresh(force=True)
     enqueue(r, keys, "digits-small", "calm", x[:1], task="digits")
     drain(worker)

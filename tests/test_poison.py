@@ -154,10 +154,10 @@ def test_a_surprise_while_settling_one_request_fails_only_that_request(
     """Not a forged field this time: anything one entry's handling raises stays its own."""
     real = outcome.timings
 
-    def timings(header: Header) -> dict[str, float]:
+    def timings(header: Header, *args: Any) -> dict[str, float]:
         if header.id == "cursed":
             raise RuntimeError("boom")
-        return real(header)
+        return real(header, *args)
 
     monkeypatch.setattr(outcome, "timings", timings)
     worker = ModelWorker(r, catalog, catalog.models["digits-small"], settings, "w1")

@@ -149,7 +149,8 @@ def test_overload_biases_to_the_lighter_model_with_hysteresis(
     router = Router(r, policy_catalog, settings)
     router.setup()
     keys = router.keys
-    backlog = [r.xadd(keys.model_stream("toy-large"), {b"f": b"v"}) for _ in range(5)]
+    backlog = keys.backlog(keys.model_stream("toy-large"))  # requests waiting there
+    r.set(backlog, 5)
     premium = {"task": "toy", "tier": "premium"}
     route(router, ("over", ZEROS, premium))
     assert hops(r, keys, "toy-small")["over"] == {
@@ -159,10 +160,10 @@ def test_overload_biases_to_the_lighter_model_with_hysteresis(
         "score": 0.0,
         "backlog": 5,
     }
-    r.xdel(keys.model_stream("toy-large"), *backlog[:2])  # 3 left: below high, above low
+    r.set(backlog, 3)  # below high, above low
     route(router, ("still", ZEROS, premium))
     assert hops(r, keys, "toy-small")["still"]["rule"] == "load"
-    r.xdel(keys.model_stream("toy-large"), backlog[2])  # 2 left: at the low-water mark
+    r.set(backlog, 2)  # at the low-water mark
     route(router, ("back", ZEROS, premium))
     assert hops(r, keys, "toy-large")["back"]["rule"] == "tier"
     assert router.board.switches == 2  # on once, off once: no flapping in between

@@ -70,6 +70,9 @@ class ModelWorker:
     def setup(self) -> None:
         for lane in self.lanes:
             streams.ensure_group(self.r, lane, keynames.WORKER_GROUP)
+            # Joined before the first read: a replica counts as a consumer (stats, KEDA)
+            # even while another one takes every bundle.
+            self.r.xgroup_createconsumer(lane, keynames.WORKER_GROUP, self.consumer)
         self.r.hset(  # what `cascadeq cost` sizes instances by
             self.keys.model_totals(self.spec.name),
             mapping={"load_rss_bytes": self.load_bytes, "worker_rss_bytes": metrics.rss_bytes()},
