@@ -81,6 +81,26 @@ class Commit:
                 ch = self._channel_index[channel] = len(self.channels)
         self.results += (self.key(key), self.arg(payload), ch, entry)
 
+    def channel(self, channel: str | None) -> int:
+        """The number a result names its reply channel by (0: none)."""
+        if not channel:
+            return 0
+        ch = self._channel_index.get(channel, 0)
+        if not ch:
+            self.channels.append(channel)
+            ch = self._channel_index[channel] = len(self.channels)
+        return ch
+
+    def results_of(self, entry: int, stored: list[tuple[str, bytes, int]]) -> None:
+        """Many results of one entry: (key, payload, channel number) each. Result keys
+        are distinct, so they are not looked up for reuse (a repeat is harmless: the
+        script stores the first and skips the second)."""
+        keys, args, results = self.keys, self.args, self.results
+        for key, payload, ch in stored:
+            keys.append(key)
+            args.append(payload)
+            results += (len(keys), len(args) + 1, ch, entry)
+
     def add(
         self,
         stream: str,

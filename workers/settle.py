@@ -41,8 +41,8 @@ class BatchWork:
     commit: Commit
     tally: Tally
     counts: Counter[str] = field(default_factory=Counter)  # routing-count hash increments
-    channels: dict[str, str] = field(default_factory=dict)  # reply_to -> channel name
-    hop: dict[str, Any] = field(default_factory=dict)  # the current entry's shared hop figures
+    channels: dict[str, int] = field(default_factory=dict)  # reply_to -> channel number
+    plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
     answered: list[float] = field(default_factory=list)  # total_ms of each ok result
     now: float = 0.0  # epoch ms when the batch's results were written
 
@@ -60,12 +60,53 @@ class Ran:
     info: dict[str, Any]  # the batch's extra result info (padding overhead)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What requests of one (task, model, stage, tier) need from this model."""
+
+    task: TaskSpec | None  # None: pinned to a model, no cascade
+    measure: str  # the confidence measure
+    next: str | None  # the cascade's next model, if this answer may be passed up
+    threshold: float  # the confidence below which it is
+    traced: bool  # its first-stage outcomes are sampled for `router train`
+
+
+def _plan_for(catalog: Catalog, model: str, header: Header) -> _Plan:
+    task = outcome.task_of(catalog, header)
+    if task is None:
+        return _Plan(None, "top", None, 0.0, traced=False)
+    stage = header.stage
+    nxt, threshold = None, 0.0
+    if 0 <= stage < len(task.cascade) - 1 and task.cascade[stage].model == model:
+        own = task.threshold(stage, header.tier)
+        if own is not None:
+            nxt, threshold = task.cascade[stage + 1].model, own
+    traced = (
+        task.trace_sample > 0
+        and len(task.cascade) >= 2
+        and stage == 0
+        and task.cascade[0].model == model
+    )
+    return _Plan(task, task.confidence, nxt, threshold, traced)
+
+
 @dataclass
 class _Escalation:
     stream: str
+    to: str  # the model it goes to
     parts: list[tuple[Item, np.ndarray]] = field(default_factory=list)  # item, request mask
     headers: list[Header] = field(default_factory=list)
     entries: set[int] = field(default_factory=set)
+
+    def take(self, item: Item, index: int, header: Header, entry: int) -> None:
+        header.stage += 1
+        header.attempt += 1
+        header.trace.append({"model": self.to, "rule": "escalate"})
+        if not self.parts or self.parts[-1][0] is not item:
+            self.parts.append((item, np.zeros(item.bundle.size, dtype=bool)))
+        self.parts[-1][1][index] = True
+        self.headers.append(header)
+        self.entries.add(entry)
 
 
 class Settler:
@@ -105,51 +146,92 @@ class Settler:
         slicer: outputs.RowSlicer,
         escalations: dict[str, _Escalation],
     ) -> None:
+        """The per-request loop, kept tight: what is shared is looked up once per entry or
+        per (task, stage, tier), and a request costs its hop, its decision and its result."""
         queue_ms = round(max(0.0, item.read_at - item.enqueued_at), 3)
         wait_ms = round(max(0.0, ran.launched_at - item.read_at), 3)
-        work.hop = {
+        hop = {
             "queue_ms": queue_ms,
             "batch_wait_ms": wait_ms,
             "compute_ms": round(ran.compute_ms, 3),
             "batch_size": ran.samples,
         }
-        kept = np.flatnonzero(item.keep)
-        rows = item.bundle.rows[kept].tolist()
+        kept = np.flatnonzero(item.keep).tolist()
+        rows = item.bundle.rows[item.keep].tolist()
         work.tally.queue_ms += [queue_ms] * len(kept)
         work.tally.batch_wait_ms += [wait_ms] * len(kept)
-        req = first
-        start = confs.row_start(first)
-        for j, n in zip(kept.tolist(), rows, strict=True):
-            header = item.headers[j]
+        model, output, now, samples = self.spec.name, self.spec.output, work.now, ran.samples
+        headers, stored, answered = item.headers, [], work.answered
+        result_key, encode, record = self.keys.result, outputs.encode, outputs.ResultRecord
+        req, start = first, confs.row_start(first)
+        for j, n in zip(kept, rows, strict=True):
+            header = headers[j]
             try:
-                target = self._decide(work, item, j, entry, confs.of, req)
-                if target is None:
-                    self._answer(work, ran, header, slicer.ext(start, start + n), entry)
-                else:
-                    stream = self.keys.model_stream(
-                        target, self.catalog.models[target].lane_for(header.priority)
+                plan = self._plan(work, header)
+                conf = confs.of(req, plan.measure)
+                trace = header.trace
+                last = trace[-1] if trace else None
+                if last is None or last.get("model") != model or "confidence" in last:
+                    last = {"model": model, "rule": "direct"}
+                    trace.append(last)
+                last["confidence"] = conf
+                last.update(hop)
+                target = plan.next
+                if target is not None and (conf is None or conf >= plan.threshold):
+                    target = None
+                if target is not None:
+                    target = self._unless_skipped(work, plan.task, header, target)
+                if plan.traced and plan.task is not None:
+                    self._log_trace(work, plan.task, item, j, entry, kept=target is None)
+                if target is not None:
+                    self._escalation(escalations, header, target).take(item, j, header, entry)
+                    continue
+                info = ran.info
+                skipped = last.get("skipped")
+                if skipped is not None:
+                    info = {**info, "escalation_skipped": skipped}
+                times = outcome.timings(header, now)
+                rows_ext = slicer.ext(start, start + n)
+                payload = encode(
+                    record(
+                        header.id, OK, {output: rows_ext}, model, trace, None, times, samples, info
                     )
-                    esc = escalations.get(stream) or escalations.setdefault(
-                        stream, _Escalation(stream)
-                    )
-                    _take(esc, item, j, header, entry, target)
+                )
+                stored.append((result_key(header.id), payload, self._channel(work, header)))
+                answered.append(times["total_ms"])
             except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
                 self._internal(work, header, entry, exc)
-            req += 1
-            start += n
+            finally:
+                req += 1
+                start += n
+        work.commit.results_of(entry, stored)
 
-    def _decide(
-        self, work: BatchWork, item: Item, index: int, entry: int, conf_of: Any, req: int
-    ) -> str | None:
-        """Record the hop; the next model if the answer is not sure enough, else None."""
-        header = item.headers[index]
-        task = outcome.task_of(self.catalog, header)
-        conf = conf_of(req, task.confidence if task else "top")
-        outcome.record_hop(header, self.spec.name, conf, work.hop)
-        target = self._target(work, task, header, conf)
-        if task is not None:
-            self._log_trace(work, task, item, index, entry, kept=target is None)
-        return target
+    def _plan(self, work: BatchWork, header: Header) -> _Plan:
+        """What a request of this (task, stage, tier) needs here, worked out once a batch."""
+        key = (header.task, header.model, header.stage, header.tier)
+        plan = work.plans.get(key)
+        if plan is None:
+            plan = work.plans[key] = _plan_for(self.catalog, self.spec.name, header)
+        return plan
+
+    def _escalation(
+        self, escalations: dict[str, _Escalation], header: Header, to: str
+    ) -> _Escalation:
+        lane = self.catalog.models[to].lane_for(header.priority)
+        stream = self.keys.model_stream(to, lane)
+        esc = escalations.get(stream)
+        if esc is None:
+            esc = escalations[stream] = _Escalation(stream, to)
+        return esc
+
+    def _channel(self, work: BatchWork, header: Header) -> int:
+        if header.reply_to is None:
+            return 0
+        ch = work.channels.get(header.reply_to)
+        if ch is None:
+            name = self.keys.reply_channel(header.reply_to)
+            ch = work.channels[header.reply_to] = work.commit.channel(name)
+        return ch
 
     def _internal(self, work: BatchWork, header: Header, entry: int, exc: Exception) -> None:
         """A request whose handling raised: an error result of its own, or, if even that
@@ -163,18 +245,17 @@ class Settler:
         )
         try:
             failed = error_result(header.id, "internal", f"model {self.spec.name}: {exc}")
-            work.commit.result(
-                self.keys.result(header.id), failed.dumps(), self.channel(work, header), entry
-            )
+            channel = self.keys.reply_channel(header.reply_to) if header.reply_to else None
+            work.commit.result(self.keys.result(header.id), failed.dumps(), channel, entry)
             work.tally.answer(failed.status, 0.0)
         except Exception:  # noqa: BLE001
             work.commit.fail(entry)
 
-    def _target(
-        self, work: BatchWork, task: TaskSpec | None, header: Header, conf: float | None
+    def _unless_skipped(
+        self, work: BatchWork, task: TaskSpec | None, header: Header, target: str
     ) -> str | None:
-        target = outcome.next_model(task, header, self.spec.name, conf)
-        if task is None or target is None:
+        """The due escalation, unless the next model is too late or swamped (then None)."""
+        if task is None:
             return target
         why = outcome.skip_reason(task, header, target, self.board, now_ms())
         if why is None:
@@ -184,36 +265,6 @@ class Settler:
         work.tally.skipped[why] += 1
         return None
 
-    def _answer(self, work: BatchWork, ran: Ran, header: Header, rows: Any, entry: int) -> None:
-        info = dict(ran.info)
-        skipped = header.trace[-1].get("skipped") if header.trace else None
-        if skipped is not None:
-            info["escalation_skipped"] = skipped
-        times = outcome.timings(header, work.now)
-        record = outputs.ResultRecord(
-            id=header.id,
-            status=OK,
-            outputs={self.spec.output: rows},
-            model=self.spec.name,
-            path=header.trace,
-            error=None,
-            timings=times,
-            batch_size=ran.samples,
-            info=info,
-        )
-        work.commit.result(
-            self.keys.result(header.id), outputs.encode(record), self.channel(work, header), entry
-        )
-        work.answered.append(times["total_ms"])
-
-    def channel(self, work: BatchWork, header: Header) -> str | None:
-        if header.reply_to is None:
-            return None
-        name = work.channels.get(header.reply_to)
-        if name is None:
-            name = work.channels[header.reply_to] = self.keys.reply_channel(header.reply_to)
-        return name
-
     def _escalate(self, work: BatchWork, esc: _Escalation) -> None:
         """One entry per next model and lane, its rows taken from each source entry."""
         counter = self.keys.backlog(esc.stream)
@@ -221,9 +272,8 @@ class Settler:
             work.commit.add(esc.stream, fields, sorted(esc.entries), counted=(counter, requests))
         n = len(esc.headers)
         work.counts[f"escalate:{self.spec.name}"] += n
-        target = esc.headers[0].trace[-1]["model"]
         work.tally.escalated += n
-        work.tally.escalated_to[str(target)] += n
+        work.tally.escalated_to[esc.to] += n
 
     def _log_trace(
         self, work: BatchWork, task: TaskSpec, item: Item, index: int, entry: int, *, kept: bool
@@ -245,17 +295,6 @@ class Settler:
             [entry],
             maxlen=TRACES_MAXLEN,
         )
-
-
-def _take(esc: _Escalation, item: Item, index: int, header: Header, entry: int, to: str) -> None:
-    header.stage += 1
-    header.attempt += 1
-    header.trace.append({"model": to, "rule": "escalate"})
-    if not esc.parts or esc.parts[-1][0] is not item:
-        esc.parts.append((item, np.zeros(item.bundle.size, dtype=bool)))
-    esc.parts[-1][1][index] = True
-    esc.headers.append(header)
-    esc.entries.add(entry)
 
 
 def _escalation_fields(esc: _Escalation) -> Iterator[tuple[dict[bytes, bytes], int]]:
