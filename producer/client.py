@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
@@ -26,16 +26,19 @@ from producer.base import (
     ClientBase,
     raises_connection_failed,
 )
-from producer.errors import RequestFailed
+from producer.errors import Rejected, RequestFailed
 from producer.inbox import collect
 from producer.requests import (
-    SUBMIT_CHUNK,
-    SUBMIT_SCRIPT,
+    SUBMIT,
+    Call,
+    Outgoing,
+    Prepared,
+    Reply,
     Request,
-    check_admitted,
     check_unique,
-    prepare,
-    submit_call,
+    partial_outcome,
+    plan_calls,
+    strict_outcome,
 )
 
 log = get_logger("cascadeq.producer")
@@ -62,6 +65,7 @@ class Producer(ClientBase):
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._coalescer = Coalescer(self._flush)
 
     # -- submitting -------------------------------------------------------------
 
@@ -86,27 +90,40 @@ class Producer(ClientBase):
         queueing it again; if it did not, the retry queues it.
         """
         req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
-        return self.submit_many([req])[0]
+        if self.catalogs.should_fetch(req):
+            self.catalogs.update(self.redis.get(self.keys.catalog))
+        return self._coalescer.submit(self._prepare([req])[0])
 
     def submit_many(self, requests: Iterable[Request]) -> list[str]:
-        """Queue many in one round trip per chunk; a refused chunk raises Rejected.
+        """Queue many as bundles, one round trip per SUBMIT_CHUNK; a refusal raises Rejected.
 
-        Chunks before a refused one stay queued: their ids are in ``Rejected.accepted``.
-        An id repeated within the call refuses the whole call; one already in use refuses
-        its chunk (``duplicate_id``, the ids in ``Rejected.ids``), except idempotent retries.
+        Every request is checked before anything is sent. Chunks before a refused one stay
+        queued: their ids are in ``Rejected.accepted``. An id repeated within the call
+        refuses the whole call; one already in use refuses its chunk (``duplicate_id``,
+        the ids in ``Rejected.ids``), except idempotent retries.
         """
-        prepared = []
-        for req in requests:
+        reqs = list(requests)
+        for req in reqs:
             if self.catalogs.should_fetch(req):
                 self.catalogs.update(self.redis.get(self.keys.catalog))
-            prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
+        prepared = self._prepare(reqs)
         check_unique(prepared)
-        for start in range(0, len(prepared), SUBMIT_CHUNK):
-            chunk = prepared[start : start + SUBMIT_CHUNK]
-            call = submit_call(chunk, self.keys, self.settings)
-            reply = self.redis.eval(SUBMIT_SCRIPT, *call.eval_args())
-            check_admitted(reply, call, prepared[:start], len(chunk))
-        return [p.id for p in prepared]
+        accepted: list[str] = []
+        for call in plan_calls(prepared, self.keys, self.settings):
+            while call:
+                sent = Call(call, self.keys, self.settings, partial=False)
+                reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
+                call = strict_outcome(reply, call, sent, accepted, self.keys, self._max_bytes)
+        return [p.header.id for p in prepared]
+
+    def _flush(self, batch: list[Prepared]) -> None:
+        """Coalesced submits: one script call per chunk, each refusal answered alone."""
+        for call in plan_calls(batch, self.keys, self.settings):
+            rest: list[Outgoing] = call
+            while rest:
+                sent = Call(rest, self.keys, self.settings, partial=True)
+                reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle)
 
     # -- results ----------------------------------------------------------------
 
@@ -199,3 +216,74 @@ class Producer(ClientBase):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def settle(p: Prepared, error: Rejected | None) -> None:
+    """Record a coalesced request's outcome on its waiter (released after the flush)."""
+    p.slot.error = error
+    p.slot.done = True
+
+
+class Waiter:
+    """One coalesced submit: a lock held until its flush is over (or it is to lead)."""
+
+    __slots__ = ("prepared", "lock", "error", "done", "lead")
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.error: BaseException | None = None
+        self.done = False
+        self.lead = False
+        prepared.slot = self
+
+
+class Coalescer:
+    """Concurrent submits share flushes: one in flight at a time, the next carries all
+    that arrived meanwhile. A submit that finds no flush in flight sends at once; one
+    that finds a flush joins the next, led by the first of them to arrive."""
+
+    def __init__(self, flush: Callable[[list[Prepared]], None]) -> None:
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._pending: list[Waiter] = []
+        self._flushing = False
+
+    def submit(self, prepared: Prepared) -> str:
+        me = Waiter(prepared)
+        with self._lock:
+            self._pending.append(me)
+            lead = not self._flushing
+            self._flushing = True
+        if not lead:
+            me.lock.acquire()  # released once answered, or to lead the next flush
+            lead = me.lead
+        if lead:
+            self._lead()
+        if me.error is not None:
+            raise me.error
+        return prepared.header.id
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            self._flush([w.prepared for w in batch])
+        except BaseException as exc:  # every caller of the flush sees what stopped it
+            for w in batch:
+                if not w.done:
+                    w.error, w.done = exc, True
+        finally:
+            with self._lock:
+                nxt = self._pending[0] if self._pending else None
+                if nxt is None:
+                    self._flushing = False
+            for w in batch:
+                if not w.done:  # the script answered nothing for it: it cannot stay silent
+                    w.error = RuntimeError("submit flush ended without an answer")
+                w.lead = False
+                w.lock.release()
+            if nxt is not None:
+                nxt.lead = True
+                nxt.lock.release()
