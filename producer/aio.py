@@ -96,7 +96,8 @@ class AsyncProducer(ClientBase):
         prepared = self._prepare(reqs)
         check_unique(prepared)
         accepted: list[str] = []
-        for call in plan_calls(prepared, self.keys, self.settings):
+        for planned in plan_calls(prepared, self.keys, self.settings):
+            call = planned
             while call:
                 sent = Call(call, self.keys, self.settings, partial=False)
                 reply = Reply(await self._submit_script(sent))
@@ -117,7 +118,7 @@ class AsyncProducer(ClientBase):
                 batch, self._pending = self._pending, []
                 try:
                     await self._flush(batch)
-                except BaseException as exc:  # every caller of the flush sees what stopped it
+                except BaseException as exc:
                     for p in batch:
                         if not p.slot.done():
                             p.slot.set_exception(exc)

@@ -109,7 +109,8 @@ class Producer(ClientBase):
         prepared = self._prepare(reqs)
         check_unique(prepared)
         accepted: list[str] = []
-        for call in plan_calls(prepared, self.keys, self.settings):
+        for planned in plan_calls(prepared, self.keys, self.settings):
+            call = planned
             while call:
                 sent = Call(call, self.keys, self.settings, partial=False)
                 reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
@@ -227,7 +228,7 @@ def settle(p: Prepared, error: Rejected | None) -> None:
 class Waiter:
     """One coalesced submit: a lock held until its flush is over (or it is to lead)."""
 
-    __slots__ = ("prepared", "lock", "error", "done", "lead")
+    __slots__ = ("done", "error", "lead", "lock", "prepared")
 
     def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
@@ -270,7 +271,7 @@ class Coalescer:
             batch, self._pending = self._pending, []
         try:
             self._flush([w.prepared for w in batch])
-        except BaseException as exc:  # every caller of the flush sees what stopped it
+        except BaseException as exc:  # noqa: BLE001 - every caller of the flush sees it
             for w in batch:
                 if not w.done:
                     w.error, w.done = exc, True

@@ -265,7 +265,7 @@ def _check_arrays(inputs: Mapping[str, Any]) -> None:
 class Outgoing:
     """One ingress entry to be: requests of one group, their fields encoded once."""
 
-    __slots__ = ("members", "fields", "stream")
+    __slots__ = ("fields", "members", "stream")
 
     def __init__(self, members: list[Prepared], fields: dict[bytes, bytes], stream: str) -> None:
         self.members, self.fields, self.stream = members, fields, stream
@@ -369,7 +369,7 @@ def members(call: list[Outgoing]) -> list[Prepared]:
 class Call:
     """One submit.lua call: keys, arguments, and which stream each counter key counts."""
 
-    __slots__ = ("keys", "args", "streams", "bounds")
+    __slots__ = ("args", "bounds", "keys", "streams")
 
     def __init__(self, call: list[Outgoing], keys: Keys, settings: Settings, partial: bool) -> None:
         self.keys = [keys.ingress, keys.backlog(keys.ingress)]
@@ -417,7 +417,7 @@ class Call:
 class Reply:
     """submit.lua's answer."""
 
-    __slots__ = ("ok", "depth", "dups", "skips", "refused", "full", "full_depth")
+    __slots__ = ("depth", "dups", "full", "full_depth", "ok", "refused", "skips")
 
     def __init__(self, raw: Any) -> None:
         self.ok, self.depth = bool(int(raw[0])), int(raw[1])

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-
 import streamview
+
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.settings import Settings

@@ -7,15 +7,15 @@ import asyncio
 import numpy as np
 import pytest
 import redis
+from streamview import headers_in
 
 from cascadeq import dlq, results
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_result
+from cascadeq.messages import INPUTS_FIELD, Result, error_result
 from cascadeq.settings import Settings
 from producer import AsyncProducer, Producer, Rejected, Request
 from producer.requests import SUBMIT, Call, Preparer, Reply, plan_calls, strict_outcome
-from streamview import headers_in
 
 X = {"input": np.ones((1, 4), np.float32)}
 Y = {"input": np.zeros((1, 4), np.float32)}
@@ -50,7 +50,9 @@ def test_a_reused_id_is_refused_and_never_answered_with_the_other_result(
 
 def prepare_inputs(inputs: dict[str, np.ndarray], settings: Settings, cat: Catalog) -> bytes:
     """The inputs field a lone request is queued with: the single-request form."""
-    [[entry]] = plan_calls([Preparer(cat, settings, None)(Request(inputs, task="toy"))], Keys(), settings)
+    [[entry]] = plan_calls(
+        [Preparer(cat, settings, None)(Request(inputs, task="toy"))], Keys(), settings
+    )
     return entry.fields[INPUTS_FIELD]
 
 

@@ -8,6 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+from streamview import count, headers_in
 
 from cascadeq import results
 from cascadeq.catalog import Catalog
@@ -17,7 +18,6 @@ from cascadeq.settings import Settings
 from cascadeq.wire import loads_inputs
 from producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, Timeout
 from producer.requests import CatalogCache
-from streamview import count, headers_in
 
 X = {"input": np.ones((1, 4), np.float32)}
 

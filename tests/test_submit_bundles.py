@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import redis
+from streamview import count, headers_in
 
 from cascadeq import bundle, dlq, results
 from cascadeq.catalog import Catalog
@@ -18,7 +19,6 @@ from cascadeq.messages import Result
 from cascadeq.settings import Settings
 from producer import AsyncProducer, Producer, Rejected, Request
 from producer.requests import SUBMIT_CHUNK
-from streamview import count, headers_in
 
 LANES_CATALOG = """
 [models.a]
@@ -104,7 +104,8 @@ def test_submit_many_groups_by_first_model_lane_and_signature(
     two = by_ids[(ids[3], ids[5])]
     assert list(two.rows) == [2, 1]  # rows per request travel with the bundle
     np.testing.assert_array_equal(two.inputs["input"][:, 0], [3, 3, 5])
-    assert by_ids[(ids[6],)].single and by_ids[(ids[7],)].single  # alone: the h/x form
+    assert by_ids[(ids[6],)].single  # alone: the h/x form
+    assert by_ids[(ids[7],)].single
     assert r.xlen(keys.ingress) == 5
     assert r.get(keys.backlog(keys.ingress)) == b"8"  # counted in requests
     for model, lane in (("a", "interactive"), ("a", "batch"), ("w", "default")):
