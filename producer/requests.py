@@ -97,7 +97,6 @@ class Preparer:
         self.catalog, self.reply_to = catalog, reply_to
         self.max_bytes = settings.max_payload_bytes
         self.submitted = now_ms()
-        self._ids: list[str] = []
 
     def __call__(self, req: Request) -> Prepared:
         """Validate and build the header; raises Rejected with the reason."""
@@ -118,7 +117,7 @@ class Preparer:
                     "recognised by it",
                     "bad_request",
                 )
-            rid = self._new_id()
+            rid = new_id()
         elif rid.__class__ is not str or not _ID_RE.fullmatch(rid):
             _refuse_id(rid)
         if (req.tier, req.priority) not in _GOOD_NAMES:
@@ -145,12 +144,20 @@ class Preparer:
         digest = request_digest(req, _encode(inputs)) if req.idempotent else b""
         return Prepared(header, inputs, group, rows, nbytes, target, digest)
 
-    def _new_id(self) -> str:
-        """What uuid4().hex gives, drawn 256 at a time."""
-        if not self._ids:
-            raw = os.urandom(16 * 256).hex()
-            self._ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
-        return self._ids.pop()
+
+
+_IDS: list[str] = []  # random ids drawn ahead; list.pop is atomic, so threads may share it
+os.register_at_fork(after_in_child=_IDS.clear)  # a forked child must not reuse the parent's
+
+
+def new_id() -> str:
+    """What uuid4().hex gives, drawn 256 at a time."""
+    try:
+        return _IDS.pop()
+    except IndexError:
+        raw = os.urandom(16 * 256).hex()
+        _IDS.extend([raw[i : i + 32] for i in range(0, len(raw), 32)])
+        return _IDS.pop()
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
