@@ -149,21 +149,26 @@ class AsyncProducer(ClientBase):
 
     async def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
         self._ensure_listener()
-        futures, ready = self._inbox.register(list(request_ids))
+        ids = list(request_ids)
+        batch = self._inbox.register(ids)
         try:
-            await self._fetch_stored(list(futures))
-            pending = [asyncio.wrap_future(f) for f in futures.values() if not f.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=timeout)
-            return collect(list(request_ids), futures, ready, timeout)
+            if not batch.done():
+                await self._fetch_stored([rid for rid in ids if rid not in batch.results])
+            if not batch.done():
+                await asyncio.wait([asyncio.wrap_future(batch.future)], timeout=timeout)
+            return collect(ids, batch, timeout)
         finally:
-            self._inbox.release(list(futures))
+            self._inbox.release(batch, ids)
 
     async def _fetch_stored(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
+        result = self.keys.result
         for start in range(0, len(ids), MGET_CHUNK):
-            chunk = ids[start : start + MGET_CHUNK]
-            raws = await self.redis.mget([self.keys.result(rid) for rid in chunk])
-            self._inbox.deliver_stored(chunk, raws)
+            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        raws = [raw for chunk in await pipe.execute() for raw in chunk]
+        self._inbox.deliver_stored(ids, raws)
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
 
@@ -145,22 +144,27 @@ class Producer(ClientBase):
     def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
         """Results in the order of ``request_ids``; raises Timeout naming what is missing."""
         self._ensure_listener()
-        futures, ready = self._inbox.register(list(request_ids))
+        ids = list(request_ids)
+        batch = self._inbox.register(ids)
         try:
-            self._fetch_stored(list(futures))
-            pending = [f for f in futures.values() if not f.done()]
-            if pending:
-                wait_futures(pending, timeout=timeout, return_when=FIRST_EXCEPTION)
-            return collect(list(request_ids), futures, ready, timeout)
+            if not batch.done():
+                self._fetch_stored([rid for rid in ids if rid not in batch.results])
+            if not batch.done():
+                wait_futures([batch.future], timeout=timeout)
+            return collect(ids, batch, timeout)
         finally:
-            self._inbox.release(list(futures))
+            self._inbox.release(batch, ids)
 
     def _fetch_stored(self, ids: list[str]) -> None:
         """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
+        result = self.keys.result
         for start in range(0, len(ids), MGET_CHUNK):
-            chunk = ids[start : start + MGET_CHUNK]
-            raws = self.redis.mget([self.keys.result(rid) for rid in chunk])
-            self._inbox.deliver_stored(chunk, raws)
+            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        raws = [raw for chunk in pipe.execute() for raw in chunk]
+        self._inbox.deliver_stored(ids, raws)
 
     # -- the reply listener -----------------------------------------------------------
 

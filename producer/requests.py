@@ -145,7 +145,6 @@ class Preparer:
         return Prepared(header, inputs, group, rows, nbytes, target, digest)
 
 
-
 _IDS: list[str] = []  # random ids drawn ahead; list.pop is atomic, so threads may share it
 os.register_at_fork(after_in_child=_IDS.clear)  # a forked child must not reuse the parent's
 
