@@ -198,6 +198,8 @@ class AsyncProducer(ClientBase):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])  # submits already handed in get their answer
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
