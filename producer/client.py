@@ -262,33 +262,60 @@ class Coalescer:
             lead = not self._flushing
             self._flushing = True
         if not lead:
-            me.lock.acquire()  # released once answered, or to lead the next flush
+            try:
+                me.lock.acquire()  # released once answered, or to lead the next flush
+            except BaseException:  # interrupted: leave, without stranding those behind
+                if self._abandon(me):
+                    me.lock.acquire(blocking=False)  # handed the lead: the lock was let go
+                    self._lead(me)
+                raise
             lead = me.lead
         if lead:
-            self._lead()
+            self._lead(me)
         if me.error is not None:
             raise me.error
         return prepared.header.id
 
-    def _lead(self) -> None:
+    def _abandon(self, me: Waiter) -> bool:
+        """A waiter that stops waiting: not yet in a flush, it is not sent; already handed
+        the lead, it must still lead (True), or the submits behind it would wait forever."""
+        with self._lock:
+            if me.lead:
+                return True
+            if me in self._pending:
+                self._pending.remove(me)
+            return False
+
+    def _lead(self, me: Waiter) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
         try:
             self._flush([w.prepared for w in batch])
         except BaseException as exc:  # noqa: BLE001 - every caller of the flush sees it
+            shared = exc if isinstance(exc, Exception) else _interrupted(exc)
             for w in batch:
                 if not w.done:
-                    w.error, w.done = exc, True
+                    w.error, w.done = exc if w is me else shared, True
         finally:
             with self._lock:
                 nxt = self._pending[0] if self._pending else None
                 if nxt is None:
                     self._flushing = False
+                else:
+                    nxt.lead = True
             for w in batch:
                 if not w.done:  # the script answered nothing for it: it cannot stay silent
                     w.error = RuntimeError("submit flush ended without an answer")
-                w.lead = False
+                if w is not nxt:
+                    w.lead = False
                 w.lock.release()
             if nxt is not None:
-                nxt.lead = True
                 nxt.lock.release()
+
+
+def _interrupted(exc: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"the thread sending this submit together with others was interrupted "
+        f"({type(exc).__name__}); whether it was queued is unknown: retry with the same "
+        "request_id and idempotent=True"
+    )

@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from conftest import wait_for
 from streamview import count, headers_in
 
 from cascadeq import bundle, dlq, results
+from cascadeq.bundle import Header
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.messages import Result
 from cascadeq.settings import Settings
 from producer import AsyncProducer, Producer, Rejected, Request
+from producer.client import Coalescer, Waiter
 from producer.requests import SUBMIT_CHUNK
 
 LANES_CATALOG = """
@@ -294,3 +298,83 @@ def test_a_replayed_dead_letter_is_counted_on_its_stream(
     dlq.replay(r, keys, letter.id, settings.pending_ttl_s)
     assert count(r, keys.ingress) == 1
     assert r.get(keys.backlog(keys.ingress)) == b"1"
+
+
+class _Item:
+    """Stands for a prepared request in the coalescer's unit tests."""
+
+    def __init__(self, rid: str) -> None:
+        self.header = Header(id=rid, model="toy-small")
+        self.slot: Any = None
+
+
+class _InterruptedLock:
+    """A waiter's lock whose blocking acquire is interrupted: at once, or once released."""
+
+    def __init__(self, after_release: bool) -> None:
+        self.inner = threading.Lock()
+        self.after_release = after_release
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not blocking:
+            return self.inner.acquire(blocking=False)
+        if self.after_release:
+            self.inner.acquire()
+        raise KeyboardInterrupt
+
+    def release(self) -> None:
+        self.inner.release()
+
+
+@pytest.mark.parametrize("handed_the_lead", [False, True])
+def test_an_interrupted_waiter_strands_no_one(handed_the_lead: bool) -> None:
+    """Interrupted before its flush it is not sent; interrupted just as it is handed the
+    lead, it still sends the next flush, so the submits behind it are answered."""
+    flushes: list[list[str]] = []
+    gate = threading.Event()
+
+    def flush(batch: list[Any]) -> None:
+        flushes.append([p.header.id for p in batch])
+        if len(flushes) == 1:
+            gate.wait(10)
+        for p in batch:
+            p.slot.error, p.slot.done = None, True
+
+    coalescer = Coalescer(flush)
+    first = threading.Thread(target=coalescer.submit, args=(_Item("a"),))
+    first.start()
+    wait_for(lambda: bool(flushes), 10, "the first flush")
+    original = Waiter.__init__
+
+    def interrupted_init(self: Waiter, prepared: Any) -> None:
+        Waiter.__init__ = original  # type: ignore[method-assign]  # this waiter alone
+        original(self, prepared)
+        lock = _InterruptedLock(handed_the_lead)
+        lock.inner.acquire()
+        self.lock = lock  # type: ignore[assignment]
+
+    outcome: dict[str, str] = {}
+
+    def interrupted() -> None:
+        Waiter.__init__ = interrupted_init  # type: ignore[method-assign]
+        try:
+            coalescer.submit(_Item("b"))
+        except KeyboardInterrupt:
+            outcome["b"] = "interrupted"
+
+    second = threading.Thread(target=interrupted)
+    second.start()
+    if not handed_the_lead:
+        second.join(10)
+        assert outcome == {"b": "interrupted"}
+    else:
+        wait_for(lambda: len(coalescer._pending) == 1, 10, "b waiting")
+    third = threading.Thread(target=lambda: outcome.setdefault("c", coalescer.submit(_Item("c"))))
+    third.start()
+    wait_for(lambda: len(coalescer._pending) == (2 if handed_the_lead else 1), 10, "c waiting")
+    gate.set()
+    for t in (first, second, third):
+        t.join(10)
+        assert not t.is_alive()
+    assert outcome == {"b": "interrupted", "c": "c"}
+    assert flushes == ([["a"], ["b", "c"]] if handed_the_lead else [["a"], ["c"]])
