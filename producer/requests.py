@@ -60,6 +60,22 @@ class Target:
         self.finite = not all(spec.allow_nonfinite for spec in self.distinct)
         self.good: set[tuple[Any, ...]] = set()  # input signatures that passed the checks
         self.lanes: dict[str, str] = {}
+        self.groups: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+
+    def group(self, priority: str, sig: tuple[Any, ...] | None) -> tuple[Any, ...]:
+        """The bundle a request joins: (first model, lane, signature, finite checked);
+        one tuple per priority and signature, shared by every request that has them."""
+        if sig is None:  # inputs the signature cannot describe go alone
+            return (self.first.name, self.lane(priority), object(), self.finite)
+        by_sig = self.groups.get(priority)
+        if by_sig is None:
+            if len(self.groups) > 1000:
+                self.groups.clear()  # callers' priority names: never grows without bound
+            by_sig = self.groups[priority] = {}
+        found = by_sig.get(sig)
+        if found is None:
+            found = by_sig[sig] = (self.first.name, self.lane(priority), sig, self.finite)
+        return found
 
     def lane(self, priority: str) -> str:
         lane = self.lanes.get(priority)
@@ -104,7 +120,7 @@ class Preparer:
             raise Rejected("name exactly one of task= or model=", "bad_request")
         target = _target(req, self.catalog)
         inputs = req.inputs
-        sig, rows = _signature(inputs)
+        sig, rows, nbytes = _signature(inputs)
         if rows < 1 or sig not in target.good:
             target.check(inputs)
             if sig is not None:
@@ -120,7 +136,7 @@ class Preparer:
             rid = new_id()
         elif rid.__class__ is not str or not _ID_RE.fullmatch(rid):
             _refuse_id(rid)
-        if (req.tier, req.priority) not in _GOOD_NAMES:
+        if req.tier not in _GOOD_NAMES or req.priority not in _GOOD_NAMES:
             _check_names(req.tier, req.priority)
         deadline = None
         if req.deadline_ms is not None:
@@ -129,7 +145,6 @@ class Preparer:
                     f"deadline_ms must be positive, got {req.deadline_ms}", "bad_deadline"
                 )
             deadline = self.submitted + req.deadline_ms
-        nbytes = _nbytes(inputs)
         if nbytes > self.max_bytes:
             raise Rejected(
                 f"inputs of {nbytes} bytes exceed the limit of {self.max_bytes} bytes", "too_large"
@@ -138,9 +153,7 @@ class Preparer:
             rid, req.task, req.model, req.tier, req.priority, deadline, self.submitted,
             self.reply_to,
         )  # fmt: skip
-        lane = target.lane(req.priority)
-        # inputs the signature could not describe go alone: nothing to stack them with
-        group = (target.first.name, lane, object() if sig is None else sig, target.finite)
+        group = target.group(req.priority, sig)
         digest = request_digest(req, _encode(inputs)) if req.idempotent else b""
         return Prepared(header, inputs, group, rows, nbytes, target, digest)
 
@@ -160,7 +173,7 @@ def new_id() -> str:
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_GOOD_NAMES: set[tuple[str, str]] = set()
+_GOOD_NAMES: set[str] = set()  # tier and priority names that passed (one rule for both)
 
 
 def _refuse_id(rid: Any) -> None:
@@ -178,32 +191,36 @@ def _check_names(tier: str, priority: str) -> None:
         raise Rejected(str(exc), "bad_request") from exc
     if len(_GOOD_NAMES) > 1000:
         _GOOD_NAMES.clear()  # never grows without bound
-    _GOOD_NAMES.add((tier, priority))
+    _GOOD_NAMES.update((tier, priority))
 
 
-def _signature(inputs: Any) -> tuple[tuple[Any, ...] | None, int]:
-    """Names, dtypes and shapes past the batch axis, and the rows; (None, 0) when the
-    inputs are not plain arrays agreeing on their rows (the full checks then explain)."""
+def _signature(inputs: Any) -> tuple[tuple[Any, ...] | None, int, int]:
+    """Names, dtypes and shapes past the batch axis, the rows and the bytes; (None, 0, 0)
+    when the inputs are not plain arrays agreeing on their rows (the full checks then
+    explain). One input, the common case, costs one small tuple."""
     try:
         items = inputs.items()
     except AttributeError:
-        return None, 0
+        return None, 0, 0
+    if len(items) == 1:
+        for name, arr in items:
+            if arr.__class__ is not np.ndarray or not arr.ndim:
+                return None, 0, 0
+            shape = arr.shape
+            return (name, arr.dtype, shape[1:]), shape[0], arr.nbytes
     parts = []
-    rows = -1
+    rows, nbytes = -1, 0
     for name, arr in items:
         if arr.__class__ is not np.ndarray or not arr.ndim:
-            return None, 0
+            return None, 0, 0
         shape = arr.shape
         if rows != shape[0]:
             if rows != -1:
-                return None, 0
+                return None, 0, 0
             rows = shape[0]
         parts.append((name, arr.dtype, shape[1:]))
-    return tuple(parts), rows
-
-
-def _nbytes(inputs: Mapping[str, np.ndarray]) -> int:
-    return sum([arr.nbytes for arr in inputs.values()])
+        nbytes += arr.nbytes
+    return tuple(parts), rows, nbytes
 
 
 def _encode(inputs: Mapping[str, np.ndarray]) -> bytes:
