@@ -95,14 +95,24 @@ class AsyncProducer(ClientBase):
                 self.catalogs.update(await self.redis.get(self.keys.catalog))
         prepared = self._prepare(reqs)
         check_unique(prepared)
+        refused = await self._send_strict(prepared)
+        if refused is not None:
+            del prepared  # a caller keeping the error keeps this frame: not the requests
+            raise refused
+        return [p.header.id for p in prepared]
+
+    async def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
+        """One script call per chunk; the refusal that stops the call, or None."""
         accepted: list[str] = []
         for planned in plan_calls(prepared, self.keys, self.settings):
-            call = planned
+            call: list[Outgoing] | Rejected = planned
             while call:
+                if isinstance(call, Rejected):
+                    return call
                 sent = Call(call, self.keys, self.settings, partial=False)
                 reply = Reply(await self._submit_script(sent))
                 call = strict_outcome(reply, call, sent, accepted, self.keys, self._max_bytes)
-        return [p.header.id for p in prepared]
+        return None
 
     async def _submit_script(self, sent: Call) -> object:
         try:

@@ -455,18 +455,22 @@ Send = Callable[[Call], Reply]
 
 def strict_outcome(
     reply: Reply, call: list[Outgoing], sent: Call, accepted: list[str], keys: Keys, max_bytes: int
-) -> list[Outgoing]:
-    """submit_many: a refusal refuses the call (Rejected, earlier calls in ``accepted``);
-    idempotent retries already queued are left out and the rest sent again."""
+) -> list[Outgoing] | Rejected:
+    """submit_many: a refusal refuses the call (the Rejected to raise, earlier calls in
+    ``accepted``); idempotent retries already queued are left out and the rest sent again.
+
+    Returned, not raised: raised here, a caller keeping the error would keep this frame's
+    bundles alive through its traceback.
+    """
     flat = members(call)
     if reply.ok:
         accepted += [p.header.id for p in flat]
         return []
     if reply.dups:
         ids = [flat[i].header.id for i in reply.dups]
-        raise duplicate_ids(ids, len(flat), accepted, "already in use")
+        return duplicate_ids(ids, len(flat), accepted, "already in use")
     if reply.full:
-        raise sent.full(reply.full, reply.full_depth, len(flat), accepted)
+        return sent.full(reply.full, reply.full_depth, len(flat), accepted)
     accepted += [flat[i].header.id for i in reply.skips]
     return without(call, set(reply.skips), keys, max_bytes)
 

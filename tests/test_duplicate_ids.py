@@ -84,8 +84,10 @@ def test_the_script_itself_refuses_a_chunk_repeating_an_id(
     assert len(call) == 1  # one bundle of three
     sent = Call(call, keys, settings, partial=False)
     reply = Reply(SUBMIT(r, sent.keys, sent.args))
+    refused = strict_outcome(reply, call, sent, [], keys, settings.max_payload_bytes)
+    assert isinstance(refused, Rejected)
     with pytest.raises(Rejected, match="already in use: b; ") as err:
-        strict_outcome(reply, call, sent, [], keys, settings.max_payload_bytes)
+        raise refused
     assert err.value.ids == ["b"]
     assert r.xlen(keys.ingress) == 0  # not one entry, so not one request
     assert r.exists(keys.result("b"), keys.result("c")) == 0
