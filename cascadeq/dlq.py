@@ -25,9 +25,11 @@ _META = (b"stream", b"entry", b"code", b"reason")
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 PAGE = 100
 
-#: KEYS: dead-letter stream, target stream[, result key]; ARGV: record id, the result
-#: value the caller saw ('' for none), the placeholder's TTL. Writes happen only after
-#: every check passed, and the XADD comes first: if Redis refuses it, nothing changes.
+#: KEYS: dead-letter stream, target stream, its request counter[, result key]; ARGV: record
+#: id, the result value the caller saw ('' for none), the placeholder's TTL. Writes happen
+#: only after every check passed, and the XADD comes first: if Redis refuses it, nothing
+#: changes. Whoever adds to a stream counts the request in (Keys.backlog), so the bounds
+#: and the consumer's acknowledgement stay in step.
 _REPLAY = f"""
 local rec = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #rec == 0 then return {{0, 'gone'}} end
@@ -37,12 +39,13 @@ for i = 1, #f, 2 do
   if f[i] == 'h' then h = f[i + 1] elseif f[i] == 'x' then x = f[i + 1] end
 end
 if not h or not x then return {{0, 'incomplete'}} end
-if #KEYS == 3 then
-  local cur = redis.call('GET', KEYS[3])
+if #KEYS == 4 then
+  local cur = redis.call('GET', KEYS[4])
   if cur and cur ~= ARGV[2] then return {{0, 'answered'}} end
 end
 local new = redis.call('XADD', KEYS[2], '*', 'h', h, 'x', x)
-if #KEYS == 3 then redis.call('SET', KEYS[3], {PENDING_LUA}, 'EX', ARGV[3]) end
+redis.call('INCRBY', KEYS[3], 1)
+if #KEYS == 4 then redis.call('SET', KEYS[4], {PENDING_LUA}, 'EX', ARGV[3]) end
 redis.call('XDEL', KEYS[1], ARGV[1])
 return {{1, new}}
 """
@@ -158,7 +161,7 @@ def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str
     """
     letter = show(r, keys, entry_id)
     _check_replayable(letter, keys)
-    script_keys = [keys.dead_letter, letter.stream]
+    script_keys = [keys.dead_letter, letter.stream, keys.backlog(letter.stream)]
     seen = b""
     rid = letter.request_id
     if rid is not None:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 import numpy as np
+from redis.exceptions import NoScriptError
 
 from cascadeq.catalog import Catalog
 from cascadeq.clock import Every
@@ -23,16 +24,19 @@ from producer.base import (
     ClientBase,
     raises_connection_failed,
 )
-from producer.errors import RequestFailed
+from producer.errors import Rejected, RequestFailed
 from producer.inbox import collect
 from producer.requests import (
-    SUBMIT_CHUNK,
-    SUBMIT_SCRIPT,
+    SUBMIT,
+    Call,
+    Outgoing,
+    Prepared,
+    Reply,
     Request,
-    check_admitted,
     check_unique,
-    prepare,
-    submit_call,
+    partial_outcome,
+    plan_calls,
+    strict_outcome,
 )
 
 log = get_logger("cascadeq.producer")
@@ -54,6 +58,9 @@ class AsyncProducer(ClientBase):
         self.redis = connect_async(self.url, max_connections=MAX_CONNECTIONS, name=name)
         self._replies = connect_async(self.url, max_connections=1, name=name, socket_timeout=None)
         self._listener: asyncio.Task[None] | None = None
+        self._pending: list[Prepared] = []  # coalesced submits waiting for the next flush
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
 
     async def submit(
         self,
@@ -69,22 +76,74 @@ class AsyncProducer(ClientBase):
     ) -> str:
         """As Producer.submit, ids and idempotent retries included."""
         req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
-        return (await self.submit_many([req]))[0]
+        if self.catalogs.should_fetch(req):
+            self.catalogs.update(await self.redis.get(self.keys.catalog))
+        prepared = self._prepare([req])[0]
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        prepared.slot = answer
+        self._pending.append(prepared)
+        if not self._flushing:  # a lone submit: the flusher sends it on the next loop turn
+            self._flushing = True
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        return await answer
 
     async def submit_many(self, requests: Iterable[Request]) -> list[str]:
         """As Producer.submit_many: refusals, duplicate ids and ``accepted`` alike."""
-        prepared = []
-        for req in requests:
+        reqs = list(requests)
+        for req in reqs:
             if self.catalogs.should_fetch(req):
                 self.catalogs.update(await self.redis.get(self.keys.catalog))
-            prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
+        prepared = self._prepare(reqs)
         check_unique(prepared)
-        for start in range(0, len(prepared), SUBMIT_CHUNK):
-            chunk = prepared[start : start + SUBMIT_CHUNK]
-            call = submit_call(chunk, self.keys, self.settings)
-            reply = await self.redis.eval(SUBMIT_SCRIPT, *call.eval_args())
-            check_admitted(reply, call, prepared[:start], len(chunk))
-        return [p.id for p in prepared]
+        refused = await self._send_strict(prepared)
+        if refused is not None:
+            del prepared  # a caller keeping the error keeps this frame: not the requests
+            raise refused
+        return [p.header.id for p in prepared]
+
+    async def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
+        """One script call per chunk; the refusal that stops the call, or None."""
+        accepted: list[str] = []
+        for planned in plan_calls(prepared, self.keys, self.settings):
+            call: list[Outgoing] | Rejected = planned
+            while call:
+                if isinstance(call, Rejected):
+                    return call
+                sent = Call(call, self.keys, self.settings, partial=False)
+                reply = Reply(await self._submit_script(sent))
+                call = strict_outcome(reply, call, sent, accepted, self.keys, self._max_bytes)
+        return None
+
+    async def _submit_script(self, sent: Call) -> object:
+        try:
+            return await self.redis.evalsha(SUBMIT.sha, len(sent.keys), *sent.keys, *sent.args)
+        except NoScriptError:
+            return await self.redis.eval(SUBMIT.text, len(sent.keys), *sent.keys, *sent.args)
+
+    async def _flush_loop(self) -> None:
+        """Send what is pending, then what arrived during that send, until none is left;
+        one flush in flight, so concurrent tasks' submits share script calls."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._flush(batch)
+                except BaseException as exc:
+                    for p in batch:
+                        if not p.slot.done():
+                            p.slot.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            self._flushing = False
+
+    async def _flush(self, batch: list[Prepared]) -> None:
+        for call in plan_calls(batch, self.keys, self.settings):
+            rest: list[Outgoing] = call
+            while rest:
+                sent = Call(rest, self.keys, self.settings, partial=True)
+                reply = Reply(await self._submit_script(sent))
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, _settle)
 
     async def result(self, request_id: str) -> Result | None:
         buffered = self._inbox.take(request_id)
@@ -100,21 +159,26 @@ class AsyncProducer(ClientBase):
 
     async def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
         self._ensure_listener()
-        futures, ready = self._inbox.register(list(request_ids))
+        ids = list(request_ids)
+        batch = self._inbox.register(ids)
         try:
-            await self._fetch_stored(list(futures))
-            pending = [asyncio.wrap_future(f) for f in futures.values() if not f.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=timeout)
-            return collect(list(request_ids), futures, ready, timeout)
+            if not batch.done():
+                await self._fetch_stored([rid for rid in ids if rid not in batch.results])
+            if not batch.done():
+                await asyncio.wait([asyncio.wrap_future(batch.future)], timeout=timeout)
+            return collect(ids, batch, timeout)
         finally:
-            self._inbox.release(list(futures))
+            self._inbox.release(batch, ids)
 
     async def _fetch_stored(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
+        result = self.keys.result
         for start in range(0, len(ids), MGET_CHUNK):
-            chunk = ids[start : start + MGET_CHUNK]
-            raws = await self.redis.mget([self.keys.result(rid) for rid in chunk])
-            self._inbox.deliver_stored(chunk, raws)
+            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        raws = [raw for chunk in await pipe.execute() for raw in chunk]
+        self._inbox.deliver_stored(ids, raws)
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():
@@ -144,6 +208,8 @@ class AsyncProducer(ClientBase):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])  # submits already handed in get their answer
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -161,3 +227,11 @@ class AsyncProducer(ClientBase):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _settle(p: Prepared, error: Rejected | None) -> None:
+    if not p.slot.done():
+        if error is None:
+            p.slot.set_result(p.header.id)
+        else:
+            p.slot.set_exception(error)

@@ -17,7 +17,7 @@ from cascadeq.results import is_pending
 from cascadeq.settings import Settings
 from producer.errors import ConnectionFailed, UnknownRequest
 from producer.inbox import Inbox
-from producer.requests import CatalogCache
+from producer.requests import CatalogCache, Prepared, Preparer, Request
 
 MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
 MGET_CHUNK = 1000
@@ -75,6 +75,12 @@ class ClientBase:
         self.keys = Keys(self.settings.prefix)
         self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
+        self._max_bytes = self.settings.max_payload_bytes
+
+    def _prepare(self, requests: list[Request]) -> list[Prepared]:
+        """Validate every request (raises Rejected for the first bad one); no I/O."""
+        prepare = Preparer(self.catalogs.current(), self.settings, self.client_id)
+        return [prepare(req) for req in requests]
 
     def _read_stored(self, request_id: str, raw: Any) -> Result | None:
         """A stored result, None while the request is not ready; unknown ids raise."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
 
@@ -26,16 +25,19 @@ from producer.base import (
     ClientBase,
     raises_connection_failed,
 )
-from producer.errors import RequestFailed
+from producer.errors import Rejected, RequestFailed
 from producer.inbox import collect
 from producer.requests import (
-    SUBMIT_CHUNK,
-    SUBMIT_SCRIPT,
+    SUBMIT,
+    Call,
+    Outgoing,
+    Prepared,
+    Reply,
     Request,
-    check_admitted,
     check_unique,
-    prepare,
-    submit_call,
+    partial_outcome,
+    plan_calls,
+    strict_outcome,
 )
 
 log = get_logger("cascadeq.producer")
@@ -62,6 +64,7 @@ class Producer(ClientBase):
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._coalescer = Coalescer(self._flush)
 
     # -- submitting -------------------------------------------------------------
 
@@ -86,27 +89,51 @@ class Producer(ClientBase):
         queueing it again; if it did not, the retry queues it.
         """
         req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
-        return self.submit_many([req])[0]
+        if self.catalogs.should_fetch(req):
+            self.catalogs.update(self.redis.get(self.keys.catalog))
+        return self._coalescer.submit(self._prepare([req])[0])
 
     def submit_many(self, requests: Iterable[Request]) -> list[str]:
-        """Queue many in one round trip per chunk; a refused chunk raises Rejected.
+        """Queue many as bundles, one round trip per SUBMIT_CHUNK; a refusal raises Rejected.
 
-        Chunks before a refused one stay queued: their ids are in ``Rejected.accepted``.
-        An id repeated within the call refuses the whole call; one already in use refuses
-        its chunk (``duplicate_id``, the ids in ``Rejected.ids``), except idempotent retries.
+        Every request is checked before anything is sent. Chunks before a refused one stay
+        queued: their ids are in ``Rejected.accepted``. An id repeated within the call
+        refuses the whole call; one already in use refuses its chunk (``duplicate_id``,
+        the ids in ``Rejected.ids``), except idempotent retries.
         """
-        prepared = []
-        for req in requests:
+        reqs = list(requests)
+        for req in reqs:
             if self.catalogs.should_fetch(req):
                 self.catalogs.update(self.redis.get(self.keys.catalog))
-            prepared.append(prepare(req, self.catalogs.current(), self.settings, self.client_id))
+        prepared = self._prepare(reqs)
         check_unique(prepared)
-        for start in range(0, len(prepared), SUBMIT_CHUNK):
-            chunk = prepared[start : start + SUBMIT_CHUNK]
-            call = submit_call(chunk, self.keys, self.settings)
-            reply = self.redis.eval(SUBMIT_SCRIPT, *call.eval_args())
-            check_admitted(reply, call, prepared[:start], len(chunk))
-        return [p.id for p in prepared]
+        refused = self._send_strict(prepared)
+        if refused is not None:
+            del prepared  # a caller keeping the error keeps this frame: not the requests
+            raise refused
+        return [p.header.id for p in prepared]
+
+    def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
+        """One script call per chunk; the refusal that stops the call, or None."""
+        accepted: list[str] = []
+        for planned in plan_calls(prepared, self.keys, self.settings):
+            call: list[Outgoing] | Rejected = planned
+            while call:
+                if isinstance(call, Rejected):
+                    return call
+                sent = Call(call, self.keys, self.settings, partial=False)
+                reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
+                call = strict_outcome(reply, call, sent, accepted, self.keys, self._max_bytes)
+        return None
+
+    def _flush(self, batch: list[Prepared]) -> None:
+        """Coalesced submits: one script call per chunk, each refusal answered alone."""
+        for call in plan_calls(batch, self.keys, self.settings):
+            rest: list[Outgoing] = call
+            while rest:
+                sent = Call(rest, self.keys, self.settings, partial=True)
+                reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle)
 
     # -- results ----------------------------------------------------------------
 
@@ -127,22 +154,27 @@ class Producer(ClientBase):
     def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
         """Results in the order of ``request_ids``; raises Timeout naming what is missing."""
         self._ensure_listener()
-        futures, ready = self._inbox.register(list(request_ids))
+        ids = list(request_ids)
+        batch = self._inbox.register(ids)
         try:
-            self._fetch_stored(list(futures))
-            pending = [f for f in futures.values() if not f.done()]
-            if pending:
-                wait_futures(pending, timeout=timeout, return_when=FIRST_EXCEPTION)
-            return collect(list(request_ids), futures, ready, timeout)
+            if not batch.done():
+                self._fetch_stored([rid for rid in ids if rid not in batch.results])
+            if not batch.done():
+                wait_futures([batch.future], timeout=timeout)
+            return collect(ids, batch, timeout)
         finally:
-            self._inbox.release(list(futures))
+            self._inbox.release(batch, ids)
 
     def _fetch_stored(self, ids: list[str]) -> None:
         """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
+        result = self.keys.result
         for start in range(0, len(ids), MGET_CHUNK):
-            chunk = ids[start : start + MGET_CHUNK]
-            raws = self.redis.mget([self.keys.result(rid) for rid in chunk])
-            self._inbox.deliver_stored(chunk, raws)
+            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        raws = [raw for chunk in pipe.execute() for raw in chunk]
+        self._inbox.deliver_stored(ids, raws)
 
     # -- the reply listener -----------------------------------------------------------
 
@@ -199,3 +231,101 @@ class Producer(ClientBase):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def settle(p: Prepared, error: Rejected | None) -> None:
+    """Record a coalesced request's outcome on its waiter (released after the flush)."""
+    p.slot.error = error
+    p.slot.done = True
+
+
+class Waiter:
+    """One coalesced submit: a lock held until its flush is over (or it is to lead)."""
+
+    __slots__ = ("done", "error", "lead", "lock", "prepared")
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.error: BaseException | None = None
+        self.done = False
+        self.lead = False
+        prepared.slot = self
+
+
+class Coalescer:
+    """Concurrent submits share flushes: one in flight at a time, the next carries all
+    that arrived meanwhile. A submit that finds no flush in flight sends at once; one
+    that finds a flush joins the next, led by the first of them to arrive."""
+
+    def __init__(self, flush: Callable[[list[Prepared]], None]) -> None:
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._pending: list[Waiter] = []
+        self._flushing = False
+
+    def submit(self, prepared: Prepared) -> str:
+        me = Waiter(prepared)
+        with self._lock:
+            self._pending.append(me)
+            lead = not self._flushing
+            self._flushing = True
+        if not lead:
+            try:
+                me.lock.acquire()  # released once answered, or to lead the next flush
+            except BaseException:  # interrupted: leave, without stranding those behind
+                if self._abandon(me):
+                    me.lock.acquire(blocking=False)  # handed the lead: the lock was let go
+                    self._lead(me)
+                raise
+            lead = me.lead
+        if lead:
+            self._lead(me)
+        if me.error is not None:
+            raise me.error
+        return prepared.header.id
+
+    def _abandon(self, me: Waiter) -> bool:
+        """A waiter that stops waiting: not yet in a flush, it is not sent; already handed
+        the lead, it must still lead (True), or the submits behind it would wait forever."""
+        with self._lock:
+            if me.lead:
+                return True
+            if me in self._pending:
+                self._pending.remove(me)
+            return False
+
+    def _lead(self, me: Waiter) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            self._flush([w.prepared for w in batch])
+        except BaseException as exc:  # noqa: BLE001 - every caller of the flush sees it
+            shared = exc if isinstance(exc, Exception) else _interrupted(exc)
+            for w in batch:
+                if not w.done:
+                    w.error, w.done = exc if w is me else shared, True
+        finally:
+            with self._lock:
+                nxt = self._pending[0] if self._pending else None
+                if nxt is None:
+                    self._flushing = False
+                else:
+                    nxt.lead = True
+            for w in batch:
+                if not w.done:  # the script answered nothing for it: it cannot stay silent
+                    w.error = RuntimeError("submit flush ended without an answer")
+                if w is not nxt:
+                    w.lead = False
+                w.lock.release()
+            if nxt is not None:
+                nxt.lock.release()
+
+
+def _interrupted(exc: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"the thread sending this submit together with others was interrupted "
+        f"({type(exc).__name__}); whether it was queued is unknown: retry with the same "
+        "request_id and idempotent=True"
+    )

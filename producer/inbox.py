@@ -16,7 +16,7 @@ from typing import Any
 
 from cascadeq.log import get_logger
 from cascadeq.messages import Result
-from cascadeq.results import is_pending, split_published
+from cascadeq.results import PENDING, split_published
 from cascadeq.wire import WireError
 from producer.errors import Timeout
 
@@ -24,50 +24,99 @@ UNCLAIMED_CAP = 10_000
 log = get_logger("cascadeq.producer")
 
 
+class Batch:
+    """One wait: its ids, the results found so far, and a future set once all are in.
+
+    One object per ``wait_many`` call, not a future per id, so waiting on 30,000 ids costs
+    a dict entry each; the asyncio client awaits the one future.
+    """
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self) -> None:
+        self.results: dict[str, Result] = {}
+        self.left = 0
+        self.future: Future[None] = Future()
+
+    def done(self) -> bool:
+        return self.left == 0
+
+
 class Inbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._futures: dict[str, Future[Result]] = {}
-        self._waiters: dict[str, int] = {}
+        self._waiting: dict[str, Batch | list[Batch]] = {}  # a list only when several wait
         self._unclaimed: OrderedDict[str, Result] = OrderedDict()
 
     def deliver(self, result: Result) -> None:
         with self._lock:
-            fut = self._futures.get(result.id)
-            if fut is None:
-                self._unclaimed[result.id] = result
-                if len(self._unclaimed) > UNCLAIMED_CAP:
-                    self._unclaimed.popitem(last=False)
-                return
-        # The listener and a waiter's MGET may both deliver one result: first one wins.
-        with contextlib.suppress(InvalidStateError):
-            fut.set_result(result)
+            finished = self._deliver(result)
+        _finish(finished)
 
-    def register(self, ids: list[str]) -> tuple[dict[str, Future[Result]], dict[str, Result]]:
-        """Futures for ids not yet here, and the results that already are."""
-        futures: dict[str, Future[Result]] = {}
-        ready: dict[str, Result] = {}
+    def deliver_many(self, found: list[Result]) -> None:
+        with self._lock:
+            finished = [b for res in found for b in self._deliver(res)]
+        _finish(finished)
+
+    def _deliver(self, result: Result) -> list[Batch]:
+        """Record a result for its waiters (the lock held); returns the batches it completed.
+        The listener and a waiter's MGET may both deliver one result: the first one wins."""
+        rid = result.id
+        held = self._waiting.get(rid)
+        if held is None:
+            self._unclaimed[rid] = result
+            if len(self._unclaimed) > UNCLAIMED_CAP:
+                self._unclaimed.popitem(last=False)
+            return []
+        finished = []
+        for batch in held if isinstance(held, list) else (held,):
+            if rid not in batch.results:
+                batch.results[rid] = result
+                batch.left -= 1
+                if not batch.left:
+                    finished.append(batch)
+        return finished
+
+    def register(self, ids: list[str]) -> Batch:
+        """A batch for these ids; results already buffered are in it at once."""
+        batch = Batch()
+        results = batch.results
+        waiting, unclaimed = self._waiting, self._unclaimed
         with self._lock:
             for rid in ids:
-                if rid in ready or rid in futures:
+                if rid in results:
                     continue
-                if rid in self._unclaimed:
-                    ready[rid] = self._unclaimed.pop(rid)
+                if unclaimed and rid in unclaimed:
+                    results[rid] = unclaimed.pop(rid)
+                    continue
+                held = waiting.get(rid)
+                if held is None:
+                    waiting[rid] = batch
+                elif held is batch:
+                    continue
+                elif isinstance(held, list):
+                    if batch in held:
+                        continue
+                    held.append(batch)
                 else:
-                    futures[rid] = self._futures.setdefault(rid, Future())
-                    self._waiters[rid] = self._waiters.get(rid, 0) + 1
-        return futures, ready
+                    waiting[rid] = [held, batch]
+                batch.left += 1
+        if not batch.left:
+            batch.future.set_result(None)
+        return batch
 
-    def release(self, ids: list[str]) -> None:
+    def release(self, batch: Batch, ids: list[str]) -> None:
         """A waiter is done with these ids (answered or timed out)."""
+        waiting = self._waiting
         with self._lock:
-            for rid in dict.fromkeys(ids):
-                left = self._waiters.get(rid, 0) - 1
-                if left > 0:
-                    self._waiters[rid] = left
-                    continue
-                self._waiters.pop(rid, None)
-                self._futures.pop(rid, None)
+            for rid in ids:
+                held = waiting.get(rid)
+                if held is batch:
+                    del waiting[rid]
+                elif isinstance(held, list) and batch in held:
+                    held.remove(batch)
+                    if len(held) == 1:
+                        waiting[rid] = held[0]
 
     def take(self, rid: str) -> Result | None:
         """A buffered result for a poller, consumed."""
@@ -79,52 +128,65 @@ class Inbox:
         if msg["type"] == "subscribe":
             return True
         if msg["type"] == "message" and msg["data"]:
-            for raw in split_published(msg["data"]):  # one result, or a batch's worth
-                self.deliver_raw(raw)
+            self.deliver_many(_decoded(split_published(msg["data"])))  # one, or a batch's worth
         return False
 
     def deliver_raw(self, data: bytes) -> None:
         """Decode and deliver; a forged or corrupt result is logged and dropped."""
-        try:
-            result = Result.loads(data)
-        except WireError as exc:
-            log.warning("reply_dropped", error=str(exc))
-            return
-        self.deliver(result)
+        self.deliver_many(_decoded([data]))
 
     def deliver_stored(self, ids: list[str], raws: list[Any]) -> None:
         """Deliver what an MGET of these ids' result keys found; absent, "not ready" and
         ids the listener has answered meanwhile are skipped (no decoding twice)."""
-        for rid, raw in zip(ids, raws, strict=True):
-            if raw is None or is_pending(raw) or self._answered(rid):
-                continue
-            self.deliver_raw(raw)
+        with self._lock:
+            todo = [
+                raw
+                for rid, raw in zip(ids, raws, strict=True)
+                if raw is not None and raw != PENDING and not self._answered(rid)
+            ]
+        self.deliver_many(_decoded(todo))
 
     def _answered(self, rid: str) -> bool:
-        with self._lock:
-            fut = self._futures.get(rid)
-        return fut is not None and fut.done()
+        held = self._waiting.get(rid)
+        if held is None:
+            return False
+        if isinstance(held, list):
+            return all(rid in b.results for b in held)
+        return rid in held.results
 
     def outstanding(self) -> list[str]:
         """Ids someone waits for whose result has not arrived."""
         with self._lock:
-            return [rid for rid, fut in self._futures.items() if not fut.done()]
+            return [rid for rid in self._waiting if not self._answered(rid)]
 
 
-def collect(
-    request_ids: list[str],
-    futures: dict[str, Future[Result]],
-    ready: dict[str, Result],
-    timeout: float,
-) -> list[Result]:
+def _decoded(raws: list[bytes]) -> list[Result]:
+    """Decode results; a forged or corrupt one is logged and dropped."""
+    out = []
+    for raw in raws:
+        try:
+            out.append(Result.loads(raw))
+        except WireError as exc:
+            log.warning("reply_dropped", error=str(exc))
+    return out
+
+
+def _finish(batches: list[Batch]) -> None:
+    for batch in batches:
+        with contextlib.suppress(InvalidStateError):
+            batch.future.set_result(None)
+
+
+def collect(request_ids: list[str], batch: Batch, timeout: float) -> list[Result]:
     """Results in request order, or Timeout naming what is missing and what arrived."""
-    done = dict(ready)
-    done.update({rid: f.result() for rid, f in futures.items() if f.done()})
-    missing = [rid for rid in request_ids if rid not in done]
-    if missing:
+    done = batch.results
+    if batch.left:
+        with contextlib.suppress(KeyError):  # the common case: everything arrived
+            return [done[rid] for rid in request_ids]
+        missing = [rid for rid in request_ids if rid not in done]
         raise Timeout(
             f"{len(missing)} of {len(request_ids)} results did not arrive within {timeout}s",
-            done=done,
+            done=dict(done),
             missing=missing,
         )
     return [done[rid] for rid in request_ids]

@@ -1,81 +1,39 @@
-"""Turning a caller's request into wire bytes, with every check that can refuse it early.
+"""Turning callers' requests into ingress bundles, with every check that can refuse them early.
 
-Shared by the sync and asyncio clients so both refuse the same things the same way.
+Shared by the sync and asyncio clients so both refuse the same things the same way. The
+per-request work is a signature compare against the target's cached input declaration,
+a typed header and a few attribute reads; inputs are stacked, encoded and sent per bundle
+(``bundle.bundle_fields``), and one ``lua/submit.lua`` call queues up to SUBMIT_CHUNK.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import msgpack
+import msgspec
 import numpy as np
 
-from cascadeq import wire
-from cascadeq.catalog import Catalog, InputError
+from cascadeq import lua, wire
+from cascadeq.bundle import HEADER, INPUTS, Header, bundle_fields
+from cascadeq.catalog import Catalog, InputError, ModelSpec
 from cascadeq.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
-from cascadeq.messages import Header, now_ms, oversize
-from cascadeq.results import PENDING_LUA
+from cascadeq.messages import now_ms
 from cascadeq.settings import Settings
 from producer.errors import Rejected
 
-#: Id checks, admission control and the XADDs in one step; a refusal refuses the chunk.
-#: KEYS: ingress, the m model streams the chunk starts on, each request's result key,
-#: then the digest key of each idempotent request.
-#: ARGV: ingress bound, model bound, placeholder TTL, digest TTL, m, n, then per request
-#: its header, inputs, the index (1..m) of its model stream, the KEYS index of its digest
-#: key (0: not idempotent) and its digest.
-#: An id is refused if it repeats in the chunk or its result key exists, except an
-#: idempotent retry whose stored digest matches: that one is skipped, not queued again.
-#: GET, not EXISTS: the producer's documented ACL rule allows GET and SET, not EXISTS.
-#: Refusals: {0, 0, i...} (duplicate ids, by position) or {0, key index, depth} (full).
-SUBMIT_SCRIPT = f"""
-local m, n = tonumber(ARGV[5]), tonumber(ARGV[6])
-local function arg(i, f) return ARGV[1 + 5 * i + f] end
-local seen, dup, skip, want, queued = {{}}, {{}}, {{}}, {{}}, 0
-for i = 1, n do
-  local key = KEYS[1 + m + i]
-  local d = tonumber(arg(i, 4))
-  if seen[key] then
-    dup[#dup + 1] = i
-  elseif redis.call('GET', key) then
-    if d > 0 and redis.call('GET', KEYS[d]) == arg(i, 5) then skip[i] = true
-    else dup[#dup + 1] = i end
-  end
-  seen[key] = true
-  if not skip[i] then
-    local j = tonumber(arg(i, 3))
-    want[j] = (want[j] or 0) + 1
-    queued = queued + 1
-  end
-end
-if #dup > 0 then return {{0, 0, unpack(dup)}} end
-local depth = redis.call('XLEN', KEYS[1])
-if depth + queued > tonumber(ARGV[1]) then return {{0, 1, depth}} end
-for j = 1, m do
-  if want[j] then
-    local l = redis.call('XLEN', KEYS[1 + j])
-    if l + want[j] > tonumber(ARGV[2]) then return {{0, 1 + j, l}} end
-  end
-end
-for i = 1, n do
-  if not skip[i] then
-    redis.call('XADD', KEYS[1], '*', 'h', arg(i, 1), 'x', arg(i, 2))
-    redis.call('SET', KEYS[1 + m + i], {PENDING_LUA}, 'NX', 'EX', ARGV[3])
-    local d = tonumber(arg(i, 4))
-    if d > 0 then redis.call('SET', KEYS[d], arg(i, 5), 'EX', ARGV[4]) end
-  end
-end
-return {{1, 0, depth + queued}}
-"""
+SUBMIT = lua.load("submit")
+SUBMIT_CHUNK = 500  # requests per script call, and at most per bundle
+BUNDLE_BYTES = 4 * 1024 * 1024  # stacked inputs per bundle (and never past max_payload_bytes)
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     """One inference request, as a caller describes it."""
 
     inputs: Mapping[str, np.ndarray]
@@ -90,65 +48,186 @@ class Request:
     idempotent: bool = False
 
 
-@dataclass(frozen=True)
-class Prepared:
-    id: str
-    header: bytes
-    inputs: bytes
-    first_model: str  # the model whose queue it starts on (pinned, or the cascade's first)
-    lane: str = DEFAULT_LANE  # the lane of that model it joins
-    digest: bytes | None = None  # idempotent requests: what a retry must match
+class Target:
+    """What a (task, model) resolves to in one catalog, worked out once, not per request."""
+
+    def __init__(self, models: list[ModelSpec]) -> None:
+        signatures: dict[tuple[object, ...], ModelSpec] = {}
+        for spec in models:
+            signatures.setdefault((spec.inputs, spec.allow_nonfinite), spec)
+        self.first = models[0]
+        self.distinct = list(signatures.values())  # a cascade usually shares one signature
+        self.finite = not all(spec.allow_nonfinite for spec in self.distinct)
+        self.good: set[tuple[Any, ...]] = set()  # input signatures that passed the checks
+        self.lanes: dict[str, str] = {}
+        self.groups: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+
+    def group(self, priority: str, sig: tuple[Any, ...] | None) -> tuple[Any, ...]:
+        """The bundle a request joins: (first model, lane, signature, finite checked);
+        one tuple per priority and signature, shared by every request that has them."""
+        if sig is None:  # inputs the signature cannot describe go alone
+            return (self.first.name, self.lane(priority), object(), self.finite)
+        by_sig = self.groups.get(priority)
+        if by_sig is None:
+            if len(self.groups) > 1000:
+                self.groups.clear()  # callers' priority names: never grows without bound
+            by_sig = self.groups[priority] = {}
+        found = by_sig.get(sig)
+        if found is None:
+            found = by_sig[sig] = (self.first.name, self.lane(priority), sig, self.finite)
+        return found
+
+    def lane(self, priority: str) -> str:
+        lane = self.lanes.get(priority)
+        if lane is None:
+            lane = self.lanes[priority] = self.first.lane_for(priority)
+        return lane
+
+    def check(self, inputs: Mapping[str, Any]) -> None:
+        """The full checks, with their messages; raises Rejected(bad_input)."""
+        try:
+            _check_arrays(inputs)
+            for spec in self.distinct:
+                spec.check_inputs(inputs)
+        except InputError as exc:
+            raise Rejected(str(exc), "bad_input") from exc
 
 
-def prepare(req: Request, catalog: Catalog, settings: Settings, reply_to: str | None) -> Prepared:
-    """Validate against the catalog and encode; raises Rejected with the reason."""
-    if (req.task is None) == (req.model is None):
-        raise Rejected("name exactly one of task= or model=", "bad_request")
+class Prepared(msgspec.Struct):
+    """A validated request: its header, its inputs, and the bundle it can join."""
+
+    header: Header
+    inputs: Mapping[str, np.ndarray]
+    group: tuple[Any, ...]  # (first model, lane, input signature, finite checked)
+    rows: int
+    nbytes: int
+    target: Target
+    digest: bytes = b""  # idempotent requests: what a retry must match
+    slot: Any = None  # a coalesced submit's waiter
+
+
+class Preparer:
+    """Validates requests against one catalog; caches per target and per name."""
+
+    def __init__(self, catalog: Catalog, settings: Settings, reply_to: str | None) -> None:
+        self.catalog, self.reply_to = catalog, reply_to
+        self.max_bytes = settings.max_payload_bytes
+        self.submitted = now_ms()
+
+    def __call__(self, req: Request) -> Prepared:
+        """Validate and build the header; raises Rejected with the reason."""
+        if (req.task is None) == (req.model is None):
+            raise Rejected("name exactly one of task= or model=", "bad_request")
+        target = _target(req, self.catalog)
+        inputs = req.inputs
+        sig, rows, nbytes = _signature(inputs)
+        if rows < 1 or sig not in target.good:
+            target.check(inputs)
+            if sig is not None:
+                target.good.add(sig)
+        rid = req.id
+        if rid is None:
+            if req.idempotent:
+                raise Rejected(
+                    "idempotent=True needs the caller's own request_id: a retry is "
+                    "recognised by it",
+                    "bad_request",
+                )
+            rid = new_id()
+        elif rid.__class__ is not str or not _ID_RE.fullmatch(rid):
+            _refuse_id(rid)
+        if req.tier not in _GOOD_NAMES or req.priority not in _GOOD_NAMES:
+            _check_names(req.tier, req.priority)
+        deadline = None
+        if req.deadline_ms is not None:
+            if not req.deadline_ms > 0:
+                raise Rejected(
+                    f"deadline_ms must be positive, got {req.deadline_ms}", "bad_deadline"
+                )
+            deadline = self.submitted + req.deadline_ms
+        if nbytes > self.max_bytes:
+            raise Rejected(
+                f"inputs of {nbytes} bytes exceed the limit of {self.max_bytes} bytes", "too_large"
+            )
+        header = Header(
+            rid, req.task, req.model, req.tier, req.priority, deadline, self.submitted,
+            self.reply_to,
+        )  # fmt: skip
+        group = target.group(req.priority, sig)
+        digest = request_digest(req, _encode(inputs)) if req.idempotent else b""
+        return Prepared(header, inputs, group, rows, nbytes, target, digest)
+
+
+_IDS: list[str] = []  # random ids drawn ahead; list.pop is atomic, so threads may share it
+os.register_at_fork(after_in_child=_IDS.clear)  # a forked child must not reuse the parent's
+
+
+def new_id() -> str:
+    """What uuid4().hex gives, drawn 256 at a time."""
     try:
-        _check_arrays(req.inputs)
-        models, distinct = _targets(req, catalog)
-        for spec in distinct:
-            spec.check_inputs(req.inputs)
-    except InputError as exc:
-        raise Rejected(str(exc), "bad_input") from exc
-    if req.idempotent and req.id is None:
-        raise Rejected(
-            "idempotent=True needs the caller's own request_id: a retry is recognised by it",
-            "bad_request",
-        )
-    rid = req.id or os.urandom(16).hex()  # what uuid4().hex gives, at a tenth of the cost
+        return _IDS.pop()
+    except IndexError:
+        raw = os.urandom(16 * 256).hex()
+        _IDS.extend([raw[i : i + 32] for i in range(0, len(raw), 32)])
+        return _IDS.pop()
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_GOOD_NAMES: set[str] = set()  # tier and priority names that passed (one rule for both)
+
+
+def _refuse_id(rid: Any) -> None:
     try:
         check_id(rid)
     except InvalidName as exc:
         raise Rejected(str(exc), "bad_id") from exc
+
+
+def _check_names(tier: str, priority: str) -> None:
     try:
-        check_name("tier", req.tier)
-        check_name("priority", req.priority)
+        check_name("tier", tier)
+        check_name("priority", priority)
     except InvalidName as exc:
         raise Rejected(str(exc), "bad_request") from exc
-    if req.deadline_ms is not None and not req.deadline_ms > 0:
-        raise Rejected(f"deadline_ms must be positive, got {req.deadline_ms}", "bad_deadline")
-    submitted = now_ms()
-    header = Header(
-        id=rid,
-        task=req.task,
-        model=req.model,
-        tier=req.tier,
-        priority=req.priority,
-        deadline=None if req.deadline_ms is None else submitted + req.deadline_ms,
-        submitted_at=submitted,
-        reply_to=reply_to,
-    ).dumps()
+    if len(_GOOD_NAMES) > 1000:
+        _GOOD_NAMES.clear()  # never grows without bound
+    _GOOD_NAMES.update((tier, priority))
+
+
+def _signature(inputs: Any) -> tuple[tuple[Any, ...] | None, int, int]:
+    """Names, dtypes and shapes past the batch axis, the rows and the bytes; (None, 0, 0)
+    when the inputs are not plain arrays agreeing on their rows (the full checks then
+    explain). One input, the common case, costs one small tuple."""
     try:
-        inputs = wire.dumps_inputs(req.inputs)
+        items = inputs.items()
+    except AttributeError:
+        return None, 0, 0
+    if len(items) == 1:
+        for name, arr in items:
+            if arr.__class__ is not np.ndarray or not arr.ndim:
+                return None, 0, 0
+            shape = arr.shape
+            return (name, arr.dtype, shape[1:]), shape[0], arr.nbytes
+    parts = []
+    rows, nbytes = -1, 0
+    for name, arr in items:
+        if arr.__class__ is not np.ndarray or not arr.ndim:
+            return None, 0, 0
+        shape = arr.shape
+        if rows != shape[0]:
+            if rows != -1:
+                return None, 0, 0
+            rows = shape[0]
+        parts.append((name, arr.dtype, shape[1:]))
+        nbytes += arr.nbytes
+    return tuple(parts), rows, nbytes
+
+
+def _encode(inputs: Mapping[str, np.ndarray]) -> bytes:
+    try:
+        return wire.dumps_inputs(inputs)
     except TypeError as exc:
         raise Rejected(str(exc), "bad_input") from exc
-    problem = oversize(header, inputs, settings.max_payload_bytes)
-    if problem:
-        raise Rejected(problem, "too_large")
-    digest = request_digest(req, inputs) if req.idempotent else None
-    lane = models[0].lane_for(req.priority)
-    return Prepared(rid, header, inputs, models[0].name, lane, digest)
 
 
 def request_digest(req: Request, inputs: bytes) -> bytes:
@@ -160,13 +239,10 @@ def request_digest(req: Request, inputs: bytes) -> bytes:
     return h.digest()
 
 
-_TARGETS: dict[int, tuple[Catalog, dict[tuple[str | None, str | None], Any]]] = {}
+_TARGETS: dict[int, tuple[Catalog, dict[tuple[str | None, str | None], Target]]] = {}
 
 
-def _targets(req: Request, catalog: Catalog) -> tuple[list[Any], list[Any]]:
-    """The models a request may run on, and those with distinct input signatures (a
-    cascade usually shares one, so its inputs are checked once); worked out once per
-    catalog and target, not per request."""
+def _target(req: Request, catalog: Catalog) -> Target:
     held = _TARGETS.get(id(catalog))
     if held is None or held[0] is not catalog:
         held = (catalog, {})
@@ -175,15 +251,11 @@ def _targets(req: Request, catalog: Catalog) -> tuple[list[Any], list[Any]]:
     key = (req.task, req.model)
     found = held[1].get(key)
     if found is None:
-        models = _models_for(req, catalog)
-        signatures: dict[tuple[object, ...], Any] = {}
-        for spec in models:
-            signatures.setdefault((spec.inputs, spec.allow_nonfinite), spec)
-        found = held[1][key] = (models, list(signatures.values()))
+        found = held[1][key] = Target(_models_for(req, catalog))
     return found
 
 
-def _models_for(req: Request, catalog: Catalog) -> list[Any]:
+def _models_for(req: Request, catalog: Catalog) -> list[ModelSpec]:
     if req.model is not None:
         if req.model not in catalog.models:
             raise Rejected(
@@ -210,47 +282,226 @@ def _check_arrays(inputs: Mapping[str, Any]) -> None:
             raise InputError(f"input {name!r} is {type(value).__name__}; pass a numpy array")
 
 
-@dataclass(frozen=True)
-class SubmitCall:
-    """One SUBMIT_SCRIPT call: its keys and arguments, and the bound of each queue key."""
-
-    keys: list[str]
-    args: list[Any]
-    bounds: dict[str, int]
-    ids: list[str]  # the chunk's ids, in order: a refusal names them by position
-
-    def eval_args(self) -> list[Any]:
-        return [len(self.keys), *self.keys, *self.args]
+# -- bundles ------------------------------------------------------------------------------
 
 
-def submit_call(chunk: list[Prepared], keys: Keys, settings: Settings) -> SubmitCall:
-    """The bound applies to the lane each request will start on."""
-    streams = list(dict.fromkeys(keys.model_stream(p.first_model, p.lane) for p in chunk))
-    index = {stream: j for j, stream in enumerate(streams, start=1)}
-    script_keys = [keys.ingress, *streams, *(keys.result(p.id) for p in chunk)]
-    args: list[Any] = [
-        settings.ingress_max_depth,
-        settings.model_max_depth,
-        settings.pending_ttl_s,
-        settings.pending_ttl_s + settings.result_ttl_s,  # outlives the result it vouches for
-        len(streams),
-        len(chunk),
-    ]
-    for p in chunk:
-        at = 0
-        if p.digest is not None:
-            script_keys.append(keys.digest(p.id))
-            at = len(script_keys)
-        stream = index[keys.model_stream(p.first_model, p.lane)]
-        args += [p.header, p.inputs, stream, at, p.digest or b""]
-    bounds = {keys.ingress: settings.ingress_max_depth}
-    bounds.update(dict.fromkeys(streams, settings.model_max_depth))
-    return SubmitCall(script_keys, args, bounds, [p.id for p in chunk])
+class Outgoing:
+    """One ingress entry to be: requests of one group, their fields encoded once."""
+
+    __slots__ = ("fields", "members", "stream")
+
+    def __init__(self, members: list[Prepared], fields: dict[bytes, bytes], stream: str) -> None:
+        self.members, self.fields, self.stream = members, fields, stream
+
+
+def plan_calls(prepared: list[Prepared], keys: Keys, settings: Settings) -> list[list[Outgoing]]:
+    """Group by (first model, lane, signature), bundle, and pack bundles into script calls
+    of at most SUBMIT_CHUNK requests each; raises Rejected before anything is sent."""
+    groups: dict[tuple[Any, ...], list[Prepared]] = {}
+    for p in prepared:
+        groups.setdefault(p.group, []).append(p)
+    cap = min(BUNDLE_BYTES, settings.max_payload_bytes)
+    out: list[Outgoing] = []
+    for members in groups.values():
+        for run in _runs(members, cap):
+            out += encode_bundles(run, keys, settings.max_payload_bytes)
+    calls: list[list[Outgoing]] = []
+    size = SUBMIT_CHUNK
+    for b in out:
+        if size + len(b.members) > SUBMIT_CHUNK:
+            calls.append([])
+            size = 0
+        calls[-1].append(b)
+        size += len(b.members)
+    return calls
+
+
+def _runs(members: list[Prepared], cap: int) -> Iterable[list[Prepared]]:
+    """Consecutive slices of at most SUBMIT_CHUNK requests and ``cap`` input bytes."""
+    if len(members) <= SUBMIT_CHUNK and sum([p.nbytes for p in members]) <= cap:
+        yield members
+        return
+    run: list[Prepared] = []
+    size = 0
+    for p in members:
+        if run and (len(run) >= SUBMIT_CHUNK or size + p.nbytes > cap):
+            yield run
+            run, size = [], 0
+        run.append(p)
+        size += p.nbytes
+    if run:
+        yield run
+
+
+def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outgoing]:
+    """The entry (or, past the byte limit once encoded, entries) for one run."""
+    first = run[0]
+    stream = keys.model_stream(first.group[0], first.group[1])
+    if len(run) == 1:
+        _check_finite(run, first.inputs)
+        inputs = _encode(first.inputs)
+        if len(inputs) > max_bytes:
+            raise Rejected(
+                f"inputs of {len(inputs)} bytes exceed the limit of {max_bytes} bytes", "too_large"
+            )
+        return [Outgoing(run, {HEADER: first.header.dumps(), INPUTS: inputs}, stream)]
+    stacked = {name: np.concatenate([p.inputs[name] for p in run]) for name in first.inputs}
+    _check_finite(run, stacked)
+    inputs = _encode(stacked)
+    if len(inputs) > max_bytes:
+        half = len(run) // 2
+        return encode_bundles(run[:half], keys, max_bytes) + encode_bundles(
+            run[half:], keys, max_bytes
+        )
+    fields = bundle_fields([p.header for p in run], inputs, [p.rows for p in run])
+    return [Outgoing(run, fields, stream)]
+
+
+def _check_finite(run: list[Prepared], inputs: Mapping[str, np.ndarray]) -> None:
+    """NaN and inf, checked once over the stacked rows; only a failing bundle is checked
+    request by request, so the error names the request's own input."""
+    if not run[0].target.finite:
+        return
+    for arr in inputs.values():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            for p in run:
+                p.target.check(p.inputs)
+
+
+def without(call: list[Outgoing], drop: set[int], keys: Keys, max_bytes: int) -> list[Outgoing]:
+    """The call again without the requests at these 0-based positions, re-encoded."""
+    out: list[Outgoing] = []
+    at = 0
+    for b in call:
+        keep = [p for i, p in enumerate(b.members, start=at) if i not in drop]
+        at += len(b.members)
+        if len(keep) == len(b.members):
+            out.append(b)
+        elif keep:
+            out += encode_bundles(keep, keys, max_bytes)
+    return out
+
+
+def members(call: list[Outgoing]) -> list[Prepared]:
+    return [p for b in call for p in b.members]
+
+
+# -- the script call ----------------------------------------------------------------------
+
+
+class Call:
+    """One submit.lua call: keys, arguments, and which stream each counter key counts."""
+
+    __slots__ = ("args", "bounds", "keys", "streams")
+
+    def __init__(self, call: list[Outgoing], keys: Keys, settings: Settings, partial: bool) -> None:
+        self.keys = [keys.ingress, keys.backlog(keys.ingress)]
+        self.streams = [keys.ingress, keys.ingress]
+        self.bounds = [settings.ingress_max_depth, settings.ingress_max_depth]
+        index: dict[str, int] = {}
+        args: list[Any] = [b""]
+        plan: list[Any] = []
+        for b in call:
+            j = index.get(b.stream)
+            if j is None:
+                self.keys.append(keys.backlog(b.stream))
+                self.streams.append(b.stream)
+                self.bounds.append(settings.model_max_depth)
+                j = index[b.stream] = len(self.keys)
+            ids = [p.header.id for p in b.members]
+            digests = [p.digest for p in b.members]
+            plan.append([j, ids, digests, len(args) + 1, len(b.fields)])
+            for name, value in b.fields.items():
+                args += (name, value)
+        args[0] = msgpack.packb(
+            [
+                settings.ingress_max_depth,
+                settings.model_max_depth,
+                settings.pending_ttl_s,
+                settings.pending_ttl_s + settings.result_ttl_s,  # outlives what it vouches for
+                keys.result(""),
+                int(partial),
+                plan,
+            ],
+            use_bin_type=False,
+        )
+        self.args = args
+
+    def full(self, index: int, depth: int, count: int, accepted: list[str]) -> Rejected:
+        stream, bound = self.streams[index - 1], self.bounds[index - 1]
+        return Rejected(
+            f"queue is full: {stream} holds {depth} requests, bound {bound}; "
+            f"{count} request(s) not queued, retry later",
+            "queue_full",
+            accepted=accepted,
+        )
+
+
+class Reply:
+    """submit.lua's answer."""
+
+    __slots__ = ("depth", "dups", "full", "full_depth", "ok", "refused", "skips")
+
+    def __init__(self, raw: Any) -> None:
+        self.ok, self.depth = bool(int(raw[0])), int(raw[1])
+        self.dups = [int(i) - 1 for i in raw[2]]  # 0-based positions from here on
+        self.skips = [int(i) - 1 for i in raw[3]]
+        self.refused = [int(i) - 1 for i in raw[4]]
+        self.full, self.full_depth = int(raw[5]), int(raw[6])
+
+
+Send = Callable[[Call], Reply]
+
+
+def strict_outcome(
+    reply: Reply, call: list[Outgoing], sent: Call, accepted: list[str], keys: Keys, max_bytes: int
+) -> list[Outgoing] | Rejected:
+    """submit_many: a refusal refuses the call (the Rejected to raise, earlier calls in
+    ``accepted``); idempotent retries already queued are left out and the rest sent again.
+
+    Returned, not raised: raised here, a caller keeping the error would keep this frame's
+    bundles alive through its traceback.
+    """
+    flat = members(call)
+    if reply.ok:
+        accepted += [p.header.id for p in flat]
+        return []
+    if reply.dups:
+        ids = [flat[i].header.id for i in reply.dups]
+        return duplicate_ids(ids, len(flat), accepted, "already in use")
+    if reply.full:
+        return sent.full(reply.full, reply.full_depth, len(flat), accepted)
+    accepted += [flat[i].header.id for i in reply.skips]
+    return without(call, set(reply.skips), keys, max_bytes)
+
+
+def partial_outcome(
+    reply: Reply,
+    call: list[Outgoing],
+    sent: Call,
+    keys: Keys,
+    max_bytes: int,
+    settle: Callable[[Prepared, Rejected | None], None],
+) -> list[Outgoing]:
+    """Coalesced submits: each refused request is answered alone (``settle``), the others
+    are sent again; returns what to send next (empty when all are answered)."""
+    flat = members(call)
+    if reply.ok:
+        for p in flat:
+            settle(p, None)
+        return []
+    for i in reply.dups:
+        settle(flat[i], duplicate_ids([flat[i].header.id], 1, [], "already in use"))
+    for i in reply.skips:
+        settle(flat[i], None)
+    for i in reply.refused:
+        settle(flat[i], sent.full(reply.full, reply.full_depth, 1, []))
+    return without(call, {*reply.dups, *reply.skips, *reply.refused}, keys, max_bytes)
 
 
 def check_unique(prepared: list[Prepared]) -> None:
     """One call naming an id twice is refused whole, before anything is queued."""
-    ids = [p.id for p in prepared]
+    ids = [p.header.id for p in prepared]
     if len(set(ids)) < len(ids):
         repeated = [rid for rid, n in Counter(ids).items() if n > 1]
         raise duplicate_ids(repeated, len(prepared), [], "repeated in this call")
@@ -265,24 +516,6 @@ def duplicate_ids(ids: list[str], count: int, accepted: list[str], why: str) -> 
         "duplicate_id",
         accepted=accepted,
         ids=ids,
-    )
-
-
-def check_admitted(reply: Any, call: SubmitCall, before: list[Prepared], count: int) -> None:
-    """Raise Rejected naming the reused ids, or the full queue with its depth and bound;
-    ids queued before kept."""
-    if int(reply[0]):
-        return
-    accepted = [p.id for p in before]
-    if int(reply[1]) == 0:
-        ids = [call.ids[int(i) - 1] for i in reply[2:]]
-        raise duplicate_ids(ids, count, accepted, "already in use")
-    queue, depth = call.keys[int(reply[1]) - 1], int(reply[2])
-    raise Rejected(
-        f"queue is full: {queue} holds {depth} entries, bound {call.bounds[queue]}; "
-        f"{count} request(s) not queued, retry later",
-        "queue_full",
-        accepted=accepted,
     )
 
 
@@ -301,13 +534,14 @@ class CatalogCache:
 
     def should_fetch(self, req: Request) -> bool:
         """Fetch when there is none yet, or it does not know what the request names."""
-        if not self.published or time.monotonic() - self.checked < self.REFRESH_S:
+        if not self.published:
             return False
         cat = self.catalog
-        if cat is None:
-            return True
-        known = req.task in cat.tasks if req.task else req.model in cat.models
-        return not known
+        if cat is not None:
+            known = req.task in cat.tasks if req.task else req.model in cat.models
+            if known:
+                return False
+        return time.monotonic() - self.checked >= self.REFRESH_S
 
     def update(self, raw: Any) -> None:
         self.checked = time.monotonic()
@@ -324,6 +558,3 @@ class CatalogCache:
                 "no_catalog",
             )
         return self.catalog
-
-
-SUBMIT_CHUNK = 500

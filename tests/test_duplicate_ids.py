@@ -7,21 +7,22 @@ import asyncio
 import numpy as np
 import pytest
 import redis
+from streamview import headers_in
 
 from cascadeq import dlq, results
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_result
+from cascadeq.messages import INPUTS_FIELD, Result, error_result
 from cascadeq.settings import Settings
 from producer import AsyncProducer, Producer, Rejected, Request
-from producer.requests import SUBMIT_SCRIPT, check_admitted, prepare, submit_call
+from producer.requests import SUBMIT, Call, Preparer, Reply, plan_calls, strict_outcome
 
 X = {"input": np.ones((1, 4), np.float32)}
 Y = {"input": np.zeros((1, 4), np.float32)}
 
 
 def queued_ids(r: redis.Redis, keys: Keys) -> list[str]:
-    return [Header.loads(f[HEADER_FIELD]).id for _, f in r.xrange(keys.ingress)]
+    return [h.id for h in headers_in(r, keys.ingress)]
 
 
 def store(r: redis.Redis, keys: Keys, res: Result, ttl_s: int) -> None:
@@ -48,7 +49,11 @@ def test_a_reused_id_is_refused_and_never_answered_with_the_other_result(
 
 
 def prepare_inputs(inputs: dict[str, np.ndarray], settings: Settings, cat: Catalog) -> bytes:
-    return prepare(Request(inputs, task="toy"), cat, settings, None).inputs
+    """The inputs field a lone request is queued with: the single-request form."""
+    [[entry]] = plan_calls(
+        [Preparer(cat, settings, None)(Request(inputs, task="toy"))], Keys(), settings
+    )
+    return entry.fields[INPUTS_FIELD]
 
 
 def test_an_id_repeated_in_one_submit_many_refuses_the_whole_call(
@@ -64,7 +69,7 @@ def test_an_id_repeated_in_one_submit_many_refuses_the_whole_call(
         with pytest.raises(Rejected, match="twice") as err:
             client.submit_many(many)
         assert err.value.accepted == []
-    assert r.xlen(keys.ingress) == 0
+    assert r.xlen(keys.ingress) == 0  # not one entry, so not one request
     assert r.exists(keys.result("a"), keys.result("twice")) == 0
 
 
@@ -73,16 +78,18 @@ def test_the_script_itself_refuses_a_chunk_repeating_an_id(
 ) -> None:
     """Atomic in Redis too, for a caller that skips the client-side check."""
     keys = Keys(settings.prefix)
-    chunk = [
-        prepare(Request(x, task="toy", id=rid), toy_catalog, settings, None)
-        for x, rid in ((X, "b"), (X, "c"), (Y, "b"))
-    ]
-    call = submit_call(chunk, keys, settings)
-    reply = r.eval(SUBMIT_SCRIPT, *call.eval_args())
+    prepare = Preparer(toy_catalog, settings, None)
+    chunk = [prepare(Request(x, task="toy", id=rid)) for x, rid in ((X, "b"), (X, "c"), (Y, "b"))]
+    [call] = plan_calls(chunk, keys, settings)
+    assert len(call) == 1  # one bundle of three
+    sent = Call(call, keys, settings, partial=False)
+    reply = Reply(SUBMIT(r, sent.keys, sent.args))
+    refused = strict_outcome(reply, call, sent, [], keys, settings.max_payload_bytes)
+    assert isinstance(refused, Rejected)
     with pytest.raises(Rejected, match="already in use: b; ") as err:
-        check_admitted(reply, call, [], len(chunk))
+        raise refused
     assert err.value.ids == ["b"]
-    assert r.xlen(keys.ingress) == 0
+    assert r.xlen(keys.ingress) == 0  # not one entry, so not one request
     assert r.exists(keys.result("b"), keys.result("c")) == 0
 
 

@@ -10,17 +10,22 @@ def res(rid: str) -> Result:
 
 def test_a_result_reaches_every_waiter_and_a_second_delivery_is_harmless() -> None:
     inbox = Inbox()
-    first, _ = inbox.register(["a"])
-    second, _ = inbox.register(["a"])
-    assert first["a"] is second["a"]
-    assert inbox.outstanding() == ["a"]
+    first = inbox.register(["a", "b"])
+    second = inbox.register(["a"])
+    assert inbox.outstanding() == ["a", "b"]
     inbox.deliver(res("a"))
     inbox.deliver(res("a"))  # the listener and a waiter's MGET both found it
-    assert first["a"].result().id == "a"
-    assert inbox.outstanding() == []  # answered: the sweep no longer fetches it
-    inbox.release(["a"])
-    inbox.release(["a"])
-    assert inbox.register(["a"])[0]["a"] is not first["a"]  # gone once both left
+    assert second.done()
+    assert second.future.done()
+    assert not first.done()
+    assert first.results["a"].id == "a"
+    assert inbox.outstanding() == ["b"]  # answered: the sweep no longer fetches it
+    inbox.release(second, ["a"])
+    inbox.deliver(res("b"))
+    assert first.future.done()
+    assert inbox.take("a") is None  # a second delivery was not buffered as unclaimed
+    inbox.release(first, ["a", "b"])
+    assert not inbox.register(["a"]).done()  # gone once both left
 
 
 def test_results_nobody_waits_for_are_buffered_boundedly_and_taken_once() -> None:
@@ -31,9 +36,9 @@ def test_results_nobody_waits_for_are_buffered_boundedly_and_taken_once() -> Non
     found = inbox.take(f"r{UNCLAIMED_CAP}")
     assert found is not None
     assert inbox.take(f"r{UNCLAIMED_CAP}") is None
-    futures, ready = inbox.register([f"r{UNCLAIMED_CAP + 1}", "later"])
-    assert list(ready) == [f"r{UNCLAIMED_CAP + 1}"]
-    assert list(futures) == ["later"]
+    batch = inbox.register([f"r{UNCLAIMED_CAP + 1}", "later"])
+    assert list(batch.results) == [f"r{UNCLAIMED_CAP + 1}"]
+    assert inbox.outstanding() == ["later"]
 
 
 def test_forged_messages_are_dropped_and_subscriptions_ask_for_a_sweep() -> None:

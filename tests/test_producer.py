@@ -8,6 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+from streamview import count, headers_in
 
 from cascadeq import results
 from cascadeq.catalog import Catalog
@@ -80,7 +81,7 @@ def test_bad_requests_are_refused_at_submit_and_nothing_is_queued(
         with pytest.raises(Rejected) as err:
             client.submit(**kwargs)  # type: ignore[arg-type]
         assert err.value.code == code
-    assert r.xlen(Keys(settings.prefix).ingress) == 0
+    assert count(r, Keys(settings.prefix).ingress) == 0
 
 
 def test_oversized_payload_and_full_queue_are_refused(
@@ -95,7 +96,7 @@ def test_oversized_payload_and_full_queue_are_refused(
         with pytest.raises(Rejected, match="queue is full") as err:
             client.submit(task="toy", inputs=X)
         assert err.value.code == "queue_full"
-    assert r.xlen(Keys(settings.prefix).ingress) == 3
+    assert count(r, Keys(settings.prefix).ingress) == 3
 
 
 def test_result_polls_without_blocking_and_wait_blocks_until_written(
@@ -199,7 +200,7 @@ def test_a_refused_chunk_reports_the_ids_already_queued(
         client.submit_many([Request(X, task="toy") for _ in range(1000)])
     assert err.value.code == "queue_full"
     assert len(err.value.accepted) == 500
-    queued = [Header.loads(f[HEADER_FIELD]).id for _, f in r.xrange(Keys(settings.prefix).ingress)]
+    queued = [h.id for h in headers_in(r, Keys(settings.prefix).ingress)]
     assert queued == err.value.accepted
 
 
