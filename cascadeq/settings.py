@@ -35,7 +35,7 @@ class Settings:
     model_max_depth: int = 100_000  # per model stream: submit refuses, routers hold off
     max_payload_bytes: int = 8 * 1024 * 1024  # largest encoded inputs of one request
     block_ms: int = 1000  # longest blocking read, bounds shutdown latency
-    router_batch: int = 256  # ingress entries a router reads per call
+    router_batch: int = 256  # requests a router reads per call (in whole entries: bundles)
     trim_every_s: float = 1.0  # how often acknowledged stream entries are trimmed
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)

@@ -7,6 +7,7 @@ workers see at most a duplicate, which the first-write-wins result makes harmles
 
 from __future__ import annotations
 
+import math
 import threading
 from functools import partial
 from typing import Any
@@ -43,6 +44,9 @@ class Router:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer or consumer_name("router")
         self.routed = 0
+        # Requests per ingress entry, a moving average: a read asks for about
+        # router_batch requests, whether entries are single requests or bundles.
+        self.per_entry = 1.0
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
@@ -85,7 +89,7 @@ class Router:
                 [self.keys.ingress],
                 keynames.ROUTER_GROUP,
                 self.consumer,
-                self.settings.router_batch,
+                max(1, math.ceil(self.settings.router_batch / self.per_entry)),
                 block_ms,
             )
             entries = [entry for _, entry in got]
@@ -153,6 +157,8 @@ class Router:
             for rule, n in rules.items():
                 pipe.hincrby(counts, f"route:{rule}", n)
 
+        requests = sum(b.size for b in batch.bundles.values())
+        self.per_entry = max(1.0, 0.7 * self.per_entry + 0.3 * requests / len(entries))
         done = batch.commit.send(self.r, also)
         if len(done.depths) == len(self.fed):
             self.depths = done.depths
