@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import redis
 
-from cascadeq import lua
+from cascadeq import lua, results
 
 COMMIT = lua.load("commit")
 
@@ -116,6 +116,23 @@ class Commit:
         for name, value in fields.items():
             add += (name, self.arg(value))
         self.adds.append(add)
+
+    def dead_letter(
+        self,
+        key: str,
+        fields: dict[bytes, bytes],
+        *,
+        stream: str,
+        entry_id: bytes,
+        code: str,
+        reason: str,
+        entry: int,
+    ) -> None:
+        """Keep a refused entry (or one request of it) on the capped dead-letter stream."""
+        record = results.dead_letter_record(
+            fields, stream=stream, entry_id=entry_id, code=code, reason=reason
+        )
+        self.add(key, record, [entry], maxlen=results.DEAD_LETTER_MAXLEN)
 
     def depth(self, counter: str) -> None:
         """Return this request counter's value after the writes."""

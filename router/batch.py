@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from cascadeq import bundle, results
+from cascadeq import bundle
 from cascadeq import keys as keynames
 from cascadeq.bundle import BadItem, Bundle, EntryError, Header
 from cascadeq.commit import Commit
@@ -327,10 +327,15 @@ class RouteBatch:
     def _dead_letter(
         self, n: int, fields: dict[bytes, bytes], eid: bytes, code: str, why: str
     ) -> None:
-        record = results.dead_letter_record(
-            fields, stream=self.ingress, entry_id=eid, code=code, reason=why
+        self.commit.dead_letter(
+            self.keys.dead_letter,
+            fields,
+            stream=self.ingress,
+            entry_id=eid,
+            code=code,
+            reason=why,
+            entry=n,
         )
-        self.commit.add(self.keys.dead_letter, record, [n], maxlen=results.DEAD_LETTER_MAXLEN)
 
     def _refuse_item(self, n: int, b: Bundle, item: BadItem) -> None:
         """One request of an entry that cannot go on: its error result and dead letter."""

@@ -41,23 +41,7 @@ values = st.recursive(
     ),
     max_leaves=12,
 )
-header_keys = st.sampled_from(
-    [
-        "id",
-        "task",
-        "model",
-        "tier",
-        "priority",
-        "deadline",
-        "submitted_at",
-        "reply_to",
-        "trace",
-        "attempt",
-        "stage",
-        "routed_at",
-        "extra",
-    ]
-)
+header_keys = st.sampled_from([*Header.__struct_fields__, "extra"])
 headers = st.dictionaries(header_keys, values, max_size=12)
 
 

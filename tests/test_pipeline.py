@@ -156,25 +156,36 @@ def test_sigterm_lets_a_worker_finish_and_ack_its_batch_then_exit(
 
 
 def test_sigterm_lets_a_router_forward_and_ack_what_it_read_then_exit(
-    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, group: ProcessGroup
+    r: redis.Redis, settings: Settings, catalog: Catalog, digits_dir: Path, env: dict[str, str]
 ) -> None:
     x = np.load(digits_dir / "digits_test.npz")["X"][:1]
     keys = Keys(settings.prefix)
     small = keys.model_stream("digits-small")
-    with Producer(settings=settings, catalog=catalog) as client:
-        ids = client.submit_many([Request({"input": x}, task="digits")] * 20_000)
-    router = group.spawn("router")
-    wait_for(lambda: streamview.count(r, small) > 0, 60, "the router is forwarding")
-    signalled = time.monotonic()
-    router.send_signal(signal.SIGTERM)
-    assert router.wait(timeout=30) == 0
-    assert time.monotonic() - signalled < SHUTDOWN_BOUND_S
-    assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0  # all it read: acked
-    routed = streamview.count(r, small)
-    assert 0 < routed < len(ids)  # it stopped early, leaving the rest on ingress
-    group.spawn("router")
-    wait_for(lambda: streamview.count(r, small) == len(ids), 120, "a new router routes the rest")
-    assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0
+    with Producer(settings=settings, catalog=catalog) as client:  # 2,000 bundles of 10
+        ids = [
+            rid
+            for _ in range(2_000)
+            for rid in client.submit_many([Request({"input": x}, task="digits")] * 10)
+        ]
+    group = ProcessGroup({**env, "CASCADEQ_ROUTER_BATCH": "1"})  # one bundle a read
+    try:
+        router = group.spawn("router")
+        wait_for(lambda: r.xlen(small) > 0, 60, "the router is forwarding")
+        signalled = time.monotonic()
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < SHUTDOWN_BOUND_S
+        assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0  # acked
+        routed = streamview.count(r, small)
+        assert 0 < routed < len(ids)  # it stopped early, leaving the rest on ingress
+        group.spawn("router")
+        wait_for(
+            lambda: int(r.get(keys.backlog(small)) or 0) == len(ids), 120, "the rest is routed"
+        )
+        assert streamview.count(r, small) == len(ids)
+        assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0
+    finally:
+        group.stop()
 
 
 def test_replicas_are_restarted_when_they_die(

@@ -57,21 +57,7 @@ hops = st.dictionaries(
     st.one_of(scalars, st.sampled_from(["digits-small", "digits-large", "direct"])),
     max_size=5,
 )
-FIELDS = [
-    "id",
-    "task",
-    "model",
-    "tier",
-    "priority",
-    "deadline",
-    "submitted_at",
-    "reply_to",
-    "trace",
-    "attempt",
-    "stage",
-    "routed_at",
-    "extra",
-]
+FIELDS = [*Header.__struct_fields__, "extra"]
 
 
 def base(rid: str) -> dict[str, Any]:

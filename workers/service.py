@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from cascadeq import keys as keynames
-from cascadeq import metrics, results, streams, wire
+from cascadeq import metrics, streams, wire
 from cascadeq.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.clock import Every
@@ -274,17 +274,14 @@ class ModelWorker:
                 else error_result(rid, bad.code, bad.message)
             )
             self._store(work, res, reply_to, entry)
-        work.commit.add(
+        work.commit.dead_letter(
             self.keys.dead_letter,
-            results.dead_letter_record(
-                _item_fields(item, bad),
-                stream=item.stream,
-                entry_id=item.entry_id,
-                code=bad.code,
-                reason=bad.message,
-            ),
-            [entry],
-            maxlen=results.DEAD_LETTER_MAXLEN,
+            _item_fields(item, bad),
+            stream=item.stream,
+            entry_id=item.entry_id,
+            code=bad.code,
+            reason=bad.message,
+            entry=entry,
         )
 
     def _fail_entry(self, work: BatchWork, bad: Bad) -> None:
@@ -307,17 +304,14 @@ class ModelWorker:
             rid, reply_to = item.salvage()
             if rid is not None:
                 self._store(work, error_result(rid, bad.code, bad.message), reply_to, entry)
-        work.commit.add(
+        work.commit.dead_letter(
             self.keys.dead_letter,
-            results.dead_letter_record(
-                bad.fields,
-                stream=bad.stream,
-                entry_id=bad.entry_id,
-                code=bad.code,
-                reason=bad.message,
-            ),
-            [entry],
-            maxlen=results.DEAD_LETTER_MAXLEN,
+            bad.fields,
+            stream=bad.stream,
+            entry_id=bad.entry_id,
+            code=bad.code,
+            reason=bad.message,
+            entry=entry,
         )
 
 
