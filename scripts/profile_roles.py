@@ -1,0 +1,95 @@
+"""Where each role's CPU goes: py-spy on the producer, the router and the worker.
+
+Starts a private redis-server, one router and one worker process, attaches py-spy to
+each role (the producer is this process), sends N one-sample requests pinned to the
+small digits model with one `submit_many`, waits for every result, and prints the top
+functions of each role by own samples (leaf frames, idle excluded). Needs py-spy
+(`pip install 'cascadeq[bench]'`); run as root or with ptrace allowed.
+
+    .venv/bin/python scripts/profile_roles.py --requests 30000 --top 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from cascadeq.embedded import EmbeddedRedis
+from cascadeq.examples import digits
+from cascadeq.process import ProcessGroup
+from cascadeq.settings import Settings
+from producer import Producer, Request
+
+MODEL = "digits-small"
+
+
+def top(raw: Path, n: int) -> list[tuple[float, str]]:
+    """The n functions with the most own samples, as shares of the role's samples."""
+    own: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = stack.split(";")[-1]
+        own[leaf.split(" (")[0] + " (" + leaf.rsplit("/", 1)[-1]] += int(count)
+    total = sum(own.values()) or 1
+    return [(100.0 * c / total, name) for name, c in own.most_common(n)]
+
+
+def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", default="models/digits", type=Path)
+    parser.add_argument("--requests", type=int, default=30_000)
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    digits.ensure_built(args.models_dir, log=lambda line: print(line, file=sys.stderr))
+    x = np.load(args.models_dir / "digits_test.npz")["X"].astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
+        env = {
+            **os.environ,
+            "REDIS_URL": server.url,
+            "CASCADEQ_CATALOG": str(args.models_dir.resolve() / "catalog.toml"),
+            "CASCADEQ_LOG_LEVEL": "warning",
+        }
+        with ProcessGroup(env) as group, Producer(server.url, settings=Settings()) as client:
+            roles = {"router": group.spawn("router").pid, "worker": group.spawn("worker").pid}
+            warm = [Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(200)]
+            client.wait_many(client.submit_many(warm), timeout=300)
+            reqs = [
+                Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(args.requests)
+            ]
+            roles["producer"] = os.getpid()
+            spies = {role: spy(pid, Path(tmp) / f"{role}.txt") for role, pid in roles.items()}
+            try:
+                client.wait_many(client.submit_many(reqs), timeout=600)
+            finally:
+                for proc in spies.values():
+                    proc.send_signal(2)  # py-spy writes its file on SIGINT
+                for proc in spies.values():
+                    proc.wait(timeout=60)
+        for role in ("producer", "router", "worker"):
+            print(f"\n{role}: top functions by own samples")
+            raw = Path(tmp) / f"{role}.txt"
+            for share, name in top(raw, args.top) if raw.exists() else []:
+                print(f"  {share:5.1f}%  {name}")
+
+
+if __name__ == "__main__":
+    main()
