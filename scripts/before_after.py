@@ -29,7 +29,8 @@ import numpy as np
 import psutil
 import redis
 
-from cascadeq.embedded import EmbeddedRedis  # the tree on PYTHONPATH: REF's or this one's
+from cascadeq.catalog import Catalog  # the tree on PYTHONPATH: REF's or this one's
+from cascadeq.embedded import EmbeddedRedis
 from cascadeq.process import ProcessGroup
 from cascadeq.settings import Settings
 from producer import Producer, Request
@@ -54,7 +55,8 @@ def measure(models: Path, n: int, mode: str) -> dict[str, Any]:
             group.spawn("router")
             group.spawn("worker")
             settings = Settings(redis_url=server.url)
-            with Producer(server.url, settings=settings) as client:
+            catalog = Catalog.load(models / "catalog.toml", check_files=False)
+            with Producer(server.url, settings=settings, catalog=catalog) as client:
                 warm = [Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(200)]
                 client.wait_many(client.submit_many(warm), timeout=300)
                 reqs = [Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(n)]

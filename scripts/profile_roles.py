@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cascadeq.catalog import Catalog
 from cascadeq.embedded import EmbeddedRedis
 from cascadeq.examples import digits
 from cascadeq.process import ProcessGroup
@@ -68,7 +69,12 @@ def main() -> None:
             "CASCADEQ_CATALOG": str(args.models_dir.resolve() / "catalog.toml"),
             "CASCADEQ_LOG_LEVEL": "warning",
         }
-        with ProcessGroup(env) as group, Producer(server.url, settings=Settings()) as client:
+        catalog = Catalog.load(args.models_dir / "catalog.toml", check_files=False)
+        settings = Settings(redis_url=server.url)
+        with (
+            ProcessGroup(env) as group,
+            Producer(server.url, settings=settings, catalog=catalog) as client,
+        ):
             roles = {"router": group.spawn("router").pid, "worker": group.spawn("worker").pid}
             warm = [Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(200)]
             client.wait_many(client.submit_many(warm), timeout=300)
