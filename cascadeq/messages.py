@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from cascadeq import wire
@@ -82,33 +83,52 @@ class Result:
 
     @classmethod
     def loads(cls, data: bytes) -> Result:
-        raw = wire.loads_map(data, "result")
+        """Decode and check a stored or published result: typed in C (msgspec), then the
+        few checks a type cannot say; a forged one raises WireError, never anything else."""
+        if len(data) > wire.MSGPACK.max_bytes:
+            raise wire.WireError(f"result of {len(data)} bytes exceeds the limit")
         try:
-            result = cls(**raw)
-        except TypeError as exc:
+            got = _RESULT.decode(data)
+        except (msgspec.DecodeError, ValueError) as exc:
             raise wire.WireError(f"result fields are wrong: {exc}") from exc
-        _check_result(result)
+        outputs = {}
+        for name, ext in got.outputs.items():
+            if ext.code != wire.EXT_NDARRAY:
+                raise wire.WireError(f"result output {name!r} is extension type {ext.code}")
+            outputs[name] = wire.unpack_array(bytes(ext.data))
+        result = cls(
+            got.id,
+            got.status,
+            outputs,
+            got.model,
+            got.path,
+            got.error,
+            got.timings,
+            got.batch_size,
+            got.info,
+        )
+        if not _valid_id(result.id) or result.status not in STATUSES:
+            raise wire.WireError("result has an invalid id or status")
+        if result.error is not None and not all(k in result.error for k in ("code", "message")):
+            raise wire.WireError("result error must hold a code and a message")
         return result
 
 
-def _check_result(result: Result) -> None:
-    """Results arrive over pub/sub too; a forged one must not break a client."""
-    if not _valid_id(result.id) or result.status not in STATUSES:
-        raise wire.WireError("result has an invalid id or status")
-    if not isinstance(result.outputs, dict) or not all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in result.outputs.items()
-    ):
-        raise wire.WireError("result outputs must map names to arrays")
-    if result.error is not None and not (
-        isinstance(result.error, dict)
-        and all(isinstance(result.error.get(k), str) for k in ("code", "message"))
-    ):
-        raise wire.WireError("result error must hold a code and a message")
-    for name in ("path", "timings", "info"):
-        if not isinstance(getattr(result, name), list if name == "path" else dict):
-            raise wire.WireError(f"result {name} has the wrong type")
-    if not isinstance(result.model, str | None) or not isinstance(result.batch_size, int):
-        raise wire.WireError("result model or batch_size has the wrong type")
+class _ResultWire(msgspec.Struct, forbid_unknown_fields=True):
+    """What a result's bytes must hold (the map ``Result.dumps`` writes)."""
+
+    id: str
+    status: str
+    outputs: dict[str, msgspec.msgpack.Ext] = {}
+    model: str | None = None
+    path: list[dict[str, Any]] = []
+    error: dict[str, str] | None = None
+    timings: dict[str, float] = {}
+    batch_size: int = 0
+    info: dict[str, Any] = {}
+
+
+_RESULT = msgspec.msgpack.Decoder(_ResultWire)
 
 
 def error_result(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+import msgspec
 import numpy as np
 
 EXT_NDARRAY = 1
@@ -82,10 +83,13 @@ def pack_array(arr: np.ndarray) -> bytes:
     return packed
 
 
+_ARRAY = msgspec.msgpack.Decoder(tuple[Any, Any, Any])  # checked below, with clear messages
+
+
 def unpack_array(data: bytes) -> np.ndarray:
     try:
-        dtype_str, shape, buf = msgpack.unpackb(data, use_list=True, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        dtype_str, shape, buf = _ARRAY.decode(data)
+    except (ValueError, TypeError, msgspec.DecodeError) as exc:
         raise WireError(f"array extension is malformed: {exc}") from exc
     if not isinstance(dtype_str, str) or dtype_str not in ALLOWED_DTYPES:
         raise WireError(f"array dtype {dtype_str!r} is not allowed")
