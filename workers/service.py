@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from cascadeq.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
 from cascadeq.catalog import Catalog, ModelSpec
 from cascadeq.clock import Every
 from cascadeq.commit import Commit
+from cascadeq.isolation import backstop, bookkeeping
 from cascadeq.keys import Keys
 from cascadeq.log import get_logger
 from cascadeq.messages import EXPIRED, OK, Result, error_result, now_ms
@@ -92,7 +94,7 @@ class ModelWorker:
         self.board.refresh()
         batch = self.batcher.collect(block_ms)
         if batch:
-            self.process(batch)
+            backstop("worker", "batch", partial(self.process, batch))
         if self.trim_clock.due():
             for lane in self.lanes:
                 streams.trim_acknowledged(self.r, lane)
@@ -240,10 +242,7 @@ class ModelWorker:
 
         done = work.commit.send(self.r, figures)
         self.stats["results"] += done.stored
-        try:
-            metrics.observe_batch(model, work.tally)
-        except Exception as exc:  # noqa: BLE001 - bookkeeping never ends the loop
-            log.warning("metrics_failed", model=model, error=repr(exc))
+        bookkeeping("metrics", partial(metrics.observe_batch, model, work.tally))
 
     def batcher_overlap(self) -> float | None:
         overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
