@@ -251,6 +251,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             quick=args.quick,
             plot_dir=plot_dir,
         )
+    if args.bench_command == "floor":
+        from cascadeq.bench import floor
+
+        return floor.bench_floor(settings.redis_url, models_dir, args.requests, as_json=args.json)
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -471,6 +475,13 @@ def _add_bench_parser(sub: Any) -> None:
         "--spike", type=int, default=20, help="the load spike sends the test split this many times"
     )
     dms.set_defaults(func=cmd_bench)
+    floor = bench.add_parser(
+        "floor", help="the reference: the same flow as plainly as it can be, no features"
+    )
+    floor.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    floor.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    floor.add_argument("--requests", type=int, default=30_000, help="one-sample requests")
+    floor.set_defaults(func=cmd_bench)
     batching = bench.add_parser("batching", help="batching modes under four traffic patterns")
     batching.add_argument("--json", action="store_true", help="last stdout line is JSON")
     batching.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))

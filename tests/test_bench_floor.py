@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -12,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 import redis
+from conftest import run_cli
 
 from cascadeq.bench import floor
 from cascadeq.bench.floor import floor_for
@@ -125,3 +127,15 @@ def test_the_command_line_prints_json(redis_url: str, digits_dir: Path) -> None:
     )
     figs = json.loads(done.stdout.strip().splitlines()[-1])
     assert (figs["requests"], figs["lost"]) == (200, 0)
+
+
+def test_cascadeq_bench_floor_runs_on_its_own_redis(digits_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
+    proc = run_cli(
+        env, "bench", "floor", "--requests", "300", "--json", "--models-dir", str(digits_dir)
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (figs["requests"], figs["lost"], figs["errors"]) == (300, 0, 0)
+    assert set(figs["per_role_us"]) == {"producer", "router", "worker", "redis"}
+    assert floor_children() == []

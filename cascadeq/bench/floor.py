@@ -357,6 +357,30 @@ def floor_for(bench: Bench, model: str | None = None, n: int | None = None) -> d
     return {"model": model, **figs}
 
 
+def bench_floor(redis_url: str | None, models_dir: Path, n: int, *, as_json: bool) -> int:
+    """`cascadeq bench floor`: the floor alone, on the small digits model (built if need
+    be), on REDIS_URL or a private redis-server."""
+    from cascadeq.bench.harness import progress, redis_for  # noqa: PLC0415 - no cycle
+    from cascadeq.examples import digits  # noqa: PLC0415 - the build extra
+
+    digits.ensure_built(models_dir, log=lambda line: progress("floor", line))
+    x = np.load(models_dir / "digits_test.npz")["X"].astype(np.float32)
+    with redis_for(redis_url) as url:
+        progress("floor", f"{n} one-sample requests on digits-small, redis {url}")
+        figs = run_floor(
+            url, models_dir / "digits_small.onnx", "input", x, n, prefix=fresh_prefix()
+        )
+    if not as_json:
+        per = figs["per_role_us"]
+        print(f"{'req/s':>9}{'us CPU':>9}" + "".join(f"{role:>10}" for role in per))
+        print(
+            f"{figs['throughput_rps']:>9.0f}{figs['cpu_us_per_request']:>9.1f}"
+            + "".join(f"{v:>10.1f}" for v in per.values())
+        )
+    print(json.dumps(figs) if as_json else f"lost {figs['lost']}, errors {figs['errors']}")
+    return 0 if not figs["lost"] and not figs["errors"] else 1
+
+
 # --- command line -------------------------------------------------------------------------
 
 
