@@ -458,7 +458,7 @@ SUITE_PARTS = {
     "all": "every part below on one live system, side by side",
     "limit": "end-to-end throughput against in-process ONNX Runtime (efficiency)",
     "rq": "against plain rq, one job per inference",
-    "overhead": "CPU microseconds per request with a trivial model",
+    "overhead": "CPU per request of every role and Redis, against the floor, three ways in",
     "latency": "open-loop latency at 10/50/90%% of capacity",
     "cascade": "large-only against the calibrated cascade",
 }
