@@ -80,15 +80,19 @@ def run_strategies(system: System, x: np.ndarray, y: np.ndarray) -> list[Row]:
 def render(rows: list[Row]) -> str:
     head = (
         f"{'strategy':<12}{'requests':>9}{'accuracy':>10}{'large%':>8}{'large':>7}"
-        f"{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cost':>7}{'errors':>8}"
+        f"{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'compute':>8}{'errors':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.strategy:<12}{r.requests:>9}{r.accuracy:>10.4f}"
             f"{r.large_share * 100:>7.1f}%{r.large_calls:>7}{r.throughput_rps:>9.0f}"
-            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.relative_cost:>7.2f}{r.errors:>8}"
+            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.relative_cost:>8.2f}{r.errors:>8}"
         )
+    lines.append(
+        "compute: the models' per-sample compute relative to large-only (compute only: the "
+        "queue's own CPU is not in it)"
+    )
     return "\n".join(lines)
 
 

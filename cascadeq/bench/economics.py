@@ -53,11 +53,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = f"{'strategy':<12}{'requests':>9}{'accuracy':>9}{'large%':>8}{'cost':>7}{'req/s':>8}"
+    head = f"{'strategy':<12}{'requests':>9}{'accuracy':>9}{'large%':>8}{'compute':>8}{'req/s':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['strategy']:<12}{r['requests']:>9}{r['accuracy']:>9.4f}"
-            f"{r['large_share'] * 100:>7.1f}%{r['relative_cost']:>7.3f}{r['throughput_rps']:>8.0f}"
+            f"{r['large_share'] * 100:>7.1f}%{r['relative_cost']:>8.3f}{r['throughput_rps']:>8.0f}"
         )
     return "\n".join(lines)
