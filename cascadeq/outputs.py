@@ -9,8 +9,6 @@ struct encode in C.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -65,10 +63,3 @@ class RowSlicer:
     def ext(self, start: int, stop: int) -> msgspec.msgpack.Ext:
         data = self.buf[start * self.row_bytes : stop * self.row_bytes]
         return msgspec.msgpack.Ext(EXT_NDARRAY, self._prefix(stop - start) + data)
-
-
-def exts(out: np.ndarray, offsets: Sequence[int] | np.ndarray) -> list[msgspec.msgpack.Ext]:
-    """The extension of each request's rows, request i being rows offsets[i]:offsets[i+1]."""
-    slicer = RowSlicer(out)
-    bounds = [int(o) for o in offsets]
-    return [slicer.ext(a, b) for a, b in itertools.pairwise(bounds)]

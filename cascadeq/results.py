@@ -1,8 +1,10 @@
-"""Writing final results: first write wins, and the waiters hear of it in the same step.
+"""The result-key protocol: the "not ready" placeholder, first write wins, the published
+message format and the dead-letter record.
 
-One small script per result (single key, so Redis Cluster is fine) makes "store if
-absent (or only the submit placeholder is there), then publish what was stored" atomic;
-a request processed twice after a crash can never be answered with two different values.
+Routers and workers store results through the batch commit script (cascadeq/lua/commit.lua:
+store if absent or placeholder, publish what was stored, one message per waiter). The
+one-result script here does the same for a single result (tools and tests), so a request
+processed twice after a crash can never be answered with two different values.
 """
 
 from __future__ import annotations
@@ -29,22 +31,6 @@ return 1
 """
 
 
-#: The same for every result of a batch bound for one waiter: one script call stores them
-#: all and publishes the stored ones as one msgpack array, so a batch costs one command
-#: and one message per waiting client instead of one per request.
-_STORE_MANY = f"""
-local stored = {{}}
-for i, key in ipairs(KEYS) do
-  local cur = redis.call('GET', key)
-  if not cur or cur == {PENDING_LUA} then
-    redis.call('SET', key, ARGV[i + 2], 'EX', ARGV[1])
-    stored[#stored + 1] = ARGV[i + 2]
-  end
-end
-if ARGV[2] ~= '' and #stored > 0 then redis.call('PUBLISH', ARGV[2], cmsgpack.pack(stored)) end
-return #stored
-"""
-
 _ARRAY_MARKERS = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})  # msgpack array headers
 
 
@@ -57,22 +43,6 @@ def queue_result(pipe: Any, keys: Keys, result: Result, reply_to: str | None, tt
     """Add the store-and-notify step for one result to a pipeline."""
     channel = keys.reply_channel(reply_to) if reply_to else ""
     pipe.eval(_STORE_ONCE, 1, keys.result(result.id), result.dumps(), ttl_s, channel)
-
-
-def queue_results(
-    pipe: Any, keys: Keys, batch: list[Result], reply_to: str | None, ttl_s: int
-) -> None:
-    """Store-and-notify for several results bound for one waiter, in one script call.
-
-    It touches several keys at once; on Redis Cluster they share a slot only under a
-    hash-tagged prefix (see docs/architecture.md, Keys).
-    """
-    if len(batch) == 1:
-        queue_result(pipe, keys, batch[0], reply_to, ttl_s)
-        return
-    channel = keys.reply_channel(reply_to) if reply_to else ""
-    names = [keys.result(r.id) for r in batch]
-    pipe.eval(_STORE_MANY, len(names), *names, ttl_s, channel, *(r.dumps() for r in batch))
 
 
 def split_published(data: bytes) -> list[bytes]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from cascadeq.bundle import Header
@@ -34,28 +32,12 @@ class BatchConfidence:
             rows = self.rows[measure] = confidences(self.out, measure)
         return rows
 
-    def of(self, start: int, stop: int, measure: str) -> float | None:
-        rows = self.all_rows(measure)
-        return None if rows is None else float(rows[start:stop].min())
-
 
 def task_of(catalog: Catalog, header: Header) -> TaskSpec | None:
     """The task whose cascade this request follows; None when it was pinned."""
     if header.model is not None or header.task is None:
         return None
     return catalog.tasks.get(header.task)
-
-
-def next_model(task: TaskSpec | None, header: Header, model: str, conf: float | None) -> str | None:
-    """The cascade's next model when this answer is not confident enough, else None."""
-    if task is None or conf is None or not 0 <= header.stage < len(task.cascade) - 1:
-        return None
-    if task.cascade[header.stage].model != model:
-        return None
-    threshold = task.threshold(header.stage, header.tier)
-    if threshold is None or conf >= threshold:
-        return None
-    return task.cascade[header.stage + 1].model
 
 
 def skip_reason(
@@ -70,17 +52,6 @@ def skip_reason(
     if task.load is not None and task.load.keep_on_overload and board.overloaded(task, target):
         return "load"
     return None
-
-
-def record_hop(header: Header, model: str, conf: float | None, hop: dict[str, Any]) -> None:
-    """This model's hop: the batch's shared figures (queue, wait, compute, size) and the
-    request's own confidence."""
-    trace = header.trace
-    if not trace or trace[-1].get("model") != model or "confidence" in trace[-1]:
-        trace.append({"model": model, "rule": "direct"})
-    last = trace[-1]
-    last["confidence"] = conf
-    last.update(hop)
 
 
 def timings(header: Header, now: float | None = None) -> dict[str, float]:
