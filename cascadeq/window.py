@@ -1,7 +1,7 @@
 """Last-minute figures from Redis alone: workers write per-second aggregates per model.
 
 Each batch adds its counts and a latency sketch to the hash of the current second
-(``obs:<model>:s:<epoch second>``, HINCRBY in the batch's effects pipeline, so no extra
+(``obs:<model>:s:<epoch second>``, HINCRBY in the pipeline of the batch's commit call, so no extra
 round trip) and to the model's running totals. A second's hash expires after
 WINDOW_TTL_S, so memory is bounded by models x seconds x sketch buckets however busy the
 system is. `cascadeq stats` reads the last WINDOW_S seconds back in one pipeline.
