@@ -48,7 +48,19 @@ def top(raw: Path, n: int) -> list[tuple[float, str]]:
 def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "-o", str(out)],
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "500",
+            "--gil",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
