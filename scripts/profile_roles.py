@@ -3,7 +3,8 @@
 Starts a private redis-server, one router and one worker process, attaches py-spy to
 each role (the producer is this process), sends N one-sample requests pinned to the
 small digits model with one `submit_many`, waits for every result, and prints the top
-functions of each role by own samples (leaf frames, idle excluded). Needs py-spy
+functions of each role by own samples (leaf frames, only while holding the GIL, so a
+blocked read is not counted). Needs py-spy
 (`pip install 'cascadeq[bench]'`); run as root or with ptrace allowed.
 
     .venv/bin/python scripts/profile_roles.py --requests 30000 --top 12
