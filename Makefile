@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed-demo
 	$(BIN)/cascadeq demo
 
-# The whole suite on the server cascadeq.embedded picks (PATH first), then the Redis-facing
+# The whole suite on the server cascadeq.infra.embedded picks (PATH first), then the Redis-facing
 # tests again on the embedded Redis 6.2 (scripts/test-both-servers says how).
 test: $(VENV)/.installed-test
 	PYTHON=$(BIN)/python scripts/test-both-servers

@@ -26,20 +26,20 @@ import numpy as np
 import redis
 
 from cascadeq.bench.tally import ACKED, REFUSED, UNKNOWN, Answers, Ledger, Peaks
-from cascadeq.catalog import Catalog
-from cascadeq.clock import Every
-from cascadeq.connection import connect
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.errors import ConfigError
-from cascadeq.keys import Keys
-from cascadeq.process import CRASH_WINDOW_S, ProcessGroup, interruptible, uninterrupted
-from cascadeq.results import split_published
-from cascadeq.settings import Settings
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import CRASH_WINDOW_S, ProcessGroup, interruptible, uninterrupted
+from cascadeq.protocol.clock import Every
+from cascadeq.protocol.errors import ConfigError
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.results import split_published
 
 if TYPE_CHECKING:
     import psutil
 
-    from producer import Producer, Request
+    from cascadeq.producer import Producer, Request
 
 ROLES = ("worker", "router", "redis")
 TASK = "digits"
@@ -276,7 +276,7 @@ class Load:
             t.join()
 
     def _submitter(self) -> None:
-        from producer import Rejected  # noqa: PLC0415 - the core imports roles lazily
+        from cascadeq.producer import Rejected  # noqa: PLC0415 - the core imports roles lazily
 
         while (rid := self.backlog.get()) is not None:
             request = self.make(rid)
@@ -358,7 +358,7 @@ class Observer(threading.Thread):
 
 def requests_for(models_dir: Path, seed: int) -> Callable[[str], Request]:
     """Seeded digits requests: mostly the cascade, some pinned to each model."""
-    from producer import Request  # noqa: PLC0415
+    from cascadeq.producer import Request  # noqa: PLC0415
 
     x = np.load(models_dir / "digits_test.npz")["X"].astype(np.float32)
     rng = random.Random(seed)
@@ -392,7 +392,7 @@ def run(models_dir: Path, config: ChaosConfig) -> Report:
 def _load_and_kill(
     cluster: Cluster, models_dir: Path, config: ChaosConfig, catalog: Catalog
 ) -> Report:
-    from producer import Producer  # noqa: PLC0415
+    from cascadeq.producer import Producer  # noqa: PLC0415
 
     url = cluster.start()
     r = connect(url, name="cq-chaos")
@@ -430,7 +430,7 @@ def settle(
     submitted: int,
 ) -> Report:
     """Resolve unknown outcomes, wait for every accepted request, read every answer again."""
-    from producer import Timeout  # noqa: PLC0415
+    from cascadeq.producer import Timeout  # noqa: PLC0415
 
     keys = Keys(PREFIX)
     late = ledger.resolve(lambda ids: [bool(n) for n in _exists(r, keys, ids)])

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cascadeq import log as logging_setup
-from cascadeq.errors import (
+from cascadeq.config.settings import Settings
+from cascadeq.infra import log as logging_setup
+from cascadeq.protocol.errors import (
     EXIT_FAILED,
     EXIT_NO_REDIS,
     EXIT_NOT_READY,
@@ -22,7 +23,6 @@ from cascadeq.errors import (
     EXIT_USAGE,
     ConfigError,
 )
-from cascadeq.settings import Settings
 
 DEFAULT_MODELS_DIR = Path("models/digits")
 EXIT_CODES = f"""exit codes:
@@ -79,7 +79,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
 
 def cmd_models_measure(args: argparse.Namespace) -> int:
-    from cascadeq import measure
+    from cascadeq.ops import measure
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     config = measure.MeasureConfig(repeats=args.repeats, free_dim=args.length)
@@ -99,14 +99,14 @@ def _progress(line: str) -> None:
 
 def cmd_router(args: argparse.Namespace) -> int:
     if getattr(args, "router_command", None) == "train":
-        from cascadeq.tuning import router_train
+        from cascadeq.ops.tuning import router_train
 
         settings = _settings(args)
         return router_train(args, _catalog_path(args, settings), settings)
-    from cascadeq.catalog import Catalog
-    from cascadeq.connection import connect
-    from cascadeq.process import stop_on_signals
-    from router import Router
+    from cascadeq.config.catalog import Catalog
+    from cascadeq.infra.connection import connect
+    from cascadeq.infra.process import stop_on_signals
+    from cascadeq.router import Router
 
     settings = _settings(args)
     catalog = Catalog.load(_catalog_path(args, settings), check_files=False)
@@ -124,10 +124,10 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from cascadeq.catalog import Catalog
-    from cascadeq.connection import connect
-    from cascadeq.process import consumer_name, run_threads, stop_on_signals
-    from workers import ModelWorker
+    from cascadeq.config.catalog import Catalog
+    from cascadeq.infra.connection import connect
+    from cascadeq.infra.process import consumer_name, run_threads, stop_on_signals
+    from cascadeq.workers import ModelWorker
 
     settings = _settings(args)
     catalog = Catalog.load(_catalog_path(args, settings))
@@ -168,9 +168,9 @@ def _serve_metrics(settings: Settings, models: Iterable[str]) -> None:
     """/metrics on ``metrics_port``, with queue gauges read from Redis at scrape time."""
     if settings.metrics_port <= 0:
         return
-    from cascadeq import metrics
-    from cascadeq.connection import connect
-    from cascadeq.keys import Keys
+    from cascadeq.infra import metrics
+    from cascadeq.infra.connection import connect
+    from cascadeq.protocol.keys import Keys
 
     r = connect(_require_url(settings), name="cq-metrics", socket_timeout=5.0)
     metrics.serve(settings.metrics_port, metrics.QueueCollector(r, Keys(settings.prefix), models))
@@ -178,12 +178,12 @@ def _serve_metrics(settings: Settings, models: Iterable[str]) -> None:
 
 def _replicas(args: argparse.Namespace, settings: Settings, models: Iterable[str]) -> int:
     """N copies; with metrics on, they write to one multiprocess directory and we serve it."""
-    from cascadeq.process import run_replicas
+    from cascadeq.infra.process import run_replicas
 
     argv = _role_argv(args)
     if settings.metrics_port <= 0:
         return run_replicas(argv, args.replicas)
-    from cascadeq import metrics
+    from cascadeq.infra import metrics
 
     path, created = metrics.multiproc_dir()  # before the copies start: they inherit it
     _serve_metrics(settings, models)
@@ -213,7 +213,7 @@ def _require_url(settings: Settings) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from cascadeq.tuning import calibrate
+    from cascadeq.ops.tuning import calibrate
 
     return calibrate(args, _catalog_path(args, _settings(args)))
 
@@ -298,21 +298,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cascadeq.shell import submit
+    from cascadeq.ops.shell import submit
 
     return submit(args, _settings(args))
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    from cascadeq.shell import result
+    from cascadeq.ops.shell import result
 
     return result(args, _settings(args))
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from cascadeq import dlq
-    from cascadeq.connection import connect
-    from cascadeq.keys import Keys
+    from cascadeq.infra.connection import connect
+    from cascadeq.ops import dlq
+    from cascadeq.protocol.keys import Keys
 
     settings = _settings(args)
     r = connect(_require_url(settings), name="cq-dlq")
@@ -331,9 +331,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from cascadeq import stats
-    from cascadeq.connection import connect
-    from cascadeq.keys import Keys
+    from cascadeq.infra.connection import connect
+    from cascadeq.ops import stats
+    from cascadeq.protocol.keys import Keys
 
     settings = _settings(args)
     r = connect(_require_url(settings), name="cq-stats")
@@ -347,7 +347,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from cascadeq import cost
+    from cascadeq.ops import cost
 
     return cost.main(
         Path(args.source),
@@ -370,7 +370,7 @@ def _dlq_list(letters: list[Any], total: int, as_json: bool) -> int:
 
 
 def _dlq_replay(r: Any, keys: Any, entry_id: str | None, pending_ttl_s: int) -> int:
-    from cascadeq import dlq
+    from cascadeq.ops import dlq
 
     if entry_id is not None:
         print(dlq.replay(r, keys, entry_id, pending_ttl_s))
@@ -652,7 +652,7 @@ def _unreachable(exc: Exception) -> str | None:
     """The one-line message for Redis being out of reach, None for any other error."""
     import redis
 
-    from producer.errors import ConnectionFailed, redact
+    from cascadeq.producer.errors import ConnectionFailed, redact
 
     fix = "start Redis, or point REDIS_URL at a running one"
     if isinstance(exc, ConnectionFailed):

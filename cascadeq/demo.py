@@ -17,7 +17,7 @@ import numpy as np
 
 from cascadeq.bench import harness
 from cascadeq.bench.harness import System, figures, live_system, run_burst
-from cascadeq.settings import Settings
+from cascadeq.config.settings import Settings
 
 TASK = "digits"
 WORKERS = 2  # worker processes; `cascadeq cost` divides throughput by it
@@ -55,7 +55,7 @@ ROW_FIGURES = (
 
 
 def run_strategies(system: System, x: np.ndarray, y: np.ndarray) -> list[Row]:
-    from producer import Producer, Request  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.producer import Producer, Request  # noqa: PLC0415 - the core imports roles lazily
 
     catalog = system.catalog()
     task = catalog.tasks[TASK]

@@ -1,9 +1,8 @@
 """The producer role: the client library backend services use to submit and wait."""
 
-from cascadeq.messages import Result
-from producer.aio import AsyncProducer
-from producer.client import Producer
-from producer.errors import (
+from cascadeq.producer.aio import AsyncProducer
+from cascadeq.producer.client import Producer
+from cascadeq.producer.errors import (
     CascadeqError,
     ConnectionFailed,
     Rejected,
@@ -11,7 +10,8 @@ from producer.errors import (
     Timeout,
     UnknownRequest,
 )
-from producer.requests import Request
+from cascadeq.producer.requests import Request
+from cascadeq.protocol.messages import Result
 
 __all__ = [
     "AsyncProducer",

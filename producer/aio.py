@@ -10,23 +10,20 @@ from types import TracebackType
 import numpy as np
 from redis.exceptions import NoScriptError
 
-from cascadeq.catalog import Catalog
-from cascadeq.clock import Every
-from cascadeq.connection import connect_async
-from cascadeq.keys import DEFAULT_LANE
-from cascadeq.log import get_logger
-from cascadeq.messages import Result
-from cascadeq.settings import Settings
-from producer.base import (
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect_async
+from cascadeq.infra.log import get_logger
+from cascadeq.producer.base import (
     MAX_CONNECTIONS,
     MGET_CHUNK,
     SWEEP_S,
     ClientBase,
     raises_connection_failed,
 )
-from producer.errors import Rejected, RequestFailed
-from producer.inbox import collect
-from producer.requests import (
+from cascadeq.producer.errors import Rejected, RequestFailed
+from cascadeq.producer.inbox import collect
+from cascadeq.producer.requests import (
     SUBMIT,
     Call,
     Outgoing,
@@ -38,6 +35,9 @@ from producer.requests import (
     plan_calls,
     strict_outcome,
 )
+from cascadeq.protocol.clock import Every
+from cascadeq.protocol.keys import DEFAULT_LANE
+from cascadeq.protocol.messages import Result
 
 log = get_logger("cascadeq.producer")
 

@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 
 import redis
 
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import Result
-from cascadeq.results import is_pending
-from cascadeq.settings import Settings
-from producer.errors import ConnectionFailed, UnknownRequest
-from producer.inbox import Inbox
-from producer.requests import CatalogCache, Prepared, Preparer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.producer.errors import ConnectionFailed, UnknownRequest
+from cascadeq.producer.inbox import Inbox
+from cascadeq.producer.requests import CatalogCache, Prepared, Preparer, Request
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import Result
+from cascadeq.protocol.results import is_pending
 
 MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
 MGET_CHUNK = 1000

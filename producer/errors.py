@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cascadeq.messages import Result
+from cascadeq.protocol.messages import Result
 
 
 class CascadeqError(Exception):

@@ -14,11 +14,11 @@ from collections import OrderedDict
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from cascadeq.log import get_logger
-from cascadeq.messages import Result
-from cascadeq.results import PENDING, split_published
-from cascadeq.wire import WireError
-from producer.errors import Timeout
+from cascadeq.infra.log import get_logger
+from cascadeq.producer.errors import Timeout
+from cascadeq.protocol.messages import Result
+from cascadeq.protocol.results import PENDING, split_published
+from cascadeq.protocol.wire import WireError
 
 UNCLAIMED_CAP = 10_000
 log = get_logger("cascadeq.producer")

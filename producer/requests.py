@@ -20,13 +20,13 @@ import msgpack
 import msgspec
 import numpy as np
 
-from cascadeq import lua, wire
-from cascadeq.bundle import HEADER, INPUTS, Header, bundle_fields
-from cascadeq.catalog import Catalog, InputError, ModelSpec
-from cascadeq.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
-from cascadeq.messages import now_ms
-from cascadeq.settings import Settings
-from producer.errors import Rejected
+from cascadeq.config.catalog import Catalog, InputError, ModelSpec
+from cascadeq.config.settings import Settings
+from cascadeq.producer.errors import Rejected
+from cascadeq.protocol import lua, wire
+from cascadeq.protocol.bundle import HEADER, INPUTS, Header, bundle_fields
+from cascadeq.protocol.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
+from cascadeq.protocol.messages import now_ms
 
 SUBMIT = lua.load("submit")
 SUBMIT_CHUNK = 500  # requests per script call, and at most per bundle

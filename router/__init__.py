@@ -1,6 +1,6 @@
 """The router role: ingress stream -> routing policy -> per-model streams."""
 
-from router.policy import Decision, RouteError, choose
-from router.service import Router
+from cascadeq.router.policy import Decision, RouteError, choose
+from cascadeq.router.service import Router
 
 __all__ = ["Decision", "RouteError", "Router", "choose"]

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from cascadeq import bundle
-from cascadeq import keys as keynames
-from cascadeq.bundle import BadItem, Bundle, EntryError, Header
-from cascadeq.commit import Commit
-from cascadeq.log import get_logger
-from cascadeq.messages import EXPIRED, error_result, kept_for_dead_letter
-from cascadeq.tasks import TaskSpec
-from router import forward
-from router.policy import (
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.commit import Commit
+from cascadeq.infra.log import get_logger
+from cascadeq.protocol import bundle
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
+from cascadeq.protocol.messages import EXPIRED, error_result, kept_for_dead_letter
+from cascadeq.router import forward
+from cascadeq.router.policy import (
     GROUP_RULES,
     RULES,
     Decision,
@@ -37,7 +37,7 @@ from router.policy import (
 )
 
 if TYPE_CHECKING:
-    from router.service import Router
+    from cascadeq.router.service import Router
 
 log = get_logger("cascadeq.router")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq import bundle, wire
-from cascadeq.bundle import Bundle
+from cascadeq.protocol import bundle, wire
+from cascadeq.protocol.bundle import Bundle
 
 #: A source entry's requests bound for one stream: (bundle, entry number, indices).
 Part = tuple[Bundle, int, list[int]]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from cascadeq.catalog import Catalog
+from cascadeq.config.catalog import Catalog
 
 
 def features(inputs: Mapping[str, np.ndarray]) -> np.ndarray:

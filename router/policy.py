@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from cascadeq import complexity
-from cascadeq.catalog import Catalog
-from cascadeq.messages import Header
-from cascadeq.observed import LoadBoard
-from cascadeq.tasks import TaskSpec
+from cascadeq.config import complexity
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.observed import LoadBoard
+from cascadeq.protocol.messages import Header
 
 Fact = str | float | None
 

@@ -14,19 +14,20 @@ from typing import Any
 
 import redis
 
-from cascadeq import keys as keynames
-from cascadeq import metrics, streams, wire
-from cascadeq.catalog import Catalog
-from cascadeq.clock import Every
-from cascadeq.isolation import backstop, bookkeeping
-from cascadeq.keys import Keys
-from cascadeq.log import get_logger
-from cascadeq.messages import now_ms
-from cascadeq.observed import LoadBoard
-from cascadeq.process import consumer_name, serve
-from cascadeq.settings import Settings
-from router.batch import RouteBatch
-from router.learned import LearnedRouters
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra import metrics, streams
+from cascadeq.infra.isolation import backstop, bookkeeping
+from cascadeq.infra.log import get_logger
+from cascadeq.infra.observed import LoadBoard
+from cascadeq.infra.process import consumer_name, serve
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.clock import Every
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import now_ms
+from cascadeq.router.batch import RouteBatch
+from cascadeq.router.learned import LearnedRouters
 
 log = get_logger("cascadeq.router")
 

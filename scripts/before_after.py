@@ -29,11 +29,11 @@ import numpy as np
 import psutil
 import redis
 
-from cascadeq.catalog import Catalog  # the tree on PYTHONPATH: REF's or this one's
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog  # the tree on PYTHONPATH: REF's or this one's
+from cascadeq.config.settings import Settings
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
 
 HERE = Path(__file__).resolve().parent.parent
 BEFORE = "f3379d2"  # main after issue 11, before the bundled hot path

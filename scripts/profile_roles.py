@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
 from cascadeq.examples import digits
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
 
 MODEL = "digits-small"
 

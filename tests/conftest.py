@@ -1,7 +1,7 @@
 """Shared fixtures: a private redis-server for the session, the digits models, isolation.
 
 Each test gets its own key prefix, so tests share one server without seeing each other.
-The server is cascadeq.embedded's choice (``CASCADEQ_REDIS_SERVER`` overrides it); tests
+The server is cascadeq.infra.embedded's choice (``CASCADEQ_REDIS_SERVER`` overrides it); tests
 that meet a redis-server get the ``redis`` marker, so `make test` reruns just those on
 the embedded 6.2 (``-m redis``), and the summary names the server version the run met.
 """
@@ -20,11 +20,11 @@ from subprocess import CompletedProcess
 import pytest
 import redis
 
-from cascadeq import embedded
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra import embedded
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
 
 REDIS_MARKER = "redis: meets a real redis-server (rerun by `make test` on the embedded 6.2)"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from cascadeq import bundle
+from cascadeq.protocol import bundle
 
 
 def headers_in(r: redis.Redis, stream: str) -> list[bundle.Header]:

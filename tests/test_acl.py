@@ -16,12 +16,12 @@ import pytest
 import redis
 from conftest import wait_for
 
-from cascadeq.catalog import Catalog
-from cascadeq.connection import connect
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 ROLES = ("producer", "router", "worker", "operator")

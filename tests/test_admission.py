@@ -10,12 +10,12 @@ import pytest
 import redis
 import streamview
 
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.settings import Settings
-from producer import Producer, Rejected, Request
-from router import Router
-from workers import ModelWorker
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.producer import Producer, Rejected, Request
+from cascadeq.protocol.keys import Keys
+from cascadeq.router import Router
+from cascadeq.workers import ModelWorker
 
 X = {"input": np.ones((1, 4), np.float32)}
 

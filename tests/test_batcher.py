@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from cascadeq import wire
-from cascadeq.catalog import Batching, Catalog, ModelSpec
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header
-from cascadeq.streams import Entry
-from workers.batcher import Bad, Batcher, Item
+from cascadeq.config.catalog import Batching, Catalog, ModelSpec
+from cascadeq.infra.streams import Entry
+from cascadeq.protocol import wire
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header
+from cascadeq.workers.batcher import Bad, Batcher, Item
 
 
 class ScriptedReader:

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import redis
 
-from cascadeq import keys as keynames
-from cascadeq import wire
-from cascadeq.catalog import Batching, Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
-from cascadeq.settings import Settings
-from workers import ModelWorker
-from workers.continuous import PrefetchBatcher
+from cascadeq.config.catalog import Batching, Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.workers import ModelWorker
+from cascadeq.workers.continuous import PrefetchBatcher
 
 MODEL = "digits-small"
 MODES = {

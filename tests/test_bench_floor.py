@@ -19,9 +19,9 @@ from cascadeq.bench import floor
 from cascadeq.bench.floor import floor_for
 from cascadeq.bench.harness import System
 from cascadeq.bench.workbench import SMALL, Bench, Scale, inputs_for
-from cascadeq.catalog import Catalog
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.process import ProcessGroup
 
 N = 300
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from cascadeq.calibration import CalibrationError, Split, search
+from cascadeq.ops.calibration import CalibrationError, Split, search
 
 THREE_STAGES = """
 [models.small]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from cascadeq import calibration
-from cascadeq.calibration import CalibrationError, Split, confidences, search
+from cascadeq.ops import calibration
+from cascadeq.ops.calibration import CalibrationError, Split, search
+from cascadeq.workers.confidence import confidences
 
 
 def test_the_three_measures_rank_sure_above_unsure() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascadeq.catalog import Catalog, CatalogError, InputError
+from cascadeq.config.catalog import Catalog, CatalogError, InputError
 
 GOOD = """
 [models.small]

@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from cascadeq.bench.tally import ACKED, REFUSED, UNKNOWN, Answers, Ledger
 from cascadeq.chaos import ROLES, kill_plan
-from cascadeq.messages import Result
+from cascadeq.protocol.messages import Result
 
 
 def test_the_kill_plan_is_seeded_and_every_three_kills_cover_each_role() -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from cascadeq.embedded import free_port
-from cascadeq.errors import EXIT_NO_REDIS, EXIT_USAGE, ConfigError
-from cascadeq.settings import Settings
-from producer import AsyncProducer, CascadeqError, ConnectionFailed, Producer
+from cascadeq.config.settings import Settings
+from cascadeq.infra.embedded import free_port
+from cascadeq.producer import AsyncProducer, CascadeqError, ConnectionFailed, Producer
+from cascadeq.protocol.errors import EXIT_NO_REDIS, EXIT_USAGE, ConfigError
 
 
 def one_line(stderr: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgpack
 import redis
 
-from cascadeq.commit import Commit
-from cascadeq.results import PENDING
-from cascadeq.settings import Settings
+from cascadeq.config.settings import Settings
+from cascadeq.infra.commit import Commit
+from cascadeq.protocol.results import PENDING
 
 
 def _stream_with(r: redis.Redis, stream: str, n: int) -> list[bytes]:

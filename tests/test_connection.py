@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import redis
 
-from cascadeq.catalog import Catalog
-from cascadeq.connection import connect
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
 
 # resetchannels before &pattern: Redis 6.2 starts users on allchannels and refuses both.
 ACL_USER = ("--user", "cq", "on", ">pw", "~cq:*", "resetchannels", "&cq:*", "+@all")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from cascadeq import cost
+from cascadeq.ops import cost
 
 MIB = 1024 * 1024
 BENCH = {

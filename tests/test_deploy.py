@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cascadeq import keys as keynames
 from cascadeq.cli import build_parser
-from cascadeq.settings import Settings
+from cascadeq.config.settings import Settings
+from cascadeq.protocol import keys as keynames
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -418,7 +418,7 @@ def family_of(sample: str) -> str:
 
 
 def test_dashboard_uses_only_real_metrics_and_shows_every_family() -> None:
-    from cascadeq.metrics import family_names
+    from cascadeq.infra.metrics import family_names
 
     families = family_names()
     used = {

@@ -11,15 +11,16 @@ import pytest
 import redis
 from conftest import run_cli
 
-from cascadeq import dlq, wire
-from cascadeq import keys as keynames
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
-from cascadeq.results import is_pending
-from cascadeq.settings import Settings
-from router import Router
-from workers import ModelWorker
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.ops import dlq
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.protocol.results import is_pending
+from cascadeq.router import Router
+from cascadeq.workers import ModelWorker
 
 TTL = 600
 TOY_X = wire.dumps_inputs({"input": np.ones((1, 4), np.float32)})

@@ -9,13 +9,14 @@ import pytest
 import redis
 from streamview import headers_in
 
-from cascadeq import dlq, results
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import INPUTS_FIELD, Result, error_result
-from cascadeq.settings import Settings
-from producer import AsyncProducer, Producer, Rejected, Request
-from producer.requests import SUBMIT, Call, Preparer, Reply, plan_calls, strict_outcome
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.ops import dlq
+from cascadeq.producer import AsyncProducer, Producer, Rejected, Request
+from cascadeq.producer.requests import SUBMIT, Call, Preparer, Reply, plan_calls, strict_outcome
+from cascadeq.protocol import results
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import INPUTS_FIELD, Result, error_result
 
 X = {"input": np.ones((1, 4), np.float32)}
 Y = {"input": np.zeros((1, 4), np.float32)}

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import redis
 
-from cascadeq.embedded import EmbeddedRedis, find_redis_server
+from cascadeq.infra.embedded import EmbeddedRedis, find_redis_server
 
 
 def test_embedded_server_starts_answers_and_stops() -> None:

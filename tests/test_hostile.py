@@ -17,12 +17,19 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascadeq import wire
-from cascadeq.catalog import Catalog
-from cascadeq.keys import InvalidName
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms, salvage_id
-from cascadeq.settings import Settings
-from workers.batcher import Bad, Item, decode
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import InvalidName
+from cascadeq.protocol.messages import (
+    HEADER_FIELD,
+    INPUTS_FIELD,
+    Header,
+    Result,
+    now_ms,
+    salvage_id,
+)
+from cascadeq.workers.batcher import Bad, Item, decode
 
 scalars = st.one_of(
     st.none(),
@@ -166,7 +173,7 @@ HOSTILE = {  # name: (header changes (None drops), inputs, code, match; None: no
 def test_a_hostile_entry_on_a_worker_stream_fails_alone_and_reaches_no_other_key(
     r: redis.Redis, settings: Settings, catalog: Catalog, case: str
 ) -> None:
-    from workers import ModelWorker
+    from cascadeq.workers import ModelWorker
 
     fields, inputs, code, match = HOSTILE[case]
     small = replace(settings, max_payload_bytes=4096)  # the "oversized" case is 16 KiB

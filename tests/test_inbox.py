@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from cascadeq.messages import Result
-from producer.inbox import UNCLAIMED_CAP, Inbox
+from cascadeq.producer.inbox import UNCLAIMED_CAP, Inbox
+from cascadeq.protocol.messages import Result
 
 
 def res(rid: str) -> Result:

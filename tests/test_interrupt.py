@@ -21,8 +21,8 @@ import pytest
 import redis
 from conftest import wait_for
 
-from cascadeq.process import interruptible, uninterrupted
-from cascadeq.settings import Settings
+from cascadeq.config.settings import Settings
+from cascadeq.infra.process import interruptible, uninterrupted
 
 STARTED = re.compile(r"redis at (\S+), keys under (\S+):;")
 

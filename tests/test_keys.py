@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cascadeq.keys import InvalidName, Keys, check_id, check_name
+from cascadeq.protocol.keys import InvalidName, Keys, check_id, check_name
 
 
 @pytest.mark.parametrize("rid", ["abc", "A_b-9", "x" * 64, "0123456789abcdef0123456789abcdef"])

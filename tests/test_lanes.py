@@ -11,13 +11,14 @@ import redis
 import streamview
 from test_router import hdr, put
 
-from cascadeq import streams, wire
-from cascadeq.catalog import Catalog, CatalogError
-from cascadeq.keys import WORKER_GROUP, Keys
-from cascadeq.settings import Settings
-from router import Router
-from workers import ModelWorker
-from workers.lanes import LaneReader
+from cascadeq.config.catalog import Catalog, CatalogError
+from cascadeq.config.settings import Settings
+from cascadeq.infra import streams
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import WORKER_GROUP, Keys
+from cascadeq.router import Router
+from cascadeq.workers import ModelWorker
+from cascadeq.workers.lanes import LaneReader
 
 LANES = ("interactive", "batch")
 

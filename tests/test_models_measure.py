@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from conftest import run_cli
 
-from cascadeq.catalog import Catalog
-from cascadeq.measure import synthetic_inputs
+from cascadeq.config.catalog import Catalog
+from cascadeq.ops.measure import synthetic_inputs
 
 
 def catalog_copy(digits_dir: Path, tmp_path: Path) -> Path:

@@ -20,14 +20,15 @@ import redis
 from conftest import run_cli, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascadeq import metrics, queues, stats
-from cascadeq.catalog import Catalog
-from cascadeq.keys import WORKER_GROUP, Keys
-from cascadeq.messages import Result
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from cascadeq.window import Tally, latency_bucket, read_windows
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra import metrics, queues
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.infra.window import Tally, latency_bucket, read_windows
+from cascadeq.ops import stats
+from cascadeq.producer import Producer, Request
+from cascadeq.protocol.keys import WORKER_GROUP, Keys
+from cascadeq.protocol.messages import Result
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -12,15 +12,15 @@ import redis
 import streamview
 from test_workers import drain, enqueue, result
 
-from cascadeq.calibration import probabilities
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import now_ms
-from cascadeq.observed import Speed
-from cascadeq.settings import Settings
-from cascadeq.tasks import Load, TaskSpec, Tier
-from router import train
-from workers import ModelWorker
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.config.tasks import Load, TaskSpec, Tier
+from cascadeq.infra.observed import Speed
+from cascadeq.ops import train_router as train
+from cascadeq.ops.calibration import probabilities
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import now_ms
+from cascadeq.workers import ModelWorker
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import redis
 import streamview
 from conftest import wait_for
 
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.keys import Keys
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Rejected, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Rejected, Request
+from cascadeq.protocol.keys import Keys
 
 INGRESS_BOUND, MODEL_BOUND = 1000, 500
 OFFERED_S = 5.0  # seconds of offered load; nothing is served meanwhile

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import redis
 
-from cascadeq import keys as keynames
-from cascadeq import wire
-from cascadeq.catalog import Batching, Catalog, CatalogError, ModelSpec
+from cascadeq.config.catalog import Batching, Catalog, CatalogError, ModelSpec
+from cascadeq.config.settings import Settings
 from cascadeq.examples import seqdigits as seq
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
-from cascadeq.settings import Settings
-from workers import ModelWorker, padding
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.workers import ModelWorker, padding
 
 SEQ_CATALOG = """
 [models.seq]

@@ -11,14 +11,14 @@ import redis
 import streamview
 from conftest import run_cli, wait_for
 
-from cascadeq import keys as keynames
-from cascadeq import results, wire
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import results, wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, now_ms
 
 
 def blocked_readers(r: redis.Redis, model: str) -> int:

@@ -16,15 +16,16 @@ import pytest
 import redis
 import streamview
 
-from cascadeq import keys as keynames
-from cascadeq import metrics, outputs, wire
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
-from cascadeq.settings import Settings
-from cascadeq.window import Tally, latency_bucket
-from router.service import Router
-from workers import ModelWorker, outcome
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra import metrics
+from cascadeq.infra.window import Tally, latency_bucket
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import outputs, wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.router.service import Router
+from cascadeq.workers import ModelWorker, outcome
 
 ROW = np.zeros((1, 64), np.float32)
 INPUTS = wire.dumps_inputs({"input": ROW})
@@ -218,7 +219,7 @@ def test_failing_metrics_never_stop_the_worker(
 def test_a_surprise_while_routing_one_request_fails_only_that_request(
     r: redis.Redis, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import router.batch as service
+    import cascadeq.router.batch as service
 
     real = service.choose
 

@@ -22,13 +22,20 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from cascadeq import keys as keynames
-from cascadeq import wire
-from cascadeq.catalog import Catalog
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms, salvage_id
-from cascadeq.settings import Settings
-from router.service import Router
-from workers import ModelWorker
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.messages import (
+    HEADER_FIELD,
+    INPUTS_FIELD,
+    Header,
+    Result,
+    now_ms,
+    salvage_id,
+)
+from cascadeq.router.service import Router
+from cascadeq.workers import ModelWorker
 
 awkward = st.sampled_from(
     [math.inf, -math.inf, math.nan, -1e308, -math.inf, math.nan, -1e308, 1e308, 2**64 - 1, None]

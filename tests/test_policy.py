@@ -11,15 +11,15 @@ import redis
 from conftest import TOY_CATALOG
 from test_router import hdr, put
 
-from cascadeq import bundle, wire
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import now_ms
-from cascadeq.observed import Speed
-from cascadeq.settings import Settings
-from cascadeq.tasks import Learned
-from router import Router
-from router import train as learned_train
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.config.tasks import Learned
+from cascadeq.infra.observed import Speed
+from cascadeq.ops import train_router as learned_train
+from cascadeq.protocol import bundle, wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import now_ms
+from cascadeq.router import Router
 
 POLICY_CATALOG = (
     TOY_CATALOG

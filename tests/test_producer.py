@@ -10,14 +10,14 @@ import pytest
 import redis
 from streamview import count, headers_in
 
-from cascadeq import results
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_result
-from cascadeq.settings import Settings
-from cascadeq.wire import loads_inputs
-from producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, Timeout
-from producer.requests import CatalogCache
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, Timeout
+from cascadeq.producer.requests import CatalogCache
+from cascadeq.protocol import results
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, error_result
+from cascadeq.protocol.wire import loads_inputs
 
 X = {"input": np.ones((1, 4), np.float32)}
 
@@ -132,7 +132,7 @@ def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings, toy_catalo
 def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
     r: redis.Redis, settings: Settings, toy_catalog: Catalog
 ) -> None:
-    from producer.base import MAX_CONNECTIONS
+    from cascadeq.producer.base import MAX_CONNECTIONS
 
     with Producer(settings=settings, catalog=toy_catalog) as client:
         ids = client.submit_many([Request(X, task="toy") for _ in range(10_000)])
@@ -224,7 +224,7 @@ def test_async_producer_submits_and_waits(
 def test_producer_reads_the_catalog_a_router_published(
     r: redis.Redis, settings: Settings, toy_catalog: Catalog
 ) -> None:
-    from router.service import publish_catalog
+    from cascadeq.router.service import publish_catalog
 
     with Producer(settings=settings) as client:
         with pytest.raises(Rejected, match="no catalog"):

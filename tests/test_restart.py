@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import redis
 
-from cascadeq import results
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.keys import Keys
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
+from cascadeq.protocol import results
+from cascadeq.protocol.keys import Keys
 
 
 @pytest.fixture

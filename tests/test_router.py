@@ -7,13 +7,14 @@ import redis
 import streamview
 from conftest import wait_for
 
-from cascadeq import bundle, streams, wire
-from cascadeq import keys as keynames
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
-from cascadeq.settings import Settings
-from router import Router
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra import streams
+from cascadeq.protocol import bundle, wire
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.router import Router
 
 X = wire.dumps_inputs({"input": np.ones((1, 4), np.float32)})
 

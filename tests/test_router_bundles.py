@@ -14,12 +14,12 @@ import numpy as np
 import redis
 import streamview
 
-from cascadeq import bundle, wire
-from cascadeq import keys as keynames
-from cascadeq.catalog import Catalog
-from cascadeq.messages import Header, Result, now_ms
-from cascadeq.settings import Settings
-from router import Router
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.protocol import bundle, wire
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol.messages import Header, Result, now_ms
+from cascadeq.router import Router
 
 CATALOG = """
 [models.toy-small]
@@ -185,7 +185,7 @@ def test_a_surprise_in_one_requests_own_rule_fails_only_that_request(
 ) -> None:
     import pytest
 
-    import router.batch as batch
+    import cascadeq.router.batch as batch
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
     real = batch.deadline

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from cascadeq.settings import Settings, SettingsError
+from cascadeq.config.settings import Settings, SettingsError
 
 
 def test_defaults_then_environment_then_overrides() -> None:

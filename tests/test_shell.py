@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from conftest import run_cli
 
-from cascadeq.catalog import Catalog
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer
 
 
 def test_submit_wait_and_result_from_the_shell(

@@ -7,12 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cascadeq import wire
-from cascadeq.catalog import Batching, Catalog, CatalogError
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header
-from cascadeq.streams import Entry
-from workers import strategies
-from workers.batcher import Batcher, Item
+from cascadeq.config.catalog import Batching, Catalog, CatalogError
+from cascadeq.infra.streams import Entry
+from cascadeq.protocol import wire
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header
+from cascadeq.workers import strategies
+from cascadeq.workers.batcher import Batcher, Item
 
 
 def test_dynamic_launches_when_full_or_when_max_wait_has_passed() -> None:

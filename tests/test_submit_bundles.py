@@ -14,15 +14,16 @@ import redis
 from conftest import wait_for
 from streamview import count, headers_in
 
-from cascadeq import bundle, dlq, results
-from cascadeq.bundle import Header
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import Result
-from cascadeq.settings import Settings
-from producer import AsyncProducer, Producer, Rejected, Request
-from producer.client import Coalescer, Waiter
-from producer.requests import SUBMIT_CHUNK
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.ops import dlq
+from cascadeq.producer import AsyncProducer, Producer, Rejected, Request
+from cascadeq.producer.client import Coalescer, Waiter
+from cascadeq.producer.requests import SUBMIT_CHUNK
+from cascadeq.protocol import bundle, results
+from cascadeq.protocol.bundle import Header
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import Result
 
 LANES_CATALOG = """
 [models.a]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_policy import POLICY_CATALOG
 
-from cascadeq.catalog import Catalog, CatalogError
+from cascadeq.config.catalog import Catalog, CatalogError
 
 
 def load(extra: str) -> Catalog:

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import redis
 
-from cascadeq.catalog import Catalog
-from cascadeq.connection import connect
-from cascadeq.embedded import EmbeddedRedis, EmbeddedRedisError, TlsConfig
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import AsyncProducer, Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.infra.embedded import EmbeddedRedis, EmbeddedRedisError, TlsConfig
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import AsyncProducer, Producer, Request
 
 EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 

@@ -11,13 +11,13 @@ import pytest
 import redis
 from test_producer import write_results
 
-from cascadeq import results
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.keys import Keys
-from cascadeq.messages import Result, error_result
-from cascadeq.settings import Settings
-from producer import AsyncProducer, Producer, Rejected, Timeout, UnknownRequest
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.producer import AsyncProducer, Producer, Rejected, Timeout, UnknownRequest
+from cascadeq.protocol import results
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import Result, error_result
 
 X = {"input": np.ones((1, 4), np.float32)}
 

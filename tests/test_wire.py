@@ -4,8 +4,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from cascadeq import wire
-from cascadeq.messages import Header, Result
+from cascadeq.protocol import wire
+from cascadeq.protocol.messages import Header, Result
 
 DTYPES = [
     "bool",

@@ -10,13 +10,13 @@ import pytest
 import redis
 import streamview
 
-from cascadeq import keys as keynames
-from cascadeq import wire
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
-from cascadeq.settings import Settings
-from workers import ModelWorker
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
+from cascadeq.workers import ModelWorker
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_a_result_is_written_once_and_never_overwritten(
 
 
 def test_a_catalog_that_does_not_match_the_onnx_file_fails_at_load(catalog: Catalog) -> None:
-    from workers import ModelLoadError, OnnxRunner
+    from cascadeq.workers import ModelLoadError, OnnxRunner
 
     spec = catalog.models["digits-small"]
     renamed = replace(spec, inputs=(replace(spec.inputs[0], name="pixels"),))

@@ -1,7 +1,7 @@
 """The worker role: micro-batches from per-model streams, ONNX Runtime, escalation, results."""
 
-from workers.batcher import Bad, Batcher, Item
-from workers.runner import ModelLoadError, OnnxRunner
-from workers.service import ModelWorker
+from cascadeq.workers.batcher import Bad, Batcher, Item
+from cascadeq.workers.runner import ModelLoadError, OnnxRunner
+from cascadeq.workers.service import ModelWorker
 
 __all__ = ["Bad", "Batcher", "Item", "ModelLoadError", "ModelWorker", "OnnxRunner"]

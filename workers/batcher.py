@@ -15,12 +15,12 @@ from functools import cached_property
 
 import numpy as np
 
-from cascadeq import bundle
-from cascadeq.bundle import BadItem, Bundle, EntryError, Header
-from cascadeq.catalog import InputError, ModelSpec
-from cascadeq.messages import kept_for_dead_letter, now_ms
-from cascadeq.streams import Entry, Fields
-from workers import strategies
+from cascadeq.config.catalog import InputError, ModelSpec
+from cascadeq.infra.streams import Entry, Fields
+from cascadeq.protocol import bundle
+from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
+from cascadeq.protocol.messages import kept_for_dead_letter, now_ms
+from cascadeq.workers import strategies
 
 #: read(count, block_ms) -> [(stream, entry)]; block_ms None means "do not block".
 Reader = Callable[[int, int | None], list[tuple[str, Entry]]]

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from cascadeq.catalog import ModelSpec
-from cascadeq.log import get_logger
-from workers.batcher import Bad, Batcher, Item, Reader
+from cascadeq.config.catalog import ModelSpec
+from cascadeq.infra.log import get_logger
+from cascadeq.workers.batcher import Bad, Batcher, Item, Reader
 
 log = get_logger("cascadeq.worker")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import redis
 
-from cascadeq import streams
-from cascadeq.keys import WORKER_GROUP
+from cascadeq.infra import streams
+from cascadeq.protocol.keys import WORKER_GROUP
 
 
 class LaneReader:

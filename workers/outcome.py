@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cascadeq.bundle import Header
-from cascadeq.calibration import confidences
-from cascadeq.catalog import Catalog, ModelSpec
-from cascadeq.messages import now_ms
-from cascadeq.observed import LoadBoard
-from cascadeq.tasks import TaskSpec
+from cascadeq.config.catalog import Catalog, ModelSpec
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.observed import LoadBoard
+from cascadeq.protocol.bundle import Header
+from cascadeq.protocol.messages import now_ms
+from cascadeq.workers.confidence import confidences
 
 
 class BatchConfidence:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cascadeq.catalog import ModelSpec
+from cascadeq.config.catalog import ModelSpec
 
 Inputs = Mapping[str, np.ndarray]
 #: run(inputs, samples) -> one output row per sample

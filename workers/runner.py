@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from cascadeq.catalog import ModelSpec
-from cascadeq.errors import ConfigError
+from cascadeq.config.catalog import ModelSpec
+from cascadeq.protocol.errors import ConfigError
 
 
 class ModelLoadError(ConfigError, RuntimeError):

@@ -17,26 +17,27 @@ from typing import Any
 import numpy as np
 import redis
 
-from cascadeq import keys as keynames
-from cascadeq import metrics, streams, wire
-from cascadeq.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
-from cascadeq.catalog import Catalog, ModelSpec
-from cascadeq.clock import Every
-from cascadeq.commit import Commit
-from cascadeq.isolation import backstop, bookkeeping
-from cascadeq.keys import Keys
-from cascadeq.log import get_logger
-from cascadeq.messages import EXPIRED, OK, Result, error_result, now_ms
-from cascadeq.observed import LoadBoard, Speed
-from cascadeq.process import serve
-from cascadeq.settings import Settings
-from cascadeq.window import Tally
-from workers import padding
-from workers.batcher import Bad, Item, decode, poisoned
-from workers.continuous import batcher_for
-from workers.lanes import LaneReader
-from workers.runner import OnnxRunner
-from workers.settle import BatchWork, Ran, Settler
+from cascadeq.config.catalog import Catalog, ModelSpec
+from cascadeq.config.settings import Settings
+from cascadeq.infra import metrics, streams
+from cascadeq.infra.commit import Commit
+from cascadeq.infra.isolation import backstop, bookkeeping
+from cascadeq.infra.log import get_logger
+from cascadeq.infra.observed import LoadBoard, Speed
+from cascadeq.infra.process import serve
+from cascadeq.infra.window import Tally
+from cascadeq.protocol import keys as keynames
+from cascadeq.protocol import wire
+from cascadeq.protocol.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
+from cascadeq.protocol.clock import Every
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import EXPIRED, OK, Result, error_result, now_ms
+from cascadeq.workers import padding
+from cascadeq.workers.batcher import Bad, Item, decode, poisoned
+from cascadeq.workers.continuous import batcher_for
+from cascadeq.workers.lanes import LaneReader
+from cascadeq.workers.runner import OnnxRunner
+from cascadeq.workers.settle import BatchWork, Ran, Settler
 
 log = get_logger("cascadeq.worker")
 

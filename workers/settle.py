@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq import bundle, outputs, wire
-from cascadeq.bundle import Header
-from cascadeq.catalog import Catalog, ModelSpec
-from cascadeq.commit import Commit
-from cascadeq.keys import Keys
-from cascadeq.log import get_logger
-from cascadeq.messages import OK, error_result, now_ms
-from cascadeq.observed import LoadBoard
-from cascadeq.tasks import TaskSpec
-from cascadeq.window import Tally
-from workers import outcome
-from workers.batcher import Item
+from cascadeq.config.catalog import Catalog, ModelSpec
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.commit import Commit
+from cascadeq.infra.log import get_logger
+from cascadeq.infra.observed import LoadBoard
+from cascadeq.infra.window import Tally
+from cascadeq.protocol import bundle, outputs, wire
+from cascadeq.protocol.bundle import Header
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import OK, error_result, now_ms
+from cascadeq.workers import outcome
+from cascadeq.workers.batcher import Item
 
 log = get_logger("cascadeq.worker")
 

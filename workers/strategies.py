@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cascadeq.catalog import Batching
+from cascadeq.config.catalog import Batching
 
 
 class Strategy(Protocol):

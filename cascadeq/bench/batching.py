@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from cascadeq.bench.harness import Run, System, collect, live_system, progress, run_paced
-from cascadeq.calibration import edit_task
-from cascadeq.connection import connect
-from cascadeq.keys import Keys
-from cascadeq.settings import Settings
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.ops.calibration import edit_task
+from cascadeq.protocol.keys import Keys
 
 MODES = ("static", "dynamic", "adaptive", "continuous")
 PATTERNS = ("saturate", "steady", "bursty", "trickle")
@@ -102,7 +102,7 @@ def prepare(models_dir: Path, work: Path, mode: str) -> Path:
 
 
 def requests_for(work: Workload, n: int, offset: int = 0) -> list[Any]:
-    from producer import Request  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.producer import Request  # noqa: PLC0415 - the core imports roles lazily
 
     return [Request(work.make(offset + i), model=work.model) for i in range(n)]
 
@@ -167,7 +167,7 @@ def run_mode(
     settings: Settings, models_dir: Path, mode: str, scale: Scale, curve: bool
 ) -> tuple[list[dict[str, Any]], list[tuple[float, float, float]], dict[str, float]]:
     """Rows for one mode, its latency curve on the large model, and its overlap."""
-    from producer import Producer  # noqa: PLC0415
+    from cascadeq.producer import Producer  # noqa: PLC0415
 
     rows: list[dict[str, Any]] = []
     points: list[tuple[float, float, float]] = []

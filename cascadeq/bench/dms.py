@@ -28,10 +28,10 @@ from cascadeq.bench.harness import (
     run_burst,
     run_paced,
 )
-from cascadeq.catalog import Catalog
-from cascadeq.connection import connect
-from cascadeq.keys import Keys
-from cascadeq.settings import Settings
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.protocol.keys import Keys
 
 TASK = "digits"
 LEARNED_TASK = "digits-learned"
@@ -96,7 +96,7 @@ def prepare(models_dir: Path, work: Path) -> Path:
 
 def add_learned_task(path: Path, system: System, limit: int = 50_000) -> None:
     """Train on the logged traces and declare a second task that uses the result."""
-    from router import train  # noqa: PLC0415 - roles are imported lazily
+    from cascadeq.ops import train_router as train  # noqa: PLC0415 - roles are imported lazily
 
     catalog = Catalog.load(path)
     task = catalog.tasks[TASK]
@@ -122,7 +122,7 @@ def add_learned_task(path: Path, system: System, limit: int = 50_000) -> None:
 
 
 def policy_requests(policy: str, data: Data, catalog: Catalog) -> list[Any]:
-    from producer import Request  # noqa: PLC0415
+    from cascadeq.producer import Request  # noqa: PLC0415
 
     task = catalog.tasks[TASK]
     small, large = task.models[0], task.models[-1]
@@ -169,7 +169,7 @@ def run_policy(client: Any, system: System, policy: str, data: Data) -> dict[str
 
 def warm_up(client: Any, x: np.ndarray, catalog: Catalog) -> None:
     """Proves router and workers are serving before anything is timed."""
-    from producer import Request  # noqa: PLC0415
+    from cascadeq.producer import Request  # noqa: PLC0415
 
     targets: list[dict[str, Any]] = [{"model": m} for m in catalog.models]
     targets += [{"task": t} for t in catalog.tasks]
@@ -193,7 +193,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def main(settings: Settings, models_dir: Path, *, as_json: bool, spike: int = 20) -> int:
     from cascadeq.examples import digits  # noqa: PLC0415
-    from producer import Producer  # noqa: PLC0415
+    from cascadeq.producer import Producer  # noqa: PLC0415
 
     digits.ensure_built(models_dir, log=tag)
     val, test = (np.load(models_dir / f) for f in (digits.VAL_FILE, digits.TEST_FILE))

@@ -17,7 +17,7 @@ FIELDS = ("requests", "accuracy", "large_share", "relative_cost", "throughput_rp
 
 
 def measure(bench: Bench) -> list[dict[str, Any]]:
-    from producer import Request  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.producer import Request  # noqa: PLC0415 - the core imports roles lazily
 
     test = np.load(bench.models_dir / "digits_test.npz")
     x = np.tile(test["X"], (bench.scale.cascade_repeats, 1)).astype(np.float32)

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.catalog import Catalog
-from cascadeq.connection import connect
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.messages import EXPIRED, Result
-from cascadeq.process import ProcessGroup, interruptible, uninterrupted
-from cascadeq.settings import Settings
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup, interruptible, uninterrupted
+from cascadeq.protocol.messages import EXPIRED, Result
 
 
 def progress(tag: str, line: str) -> None:
@@ -52,7 +52,7 @@ class System:
         return Catalog.load(self.catalog_path)
 
     def counts(self) -> dict[str, int]:
-        from cascadeq.keys import Keys  # noqa: PLC0415
+        from cascadeq.protocol.keys import Keys  # noqa: PLC0415
 
         r = connect(self.url)
         raw: Any = r.hgetall(Keys(self.settings.prefix).routing_counts)
@@ -61,8 +61,8 @@ class System:
 
     def memory(self) -> dict[str, dict[str, int]]:
         """Each model's load memory as its workers measured it (for `cascadeq cost`)."""
-        from cascadeq.keys import Keys  # noqa: PLC0415
-        from cascadeq.stats import model_memory  # noqa: PLC0415
+        from cascadeq.ops.stats import model_memory  # noqa: PLC0415
+        from cascadeq.protocol.keys import Keys  # noqa: PLC0415
 
         r = connect(self.url)
         try:
@@ -164,7 +164,7 @@ def run_paced(
 
 def collect(client: Any, ids: list[str], labels: np.ndarray, started: float, timeout: float) -> Run:
     """Wait for every id; a Timeout counts the missing as lost rather than failing the run."""
-    from producer import Timeout  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.producer import Timeout  # noqa: PLC0415 - the core imports roles lazily
 
     try:
         results = client.wait_many(ids, timeout=timeout)

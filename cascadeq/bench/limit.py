@@ -25,7 +25,7 @@ from cascadeq.bench.workbench import (
     tag,
     warm_up,
 )
-from cascadeq.catalog import ModelSpec
+from cascadeq.config.catalog import ModelSpec
 
 MODELS = (SMALL, LARGE, HEAVY)
 SWEEP_MODEL = LARGE
@@ -35,7 +35,7 @@ class Reference:
     """One warm session (the worker's OnnxRunner) fed full batches in a loop."""
 
     def __init__(self, spec: ModelSpec, x: np.ndarray, batch: int) -> None:
-        from workers.runner import OnnxRunner  # noqa: PLC0415 - roles are imported lazily
+        from cascadeq.workers.runner import OnnxRunner  # noqa: PLC0415 - roles are imported lazily
 
         self.runner = OnnxRunner(spec)
         self.batch = batch

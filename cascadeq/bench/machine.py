@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from cascadeq.connection import connect
+from cascadeq.infra.connection import connect
 
 
 def cpu_model() -> str:

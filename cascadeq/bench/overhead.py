@@ -24,7 +24,7 @@ import numpy as np
 from cascadeq.bench.floor import floor_for
 from cascadeq.bench.harness import collect
 from cascadeq.bench.workbench import SMALL, Bench, ok_rps, requests, tag
-from cascadeq.connection import connect
+from cascadeq.infra.connection import connect
 
 MODES = ("submit_many", "threads_16", "async_64")
 ROLES = ("producer", "router", "worker", "redis")
@@ -74,7 +74,7 @@ def _threads(bench: Bench, reqs: list[Any], n: int = 16) -> list[str]:
 
 def _async_tasks(bench: Bench, reqs: list[Any], n: int = 64) -> tuple[list[str], Any]:
     """Submits from n tasks of one AsyncProducer, then waits there too."""
-    from producer import AsyncProducer  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.producer import AsyncProducer  # noqa: PLC0415 - the core imports roles lazily
 
     async def run() -> tuple[list[str], Any]:
         async with AsyncProducer(

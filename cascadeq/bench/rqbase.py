@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from cascadeq.bench.workbench import SMALL, Bench, tag
-from cascadeq.process import ProcessGroup
+from cascadeq.infra.process import ProcessGroup
 
 KINDS = {"simple": "SimpleWorker", "fork": "Worker"}
 CHUNK = 500

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.process import die_with_parent
+from cascadeq.infra.process import die_with_parent
 
 _runner: Any = None  # workers.runner.OnnxRunner, once loaded
 
@@ -27,8 +27,8 @@ def runner() -> Any:
     """The per-process session cache."""
     global _runner  # noqa: PLW0603 - one cached session per process is the point
     if _runner is None:
-        from cascadeq.catalog import Catalog  # noqa: PLC0415
-        from workers.runner import OnnxRunner  # noqa: PLC0415
+        from cascadeq.config.catalog import Catalog  # noqa: PLC0415
+        from cascadeq.workers.runner import OnnxRunner  # noqa: PLC0415
 
         catalog = Catalog.load(os.environ["CASCADEQ_CATALOG"])
         _runner = OnnxRunner(catalog.models[os.environ["CASCADEQ_RQ_MODEL"]])

@@ -19,7 +19,7 @@ from typing import Any
 
 from cascadeq.bench import economics, latency, limit, machine, overhead, plots, rqbase
 from cascadeq.bench.workbench import HEAVY, LARGE, SMALL, Bench, Scale, open_bench, tag
-from cascadeq.settings import Settings
+from cascadeq.config.settings import Settings
 
 PARTS = ("all", "limit", "rq", "overhead", "latency", "cascade")
 # (JSON path, comparison, goal): the targets.

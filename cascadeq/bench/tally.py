@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from cascadeq import results, wire
-from cascadeq.messages import Result
+from cascadeq.protocol import results, wire
+from cascadeq.protocol.messages import Result
 
 ACKED = "acked"  # submit returned: Redis acknowledged it
 REFUSED = "refused"  # submit raised Rejected (or the client's own backlog was full)

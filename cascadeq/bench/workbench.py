@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from cascadeq.bench.harness import Run, System, collect, live_system, progress
-from cascadeq.calibration import edit_task
-from cascadeq.catalog import Catalog, ModelSpec
-from cascadeq.settings import Settings
+from cascadeq.config.catalog import Catalog, ModelSpec
+from cascadeq.config.settings import Settings
+from cascadeq.ops.calibration import edit_task
 
 SMALL, LARGE, HEAVY, TRIVIAL = "digits-small", "digits-large", "heavy", "trivial"
 WORKERS = 1  # worker processes: the rq baseline gets as many
@@ -108,7 +108,7 @@ def inputs_for(models_dir: Path) -> dict[str, np.ndarray]:
 
 def requests(model: str, x: np.ndarray, n: int) -> list[Any]:
     """n one-sample requests pinned to `model` (pinned: no routing rule decides)."""
-    from producer import Request  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.producer import Request  # noqa: PLC0415 - the core imports roles lazily
 
     return [Request({"input": x[i % len(x)][None]}, model=model) for i in range(n)]
 
@@ -135,7 +135,7 @@ def ok_rps(run: Run) -> float:
 @contextmanager
 def open_bench(settings: Settings, models_dir: Path, scale: Scale) -> Iterator[Bench]:
     """A private catalog copy and a live system over it, warmed up."""
-    from producer import Producer  # noqa: PLC0415
+    from cascadeq.producer import Producer  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="cascadeq-bench-") as tmp:
         path = prepare(models_dir, Path(tmp))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from cascadeq.measure import median_us_per_sample
+from cascadeq.ops.measure import median_us_per_sample
 
 COST_BATCH = 32
 COST_RUNS = 25

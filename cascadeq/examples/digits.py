@@ -26,8 +26,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
-from cascadeq.calibration import Split, confidences, search
 from cascadeq.examples.common import COST_BATCH, measure_cost, session, write_atomically
+from cascadeq.ops.calibration import Split, search
+from cascadeq.workers.confidence import confidences
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from cascadeq import wire
-from cascadeq.bundle import Header as Header  # noqa: PLC0414 - re-exported from the codec
-from cascadeq.keys import InvalidName, check_id
+from cascadeq.protocol import wire
+from cascadeq.protocol.bundle import Header as Header  # noqa: PLC0414 - re-exported from the codec
+from cascadeq.protocol.keys import InvalidName, check_id
 
 HEADER_FIELD = b"h"
 INPUTS_FIELD = b"x"

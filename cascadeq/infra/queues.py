@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from cascadeq.keys import DEFAULT_LANE, WORKER_GROUP, Keys
+from cascadeq.protocol.keys import DEFAULT_LANE, WORKER_GROUP, Keys
 
 LANES: tuple[str, ...] = (DEFAULT_LANE,)
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import redis
 
-from cascadeq import wire
-from cascadeq.errors import ConfigError
-from cascadeq.keys import Keys
-from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Result, salvage_id
-from cascadeq.results import PENDING_LUA, is_pending
+from cascadeq.protocol import wire
+from cascadeq.protocol.errors import ConfigError
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Result, salvage_id
+from cascadeq.protocol.results import PENDING_LUA, is_pending
 
 _META = (b"stream", b"entry", b"code", b"reason")
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import redis
 
-from cascadeq.log import get_logger
+from cascadeq.infra.log import get_logger
 
-log = get_logger("cascadeq.isolation")
+log = get_logger("cascadeq.infra.isolation")
 
 
 def bookkeeping(what: str, fn: Callable[[], object]) -> None:

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cascadeq.errors import ConfigError
+from cascadeq.protocol.errors import ConfigError
 
 MIB = 1024 * 1024
 SECONDS_PER_MONTH = 30.44 * 24 * 3600  # the average month, as providers bill

@@ -16,10 +16,10 @@ from typing import Any
 
 import redis
 
-from cascadeq.catalog import Catalog
-from cascadeq.clock import Every
-from cascadeq.keys import WORKER_GROUP, Keys
-from cascadeq.tasks import TaskSpec
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.protocol.clock import Every
+from cascadeq.protocol.keys import WORKER_GROUP, Keys
 
 ALPHA = 0.2  # weight of the newest batch in the moving averages
 REFRESH_S = 0.25

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from cascadeq.keys import Keys
+from cascadeq.protocol.keys import Keys
 
 WINDOW_S = 60
 WINDOW_TTL_S = 2 * WINDOW_S

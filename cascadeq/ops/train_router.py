@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import redis
 
-from cascadeq import wire
-from cascadeq.catalog import Catalog
-from cascadeq.errors import ConfigError
-from cascadeq.keys import Keys
-from cascadeq.messages import INPUTS_FIELD
-from cascadeq.tasks import TaskSpec
-from router.learned import features
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.protocol import wire
+from cascadeq.protocol.errors import ConfigError
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import INPUTS_FIELD
+from cascadeq.router.learned import features
 
 READ_CHUNK = 1000
 MIN_TRACES = 50

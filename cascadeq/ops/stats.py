@@ -16,10 +16,19 @@ from typing import Any, TextIO
 
 import redis
 
-from cascadeq import queues, wire
-from cascadeq.catalog import Catalog
-from cascadeq.keys import Keys
-from cascadeq.window import ANSWERED, BATCHES, ENTRIES, ESCALATED, SAMPLES, Window, read_windows
+from cascadeq.config.catalog import Catalog
+from cascadeq.infra import queues
+from cascadeq.infra.window import (
+    ANSWERED,
+    BATCHES,
+    ENTRIES,
+    ESCALATED,
+    SAMPLES,
+    Window,
+    read_windows,
+)
+from cascadeq.protocol import wire
+from cascadeq.protocol.keys import Keys
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: `--watch` redraws in place
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.errors import (
+from cascadeq.config.settings import Settings
+from cascadeq.protocol.errors import (
     EXIT_NOT_READY,
     EXIT_REJECTED,
     EXIT_REQUEST_FAILED,
     EXIT_UNKNOWN_ID,
     ConfigError,
 )
-from cascadeq.messages import Result
-from cascadeq.settings import Settings
+from cascadeq.protocol.messages import Result
 
 
 def result_to_json(result: Result) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def _load_array(name: str, path: str) -> np.ndarray:
 
 
 def submit(args: argparse.Namespace, settings: Settings) -> int:
-    from producer import Producer, Rejected, RequestFailed, Timeout  # noqa: PLC0415
+    from cascadeq.producer import Producer, Rejected, RequestFailed, Timeout  # noqa: PLC0415
 
     inputs = _load_inputs(args.input)  # before any connection: a typo costs nothing
     with Producer(settings.require_redis_url(), settings=settings) as client:
@@ -99,8 +99,8 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def result(args: argparse.Namespace, settings: Settings) -> int:
-    """Exit 0 ok, else the code cascadeq.errors names (failed, not ready, unknown id)."""
-    from producer import Producer, RequestFailed, Timeout, UnknownRequest  # noqa: PLC0415
+    """Exit 0 ok, else the code cascadeq.protocol.errors names (failed, not ready, unknown id)."""
+    from cascadeq.producer import Producer, RequestFailed, Timeout, UnknownRequest  # noqa: PLC0415
 
     with Producer(settings.require_redis_url(), settings=settings) as client:
         try:

@@ -22,7 +22,7 @@ import msgpack
 import msgspec
 import numpy as np
 
-from cascadeq import wire
+from cascadeq.protocol import wire
 
 HEADER = b"h"  # a single request's header
 INPUTS = b"x"  # a single request's inputs

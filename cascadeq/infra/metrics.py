@@ -31,13 +31,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cascadeq import queues
-from cascadeq.clock import Every
-from cascadeq.keys import Keys
-from cascadeq.log import get_logger
-from cascadeq.window import Tally
+from cascadeq.infra import queues
+from cascadeq.infra.log import get_logger
+from cascadeq.infra.window import Tally
+from cascadeq.protocol.clock import Every
+from cascadeq.protocol.keys import Keys
 
-log = get_logger("cascadeq.metrics")
+log = get_logger("cascadeq.infra.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (

@@ -13,8 +13,8 @@ from typing import Any
 
 import msgpack
 
-from cascadeq.keys import Keys
-from cascadeq.messages import Result
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import Result
 
 #: What submit stores under a result key until the real result lands: "submitted, not
 #: answered yet". 0xc1 is the one byte msgpack never uses, so no Result can equal it.

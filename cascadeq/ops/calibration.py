@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.catalog import Catalog, CatalogError, ModelSpec
-from cascadeq.errors import ConfigError
-from cascadeq.tasks import TaskSpec
+from cascadeq.config.catalog import Catalog, CatalogError, ModelSpec
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.protocol.errors import ConfigError
+from cascadeq.workers.confidence import confidences
 
 MAX_CANDIDATES = 400  # per stage; the grid is their product, capped below
 MAX_COMBOS = 200_000
@@ -28,25 +29,6 @@ PROGRESS_FROM = 5_000  # combinations; a smaller search is over before a line wo
 
 class CalibrationError(ConfigError, ValueError):
     """Data or target that cannot produce thresholds; the message says which."""
-
-
-def confidences(proba: np.ndarray, measure: str) -> np.ndarray:
-    """Per-row confidence in [0, 1], higher is surer; the workers use this very function.
-
-    top: top-class probability; margin: top minus runner-up; entropy: one minus the
-    normalised entropy.
-    """
-    p = proba.astype(np.float64, copy=False)
-    if measure == "top" or p.shape[1] < 2:
-        return np.asarray(p.max(axis=1))
-    if measure == "margin":
-        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-        return np.asarray(top2[:, 1] - top2[:, 0])
-    if measure == "entropy":
-        clipped = np.clip(p, 1e-12, 1.0)
-        h = -(clipped * np.log(clipped)).sum(axis=1)
-        return np.asarray(1.0 - h / np.log(p.shape[1]))
-    raise ValueError(f"unknown confidence measure {measure!r}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +188,7 @@ def _split_inputs(
 def probabilities(
     spec: ModelSpec, inputs: Mapping[str, np.ndarray], batch: int = 256
 ) -> np.ndarray:
-    from workers.runner import OnnxRunner  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.workers.runner import OnnxRunner  # noqa: PLC0415 - the core imports roles lazily
 
     runner = OnnxRunner(spec)
     n = next(iter(inputs.values())).shape[0]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from cascadeq.errors import ConfigError
+from cascadeq.protocol.errors import ConfigError
 
 
 class SettingsError(ConfigError, ValueError):

@@ -1,13 +1,8 @@
-"""The catalog: models, tasks (cascades) and their limits, from one TOML file.
-
-Validation happens once, at start, and every error names the file, the field and
-the fix, because a typo in a catalog should not surface as a stack trace at 3 a.m.
-"""
+"""What the catalog says about one model: its inputs, output, cost, batching and lanes."""
 
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,25 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.errors import ConfigError
-from cascadeq.keys import DEFAULT_LANE, InvalidName, check_name
-from cascadeq.tasks import Stage, TaskSpec, parse_task
-from cascadeq.wire import ALLOWED_DTYPES
-
-__all__ = ["Catalog", "CatalogError", "InputError", "ModelSpec", "Stage", "TaskSpec"]
+from cascadeq.config.fields import Fields
+from cascadeq.protocol.keys import DEFAULT_LANE
+from cascadeq.protocol.wire import ALLOWED_DTYPES
 
 BATCH_MODES = ("static", "dynamic", "adaptive", "continuous")
 # Fields that only one batching mode reads; setting one under another mode is a mistake.
 MODE_FIELDS = {"static": "safety_wait_ms", "adaptive": "latency_budget_ms"}
 OUTPUT_KINDS = ("probabilities", "scores", "embedding")
-
-
-class CatalogError(ConfigError, ValueError):
-    """A catalog that cannot be used; the message says where and how to fix it."""
-
-    def __init__(self, source: str, field_path: str, problem: str, fix: str) -> None:
-        self.source, self.field_path, self.problem, self.fix = source, field_path, problem, fix
-        super().__init__(f"{source}: {field_path}: {problem} (fix: {fix})")
 
 
 class InputError(ValueError):
@@ -113,108 +97,8 @@ def _check_one(model: ModelSpec, spec: InputSpec, arr: np.ndarray) -> None:
         raise InputError(f"{where} holds NaN or inf, which model {model.name} does not allow")
 
 
-@dataclass(frozen=True)
-class Catalog:
-    source: str
-    models: Mapping[str, ModelSpec]
-    tasks: Mapping[str, TaskSpec]
-    text: str = ""  # the TOML it came from, so it can be published to Redis
-
-    @classmethod
-    def load(cls, path: str | Path, *, check_files: bool = True) -> Catalog:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CatalogError(
-                str(path),
-                "(file)",
-                f"cannot be read: {exc.strerror}",
-                "pass an existing catalog with --catalog or CASCADEQ_CATALOG; "
-                "`cascadeq models build` writes an example",
-            ) from exc
-        return cls.loads(text, source=str(path), check_files=check_files)
-
-    @classmethod
-    def loads(cls, text: str, *, source: str = "<catalog>", check_files: bool = True) -> Catalog:
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise CatalogError(source, "(syntax)", str(exc), "correct the TOML syntax") from exc
-        base = Path(source).parent
-        parser = _Parser(source, base, check_files)
-        return parser.catalog(doc, text)
-
-    def model(self, name: str) -> ModelSpec:
-        return self.models[name]
-
-    def first_model(self, task: str) -> str:
-        return self.tasks[task].cascade[0].model
-
-
-class _Parser:
-    """Walks the TOML document, turning each bad field into a CatalogError."""
-
-    def __init__(self, source: str, base: Path, check_files: bool) -> None:
-        self.source, self.base, self.check_files = source, base, check_files
-
-    def fail(self, where: str, problem: str, fix: str) -> CatalogError:
-        return CatalogError(self.source, where, problem, fix)
-
-    def catalog(self, doc: dict[str, Any], text: str) -> Catalog:
-        known = {"models", "tasks"}
-        for key in doc:
-            if key not in known:
-                raise self.fail(key, "is not a catalog section", f"use one of {sorted(known)}")
-        models_doc = self.table(doc, "models", "models")
-        if not models_doc:
-            raise self.fail("models", "declares no model", "add a [models.NAME] table")
-        models = {
-            name: self.model(name, self.table(models_doc, name, f"models.{name}"))
-            for name in models_doc
-        }
-        tasks_doc = self.table(doc, "tasks", "tasks", required=False)
-        tasks = {
-            name: parse_task(self, name, self.table(tasks_doc, name, f"tasks.{name}"), models)
-            for name in tasks_doc
-        }
-        return Catalog(self.source, models, tasks, text)
-
-    def table(
-        self, doc: Mapping[str, Any], key: str, where: str, required: bool = True
-    ) -> dict[str, Any]:
-        value = doc.get(key)
-        if value is None and not required:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(where, "must be a table", f"write it as [{where}]")
-        return value
-
-    def value(
-        self,
-        doc: Mapping[str, Any],
-        key: str,
-        where: str,
-        kind: type | tuple[type, ...],
-        default: Any = ...,
-        fix: str = "",
-    ) -> Any:
-        if key not in doc:
-            if default is ...:
-                raise self.fail(f"{where}.{key}", "is missing", fix or f"add {key} = ...")
-            return default
-        value = doc[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.fail(f"{where}.{key}", f"must not be a boolean, got {value!r}", fix)
-        if not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(
-                f"{where}.{key}",
-                f"must be {names}, got {value!r}",
-                fix or f"set {key} to a {names}",
-            )
-        return value
+class ModelFields(Fields):
+    """Parses ``[models.NAME]`` tables."""
 
     def model(self, name: str, doc: dict[str, Any]) -> ModelSpec:
         where = f"models.{name}"
@@ -365,16 +249,6 @@ class _Parser:
             latency_budget_ms=budget,
         )
 
-    def millis(self, doc: Mapping[str, Any], key: str, where: str, default: float) -> float:
-        wait = float(self.value(doc, key, where, (int, float), default))
-        if not (math.isfinite(wait) and 0 <= wait <= 60_000):
-            raise self.fail(
-                f"{where}.{key}",
-                f"{wait} is out of range",
-                "use a number of milliseconds from 0 to 60000",
-            )
-        return wait
-
     def padding(
         self, doc: Mapping[str, Any], where: str, inputs: tuple[InputSpec, ...]
     ) -> tuple[int | float | None, tuple[int, ...]]:
@@ -410,26 +284,3 @@ class _Parser:
                 "write boundaries in increasing order, e.g. bucketing = [16, 32, 64]",
             )
         return pad, tuple(buckets)  # an int stays an int: int64 pads need no float trip
-
-    def positive(self, doc: Mapping[str, Any], key: str, where: str, default: int) -> int:
-        value = self.value(doc, key, where, int, default)
-        if value < 1:
-            raise self.fail(
-                f"{where}.{key}", f"must be 1 or more, got {value}", f"set {key} = 1 or more"
-            )
-        return int(value)
-
-    def name(self, kind: str, name: str, where: str) -> None:
-        try:
-            check_name(kind, name)
-        except InvalidName as exc:
-            raise self.fail(where, str(exc), "rename it") from exc
-
-    def no_unknown(self, doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
-        for key in doc:
-            if key not in allowed:
-                raise self.fail(
-                    f"{where}.{key}",
-                    "is not a known field",
-                    f"remove it or use one of {sorted(allowed)}",
-                )

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import redis
 
-from cascadeq import lua, results
+from cascadeq.protocol import lua, results
 
 COMMIT = lua.load("commit")
 

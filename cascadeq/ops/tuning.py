@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cascadeq import calibration
-from cascadeq.catalog import Catalog
-from cascadeq.errors import ConfigError
-from cascadeq.settings import Settings
-from cascadeq.tasks import TaskSpec
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.ops import calibration
+from cascadeq.protocol.errors import ConfigError
 
 
 def _task(catalog: Catalog, name: str) -> TaskSpec:
@@ -63,9 +63,9 @@ def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
 
 
 def router_train(args: argparse.Namespace, catalog_path: str, settings: Settings) -> int:
-    from cascadeq.connection import connect  # noqa: PLC0415
-    from cascadeq.keys import Keys  # noqa: PLC0415
-    from router import train  # noqa: PLC0415
+    from cascadeq.infra.connection import connect  # noqa: PLC0415
+    from cascadeq.ops import train_router as train  # noqa: PLC0415
+    from cascadeq.protocol.keys import Keys  # noqa: PLC0415
 
     catalog = Catalog.load(catalog_path, check_files=False)
     task = _task(catalog, args.task)

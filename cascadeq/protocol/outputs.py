@@ -15,7 +15,7 @@ import msgpack
 import msgspec
 import numpy as np
 
-from cascadeq.wire import EXT_NDARRAY
+from cascadeq.protocol.wire import EXT_NDARRAY
 
 
 class ResultRecord(msgspec.Struct, array_like=False):

@@ -1,5 +1,5 @@
 """A task's routing policy, as the catalog declares it: cascade, tiers, deadline,
-complexity, load and the learned router. Parsed here so catalog.py stays about models.
+complexity, load and the learned router. Parsed here; models.py parses the models.
 
 Every rule is optional and per task; a task that only lists a cascade behaves exactly
 like the plain cascade.
@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cascadeq.config import complexity
+
 if TYPE_CHECKING:
-    from cascadeq.catalog import ModelSpec, _Parser
+    from cascadeq.config.fields import Fields
+    from cascadeq.config.models import ModelSpec
 
 CONFIDENCE_MEASURES = ("top", "margin", "entropy")
 
@@ -108,7 +111,7 @@ _TASK_FIELDS = {
 
 
 def parse_task(
-    p: _Parser, name: str, doc: dict[str, Any], models: Mapping[str, ModelSpec]
+    p: Fields, name: str, doc: dict[str, Any], models: Mapping[str, ModelSpec]
 ) -> TaskSpec:
     where = f"tasks.{name}"
     p.name("task", name, where)
@@ -147,7 +150,7 @@ def parse_task(
 
 
 def _cascade(
-    p: _Parser, doc: dict[str, Any], where: str, models: Mapping[str, ModelSpec]
+    p: Fields, doc: dict[str, Any], where: str, models: Mapping[str, ModelSpec]
 ) -> tuple[Stage, ...]:
     raw = p.value(
         doc,
@@ -177,7 +180,7 @@ def _cascade(
     return tuple(stages)
 
 
-def _unit(p: _Parser, doc: Mapping[str, Any], key: str, where: str) -> float | None:
+def _unit(p: Fields, doc: Mapping[str, Any], key: str, where: str) -> float | None:
     value = p.value(doc, key, where, (int, float, type(None)), None)
     if value is not None and not 0.0 <= float(value) <= 1.0:
         raise p.fail(f"{where}.{key}", f"{value} is outside [0, 1]", "use a value between 0 and 1")
@@ -185,7 +188,7 @@ def _unit(p: _Parser, doc: Mapping[str, Any], key: str, where: str) -> float | N
 
 
 def _model_in(
-    p: _Parser, doc: Mapping[str, Any], where: str, names: tuple[str, ...], default: str
+    p: Fields, doc: Mapping[str, Any], where: str, names: tuple[str, ...], default: str
 ) -> str:
     start = p.value(doc, "start", where, str, default)
     if start not in names:
@@ -196,7 +199,7 @@ def _model_in(
 
 
 def _tier(
-    p: _Parser, name: str, doc: dict[str, Any], task_where: str, names: tuple[str, ...]
+    p: Fields, name: str, doc: dict[str, Any], task_where: str, names: tuple[str, ...]
 ) -> Tier:
     where = f"{task_where}.tiers.{name}"
     p.name("tier", name, where)
@@ -216,10 +219,8 @@ def _tier(
 
 
 def _complexity(
-    p: _Parser, doc: dict[str, Any], where: str, names: tuple[str, ...]
+    p: Fields, doc: dict[str, Any], where: str, names: tuple[str, ...]
 ) -> Complexity | None:
-    from cascadeq import complexity  # noqa: PLC0415 - avoids an import cycle
-
     sub = p.table(doc, "complexity", f"{where}.complexity", required=False)
     if not sub:
         return None
@@ -241,7 +242,7 @@ def _complexity(
     )
 
 
-def _load(p: _Parser, doc: dict[str, Any], where: str) -> Load | None:
+def _load(p: Fields, doc: dict[str, Any], where: str) -> Load | None:
     sub = p.table(doc, "load", f"{where}.load", required=False)
     if not sub:
         return None
@@ -270,7 +271,7 @@ def _load(p: _Parser, doc: dict[str, Any], where: str) -> Load | None:
     )
 
 
-def _learned(p: _Parser, doc: dict[str, Any], where: str, names: tuple[str, ...]) -> Learned | None:
+def _learned(p: Fields, doc: dict[str, Any], where: str, names: tuple[str, ...]) -> Learned | None:
     sub = p.table(doc, "learned", f"{where}.learned", required=False)
     if not sub:
         return None

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.catalog import Catalog, CatalogError, ModelSpec
-from cascadeq.errors import ConfigError
+from cascadeq.config.catalog import Catalog, CatalogError, ModelSpec
+from cascadeq.protocol.errors import ConfigError
 
 WARMUP_RUNS = 5
 
@@ -57,7 +57,7 @@ def synthetic_inputs(spec: ModelSpec, batch: int, free_dim: int) -> dict[str, np
 
 def measure_model(spec: ModelSpec, config: MeasureConfig) -> float:
     """µs per sample at the model's max_batch, with the worker's own session settings."""
-    from workers.runner import OnnxRunner  # noqa: PLC0415 - the core imports roles lazily
+    from cascadeq.workers.runner import OnnxRunner  # noqa: PLC0415 - the core imports roles lazily
 
     runner = OnnxRunner(spec)
     batch = spec.batching.max_batch
