@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check clean
+.PHONY: demo test test-unit lint typecheck check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,14 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed-test
 	PYTHON=$(BIN)/python scripts/test-both-servers
 
+# The tests that need no Redis and start no process: seconds, for the edit-test loop.
+test-unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests/unit
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

@@ -23,7 +23,7 @@ from cascadeq.infra.embedded import EmbeddedRedis
 from cascadeq.infra.process import ProcessGroup
 from cascadeq.producer import Producer, Request
 
-ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 ROLES = ("producer", "router", "worker", "operator")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import TOY_CATALOG
+from catalogs import POLICY_CATALOG
 from test_router import hdr, put
 
 from cascadeq.config.catalog import Catalog
@@ -20,22 +20,6 @@ from cascadeq.protocol import bundle, wire
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import now_ms
 from cascadeq.router import Router
-
-POLICY_CATALOG = (
-    TOY_CATALOG
-    + """
-[tasks.toy.tiers.premium]
-start = "toy-large"
-
-[tasks.toy.complexity]
-score = "nonzero_fraction"
-above = 0.5
-
-[tasks.toy.load]
-high_water = 5
-low_water = 2
-"""
-)
 
 ZEROS = np.zeros((1, 4), np.float32)
 ONES = np.ones((1, 4), np.float32)

@@ -22,7 +22,7 @@ from cascadeq.cli import build_parser
 from cascadeq.config.settings import Settings
 from cascadeq.protocol import keys as keynames
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"

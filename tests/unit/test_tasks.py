@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_policy import POLICY_CATALOG
+from catalogs import POLICY_CATALOG
 
 from cascadeq.config.catalog import Catalog, CatalogError
 
