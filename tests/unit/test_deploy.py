@@ -209,7 +209,16 @@ def packaged_dirs() -> list[str]:
     with (ROOT / "pyproject.toml").open("rb") as fh:
         pyproject = tomllib.load(fh)
     include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    return sorted({pattern.rstrip("*").rstrip(".") for pattern in include})
+    tops = {pattern.rstrip("*").rstrip(".") for pattern in include}
+    # The role folders are packaged through symlinks inside the package (cascadeq/router ->
+    # ../router): the image needs the folders they point to as well.
+    linked = {
+        link.resolve().relative_to(ROOT).parts[0]
+        for top in tops
+        for link in (ROOT / top).iterdir()
+        if link.is_symlink()
+    }
+    return sorted(tops | linked)
 
 
 # --- tests ---------------------------------------------------------------------------------
