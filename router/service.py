@@ -1,6 +1,6 @@
 """The router loop: read ingress in batches, decide per group, forward bundles, commit.
 
-Effect first, then XACK, in one script call per batch (cascadeq/commit.py): a router that
+Effect first, then XACK, in one script call per batch (cascadeq/infra/commit.py): a router that
 dies before it re-delivers its entries to another router after the visibility timeout;
 workers see at most a duplicate, which the first-write-wins result makes harmless.
 """

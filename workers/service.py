@@ -2,7 +2,7 @@
 
 Every request read ends in exactly one effect (result, escalation or dead letter). A
 batch's effects and the acks of its entries go to Redis as one call of the commit
-script (cascadeq/commit.py), which acknowledges only entries whose effects landed, so a
+script (cascadeq/infra/commit.py), which acknowledges only entries whose effects landed, so a
 crash re-delivers rather than loses. A surprise while handling one entry leaves only
 that entry pending; delivered again, it is retried alone before it is dead-lettered.
 """

@@ -12,7 +12,7 @@ last one.
 Wire: a request is the stream field ``p`` = msgpack ``{"id": i, "x": row}``, the row being
 one sample *without* a batch dimension (so the worker stacks rows into a batch); a result is
 msgpack ``{output name: array of that request's row, batch dimension 1}``. Arrays use
-cascadeq/wire.py's extension: type 1 holding msgpack ``[dtype.str, shape, raw bytes]``.
+cascadeq/protocol/wire.py's extension: type 1 holding msgpack ``[dtype.str, shape, raw bytes]``.
 
 Every role is a separate OS process (``python -m cascadeq.bench.floor role ...``), always
 stopped by the caller. The producer measures the timed window itself: its own CPU, the

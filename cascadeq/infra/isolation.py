@@ -5,7 +5,7 @@ own, or the entry left pending in the batch's commit, so a reclaim retries it al
 dead-letters it after ``max_deliveries``). These are the two outer guards they share:
 bookkeeping that must never end a loop, and the backstop around a whole batch. Redis
 errors are not surprises: they propagate, and the serving loop backs off
-(cascadeq/process.py).
+(cascadeq/infra/process.py).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class Tally:
     """What one batch did; filled as the batch settles, written once at its end.
 
     The counts go to Redis (for `cascadeq stats`); the lists feed the process's
-    Prometheus histograms (cascadeq/metrics.py).
+    Prometheus histograms (cascadeq/infra/metrics.py).
     """
 
     entries: int = 0  # entries given an effect (result, escalation or dead letter)

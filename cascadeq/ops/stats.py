@@ -1,8 +1,8 @@
 """`cascadeq stats`: a cluster-wide table per model, read from Redis alone.
 
-Queues come from XINFO GROUPS and XLEN (cascadeq/queues.py); rates, batch sizes,
+Queues come from XINFO GROUPS and XLEN (cascadeq/infra/queues.py); rates, batch sizes,
 escalation rates and latency percentiles over the last minute come from the per-second
-aggregates workers write with each batch (cascadeq/window.py). Models are the ones in
+aggregates workers write with each batch (cascadeq/infra/window.py). Models are the ones in
 the catalog routers publish, else whatever model streams exist under the prefix.
 """
 

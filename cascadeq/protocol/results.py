@@ -1,7 +1,7 @@
 """The result-key protocol: the "not ready" placeholder, first write wins, the published
 message format and the dead-letter record.
 
-Routers and workers store results through the batch commit script (cascadeq/lua/commit.lua:
+Routers and workers store results through the batch commit script (cascadeq/protocol/lua/commit.lua:
 store if absent or placeholder, publish what was stored, one message per waiter). The
 one-result script here does the same for a single result (tools and tests), so a request
 processed twice after a crash can never be answered with two different values.

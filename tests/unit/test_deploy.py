@@ -434,7 +434,7 @@ def test_dashboard_uses_only_real_metrics_and_shows_every_family() -> None:
         family_of(name) for expr in dashboard_exprs() for name in re.findall(r"cascadeq_\w+", expr)
     }
     assert used, "the dashboard queries nothing"
-    assert used <= families, f"not in cascadeq/metrics.py: {sorted(used - families)}"
+    assert used <= families, f"not in cascadeq/infra/metrics.py: {sorted(used - families)}"
     assert families <= used, f"families without a panel: {sorted(families - used)}"
 
 
