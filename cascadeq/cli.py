@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,6 @@ EXIT_CODES = f"""exit codes:
   {EXIT_UNKNOWN_ID}  result: unknown id (never submitted, or expired)
   {EXIT_NO_REDIS}  cannot reach Redis (refused, timed out): start it or fix REDIS_URL
 """
-WORKER_SWITCH_INTERVAL_S = 0.0005
 
 
 def _catalog_path(args: argparse.Namespace, settings: Settings) -> str:
@@ -98,118 +95,22 @@ def _progress(line: str) -> None:
 
 
 def cmd_router(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     if getattr(args, "router_command", None) == "train":
         from cascadeq.ops.tuning import router_train
 
-        settings = _settings(args)
         return router_train(args, _catalog_path(args, settings), settings)
-    from cascadeq.config.catalog import Catalog
-    from cascadeq.infra.connection import connect
-    from cascadeq.infra.process import stop_on_signals
-    from cascadeq.router import Router
+    from cascadeq.router.main import run
 
-    settings = _settings(args)
-    catalog = Catalog.load(_catalog_path(args, settings), check_files=False)
-    url = _require_url(settings)  # before any replica starts: one error, not one per copy
-    if args.replicas > 1:
-        return _replicas(args, settings, catalog.models)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    router = Router(
-        connect(url, name="cq-router", socket_timeout=_role_timeout(settings)), catalog, settings
-    )
-    _serve_metrics(settings, catalog.models)
-    router.run(stop)
-    return 0
+    return run(settings, _catalog_path(args, settings), replicas=args.replicas)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from cascadeq.config.catalog import Catalog
-    from cascadeq.infra.connection import connect
-    from cascadeq.infra.process import consumer_name, run_threads, stop_on_signals
-    from cascadeq.workers import ModelWorker
+    from cascadeq.workers.main import run
 
     settings = _settings(args)
-    catalog = Catalog.load(_catalog_path(args, settings))
-    names = [m.strip() for m in args.models.split(",") if m.strip()] or sorted(catalog.models)
-    unknown = [m for m in names if m not in catalog.models]
-    if unknown:
-        print(
-            f"unknown model(s) {unknown}; the catalog has {sorted(catalog.models)}", file=sys.stderr
-        )
-        return EXIT_USAGE
-    url = _require_url(settings)
-    if args.replicas > 1:
-        return _replicas(args, settings, names)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    consumer = consumer_name("worker")
-    workers = [
-        ModelWorker(
-            connect(url, name=f"cq-worker-{name}", socket_timeout=_role_timeout(settings)),
-            catalog,
-            catalog.models[name],
-            settings,
-            consumer,
-        )
-        for name in names
-    ]
-    _serve_metrics(settings, names)
-    # Each model has a compute thread and a prefetching reader thread. When ONNX Runtime
-    # hands the GIL back, the compute thread should get it within 0.5 ms, not the default
-    # 5 ms a busy reader may hold it (measured: small-model batches took 2.3 ms in the
-    # worker against 0.035 ms alone).
-    sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
-    run_threads([w.run for w in workers], stop)
-    return 0
-
-
-def _serve_metrics(settings: Settings, models: Iterable[str]) -> None:
-    """/metrics on ``metrics_port``, with queue gauges read from Redis at scrape time."""
-    if settings.metrics_port <= 0:
-        return
-    from cascadeq.infra import metrics
-    from cascadeq.infra.connection import connect
-    from cascadeq.protocol.keys import Keys
-
-    r = connect(_require_url(settings), name="cq-metrics", socket_timeout=5.0)
-    metrics.serve(settings.metrics_port, metrics.QueueCollector(r, Keys(settings.prefix), models))
-
-
-def _replicas(args: argparse.Namespace, settings: Settings, models: Iterable[str]) -> int:
-    """N copies; with metrics on, they write to one multiprocess directory and we serve it."""
-    from cascadeq.infra.process import run_replicas
-
-    argv = _role_argv(args)
-    if settings.metrics_port <= 0:
-        return run_replicas(argv, args.replicas)
-    from cascadeq.infra import metrics
-
-    path, created = metrics.multiproc_dir()  # before the copies start: they inherit it
-    _serve_metrics(settings, models)
-    try:
-        return run_replicas([*argv, "--metrics-port", "0"], args.replicas, metrics.replica_exited)
-    finally:
-        if created:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _role_argv(args: argparse.Namespace) -> list[str]:
-    argv = [args.command]
-    if getattr(args, "models", None):
-        argv += ["--models", args.models]
-    if args.catalog:
-        argv += ["--catalog", args.catalog]
-    return argv
-
-
-def _role_timeout(settings: Settings) -> float:
-    """Longer than the longest blocking read, so only a hung Redis trips it."""
-    return settings.block_ms / 1000 + 10.0
-
-
-def _require_url(settings: Settings) -> str:
-    return settings.require_redis_url()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    return run(settings, _catalog_path(args, settings), models, replicas=args.replicas)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -310,40 +211,22 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from cascadeq.infra.connection import connect
     from cascadeq.ops import dlq
-    from cascadeq.protocol.keys import Keys
 
     settings = _settings(args)
-    r = connect(_require_url(settings), name="cq-dlq")
-    keys = Keys(settings.prefix)
-    try:
-        if args.dlq_command == "list":
-            return _dlq_list(dlq.list_letters(r, keys, args.limit), dlq.count(r, keys), args.json)
-        if args.dlq_command == "show":
-            print(json.dumps(dlq.show(r, keys, args.entry_id).detail(), indent=2, default=str))
-            return 0
-        if args.dlq_command == "replay":
-            return _dlq_replay(r, keys, args.entry_id, settings.pending_ttl_s)
-        return _dlq_purge(dlq.count(r, keys), args.yes, lambda: dlq.purge(r, keys))
-    finally:
-        r.close()
+    if args.dlq_command == "list":
+        return dlq.print_list(settings, args.limit, as_json=args.json)
+    if args.dlq_command == "show":
+        return dlq.print_show(settings, args.entry_id)
+    if args.dlq_command == "replay":
+        return dlq.print_replay(settings, args.entry_id)
+    return dlq.print_purge(settings, confirmed=args.yes)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from cascadeq.infra.connection import connect
     from cascadeq.ops import stats
-    from cascadeq.protocol.keys import Keys
 
-    settings = _settings(args)
-    r = connect(_require_url(settings), name="cq-stats")
-    stop = threading.Event()
-    try:
-        return stats.main(r, Keys(settings.prefix), as_json=args.json, watch=args.watch, stop=stop)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        r.close()
+    return stats.run(_settings(args), as_json=args.json, watch=args.watch)
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -357,39 +240,6 @@ def cmd_cost(args: argparse.Namespace) -> int:
         base_mb=args.base_mb,
         as_json=args.json,
     )
-
-
-def _dlq_list(letters: list[Any], total: int, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps([d.summary() for d in letters]))
-        return 0
-    print(f"{total} dead letter(s); showing the oldest {len(letters)}", file=sys.stderr)
-    for d in letters:
-        print(f"{d.id}\t{d.code}\t{d.request_id or '-'}\t{d.stream}\t{d.reason}")
-    return 0
-
-
-def _dlq_replay(r: Any, keys: Any, entry_id: str | None, pending_ttl_s: int) -> int:
-    from cascadeq.ops import dlq
-
-    if entry_id is not None:
-        print(dlq.replay(r, keys, entry_id, pending_ttl_s))
-        return 0
-    report = dlq.replay_all(r, keys, pending_ttl_s)
-    for old, new in report.replayed:
-        print(f"{old} -> {new}")
-    for old, why in report.skipped:
-        print(f"skipped {old}: {why}", file=sys.stderr)
-    print(f"{len(report.replayed)} replayed, {len(report.skipped)} skipped", file=sys.stderr)
-    return EXIT_FAILED if report.skipped else 0
-
-
-def _dlq_purge(total: int, confirmed: bool, purge: Any) -> int:
-    if not confirmed:
-        print(f"{total} dead letter(s) would be deleted; run again with --yes", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"deleted {purge()} dead letter(s)", file=sys.stderr)
-    return 0
 
 
 def _add_dlq_parser(sub: Any) -> None:

@@ -1,10 +1,11 @@
-"""Process plumbing shared by the role commands: signals, threads, replicas."""
+"""Process plumbing shared by the role commands: signals, threads, replicas, /metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,12 +13,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 
 import redis
 
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
 from cascadeq.infra.log import get_logger
+from cascadeq.protocol.keys import Keys
 
 log = get_logger("cascadeq.infra.process")
 
@@ -183,7 +187,44 @@ CRASH_WINDOW_S = 5.0
 CRASH_LIMIT = 3
 
 
+def role_timeout(settings: Settings) -> float:
+    """Socket timeout of a role: past the longest blocking read, so only a hung Redis trips it."""
+    return settings.block_ms / 1000 + 10.0
+
+
+def serve_metrics(settings: Settings, models: Iterable[str]) -> None:
+    """/metrics on ``metrics_port``, with queue gauges read from Redis at scrape time."""
+    if settings.metrics_port <= 0:
+        return
+    from cascadeq.infra import metrics  # noqa: PLC0415 - prometheus-client only where served
+
+    r = connect(settings.require_redis_url(), name="cq-metrics", socket_timeout=5.0)
+    metrics.serve(settings.metrics_port, metrics.QueueCollector(r, Keys(settings.prefix), models))
+
+
 def run_replicas(
+    argv: Sequence[str], replicas: int, settings: Settings, models: Iterable[str]
+) -> int:
+    """``replicas`` copies of ``cascadeq <argv>``; with metrics on, this process serves theirs.
+
+    The copies write to one multiprocess directory and never serve /metrics themselves:
+    ``--metrics-port 0`` overrides a $CASCADEQ_METRICS_PORT they would all try to bind.
+    """
+    copy = [*argv, "--metrics-port", "0"]
+    if settings.metrics_port <= 0:
+        return supervise(copy, replicas)
+    from cascadeq.infra import metrics  # noqa: PLC0415 - prometheus-client only where served
+
+    path, created = metrics.multiproc_dir()  # before the copies start: they inherit it
+    serve_metrics(settings, models)
+    try:
+        return supervise(copy, replicas, metrics.replica_exited)
+    finally:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def supervise(
     argv: Sequence[str], replicas: int, on_exit: Callable[[int], None] | None = None
 ) -> int:
     """Keep ``replicas`` copies of this command running (with --replicas 1) until a signal.

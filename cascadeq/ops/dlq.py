@@ -5,18 +5,27 @@ A dead letter is the raw entry (its ``h``/``x`` fields, as far as they were kept
 nothing: it re-reads the record, puts ``h``/``x`` back on the stream they came from,
 clears the error result dead-lettering wrote (so the new attempt can answer), and only
 then deletes the record. Two operators replaying one record queue it once.
+
+The ``print_*`` functions are the `cascadeq dlq` subcommands: one connection each, their
+output on stdout (ids, JSON) and their tallies on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
 from cascadeq.protocol import wire
-from cascadeq.protocol.errors import ConfigError
+from cascadeq.protocol.errors import EXIT_FAILED, ConfigError
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Result, salvage_id
 from cascadeq.protocol.results import PENDING_LUA, is_pending
@@ -248,3 +257,58 @@ def purge(r: redis.Redis, keys: Keys) -> int:
         return 0
     ms, _, seq = last.partition("-")
     return int(r.xtrim(keys.dead_letter, minid=f"{ms}-{int(seq) + 1}", approximate=False))
+
+
+@contextlib.contextmanager
+def _session(settings: Settings) -> Iterator[tuple[redis.Redis, Keys]]:
+    r = connect(settings.require_redis_url(), name="cq-dlq")
+    try:
+        yield r, Keys(settings.prefix)
+    finally:
+        r.close()
+
+
+def print_list(settings: Settings, limit: int, *, as_json: bool) -> int:
+    """The oldest ``limit`` letters, one a line (or a JSON array), the total on stderr."""
+    with _session(settings) as (r, keys):
+        letters = list_letters(r, keys, limit)
+        if as_json:
+            print(json.dumps([d.summary() for d in letters]))
+            return 0
+        total = count(r, keys)
+    print(f"{total} dead letter(s); showing the oldest {len(letters)}", file=sys.stderr)
+    for d in letters:
+        print(f"{d.id}\t{d.code}\t{d.request_id or '-'}\t{d.stream}\t{d.reason}")
+    return 0
+
+
+def print_show(settings: Settings, entry_id: str) -> int:
+    with _session(settings) as (r, keys):
+        print(json.dumps(show(r, keys, entry_id).detail(), indent=2, default=str))
+    return 0
+
+
+def print_replay(settings: Settings, entry_id: str | None) -> int:
+    """One letter (None: all of them); EXIT_FAILED if any was skipped."""
+    with _session(settings) as (r, keys):
+        if entry_id is not None:
+            print(replay(r, keys, entry_id, settings.pending_ttl_s))
+            return 0
+        report = replay_all(r, keys, settings.pending_ttl_s)
+    for old, new in report.replayed:
+        print(f"{old} -> {new}")
+    for old, why in report.skipped:
+        print(f"skipped {old}: {why}", file=sys.stderr)
+    print(f"{len(report.replayed)} replayed, {len(report.skipped)} skipped", file=sys.stderr)
+    return EXIT_FAILED if report.skipped else 0
+
+
+def print_purge(settings: Settings, *, confirmed: bool) -> int:
+    """Without ``confirmed``, only say how many would go (EXIT_FAILED)."""
+    with _session(settings) as (r, keys):
+        total = count(r, keys)
+        if not confirmed:
+            print(f"{total} dead letter(s) would be deleted; run again with --yes", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"deleted {purge(r, keys)} dead letter(s)", file=sys.stderr)
+    return 0

@@ -17,7 +17,9 @@ from typing import Any, TextIO
 import redis
 
 from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
 from cascadeq.infra import queues
+from cascadeq.infra.connection import connect
 from cascadeq.infra.window import (
     ANSWERED,
     BATCHES,
@@ -168,3 +170,14 @@ def main(
         out.flush()
         if watch is None or stop.wait(watch):
             return 0
+
+
+def run(settings: Settings, *, as_json: bool, watch: float | None) -> int:
+    """`cascadeq stats`: ``main`` on its own connection; Ctrl-C ends a watch cleanly."""
+    r = connect(settings.require_redis_url(), name="cq-stats")
+    try:
+        return main(r, Keys(settings.prefix), as_json=as_json, watch=watch)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        r.close()

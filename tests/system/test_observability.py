@@ -196,6 +196,26 @@ def test_replicas_share_one_metrics_port_in_multiprocess_mode(
         group.stop()
 
 
+def test_replicas_with_metrics_off_ignore_the_port_in_the_environment(
+    r: redis.Redis, env: dict[str, str]
+) -> None:
+    """--metrics-port 0 holds for the copies too: they must not all bind $CASCADEQ_METRICS_PORT."""
+    port = free_port()
+    env = {k: v for k, v in env.items() if k != metrics.MULTIPROC_ENV}
+    env["CASCADEQ_METRICS_PORT"] = str(port)
+    group = ProcessGroup(env)
+    try:
+        parent = group.spawn(
+            "worker", "--models", "digits-small", "--replicas", "2", "--metrics-port", "0"
+        )
+        # Each copy binds /metrics before its first read: both blocked means both started.
+        wait_for(lambda: blocked_readers(r, "digits-small") == 2, 60, "both copies wait for work")
+        assert parent.poll() is None
+        assert not scrapable(port)
+    finally:
+        group.stop()
+
+
 def test_window_percentiles_and_totals_from_redis(r: redis.Redis, settings: Settings) -> None:
     keys = Keys(settings.prefix)
     tally = Tally(entries=100)

@@ -1,0 +1,27 @@
+"""How a router process starts: ``cascadeq router`` parses the flags and calls ``run``."""
+
+from __future__ import annotations
+
+import threading
+
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
+from cascadeq.infra.process import role_timeout, run_replicas, serve_metrics, stop_on_signals
+from cascadeq.router.service import Router
+
+
+def run(settings: Settings, catalog_path: str, replicas: int = 1) -> int:
+    """Route until SIGTERM or SIGINT; with ``replicas`` > 1, supervise that many copies."""
+    catalog = Catalog.load(catalog_path, check_files=False)
+    url = settings.require_redis_url()  # before any replica starts: one error, not one per copy
+    if replicas > 1:
+        argv = ["router", "--catalog", catalog_path]
+        return run_replicas(argv, replicas, settings, catalog.models)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    r = connect(url, name="cq-router", socket_timeout=role_timeout(settings))
+    router = Router(r, catalog, settings)
+    serve_metrics(settings, catalog.models)
+    router.run(stop)
+    return 0
