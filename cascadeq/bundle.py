@@ -16,6 +16,8 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgpack
@@ -118,6 +120,9 @@ class BadItem:
         return salvage_id(self.raw_header)
 
 
+Route = tuple[str | None, str | None, str, str]
+
+
 @dataclass
 class Bundle:
     """One stream entry's requests: headers, stacked inputs and rows per request."""
@@ -130,6 +135,10 @@ class Bundle:
     raw_inputs: bytes  # the inputs field as read: forwarded untouched when nothing splits
     single: bool  # read from the one-request (h, x) form
     bad: list[BadItem] = field(default_factory=list)  # requests that cannot go on
+    #: The distinct (task, model, tier, priority) of its headers, when they were decoded in
+    #: one call (None otherwise): a router groups a uniform bundle without a look at each.
+    routes: set[Route] | None = None
+    unit: bool = False  # every request has one row (a bundle without R)
 
     @property
     def size(self) -> int:
@@ -183,10 +192,12 @@ def decode(stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], max_byte
     except wire.WireError as exc:
         raise EntryError("bad_payload", str(exc), _salvage_one(raw_header)) from exc
     bundle = Bundle(stream, entry_id, [header], {}, np.ones(1, np.int64), raw_inputs, single=True)
+    bundle.routes = {(header.task, header.model, header.tier, header.priority)}
     try:
         bundle.inputs = wire.loads_inputs(raw_inputs)
         first = next(iter(bundle.inputs.values()), None)
         bundle.rows[0] = first.shape[0] if first is not None and first.ndim else 0
+        bundle.unit = int(bundle.rows[0]) == 1
     except wire.WireError as exc:
         bundle.bad.append(BadItem(0, "bad_input", str(exc), header=header))
     return bundle
@@ -202,14 +213,17 @@ def _decode_bundle(
         salvaged = [BadItem(i, "bad_payload", "", raw) for i, raw in enumerate(raws)]
         code = "too_large" if problem else "bad_payload"
         raise EntryError(code, problem or "bundle lacks the X field", salvaged)
-    headers, bad = _headers(raw_headers)
+    headers, bad, routes = _headers(raw_headers)
     bundle = Bundle(
         stream, entry_id, headers, {}, np.ones(len(headers), np.int64), raw_inputs, False, bad
     )
+    bundle.routes = routes
     try:
-        bundle.rows = _rows(fields.get(ROWS), len(headers))
+        raw_rows = fields.get(ROWS)
+        bundle.rows = _rows(raw_rows, len(headers))
         bundle.inputs = wire.loads_inputs(raw_inputs)
-        _check_stacked(bundle.inputs, int(bundle.rows.sum()))
+        _check_stacked(bundle.inputs, len(headers) if raw_rows is None else int(bundle.rows.sum()))
+        bundle.unit = raw_rows is None
     except wire.WireError as exc:
         bundle.inputs = {}
         taken = {b.index for b in bad}
@@ -221,14 +235,16 @@ def _decode_bundle(
     return bundle
 
 
-def _headers(raw: bytes) -> tuple[list[Header], list[BadItem]]:
-    """Every header, decoded in one call; on failure, one at a time to isolate the bad."""
+def _headers(raw: bytes) -> tuple[list[Header], list[BadItem], set[Route] | None]:
+    """Every header, decoded in one call; on failure, one at a time to isolate the bad.
+    Also the distinct routes of the headers when they were decoded in one call."""
     try:
         decoded: list[Header] = _MANY.decode(raw)
     except (msgspec.DecodeError, ValueError):
         pass
     else:
-        return decoded, check_names(decoded)
+        bad, routes = _checked(decoded)
+        return decoded, bad, routes
     items = _raw_items(raw)
     if not items:
         raise EntryError("bad_payload", "bundle headers are not a msgpack array", [])
@@ -246,7 +262,7 @@ def _headers(raw: bytes) -> tuple[list[Header], list[BadItem]]:
         problem = name_problem(header)
         if problem:
             bad.append(BadItem(index, "bad_payload", f"header is unusable: {problem}", item))
-    return headers, bad
+    return headers, bad, None
 
 
 _PLACEHOLDER = Header(id="invalid", model="invalid")  # stands where a header was unusable
@@ -329,27 +345,63 @@ _NAMES = re.compile(rf"(?:{_NAME}\n)*")
 
 def check_names(headers: Sequence[Header]) -> list[BadItem]:
     """Headers whose id, reply channel, tier, priority, task or model could reach other
-    keys: one regex call over all of a bundle's ids and one over its distinct names, and a
-    header-by-header look only when those find something."""
-    ids = "\n".join([h.id for h in headers]) + "\n"
-    names = {h.tier for h in headers} | {h.priority for h in headers}
-    names |= {h.task or h.model for h in headers}  # type: ignore[misc]
-    replies = {h.reply_to for h in headers} - {None}
-    joined = "\n".join(names) + "\n"
+    keys, or whose trace is malformed."""
+    return _checked(headers)[0]
+
+
+def _checked(headers: Sequence[Header]) -> tuple[list[BadItem], set[Route]]:
+    """check_names, and the headers' distinct routes: one regex call over all of a bundle's
+    ids, one over its distinct names and one set of its traces' (key, type) pairs, all
+    gathered by C-level ``map`` (no Python frame per header); a header-by-header look only
+    when those find something."""
+    ids = "\n".join(map(_ID_OF, headers)) + "\n"
+    routes: set[Route] = set(map(_ROUTE_OF, headers))
+    names = {name for route in routes for name in route}
+    names.discard(None)
+    replies = set(map(_REPLY_OF, headers))
+    replies.discard(None)
+    joined = "\n".join(names) + "\n"  # type: ignore[arg-type]
     if (
-        not any(_trace_problem(h.trace) for h in headers)
+        _traces_ok(headers)
         and ids.count("\n") == len(headers)
         and _IDS.fullmatch(ids)
         and joined.count("\n") == len(names)
         and _NAMES.fullmatch(joined)
         and all(_valid_id(r) for r in replies)
     ):
-        return []
-    return [
+        return [], routes
+    bad = [
         BadItem(i, "bad_payload", f"header is unusable: {problem}", header=h)
         for i, h in enumerate(headers)
         if (problem := name_problem(h))
     ]
+    return bad, routes
+
+
+_ID_OF = attrgetter("id")
+_ROUTE_OF = attrgetter("task", "model", "tier", "priority")
+_REPLY_OF = attrgetter("reply_to")
+_TRACE_OF = attrgetter("trace")
+
+
+def _traces_ok(headers: Sequence[Header]) -> bool:
+    """Every decoded hop's text fields hold str and the rest numbers (or None where that
+    is allowed): checked over the distinct (key, type) pairs of all hops, since msgspec
+    already bounded the values. False sends the bundle to the per-header look."""
+    hops = list(chain.from_iterable(filter(None, map(_TRACE_OF, headers))))
+    if not hops:
+        return True
+    kinds = {(key, value.__class__) for hop in hops for key, value in hop.items()}
+    for key, kind in kinds:
+        if key in HOP_TEXT:
+            if kind is not str:
+                return False
+        elif kind is not int and kind is not float and not (kind is _NONE and key in HOP_OPTIONAL):
+            return False
+    return True
+
+
+_NONE = type(None)
 
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).

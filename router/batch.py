@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 log = get_logger("cascadeq.router")
 
 _NO_INPUTS: Mapping[str, np.ndarray] = {}
+_DEADLINE_OF = attrgetter("deadline")
+_NO_DEADLINE = {None}
 
 
 def _no_inputs() -> Mapping[str, np.ndarray]:
@@ -93,6 +96,16 @@ class RouteBatch:
             self._internal_entry(n, got, exc)
 
     def _sort(self, n: int, got: Bundle) -> None:
+        routes = got.routes
+        if not got.bad and routes is not None and len(routes) == 1:
+            deadlines = set(map(_DEADLINE_OF, got.headers))
+            if deadlines == _NO_DEADLINE:  # one group, nothing to expire: no look at each
+                (key,) = routes
+                g = self.groups.get(key)
+                if g is None:
+                    g = self.groups[key] = Group(got.headers[0])
+                g.parts[n] = list(range(got.size))
+                return
         bad = {item.index for item in got.bad}
         for item in got.bad:
             self._refuse_item(n, got, item)
