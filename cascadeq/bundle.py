@@ -44,7 +44,7 @@ Hop = dict[str, HopValue]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_HOPS)]
 
 
-class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """Routing metadata of one request; ``stage`` is its position in the cascade."""
 
     id: str  # ids and names are checked per bundle (check_names): one regex call, not five
@@ -243,8 +243,8 @@ def _headers(raw: bytes) -> tuple[list[Header], list[BadItem], set[Route] | None
     except (msgspec.DecodeError, ValueError):
         pass
     else:
-        bad, routes = _checked(decoded)
-        return decoded, bad, routes
+        refused, routes = _checked(decoded)
+        return decoded, refused, routes
     items = _raw_items(raw)
     if not items:
         raise EntryError("bad_payload", "bundle headers are not a msgpack array", [])

@@ -6,21 +6,22 @@ Submits N one-sample requests pinned to the small digits model with one ``submit
 work on the other core is not counted; the model streams are trimmed between rounds).
 Also times ``bundle._headers`` on the forwarded bundles' headers.
 
-    .venv/bin/python scripts/bench_router.py --requests 30000 --models-dir /tmp/cq-models
+    .venv/bin/python scripts/bench_router.py --requests 30000 --rounds 5 --models-dir /tmp/cq-models
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 from pathlib import Path
 
 import numpy as np
 import redis
 
-from cascadeq import bundle
+from cascadeq import bundle, streams
 from cascadeq import keys as keynames
-from cascadeq import streams
 from cascadeq.catalog import Catalog
 from cascadeq.embedded import EmbeddedRedis
 from cascadeq.settings import Settings
@@ -34,9 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=30000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/cq-models"))
+    parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--per-read", type=int, default=1, help="entries per read, as a router in steady state")
+    parser.add_argument(
+        "--per-read", type=int, default=1, help="entries per read, as a router in steady state"
+    )
     args = parser.parse_args()
     x = np.load(args.models_dir / "digits_test.npz")["X"].astype(np.float32)
     catalog = Catalog.load(args.models_dir / "catalog.toml", check_files=False)
@@ -46,7 +49,9 @@ def main() -> None:
         router = Router(r, catalog, settings, consumer="bench")
         router.setup()
         with Producer(server.url, settings=settings, catalog=catalog) as client:
-            reqs = [Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(args.requests)]
+            reqs = [
+                Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(args.requests)
+            ]
             client.submit_many(reqs)
         batches: list[list[streams.Entry]] = []
         while True:
@@ -68,9 +73,6 @@ def main() -> None:
             for s in router.fed:
                 r.delete(s)
             if args.profile and rnd == args.rounds - 1:
-                import cProfile
-                import pstats
-
                 prof = cProfile.Profile()
                 prof.enable()
             t0 = time.process_time()
