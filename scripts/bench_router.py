@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from redis.connection import Encoder, PythonRespSerializer
 
 from cascadeq import bundle, streams
 from cascadeq import keys as keynames
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--packer", choices=["default", "python"], default="default")
     parser.add_argument(
         "--per-read", type=int, default=1, help="entries per read, as a router in steady state"
     )
@@ -46,6 +48,10 @@ def main() -> None:
     with EmbeddedRedis() as server:
         settings = Settings(redis_url=server.url)
         r = redis.Redis.from_url(server.url)
+        if args.packer == "python":
+            encode = Encoder("utf-8", "strict", False).encode
+            packer = PythonRespSerializer(6000, encode)  # large args sent as they are, uncopied
+            r.connection_pool.connection_kwargs["command_packer"] = packer
         router = Router(r, catalog, settings, consumer="bench")
         router.setup()
         with Producer(server.url, settings=settings, catalog=catalog) as client:
