@@ -44,7 +44,7 @@ def test_unit_row_chunks_match_the_general_cut(spec: list[tuple[int, int]], max_
     assert fast == slow
 
 
-_TEXT = st.sampled_from(sorted(bundle.HOP_TEXT) + ["score", "confidence", "latency_ms"])
+_TEXT = st.sampled_from([*sorted(bundle.HOP_TEXT), "score", "confidence", "latency_ms"])
 _VALUE = st.one_of(st.none(), st.text(max_size=3), st.integers(-5, 5), st.floats(-1e3, 1e3))
 
 
