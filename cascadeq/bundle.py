@@ -243,7 +243,7 @@ def _headers(raw: bytes) -> tuple[list[Header], list[BadItem], set[Route] | None
     except (msgspec.DecodeError, ValueError):
         pass
     else:
-        refused, routes = _checked(decoded)
+        refused, routes = _checked(decoded, raw)
         return decoded, refused, routes
     items = _raw_items(raw)
     if not items:
@@ -349,20 +349,24 @@ def check_names(headers: Sequence[Header]) -> list[BadItem]:
     return _checked(headers)[0]
 
 
-def _checked(headers: Sequence[Header]) -> tuple[list[BadItem], set[Route]]:
+def _checked(
+    headers: Sequence[Header], raw: bytes | None = None
+) -> tuple[list[BadItem], set[Route]]:
     """check_names, and the headers' distinct routes: one regex call over all of a bundle's
     ids, one over its distinct names and one set of its traces' (key, type) pairs, all
     gathered by C-level ``map`` (no Python frame per header); a header-by-header look only
-    when those find something."""
+    when those find something. ``raw``, the encoded headers, spares the trace pass when no
+    header has one (the key "trace" is in the bytes however a header was encoded)."""
     ids = "\n".join(map(_ID_OF, headers)) + "\n"
-    routes: set[Route] = set(map(_ROUTE_OF, headers))
+    targets: set[tuple[str | None, ...]] = set(map(_TARGET_OF, headers))  # route + reply_to
+    routes: set[Route] = {t[:4] for t in targets}  # type: ignore[misc]
     names = {name for route in routes for name in route}
     names.discard(None)
-    replies = set(map(_REPLY_OF, headers))
+    replies = {t[4] for t in targets}
     replies.discard(None)
     joined = "\n".join(names) + "\n"  # type: ignore[arg-type]
     if (
-        _traces_ok(headers)
+        ((raw is not None and b"trace" not in raw) or _traces_ok(headers))
         and ids.count("\n") == len(headers)
         and _IDS.fullmatch(ids)
         and joined.count("\n") == len(names)
@@ -379,8 +383,7 @@ def _checked(headers: Sequence[Header]) -> tuple[list[BadItem], set[Route]]:
 
 
 _ID_OF = attrgetter("id")
-_ROUTE_OF = attrgetter("task", "model", "tier", "priority")
-_REPLY_OF = attrgetter("reply_to")
+_TARGET_OF = attrgetter("task", "model", "tier", "priority", "reply_to")
 _TRACE_OF = attrgetter("trace")
 
 

@@ -279,8 +279,8 @@ class RouteBatch:
         stream = self.router.stream_for(d.model, g.first.priority)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
-            for i in indices:
-                h = headers[i]
+            placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
+            for h in placed:
                 h.stage, h.routed_at = stage, now
                 h.trace.append(hop)
             self._out(stream, n, indices)
