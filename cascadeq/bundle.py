@@ -16,8 +16,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter
 from typing import Annotated, Any
 
 import msgpack
@@ -135,9 +133,9 @@ class Bundle:
     raw_inputs: bytes  # the inputs field as read: forwarded untouched when nothing splits
     single: bool  # read from the one-request (h, x) form
     bad: list[BadItem] = field(default_factory=list)  # requests that cannot go on
-    #: The distinct (task, model, tier, priority) of its headers, when they were decoded in
-    #: one call (None otherwise): a router groups a uniform bundle without a look at each.
-    routes: set[Route] | None = None
+    #: The (task, model, tier, priority) every header shares, when they were decoded in one
+    #: call and share one (None otherwise): a router groups it without a look at each.
+    route: Route | None = None
     unit: bool = False  # every request has one row (a bundle without R)
 
     @property
@@ -192,7 +190,7 @@ def decode(stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], max_byte
     except wire.WireError as exc:
         raise EntryError("bad_payload", str(exc), _salvage_one(raw_header)) from exc
     bundle = Bundle(stream, entry_id, [header], {}, np.ones(1, np.int64), raw_inputs, single=True)
-    bundle.routes = {(header.task, header.model, header.tier, header.priority)}
+    bundle.route = (header.task, header.model, header.tier, header.priority)
     try:
         bundle.inputs = wire.loads_inputs(raw_inputs)
         first = next(iter(bundle.inputs.values()), None)
@@ -213,11 +211,11 @@ def _decode_bundle(
         salvaged = [BadItem(i, "bad_payload", "", raw) for i, raw in enumerate(raws)]
         code = "too_large" if problem else "bad_payload"
         raise EntryError(code, problem or "bundle lacks the X field", salvaged)
-    headers, bad, routes = _headers(raw_headers)
+    headers, bad, route = _headers(raw_headers)
     bundle = Bundle(
         stream, entry_id, headers, {}, np.ones(len(headers), np.int64), raw_inputs, False, bad
     )
-    bundle.routes = routes
+    bundle.route = route
     try:
         raw_rows = fields.get(ROWS)
         bundle.rows = _rows(raw_rows, len(headers))
@@ -235,16 +233,16 @@ def _decode_bundle(
     return bundle
 
 
-def _headers(raw: bytes) -> tuple[list[Header], list[BadItem], set[Route] | None]:
+def _headers(raw: bytes) -> tuple[list[Header], list[BadItem], Route | None]:
     """Every header, decoded in one call; on failure, one at a time to isolate the bad.
-    Also the distinct routes of the headers when they were decoded in one call."""
+    Also the route every header shares, when they were decoded in one call and share one."""
     try:
         decoded: list[Header] = _MANY.decode(raw)
     except (msgspec.DecodeError, ValueError):
         pass
     else:
-        refused, routes = _checked(decoded, raw)
-        return decoded, refused, routes
+        refused, route = _checked(decoded)
+        return decoded, refused, route
     items = _raw_items(raw)
     if not items:
         raise EntryError("bad_payload", "bundle headers are not a msgpack array", [])
@@ -349,62 +347,54 @@ def check_names(headers: Sequence[Header]) -> list[BadItem]:
     return _checked(headers)[0]
 
 
-def _checked(
-    headers: Sequence[Header], raw: bytes | None = None
-) -> tuple[list[BadItem], set[Route]]:
-    """check_names, and the headers' distinct routes: one regex call over all of a bundle's
-    ids, one over its distinct names and one set of its traces' (key, type) pairs, all
-    gathered by C-level ``map`` (no Python frame per header); a header-by-header look only
-    when those find something. ``raw``, the encoded headers, spares the trace pass when no
-    header has one (the key "trace" is in the bytes however a header was encoded)."""
-    ids = "\n".join(map(_ID_OF, headers)) + "\n"
-    targets: set[tuple[str | None, ...]] = set(map(_TARGET_OF, headers))  # route + reply_to
-    routes: set[Route] = {t[:4] for t in targets}  # type: ignore[misc]
-    names = {name for route in routes for name in route}
-    names.discard(None)
-    replies = {t[4] for t in targets}
+def _checked(headers: Sequence[Header]) -> tuple[list[BadItem], Route | None]:
+    """check_names, and the one route of a bundle whose headers all share it (else None):
+    one regex call over all of a bundle's ids, one over its distinct names and one look at
+    its traces' distinct (key, type) pairs; a header-by-header look only when those find
+    something. Comprehensions, not map(attrgetter): CPython 3.11 specialises their
+    attribute loads, and sets of strings beat a set of tuples (equal tuples compare
+    element by element)."""
+    ids = "\n".join([h.id for h in headers]) + "\n"
+    tasks = {h.task for h in headers}
+    models = {h.model for h in headers}
+    tiers = {h.tier for h in headers}
+    priorities = {h.priority for h in headers}
+    replies = {h.reply_to for h in headers}
     replies.discard(None)
+    names = tasks | models | tiers | priorities
+    names.discard(None)
     joined = "\n".join(names) + "\n"  # type: ignore[arg-type]
+    route: Route | None = None
+    if len(tasks) == len(models) == len(tiers) == len(priorities) == 1:
+        route = (*tasks, *models, *tiers, *priorities)  # type: ignore[assignment]
     if (
-        ((raw is not None and b"trace" not in raw) or _traces_ok(headers))
+        _traces_ok(headers)
         and ids.count("\n") == len(headers)
         and _IDS.fullmatch(ids)
         and joined.count("\n") == len(names)
         and _NAMES.fullmatch(joined)
         and all(_valid_id(r) for r in replies)
     ):
-        return [], routes
+        return [], route
     bad = [
         BadItem(i, "bad_payload", f"header is unusable: {problem}", header=h)
         for i, h in enumerate(headers)
         if (problem := name_problem(h))
     ]
-    return bad, routes
-
-
-_ID_OF = attrgetter("id")
-_TARGET_OF = attrgetter("task", "model", "tier", "priority", "reply_to")
-_TRACE_OF = attrgetter("trace")
+    return bad, route
 
 
 def _traces_ok(headers: Sequence[Header]) -> bool:
-    """Every decoded hop's text fields hold str and the rest numbers (or None where that
-    is allowed): checked over the distinct (key, type) pairs of all hops, since msgspec
-    already bounded the values. False sends the bundle to the per-header look."""
-    hops = list(chain.from_iterable(filter(None, map(_TRACE_OF, headers))))
-    if not hops:
-        return True
-    kinds = {(key, value.__class__) for hop in hops for key, value in hop.items()}
-    for key, kind in kinds:
-        if key in HOP_TEXT:
-            if kind is not str:
+    """Every hop's text fields hold str and the rest numbers (msgspec already bounded
+    them), over all of a bundle's hops in one loop. False sends the bundle to the
+    per-header look."""
+    for hop in [hop for h in headers for hop in h.trace]:
+        for key, value in hop.items():
+            if ((key in HOP_TEXT) != (value.__class__ is str) or value is None) and (
+                hop_value_problem(key, value)
+            ):
                 return False
-        elif kind is not int and kind is not float and not (kind is _NONE and key in HOP_OPTIONAL):
-            return False
     return True
-
-
-_NONE = type(None)
 
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).

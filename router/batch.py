@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 log = get_logger("cascadeq.router")
 
 _NO_INPUTS: Mapping[str, np.ndarray] = {}
-_DEADLINE_OF = attrgetter("deadline")
 _NO_DEADLINE = {None}
 
 
@@ -96,11 +94,10 @@ class RouteBatch:
             self._internal_entry(n, got, exc)
 
     def _sort(self, n: int, got: Bundle) -> None:
-        routes = got.routes
-        if not got.bad and routes is not None and len(routes) == 1:
-            deadlines = set(map(_DEADLINE_OF, got.headers))
+        key = got.route
+        if not got.bad and key is not None:
+            deadlines = {h.deadline for h in got.headers}
             if deadlines == _NO_DEADLINE:  # one group, nothing to expire: no look at each
-                (key,) = routes
                 g = self.groups.get(key)
                 if g is None:
                     g = self.groups[key] = Group(got.headers[0])
