@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = get_logger("cascadeq.router")
 
 _NO_INPUTS: Mapping[str, np.ndarray] = {}
+_NO_DEADLINE = {None}
 
 
 def _no_inputs() -> Mapping[str, np.ndarray]:
@@ -93,6 +94,15 @@ class RouteBatch:
             self._internal_entry(n, got, exc)
 
     def _sort(self, n: int, got: Bundle) -> None:
+        key = got.route
+        if not got.bad and key is not None:
+            deadlines = {h.deadline for h in got.headers}
+            if deadlines == _NO_DEADLINE:  # one group, nothing to expire: no look at each
+                g = self.groups.get(key)
+                if g is None:
+                    g = self.groups[key] = Group(got.headers[0])
+                g.parts[n] = list(range(got.size))
+                return
         bad = {item.index for item in got.bad}
         for item in got.bad:
             self._refuse_item(n, got, item)
@@ -266,8 +276,8 @@ class RouteBatch:
         stream = self.router.stream_for(d.model, g.first.priority)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
-            for i in indices:
-                h = headers[i]
+            placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
+            for h in placed:
                 h.stage, h.routed_at = stage, now
                 h.trace.append(hop)
             self._out(stream, n, indices)

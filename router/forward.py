@@ -35,6 +35,9 @@ def entries(
 def _chunks(parts: list[Part], max_batch: int) -> Iterator[list[Part]]:
     """Parts cut so that no chunk holds more than ``max_batch`` samples (a request larger
     than that travels alone)."""
+    if all(b.unit for b, _, _ in parts):
+        yield from _unit_chunks(parts, max_batch)
+        return
     total = sum(int(b.rows.sum() if len(i) == b.size else b.rows[i].sum()) for b, _, i in parts)
     if total <= max_batch:
         yield parts
@@ -55,6 +58,24 @@ def _chunks(parts: list[Part], max_batch: int) -> Iterator[list[Part]]:
             samples += rows[i]
         if taken:
             chunk.append((b, n, taken))
+    if chunk:
+        yield chunk
+
+
+def _unit_chunks(parts: list[Part], max_batch: int) -> Iterator[list[Part]]:
+    """_chunks where every request is one sample: slices of the index lists."""
+    room = max_batch = max(1, max_batch)
+    chunk: list[Part] = []
+    for b, n, indices in parts:
+        start = 0
+        while start < len(indices):
+            taken = indices[start : start + room] if start or len(indices) > room else indices
+            chunk.append((b, n, taken))
+            start += len(taken)
+            room -= len(taken)
+            if room == 0:
+                yield chunk
+                chunk, room = [], max_batch
     if chunk:
         yield chunk
 

@@ -42,7 +42,7 @@ Hop = dict[str, HopValue]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_HOPS)]
 
 
-class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """Routing metadata of one request; ``stage`` is its position in the cascade."""
 
     id: str  # ids and names are checked per bundle (check_names): one regex call, not five
@@ -118,6 +118,9 @@ class BadItem:
         return salvage_id(self.raw_header)
 
 
+Route = tuple[str | None, str | None, str, str]
+
+
 @dataclass
 class Bundle:
     """One stream entry's requests: headers, stacked inputs and rows per request."""
@@ -130,6 +133,10 @@ class Bundle:
     raw_inputs: bytes  # the inputs field as read: forwarded untouched when nothing splits
     single: bool  # read from the one-request (h, x) form
     bad: list[BadItem] = field(default_factory=list)  # requests that cannot go on
+    #: The (task, model, tier, priority) every header shares, when they were decoded in one
+    #: call and share one (None otherwise): a router groups it without a look at each.
+    route: Route | None = None
+    unit: bool = False  # every request has one row (a bundle without R)
 
     @property
     def size(self) -> int:
@@ -183,10 +190,12 @@ def decode(stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], max_byte
     except wire.WireError as exc:
         raise EntryError("bad_payload", str(exc), _salvage_one(raw_header)) from exc
     bundle = Bundle(stream, entry_id, [header], {}, np.ones(1, np.int64), raw_inputs, single=True)
+    bundle.route = (header.task, header.model, header.tier, header.priority)
     try:
         bundle.inputs = wire.loads_inputs(raw_inputs)
         first = next(iter(bundle.inputs.values()), None)
         bundle.rows[0] = first.shape[0] if first is not None and first.ndim else 0
+        bundle.unit = int(bundle.rows[0]) == 1
     except wire.WireError as exc:
         bundle.bad.append(BadItem(0, "bad_input", str(exc), header=header))
     return bundle
@@ -202,14 +211,17 @@ def _decode_bundle(
         salvaged = [BadItem(i, "bad_payload", "", raw) for i, raw in enumerate(raws)]
         code = "too_large" if problem else "bad_payload"
         raise EntryError(code, problem or "bundle lacks the X field", salvaged)
-    headers, bad = _headers(raw_headers)
+    headers, bad, route = _headers(raw_headers)
     bundle = Bundle(
         stream, entry_id, headers, {}, np.ones(len(headers), np.int64), raw_inputs, False, bad
     )
+    bundle.route = route
     try:
-        bundle.rows = _rows(fields.get(ROWS), len(headers))
+        raw_rows = fields.get(ROWS)
+        bundle.rows = _rows(raw_rows, len(headers))
         bundle.inputs = wire.loads_inputs(raw_inputs)
-        _check_stacked(bundle.inputs, int(bundle.rows.sum()))
+        _check_stacked(bundle.inputs, len(headers) if raw_rows is None else int(bundle.rows.sum()))
+        bundle.unit = raw_rows is None
     except wire.WireError as exc:
         bundle.inputs = {}
         taken = {b.index for b in bad}
@@ -221,14 +233,16 @@ def _decode_bundle(
     return bundle
 
 
-def _headers(raw: bytes) -> tuple[list[Header], list[BadItem]]:
-    """Every header, decoded in one call; on failure, one at a time to isolate the bad."""
+def _headers(raw: bytes) -> tuple[list[Header], list[BadItem], Route | None]:
+    """Every header, decoded in one call; on failure, one at a time to isolate the bad.
+    Also the route every header shares, when they were decoded in one call and share one."""
     try:
         decoded: list[Header] = _MANY.decode(raw)
     except (msgspec.DecodeError, ValueError):
         pass
     else:
-        return decoded, check_names(decoded)
+        refused, route = _checked(decoded)
+        return decoded, refused, route
     items = _raw_items(raw)
     if not items:
         raise EntryError("bad_payload", "bundle headers are not a msgpack array", [])
@@ -246,7 +260,7 @@ def _headers(raw: bytes) -> tuple[list[Header], list[BadItem]]:
         problem = name_problem(header)
         if problem:
             bad.append(BadItem(index, "bad_payload", f"header is unusable: {problem}", item))
-    return headers, bad
+    return headers, bad, None
 
 
 _PLACEHOLDER = Header(id="invalid", model="invalid")  # stands where a header was unusable
@@ -329,27 +343,58 @@ _NAMES = re.compile(rf"(?:{_NAME}\n)*")
 
 def check_names(headers: Sequence[Header]) -> list[BadItem]:
     """Headers whose id, reply channel, tier, priority, task or model could reach other
-    keys: one regex call over all of a bundle's ids and one over its distinct names, and a
-    header-by-header look only when those find something."""
+    keys, or whose trace is malformed."""
+    return _checked(headers)[0]
+
+
+def _checked(headers: Sequence[Header]) -> tuple[list[BadItem], Route | None]:
+    """check_names, and the one route of a bundle whose headers all share it (else None):
+    one regex call over all of a bundle's ids, one over its distinct names and one look at
+    its traces' distinct (key, type) pairs; a header-by-header look only when those find
+    something. Comprehensions, not map(attrgetter): CPython 3.11 specialises their
+    attribute loads, and sets of strings beat a set of tuples (equal tuples compare
+    element by element)."""
     ids = "\n".join([h.id for h in headers]) + "\n"
-    names = {h.tier for h in headers} | {h.priority for h in headers}
-    names |= {h.task or h.model for h in headers}  # type: ignore[misc]
-    replies = {h.reply_to for h in headers} - {None}
-    joined = "\n".join(names) + "\n"
+    tasks = {h.task for h in headers}
+    models = {h.model for h in headers}
+    tiers = {h.tier for h in headers}
+    priorities = {h.priority for h in headers}
+    replies = {h.reply_to for h in headers}
+    replies.discard(None)
+    names = tasks | models | tiers | priorities
+    names.discard(None)
+    joined = "\n".join(names) + "\n"  # type: ignore[arg-type]
+    route: Route | None = None
+    if len(tasks) == len(models) == len(tiers) == len(priorities) == 1:
+        route = (*tasks, *models, *tiers, *priorities)  # type: ignore[assignment]
     if (
-        not any(_trace_problem(h.trace) for h in headers)
+        _traces_ok(headers)
         and ids.count("\n") == len(headers)
         and _IDS.fullmatch(ids)
         and joined.count("\n") == len(names)
         and _NAMES.fullmatch(joined)
         and all(_valid_id(r) for r in replies)
     ):
-        return []
-    return [
+        return [], route
+    bad = [
         BadItem(i, "bad_payload", f"header is unusable: {problem}", header=h)
         for i, h in enumerate(headers)
         if (problem := name_problem(h))
     ]
+    return bad, route
+
+
+def _traces_ok(headers: Sequence[Header]) -> bool:
+    """Every hop's text fields hold str and the rest numbers (msgspec already bounded
+    them), over all of a bundle's hops in one loop. False sends the bundle to the
+    per-header look."""
+    for hop in [hop for h in headers for hop in h.trace]:
+        for key, value in hop.items():
+            if ((key in HOP_TEXT) != (value.__class__ is str) or value is None) and (
+                hop_value_problem(key, value)
+            ):
+                return False
+    return True
 
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).
