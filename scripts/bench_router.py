@@ -21,13 +21,14 @@ import numpy as np
 import redis
 from redis.connection import Encoder, PythonRespSerializer
 
-from cascadeq import bundle, streams
-from cascadeq import keys as keynames
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.settings import Settings
-from producer import Producer, Request
-from router.service import Router
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra import streams
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.producer import Producer, Request
+from cascadeq.protocol import bundle
+from cascadeq.protocol import keys as keynames
+from cascadeq.router.service import Router
 
 MODEL = "digits-small"
 

@@ -22,13 +22,13 @@ import msgspec
 import numpy as np
 import redis
 
-from cascadeq import bundle
-from cascadeq.catalog import Catalog
-from cascadeq.embedded import EmbeddedRedis
-from cascadeq.keys import Keys
-from cascadeq.process import ProcessGroup
-from cascadeq.settings import Settings
-from producer import Producer, Request
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
+from cascadeq.infra.embedded import EmbeddedRedis
+from cascadeq.infra.process import ProcessGroup
+from cascadeq.producer import Producer, Request
+from cascadeq.protocol import bundle
+from cascadeq.protocol.keys import Keys
 
 MODEL = "digits-small"
 

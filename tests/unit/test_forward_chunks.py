@@ -11,9 +11,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cascadeq import bundle, wire
-from cascadeq.bundle import Bundle, Header
-from router import forward
+from cascadeq.protocol import bundle, wire
+from cascadeq.protocol.bundle import Bundle, Header
+from cascadeq.router import forward
 
 
 def _bundle(size: int, unit: bool) -> Bundle:
