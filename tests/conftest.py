@@ -19,12 +19,17 @@ from subprocess import CompletedProcess
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra import embedded
 from cascadeq.infra.embedded import EmbeddedRedis
 from cascadeq.infra.process import ProcessGroup
+
+# This machine's speed varies up to 3x: no property test may fail for taking long.
+hypothesis_settings.register_profile("cascadeq", deadline=None)
+hypothesis_settings.load_profile("cascadeq")
 
 REDIS_MARKER = "redis: meets a real redis-server (rerun by `make test` on the embedded 6.2)"
 
