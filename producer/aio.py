@@ -99,7 +99,7 @@ class AsyncProducer(ClientBase):
         if refused is not None:
             del prepared  # a caller keeping the error keeps this frame: not the requests
             raise refused
-        return [p.header.id for p in prepared]
+        return [p.id for p in prepared]
 
     async def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
         """One script call per chunk; the refusal that stops the call, or None."""
@@ -232,6 +232,6 @@ class AsyncProducer(ClientBase):
 def _settle(p: Prepared, error: Rejected | None) -> None:
     if not p.slot.done():
         if error is None:
-            p.slot.set_result(p.header.id)
+            p.slot.set_result(p.id)
         else:
             p.slot.set_exception(error)

@@ -111,7 +111,7 @@ class Producer(ClientBase):
         if refused is not None:
             del prepared  # a caller keeping the error keeps this frame: not the requests
             raise refused
-        return [p.header.id for p in prepared]
+        return [p.id for p in prepared]
 
     def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
         """One script call per chunk; the refusal that stops the call, or None."""
@@ -284,7 +284,7 @@ class Coalescer:
             self._lead(me)
         if me.error is not None:
             raise me.error
-        return prepared.header.id
+        return prepared.id
 
     def _abandon(self, me: Waiter) -> bool:
         """A waiter that stops waiting: not yet in a flush, it is not sent; already handed

@@ -15,7 +15,6 @@ from conftest import wait_for
 from streamview import count, headers_in
 
 from cascadeq import bundle, dlq, results
-from cascadeq.bundle import Header
 from cascadeq.catalog import Catalog
 from cascadeq.keys import Keys
 from cascadeq.messages import Result
@@ -304,7 +303,7 @@ class _Item:
     """Stands for a prepared request in the coalescer's unit tests."""
 
     def __init__(self, rid: str) -> None:
-        self.header = Header(id=rid, model="toy-small")
+        self.id = rid
         self.slot: Any = None
 
 
@@ -334,7 +333,7 @@ def test_an_interrupted_waiter_strands_no_one(handed_the_lead: bool) -> None:
     gate = threading.Event()
 
     def flush(batch: list[Any]) -> None:
-        flushes.append([p.header.id for p in batch])
+        flushes.append([p.id for p in batch])
         if len(flushes) == 1:
             gate.wait(10)
         for p in batch:
