@@ -19,7 +19,6 @@ from cascadeq.messages import Result
 from cascadeq.settings import Settings
 from producer.base import (
     MAX_CONNECTIONS,
-    MGET_CHUNK,
     SWEEP_S,
     ClientBase,
     raises_connection_failed,
@@ -174,9 +173,8 @@ class AsyncProducer(ClientBase):
         if not ids:
             return
         pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
-        result = self.keys.result
-        for start in range(0, len(ids), MGET_CHUNK):
-            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        for keys in self._result_keys(ids):
+            pipe.mget(keys)
         raws = [raw for chunk in await pipe.execute() for raw in chunk]
         self._inbox.deliver_stored(ids, raws)
 
