@@ -225,20 +225,24 @@ def _check_names(tier: str, priority: str) -> None:
     _GOOD_NAMES.update((tier, priority))
 
 
+_NDARRAY = np.ndarray
+
+
 def _signature(inputs: Any) -> tuple[tuple[Any, ...] | None, int, int]:
     """Names, dtypes and shapes past the batch axis, the rows and the bytes; (None, 0, 0)
     when the inputs are not plain arrays agreeing on their rows (the full checks then
     explain). One input, the common case, costs one small tuple."""
+    if inputs.__class__ is dict and len(inputs) == 1:  # the common case, tested first
+        for name, arr in inputs.items():
+            if arr.__class__ is _NDARRAY:
+                shape = arr.shape
+                if shape:
+                    return (name, arr.dtype, shape[1:]), shape[0], arr.nbytes
+        return None, 0, 0
     try:
         items = inputs.items()
     except AttributeError:
         return None, 0, 0
-    if len(items) == 1:
-        for name, arr in items:
-            if arr.__class__ is not np.ndarray or not arr.ndim:
-                return None, 0, 0
-            shape = arr.shape
-            return (name, arr.dtype, shape[1:]), shape[0], arr.nbytes
     parts = []
     rows, nbytes = -1, 0
     for name, arr in items:
