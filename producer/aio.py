@@ -16,7 +16,6 @@ from cascadeq.infra.connection import connect_async
 from cascadeq.infra.log import get_logger
 from cascadeq.producer.base import (
     MAX_CONNECTIONS,
-    MGET_CHUNK,
     SWEEP_S,
     ClientBase,
     raises_connection_failed,
@@ -99,7 +98,7 @@ class AsyncProducer(ClientBase):
         if refused is not None:
             del prepared  # a caller keeping the error keeps this frame: not the requests
             raise refused
-        return [p.header.id for p in prepared]
+        return [p.id for p in prepared]
 
     async def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
         """One script call per chunk; the refusal that stops the call, or None."""
@@ -174,9 +173,8 @@ class AsyncProducer(ClientBase):
         if not ids:
             return
         pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
-        result = self.keys.result
-        for start in range(0, len(ids), MGET_CHUNK):
-            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        for keys in self._result_keys(ids):
+            pipe.mget(keys)
         raws = [raw for chunk in await pipe.execute() for raw in chunk]
         self._inbox.deliver_stored(ids, raws)
 
@@ -232,6 +230,6 @@ class AsyncProducer(ClientBase):
 def _settle(p: Prepared, error: Rejected | None) -> None:
     if not p.slot.done():
         if error is None:
-            p.slot.set_result(p.header.id)
+            p.slot.set_result(p.id)
         else:
             p.slot.set_exception(error)

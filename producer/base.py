@@ -82,6 +82,15 @@ class ClientBase:
         prepare = Preparer(self.catalogs.current(), self.settings, self.client_id)
         return [prepare(req) for req in requests]
 
+    def _result_keys(self, ids: list[str]) -> list[list[str]]:
+        """The ids' result keys, MGET_CHUNK a list: one concatenation each (what
+        ``Keys.result`` gives, without a method call and an f-string per id)."""
+        prefix = self.keys.result("")
+        return [
+            [prefix + rid for rid in ids[start : start + MGET_CHUNK]]
+            for start in range(0, len(ids), MGET_CHUNK)
+        ]
+
     def _read_stored(self, request_id: str, raw: Any) -> Result | None:
         """A stored result, None while the request is not ready; unknown ids raise."""
         if raw is None:

@@ -17,7 +17,6 @@ from cascadeq.infra.connection import connect
 from cascadeq.infra.log import get_logger
 from cascadeq.producer.base import (
     MAX_CONNECTIONS,
-    MGET_CHUNK,
     SWEEP_S,
     ClientBase,
     raises_connection_failed,
@@ -111,7 +110,7 @@ class Producer(ClientBase):
         if refused is not None:
             del prepared  # a caller keeping the error keeps this frame: not the requests
             raise refused
-        return [p.header.id for p in prepared]
+        return [p.id for p in prepared]
 
     def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
         """One script call per chunk; the refusal that stops the call, or None."""
@@ -170,9 +169,8 @@ class Producer(ClientBase):
         if not ids:
             return
         pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
-        result = self.keys.result
-        for start in range(0, len(ids), MGET_CHUNK):
-            pipe.mget([result(rid) for rid in ids[start : start + MGET_CHUNK]])
+        for keys in self._result_keys(ids):
+            pipe.mget(keys)
         raws = [raw for chunk in pipe.execute() for raw in chunk]
         self._inbox.deliver_stored(ids, raws)
 
@@ -284,7 +282,7 @@ class Coalescer:
             self._lead(me)
         if me.error is not None:
             raise me.error
-        return prepared.header.id
+        return prepared.id
 
     def _abandon(self, me: Waiter) -> bool:
         """A waiter that stops waiting: not yet in a flush, it is not sent; already handed

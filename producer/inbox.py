@@ -54,8 +54,22 @@ class Inbox:
         _finish(finished)
 
     def deliver_many(self, found: list[Result]) -> None:
+        """A batch's results under one lock; the common case (one waiter per id) inline."""
+        finished: list[Batch] = []
         with self._lock:
-            finished = [b for res in found for b in self._deliver(res)]
+            waiting = self._waiting
+            for result in found:
+                rid = result.id
+                held = waiting.get(rid)
+                if isinstance(held, Batch):
+                    results = held.results
+                    if rid not in results:
+                        results[rid] = result
+                        held.left -= 1
+                        if not held.left:
+                            finished.append(held)
+                else:
+                    finished += self._deliver(result)
         _finish(finished)
 
     def _deliver(self, result: Result) -> list[Batch]:

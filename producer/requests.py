@@ -1,9 +1,10 @@
 """Turning callers' requests into ingress bundles, with every check that can refuse them early.
 
 Shared by the sync and asyncio clients so both refuse the same things the same way. The
-per-request work is a signature compare against the target's cached input declaration,
-a typed header and a few attribute reads; inputs are stacked, encoded and sent per bundle
-(``bundle.bundle_fields``), and one ``lua/submit.lua`` call queues up to SUBMIT_CHUNK.
+per-request work is a signature compare against the target's cached input declaration
+and a few attribute reads; headers are built and encoded, and inputs stacked and encoded,
+per bundle (``bundle.bundle_fields``), and one ``lua/submit.lua`` call queues up to
+SUBMIT_CHUNK.
 """
 
 from __future__ import annotations
@@ -58,13 +59,18 @@ class Target:
         self.first = models[0]
         self.distinct = list(signatures.values())  # a cascade usually shares one signature
         self.finite = not all(spec.allow_nonfinite for spec in self.distinct)
-        self.good: set[tuple[Any, ...]] = set()  # input signatures that passed the checks
         self.lanes: dict[str, str] = {}
+        #: priority -> input signature -> bundle group, for signatures that passed the checks
         self.groups: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
 
+    def known(self, priority: str, sig: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The group of a signature that passed the checks before, else None."""
+        by_sig = self.groups.get(priority)
+        return None if by_sig is None else by_sig.get(sig)
+
     def group(self, priority: str, sig: tuple[Any, ...] | None) -> tuple[Any, ...]:
-        """The bundle a request joins: (first model, lane, signature, finite checked);
-        one tuple per priority and signature, shared by every request that has them."""
+        """The bundle a request that passed the checks joins: (first model, lane, signature,
+        finite checked); one tuple per priority and signature, shared by every request."""
         if sig is None:  # inputs the signature cannot describe go alone
             return (self.first.name, self.lane(priority), object(), self.finite)
         by_sig = self.groups.get(priority)
@@ -94,9 +100,18 @@ class Target:
 
 
 class Prepared(msgspec.Struct):
-    """A validated request: its header, its inputs, and the bundle it can join."""
+    """A validated request: what its header needs, its inputs, and the bundle it can join.
 
-    header: Header
+    The header itself is built when the bundle is encoded (``header``): held here, it and
+    its trace list would be two more objects per request for the cycle collector to walk
+    while a submit_many holds thousands of them.
+    """
+
+    req: Request
+    id: str
+    deadline: float | None
+    submitted: float
+    reply_to: str | None
     inputs: Mapping[str, np.ndarray]
     group: tuple[Any, ...]  # (first model, lane, input signature, finite checked)
     rows: int
@@ -104,6 +119,17 @@ class Prepared(msgspec.Struct):
     target: Target
     digest: bytes = b""  # idempotent requests: what a retry must match
     slot: Any = None  # a coalesced submit's waiter
+
+    @property
+    def header(self) -> Header:
+        return _header(self)
+
+
+def _header(p: Prepared) -> Header:
+    req = p.req
+    return Header(
+        p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to
+    )
 
 
 class Preparer:
@@ -113,18 +139,25 @@ class Preparer:
         self.catalog, self.reply_to = catalog, reply_to
         self.max_bytes = settings.max_payload_bytes
         self.submitted = now_ms()
+        self._last: tuple[str | None, str | None, Target] | None = None  # a call's usual target
 
     def __call__(self, req: Request) -> Prepared:
-        """Validate and build the header; raises Rejected with the reason."""
-        if (req.task is None) == (req.model is None):
-            raise Rejected("name exactly one of task= or model=", "bad_request")
-        target = _target(req, self.catalog)
+        """Validate; raises Rejected with the reason."""
+        task, model = req.task, req.model
+        last = self._last
+        if last is not None and model == last[1] and task == last[0]:
+            target = last[2]
+        else:
+            if (task is None) == (model is None):
+                raise Rejected("name exactly one of task= or model=", "bad_request")
+            target = _target(req, self.catalog)
+            self._last = (task, model, target)
         inputs = req.inputs
         sig, rows, nbytes = _signature(inputs)
-        if rows < 1 or sig not in target.good:
+        group = target.known(req.priority, sig) if sig is not None and rows > 0 else None
+        if group is None:  # not seen passing the checks yet
             target.check(inputs)
-            if sig is not None:
-                target.good.add(sig)
+            group = target.group(req.priority, sig)
         rid = req.id
         if rid is None:
             if req.idempotent:
@@ -149,13 +182,11 @@ class Preparer:
             raise Rejected(
                 f"inputs of {nbytes} bytes exceed the limit of {self.max_bytes} bytes", "too_large"
             )
-        header = Header(
-            rid, req.task, req.model, req.tier, req.priority, deadline, self.submitted,
-            self.reply_to,
-        )  # fmt: skip
-        group = target.group(req.priority, sig)
         digest = request_digest(req, _encode(inputs)) if req.idempotent else b""
-        return Prepared(header, inputs, group, rows, nbytes, target, digest)
+        return Prepared(
+            req, rid, deadline, self.submitted, self.reply_to, inputs, group, rows, nbytes,
+            target, digest,
+        )  # fmt: skip
 
 
 _IDS: list[str] = []  # random ids drawn ahead; list.pop is atomic, so threads may share it
@@ -194,20 +225,24 @@ def _check_names(tier: str, priority: str) -> None:
     _GOOD_NAMES.update((tier, priority))
 
 
+_NDARRAY = np.ndarray
+
+
 def _signature(inputs: Any) -> tuple[tuple[Any, ...] | None, int, int]:
     """Names, dtypes and shapes past the batch axis, the rows and the bytes; (None, 0, 0)
     when the inputs are not plain arrays agreeing on their rows (the full checks then
     explain). One input, the common case, costs one small tuple."""
+    if inputs.__class__ is dict and len(inputs) == 1:  # the common case, tested first
+        for name, arr in inputs.items():
+            if arr.__class__ is _NDARRAY:
+                shape = arr.shape
+                if shape:
+                    return (name, arr.dtype, shape[1:]), shape[0], arr.nbytes
+        return None, 0, 0
     try:
         items = inputs.items()
     except AttributeError:
         return None, 0, 0
-    if len(items) == 1:
-        for name, arr in items:
-            if arr.__class__ is not np.ndarray or not arr.ndim:
-                return None, 0, 0
-            shape = arr.shape
-            return (name, arr.dtype, shape[1:]), shape[0], arr.nbytes
     parts = []
     rows, nbytes = -1, 0
     for name, arr in items:
@@ -353,7 +388,8 @@ def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outg
         return encode_bundles(run[:half], keys, max_bytes) + encode_bundles(
             run[half:], keys, max_bytes
         )
-    fields = bundle_fields([p.header for p in run], inputs, [p.rows for p in run])
+    headers = [_header(p) for p in run]
+    fields = bundle_fields(headers, inputs, [p.rows for p in run])
     return [Outgoing(run, fields, stream)]
 
 
@@ -408,7 +444,7 @@ class Call:
                 self.streams.append(b.stream)
                 self.bounds.append(settings.model_max_depth)
                 j = index[b.stream] = len(self.keys)
-            ids = [p.header.id for p in b.members]
+            ids = [p.id for p in b.members]
             digests = [p.digest for p in b.members]
             plan.append([j, ids, digests, len(args) + 1, len(b.fields)])
             for name, value in b.fields.items():
@@ -464,14 +500,14 @@ def strict_outcome(
     """
     flat = members(call)
     if reply.ok:
-        accepted += [p.header.id for p in flat]
+        accepted += [p.id for p in flat]
         return []
     if reply.dups:
-        ids = [flat[i].header.id for i in reply.dups]
+        ids = [flat[i].id for i in reply.dups]
         return duplicate_ids(ids, len(flat), accepted, "already in use")
     if reply.full:
         return sent.full(reply.full, reply.full_depth, len(flat), accepted)
-    accepted += [flat[i].header.id for i in reply.skips]
+    accepted += [flat[i].id for i in reply.skips]
     return without(call, set(reply.skips), keys, max_bytes)
 
 
@@ -491,7 +527,7 @@ def partial_outcome(
             settle(p, None)
         return []
     for i in reply.dups:
-        settle(flat[i], duplicate_ids([flat[i].header.id], 1, [], "already in use"))
+        settle(flat[i], duplicate_ids([flat[i].id], 1, [], "already in use"))
     for i in reply.skips:
         settle(flat[i], None)
     for i in reply.refused:
@@ -501,7 +537,7 @@ def partial_outcome(
 
 def check_unique(prepared: list[Prepared]) -> None:
     """One call naming an id twice is refused whole, before anything is queued."""
-    ids = [p.header.id for p in prepared]
+    ids = [p.id for p in prepared]
     if len(set(ids)) < len(ids):
         repeated = [rid for rid, n in Counter(ids).items() if n > 1]
         raise duplicate_ids(repeated, len(prepared), [], "repeated in this call")

@@ -6,8 +6,8 @@ and ``x`` (the tensors, encoded once by the producer and passed through untouche
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -48,38 +48,31 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
-@dataclass
-class Result:
-    """The one final answer to a request, stored under its id."""
+class Result(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The one final answer to a request, stored under its id.
+
+    A msgspec Struct, so a result's bytes decode straight into it in C (arrays through
+    the extension hook): no intermediate wire type, no second object per result. Not
+    tracked by the cycle collector (gc=False): a client holding 30,000 results otherwise
+    pays ~1 us each in collections. It holds plain data; a cycle through one would leak.
+    """
 
     id: str
     status: str
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = {}
     model: str | None = None
-    path: list[dict[str, Any]] = field(default_factory=list)
+    path: list[dict[str, Any]] = []
     error: dict[str, str] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = {}
     batch_size: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = {}
 
     @property
     def ok(self) -> bool:
         return self.status == OK
 
     def dumps(self) -> bytes:
-        return wire.dumps(
-            {
-                "id": self.id,
-                "status": self.status,
-                "outputs": self.outputs,
-                "model": self.model,
-                "path": self.path,
-                "error": self.error,
-                "timings": self.timings,
-                "batch_size": self.batch_size,
-                "info": self.info,
-            }
-        )
+        return _ENCODER.encode(self)
 
     @classmethod
     def loads(cls, data: bytes) -> Result:
@@ -88,47 +81,43 @@ class Result:
         if len(data) > wire.MSGPACK.max_bytes:
             raise wire.WireError(f"result of {len(data)} bytes exceeds the limit")
         try:
-            got = _RESULT.decode(data)
-        except (msgspec.DecodeError, ValueError) as exc:
+            result = _RESULT.decode(data)
+        except (msgspec.DecodeError, ValueError) as exc:  # WireError is a ValueError
             raise wire.WireError(f"result fields are wrong: {exc}") from exc
-        outputs = {}
-        for name, ext in got.outputs.items():
-            if ext.code != wire.EXT_NDARRAY:
-                raise wire.WireError(f"result output {name!r} is extension type {ext.code}")
-            outputs[name] = wire.unpack_array(bytes(ext.data))
-        result = cls(
-            got.id,
-            got.status,
-            outputs,
-            got.model,
-            got.path,
-            got.error,
-            got.timings,
-            got.batch_size,
-            got.info,
-        )
-        if not _valid_id(result.id) or result.status not in STATUSES:
+        if result.status not in STATUSES or not _ID_RE.fullmatch(result.id):
             raise wire.WireError("result has an invalid id or status")
-        if result.error is not None and not all(k in result.error for k in ("code", "message")):
+        error = result.error
+        if error is not None and ("code" not in error or "message" not in error):
             raise wire.WireError("result error must hold a code and a message")
         return result
 
 
-class _ResultWire(msgspec.Struct, forbid_unknown_fields=True):
-    """What a result's bytes must hold (the map ``Result.dumps`` writes)."""
-
-    id: str
-    status: str
-    outputs: dict[str, msgspec.msgpack.Ext] = {}
-    model: str | None = None
-    path: list[dict[str, Any]] = []
-    error: dict[str, str] | None = None
-    timings: dict[str, float] = {}
-    batch_size: int = 0
-    info: dict[str, Any] = {}
+def _output_array(code: int, data: memoryview) -> np.ndarray:
+    """An extension inside a result: an array, or WireError."""
+    if code != wire.EXT_NDARRAY:
+        raise wire.WireError(f"result holds extension type {code}")
+    return wire.unpack_array(data)
 
 
-_RESULT = msgspec.msgpack.Decoder(_ResultWire)
+def _only_arrays(kind: type, obj: Any) -> Any:
+    """What the decoder calls for ``np.ndarray`` fields: only an array extension fits."""
+    if kind is np.ndarray and obj.__class__ is np.ndarray:
+        return obj
+    raise TypeError(f"expected an array extension, got {type(obj).__name__}")
+
+
+def _plain(obj: Any) -> Any:
+    """What msgspec cannot encode itself: arrays, as extension type 1, and numpy scalars."""
+    if isinstance(obj, np.ndarray):
+        return msgspec.msgpack.Ext(wire.EXT_NDARRAY, wire.pack_array(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}: send numpy arrays or plain data")
+
+
+_RESULT = msgspec.msgpack.Decoder(Result, ext_hook=_output_array, dec_hook=_only_arrays)
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_plain)
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # keys.check_id's rule, without its exception
 
 
 def error_result(

@@ -21,7 +21,6 @@ from cascadeq.producer import AsyncProducer, Producer, Rejected, Request
 from cascadeq.producer.client import Coalescer, Waiter
 from cascadeq.producer.requests import SUBMIT_CHUNK
 from cascadeq.protocol import bundle, results
-from cascadeq.protocol.bundle import Header
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import Result
 
@@ -305,7 +304,7 @@ class _Item:
     """Stands for a prepared request in the coalescer's unit tests."""
 
     def __init__(self, rid: str) -> None:
-        self.header = Header(id=rid, model="toy-small")
+        self.id = rid
         self.slot: Any = None
 
 
@@ -335,7 +334,7 @@ def test_an_interrupted_waiter_strands_no_one(handed_the_lead: bool) -> None:
     gate = threading.Event()
 
     def flush(batch: list[Any]) -> None:
-        flushes.append([p.header.id for p in batch])
+        flushes.append([p.id for p in batch])
         if len(flushes) == 1:
             gate.wait(10)
         for p in batch:

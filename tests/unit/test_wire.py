@@ -112,3 +112,52 @@ def test_result_round_trip_keeps_arrays() -> None:
     np.testing.assert_array_equal(back.outputs["p"], res.outputs["p"])
     assert back.path == res.path
     assert back.batch_size == 4
+
+
+def _result(**fields: object) -> bytes:
+    doc = {"id": "r1", "status": "ok", **fields}
+    packed: bytes = msgpack.packb({k: v for k, v in doc.items() if v is not None})
+    return packed
+
+
+def _array(payload: list[object]) -> msgpack.ExtType:
+    return msgpack.ExtType(wire.EXT_NDARRAY, msgpack.packb(payload))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"\xc1", "fields are wrong"),
+        (msgpack.packb([1, 2]), "fields are wrong"),
+        (_result(id="a:b"), "invalid id"),
+        (_result(id=7), "fields are wrong"),
+        (_result(status="done"), "invalid id or status"),
+        (_result(bogus=1), "unknown field"),
+        (_result(outputs=5), "fields are wrong"),
+        (_result(outputs={"p": 5}), "array extension"),
+        (_result(outputs={"p": msgpack.ExtType(7, b"x")}), "extension type 7"),
+        (_result(info={"x": msgpack.ExtType(7, b"x")}), "extension type 7"),
+        (_result(outputs={"p": _array(["<f4", [2], b"\0" * 4])}), "needs 8 bytes"),
+        (_result(outputs={"p": _array(["<f4", [-1], b""])}), "shape"),
+        (_result(outputs={"p": _array(["<f4", [1] * 9, b"\0" * 4])}), "shape"),
+        (_result(outputs={"p": _array(["|O", [1], b"\0" * 8])}), "not allowed"),
+        (_result(outputs={"p": _array(["<f4", [0, 2**63], b""])}), "beyond numpy"),
+        (_result(outputs={"p": _array(["<f4", [1]])}), "malformed"),
+        (_result(error={"code": "x"}), "code and a message"),
+        (_result(timings={"total_ms": "slow"}), "fields are wrong"),
+    ],
+)
+def test_forged_results_raise_wire_error(data: bytes, match: str) -> None:
+    with pytest.raises(wire.WireError, match=match):
+        Result.loads(data)
+
+
+def test_a_result_holds_its_arrays_read_only_and_encodes_numpy_scalars() -> None:
+    res = Result(id="r1", status="ok", outputs={"p": np.arange(6, dtype=">i4").reshape(2, 3)})
+    res.info = {"score": np.float32(0.5), "n": np.int64(3), "flag": np.bool_(True)}
+    back = Result.loads(res.dumps())
+    np.testing.assert_array_equal(back.outputs["p"], np.arange(6).reshape(2, 3))
+    assert back.outputs["p"].dtype == np.dtype("<i4")
+    assert not back.outputs["p"].flags.writeable
+    assert back.info == {"score": 0.5, "n": 3, "flag": True}
+    assert Result.loads(Result(id="e", status="error").dumps()).outputs == {}
