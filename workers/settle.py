@@ -158,8 +158,7 @@ class Settler:
         }
         kept = np.flatnonzero(item.keep).tolist()
         rows = item.bundle.rows[item.keep].tolist()
-        work.tally.queue_ms += [queue_ms] * len(kept)
-        work.tally.batch_wait_ms += [wait_ms] * len(kept)
+        work.tally.waited(queue_ms, wait_ms, len(kept))
         model, output, now, samples = self.spec.name, self.spec.output, work.now, ran.samples
         headers, stored, answered = item.headers, [], work.answered
         result_key, encode, record = self.keys.result, outputs.encode, outputs.ResultRecord
