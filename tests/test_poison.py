@@ -24,7 +24,7 @@ from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
 from cascadeq.settings import Settings
 from cascadeq.window import Tally, latency_bucket
 from router.service import Router
-from workers import ModelWorker, outcome
+from workers import ModelWorker, answers, outcome
 
 ROW = np.zeros((1, 64), np.float32)
 INPUTS = wire.dumps_inputs({"input": ROW})
@@ -148,11 +148,25 @@ def test_latency_accounting_takes_any_float(ms: float) -> None:
     metrics.observe_batch("m", tally)  # histograms get finite values
 
 
+def cursed_block(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Sure requests are answered a block at a time: make a block holding "cursed" raise,
+    so the worker narrows it down to its requests one by one (the per-request guards)."""
+    real = answers.OkBatch._fill
+
+    def fill(self: answers.OkBatch, *args: Any) -> Any:
+        if any(a.header.id == "cursed" for a in args[3]):
+            raise error
+        return real(self, *args)
+
+    monkeypatch.setattr(answers.OkBatch, "_fill", fill)
+
+
 def test_a_surprise_while_settling_one_request_fails_only_that_request(
     r: redis.Redis, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not a forged field this time: anything one entry's handling raises stays its own."""
     real = outcome.timings
+    cursed_block(monkeypatch, RuntimeError("boom"))
 
     def timings(header: Header, *args: Any) -> dict[str, float]:
         if header.id == "cursed":
@@ -178,6 +192,7 @@ def test_a_result_that_will_not_encode_fails_alone_in_its_waiters_share(
     r: redis.Redis, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = outputs.encode
+    cursed_block(monkeypatch, OverflowError("integer out of range"))
 
     def encode(record: outputs.ResultRecord) -> bytes:
         if record.id == "cursed":
