@@ -146,6 +146,21 @@ def replay(args: argparse.Namespace) -> None:
         pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
 
 
+def _split(entries: list[dict[bytes, bytes]], size: int) -> list[dict[bytes, bytes]]:
+    """The same requests as bundles of ``size``: many small batches, as under light load."""
+    from cascadeq import bundle, wire  # noqa: PLC0415
+
+    out = []
+    for fields in entries:
+        got = bundle.decode("s", b"1-0", fields, 1 << 30)
+        for at in range(0, got.size, size):
+            mask = np.zeros(got.size, dtype=bool)
+            mask[at : at + size] = True
+            inputs = wire.dumps_inputs(bundle.take_rows(got.inputs, got.rows, mask))
+            out.append(bundle.bundle_fields(got.headers[at : at + size], inputs, got.rows[mask]))
+    return out
+
+
 def micro(args: argparse.Namespace) -> None:
     """The worker thread's CPU in ``process`` alone: decoded entries, one batch each."""
     from workers import ModelWorker, OnnxRunner  # noqa: PLC0415
@@ -154,6 +169,8 @@ def micro(args: argparse.Namespace) -> None:
     with open(args.entries, "rb") as fh:
         raw = msgpack.unpack(fh, raw=True)
     entries = [{bytes(k): bytes(v) for k, v in e} for e in raw]
+    if args.split:
+        entries = _split(entries, args.split)
     catalog = Catalog.load(args.models_dir / "catalog.toml")
     spec = catalog.models[MODEL]
     runner = OnnxRunner(spec)
@@ -206,6 +223,7 @@ def main() -> None:
     rep.add_argument("--top", type=int, default=40)
     mic = sub.add_parser("micro")
     mic.add_argument("--entries", type=Path, required=True)
+    mic.add_argument("--split", type=int, default=0, help="re-bundle into entries of this size")
     mic.add_argument("--runs", type=int, default=5)
     mic.add_argument("--profile", action="store_true")
     mic.add_argument("--sort", default="tottime")
