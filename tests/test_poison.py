@@ -24,7 +24,7 @@ from cascadeq.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
 from cascadeq.settings import Settings
 from cascadeq.window import Tally, latency_bucket
 from router.service import Router
-from workers import ModelWorker, answers, outcome
+from workers import ModelWorker, answers, outcome, settle
 
 ROW = np.zeros((1, 64), np.float32)
 INPUTS = wire.dumps_inputs({"input": ROW})
@@ -159,6 +159,7 @@ def cursed_block(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
         return real(self, *args)
 
     monkeypatch.setattr(answers.OkBatch, "_fill", fill)
+    monkeypatch.setattr(settle, "BLOCK_MIN", 1)  # blocks even for these three requests
 
 
 def test_a_surprise_while_settling_one_request_fails_only_that_request(

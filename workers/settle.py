@@ -34,6 +34,9 @@ from workers.batcher import Item
 log = get_logger("cascadeq.worker")
 
 TRACES_MAXLEN = 50_000  # per task: enough to train on, small enough to forget
+#: Fewer sure requests in an entry than this are encoded one at a time: a block costs
+#: about as much as 20-25 requests encoded alone (scripts/worker_cpu.py micro --split).
+BLOCK_MIN = 24
 
 
 @dataclass
@@ -245,7 +248,10 @@ class Settler:
         """The entry's sure requests answered together; if that raises, each on its own,
         so a request that cannot be answered fails alone."""
         try:
-            done = oks.encode(sure, hop, confs.array, partial(self._channel, work))
+            if len(sure) < BLOCK_MIN:  # a block's fixed cost is more than it saves
+                done = Encoded(left=list(range(len(sure))))
+            else:
+                done = oks.encode(sure, hop, confs.array, partial(self._channel, work))
         except Exception as exc:  # noqa: BLE001 - narrowed down request by request below
             log.warning("block_failed", model=self.spec.name, error=repr(exc))
             done = Encoded(left=list(range(len(sure))))
