@@ -4,7 +4,8 @@ The bytes are those ``messages.Result.dumps`` writes (a msgpack map; arrays as e
 type 1 holding ``[dtype, shape, raw bytes]``), so clients read them as before. What is
 per batch here: the output array is copied to bytes once, and the extension prefix of a
 k-row slice is packed once per distinct k; a request then costs a byte slice and one
-struct encode in C.
+struct encode in C. ``Template`` goes further for requests that share a trace: their
+results are fixed-width lines of one numpy block (workers/answers.py).
 """
 
 from __future__ import annotations
