@@ -229,19 +229,18 @@ class ModelWorker:
         self._store(work, failed, item.headers[j].reply_to, entry)
 
     def _send(self, work: BatchWork) -> None:
-        """The batch's one round trip: the commit script and the per-batch figures."""
+        """The batch's one round trip: the commit script, its plan carrying the per-batch
+        figures too (written after the effects, as a pipeline beside the call would)."""
         model, keys = self.spec.name, self.keys
         overlap = self.batcher_overlap()
         extra = None if overlap is None else {"overlap": overlap}
-
-        def figures(pipe: Any) -> None:
-            for name, n in work.counts.items():
-                pipe.hincrby(keys.routing_counts, name, n)
-            work.tally.queue(pipe, keys, model)  # `cascadeq stats` reads it
-            if work.tally.batches:
-                self.speed.queue(pipe, keys, model, extra)
-
-        done = work.commit.send(self.r, figures)
+        pipe = work.commit.pipe
+        for name, n in work.counts.items():
+            pipe.hincrby(keys.routing_counts, name, n)
+        work.tally.queue(pipe, keys, model)  # `cascadeq stats` reads it
+        if work.tally.batches:
+            self.speed.queue(pipe, keys, model, extra)
+        done = work.commit.send(self.r)
         self.stats["results"] += done.stored
         bookkeeping("metrics", partial(metrics.observe_batch, model, work.tally))
 

@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,15 @@ from cascadeq.protocol.bundle import Header
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import OK, error_result, now_ms
 from cascadeq.workers import outcome
+from cascadeq.workers.answers import Encoded, OkBatch, Sure
 from cascadeq.workers.batcher import Item
 
 log = get_logger("cascadeq.worker")
 
 TRACES_MAXLEN = 50_000  # per task: enough to train on, small enough to forget
+#: Fewer sure requests in an entry than this are encoded one at a time: a block costs
+#: about as much as 20-25 requests encoded alone (scripts/worker_cpu.py micro --split).
+BLOCK_MIN = 24
 
 
 @dataclass
@@ -43,7 +48,7 @@ class BatchWork:
     counts: Counter[str] = field(default_factory=Counter)  # routing-count hash increments
     channels: dict[str, int] = field(default_factory=dict)  # reply_to -> channel number
     plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
-    answered: list[float] = field(default_factory=list)  # total_ms of each ok result
+    answered: list[np.ndarray] = field(default_factory=list)  # total_ms of the ok results
     now: float = 0.0  # epoch ms when the batch's results were written
 
 
@@ -121,90 +126,174 @@ class Settler:
 
     def settle(self, work: BatchWork, ran: Ran) -> None:
         confs = _Confidences(self.spec, ran)
-        slicer = outputs.RowSlicer(ran.out)
         work.now = now_ms()
+        spec = self.spec
+        oks = OkBatch(
+            spec.name,
+            spec.output,
+            outputs.RowSlicer(ran.out),
+            round(ran.compute_ms, 3),
+            ran.samples,
+            ran.info,
+            work.now,
+            self.keys.result(""),
+        )
         escalations: dict[str, _Escalation] = {}
         for item, entry, first in _request_offsets(ran):
             try:
-                self._settle_item(work, ran, item, entry, first, confs, slicer, escalations)
+                self._settle_item(work, ran, _Entry(item, entry, first), confs, oks, escalations)
             except Exception as exc:  # noqa: BLE001 - one entry's surprise stays its own
                 log.warning("entry_failed", model=self.spec.name, error=repr(exc))
                 work.commit.fail(entry)  # delivered again, then retried alone
         for esc in escalations.values():
             self._escalate(work, esc)
-        work.tally.answer_many(OK, work.answered)
-        work.answered.clear()
+        if work.answered:
+            work.tally.answer_many(OK, np.concatenate(work.answered))
+            work.answered.clear()
 
     def _settle_item(
         self,
         work: BatchWork,
         ran: Ran,
-        item: Item,
-        entry: int,
-        first: int,
+        at: _Entry,
         confs: _Confidences,
-        slicer: outputs.RowSlicer,
+        oks: OkBatch,
         escalations: dict[str, _Escalation],
     ) -> None:
-        """The per-request loop, kept tight: what is shared is looked up once per entry or
-        per (task, stage, tier), and a request costs its hop, its decision and its result."""
+        """An entry's requests: those with nothing to decide (pinned, the cascade's last
+        stage, or sure enough by one numpy comparison) are answered together, a block at
+        a time (workers/answers.py); the rest are decided one by one."""
+        item = at.item
         queue_ms = round(max(0.0, item.read_at - item.enqueued_at), 3)
         wait_ms = round(max(0.0, ran.launched_at - item.read_at), 3)
         hop = {
             "queue_ms": queue_ms,
             "batch_wait_ms": wait_ms,
-            "compute_ms": round(ran.compute_ms, 3),
+            "compute_ms": oks.compute_ms,
             "batch_size": ran.samples,
         }
         kept = np.flatnonzero(item.keep).tolist()
-        rows = item.bundle.rows[item.keep].tolist()
-        work.tally.queue_ms += [queue_ms] * len(kept)
-        work.tally.batch_wait_ms += [wait_ms] * len(kept)
-        model, output, now, samples = self.spec.name, self.spec.output, work.now, ran.samples
-        headers, stored, answered = item.headers, [], work.answered
-        result_key, encode, record = self.keys.result, outputs.encode, outputs.ResultRecord
-        req, start = first, confs.row_start(first)
-        for j, n in zip(kept, rows, strict=True):
-            header = headers[j]
+        work.tally.waited(queue_ms, wait_ms, len(kept))
+        at.kept, at.rows = kept, item.bundle.rows[item.keep].tolist()
+        at.starts = confs.starts[at.first : at.first + len(kept)].tolist()
+        headers = item.headers
+        at.headers = headers if len(kept) == len(headers) else [headers[j] for j in kept]
+        sure, stored = Sure(), Stored()
+        plan = self._entry_plan(work, at.headers)
+        due = range(len(kept)) if plan is None or plan.traced else _due(plan, confs, at)
+        if plan is not None and not plan.traced:
+            _add_undue(sure, at, due, plan.measure)
+        for p in due:
+            self._decide(work, ran, at, p, confs, hop, oks, sure, stored, escalations)
+        if sure:
+            self._answer(work, ran, at.entry, sure, hop, oks, confs, stored)
+        work.commit.results_many(at.entry, stored.keys, stored.payloads, stored.channels)
+
+    def _entry_plan(self, work: BatchWork, headers: list[Header]) -> _Plan | None:
+        """The plan every request of the entry shares (the rule: a bundle comes from one
+        group), or None: then each request is looked up on its own."""
+        keys = [(h.task, h.model, h.stage, h.tier) for h in headers]
+        if keys.count(keys[0]) != len(keys):
+            return None
+        return self._plan(work, headers[0])
+
+    def _decide(
+        self,
+        work: BatchWork,
+        ran: Ran,
+        at: _Entry,
+        p: int,
+        confs: _Confidences,
+        hop: dict[str, Any],
+        oks: OkBatch,
+        sure: Sure,
+        stored: Stored,
+        escalations: dict[str, _Escalation],
+    ) -> None:
+        """One request that may go up the cascade: answer, escalate, or answer with the
+        escalation skipped; a surprise gives it an error result of its own."""
+        header, j, req = at.headers[p], at.kept[p], at.first + p
+        start, n = at.starts[p], at.rows[p]
+        try:
+            plan = self._plan(work, header)
+            target = plan.next
+            conf = None if target is None else confs.of(req, plan.measure)
+            if target is not None and conf is not None and conf < plan.threshold:
+                _hop(header, self.spec.name, conf, hop)  # what the skip and the next model read
+                target = self._unless_skipped(work, plan.task, header, target)
+            else:
+                target = None
+            if plan.traced and plan.task is not None:
+                self._log_trace(work, plan.task, at.item, j, at.entry, kept=target is None)
+            if target is not None:
+                self._escalation(escalations, header, target).take(at.item, j, header, at.entry)
+            elif header.trace and "skipped" in header.trace[-1]:
+                self._answer_one(work, ran, header, start, n, oks, stored)
+            else:
+                sure.add(req, start, n, header, plan.measure)
+        except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
+            self._internal(work, header, at.entry, exc)
+
+    def _answer(
+        self,
+        work: BatchWork,
+        ran: Ran,
+        entry: int,
+        sure: Sure,
+        hop: dict[str, Any],
+        oks: OkBatch,
+        confs: _Confidences,
+        stored: Stored,
+    ) -> None:
+        """The entry's sure requests answered together; if that raises, each on its own,
+        so a request that cannot be answered fails alone."""
+        try:
+            if len(sure) < BLOCK_MIN:  # a block's fixed cost is more than it saves
+                done = Encoded(left=list(range(len(sure))))
+            else:
+                done = oks.encode(sure, hop, confs.array, partial(self._channel, work))
+        except Exception as exc:  # noqa: BLE001 - narrowed down request by request below
+            log.warning("block_failed", model=self.spec.name, error=repr(exc))
+            done = Encoded(left=list(range(len(sure))))
+        stored.keys += done.keys
+        stored.payloads += done.payloads
+        stored.channels += done.channels
+        work.answered += done.totals
+        for p in done.left:
+            header, req, measure = sure.headers[p], sure.requests[p], sure.measures[p]
             try:
-                plan = self._plan(work, header)
-                conf = confs.of(req, plan.measure)
-                trace = header.trace
-                last = trace[-1] if trace else None
-                if last is None or last.get("model") != model or "confidence" in last:
-                    last = {"model": model, "rule": "direct"}
-                    trace.append(last)
-                last["confidence"] = conf
-                last.update(hop)
-                target = plan.next
-                if target is not None and (conf is None or conf >= plan.threshold):
-                    target = None
-                if target is not None:
-                    target = self._unless_skipped(work, plan.task, header, target)
-                if plan.traced and plan.task is not None:
-                    self._log_trace(work, plan.task, item, j, entry, kept=target is None)
-                if target is not None:
-                    self._escalation(escalations, header, target).take(item, j, header, entry)
-                    continue
-                info = ran.info
-                skipped = last.get("skipped")
-                if skipped is not None:
-                    info = {**info, "escalation_skipped": skipped}
-                times = outcome.timings(header, now)
-                rows_ext = slicer.ext(start, start + n)
-                payload = encode(
-                    record(
-                        header.id, OK, {output: rows_ext}, model, trace, None, times, samples, info
-                    )
-                )
-                stored.append((result_key(header.id), payload, self._channel(work, header)))
-                answered.append(times["total_ms"])
+                _hop(header, self.spec.name, confs.of(req, measure), hop)
+                self._answer_one(work, ran, header, sure.starts[p], sure.rows[p], oks, stored)
             except Exception as exc:  # noqa: BLE001 - one request's surprise stays its own
                 self._internal(work, header, entry, exc)
-            finally:
-                req += 1
-                start += n
-        work.commit.results_of(entry, stored)
+
+    def _answer_one(
+        self,
+        work: BatchWork,
+        ran: Ran,
+        header: Header,
+        start: int,
+        rows: int,
+        oks: OkBatch,
+        stored: Stored,
+    ) -> None:
+        """One ok result encoded on its own (its hop already on its trace): what the
+        block's bytes are checked against."""
+        trace, model = header.trace, self.spec.name
+        info = ran.info
+        skipped = trace[-1].get("skipped")
+        if skipped is not None:
+            info = {**info, "escalation_skipped": skipped}
+        times = outcome.timings(header, work.now)
+        ext = oks.slicer.ext(start, start + rows)
+        record = outputs.ResultRecord(
+            header.id, OK, {self.spec.output: ext}, model, trace, None, times, ran.samples, info
+        )
+        payload = outputs.encode(record)
+        stored.keys.append(self.keys.result(header.id))
+        stored.payloads.append(payload)
+        stored.channels.append(self._channel(work, header))
+        work.answered.append(np.array([times["total_ms"]], dtype=np.float64))
 
     def _plan(self, work: BatchWork, header: Header) -> _Plan:
         """What a request of this (task, stage, tier) needs here, worked out once a batch."""
@@ -297,6 +386,68 @@ class Settler:
         )
 
 
+@dataclass
+class _Entry:
+    """One entry of the batch as settling sees it: its kept requests' positions in the
+    entry, headers, rows and first output rows; ``first`` is its first request's number."""
+
+    item: Item
+    entry: int
+    first: int
+    kept: list[int] = field(default_factory=list)
+    headers: list[Header] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Stored:
+    """An entry's results as columns: keys, payloads and reply channel numbers."""
+
+    keys: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    channels: list[int] = field(default_factory=list)
+
+
+def _due(plan: _Plan, confs: _Confidences, at: _Entry) -> list[int]:
+    """Positions of the entry's requests below the plan's threshold (a NaN confidence
+    too, as ``not conf >= threshold``): only these are decided one by one."""
+    if plan.next is None:
+        return []
+    values = confs.array(plan.measure)
+    if values is None:
+        return []
+    mine = values[at.first : at.first + len(at.kept)]
+    due: list[int] = np.flatnonzero(~(mine >= plan.threshold)).tolist()
+    return due
+
+
+def _add_undue(sure: Sure, at: _Entry, due: list[int] | range, measure: str) -> None:
+    """Every request of the entry not due for a decision is sure: added as whole columns."""
+    n = len(at.kept)
+    if not due:
+        sure.requests = list(range(at.first, at.first + n))
+        sure.starts, sure.rows, sure.headers = at.starts, at.rows, at.headers
+        sure.measures = [measure] * n
+        return
+    skip = set(due)
+    for p in range(n):
+        if p not in skip:
+            sure.add(at.first + p, at.starts[p], at.rows[p], at.headers[p], measure)
+
+
+def _hop(header: Header, model: str, conf: float | None, hop: dict[str, Any]) -> None:
+    """This model's hop on the request's trace: the router's, if it is this model's and
+    has no answer yet, else a new one; with the confidence and the batch's figures."""
+    trace = header.trace
+    last = trace[-1] if trace else None
+    if last is None or last.get("model") != model or "confidence" in last:
+        last = {"model": model, "rule": "direct"}
+        trace.append(last)
+    last["confidence"] = conf
+    last.update(hop)
+
+
 def _escalation_fields(esc: _Escalation) -> Iterator[tuple[dict[bytes, bytes], int]]:
     """Bundle fields for an escalation; parts whose inputs cannot stack go separately."""
     if len(esc.parts) == 1 and esc.parts[0][1].all():
@@ -342,7 +493,15 @@ class _Confidences:
         self.starts = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(rows, out=self.starts[1:])
         self.single_rows = bool((rows == 1).all())
+        self.arrays: dict[str, np.ndarray | None] = {}
         self.per_request: dict[str, list[float] | None] = {}
+
+    def array(self, measure: str) -> np.ndarray | None:
+        """Every request's confidence by ``measure`` (float64); None when the output has none."""
+        got = self.arrays.get(measure, ...)
+        if got is ...:
+            got = self.arrays[measure] = self._compute(measure)
+        return got
 
     def row_start(self, request: int) -> int:
         return int(self.starts[request])
@@ -350,15 +509,14 @@ class _Confidences:
     def of(self, request: int, measure: str) -> float | None:
         values = self.per_request.get(measure, ...)
         if values is ...:
-            values = self.per_request[measure] = self._compute(measure)
+            got = self.array(measure)
+            values = self.per_request[measure] = None if got is None else got.tolist()
         return None if values is None else values[request]
 
-    def _compute(self, measure: str) -> list[float] | None:
+    def _compute(self, measure: str) -> np.ndarray | None:
         rows = self.batch.all_rows(measure)
         if rows is None:
             return None
-        if self.single_rows:
-            out: list[float] = rows.tolist()
-            return out
-        reduced: list[float] = np.minimum.reduceat(rows, self.starts[:-1]).tolist()
-        return reduced
+        if not self.single_rows:
+            rows = np.minimum.reduceat(rows, self.starts[:-1])
+        return np.asarray(rows, dtype=np.float64)

@@ -3,6 +3,10 @@
 Build one per batch (it is batch state, kept in the caller's locals), register each entry
 read, add the effects that belong to entries, then ``send``. The script stores, publishes,
 adds and acknowledges in Redis; an effect that fails leaves only its own entries pending.
+
+What the client pays per batch is packing the command, per argument: so the values travel
+as one concatenated argument, and the batch's bookkeeping writes (``figures``) ride in the
+script's plan rather than as a command each in a pipeline.
 """
 
 from __future__ import annotations
@@ -12,11 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 import redis
 
 from cascadeq.protocol import lua, results
 
 COMMIT = lua.load("commit")
+
+
+def _encode(value: Any) -> bytes:
+    """An argument as redis-py would send it, so a figure written here reads back the same."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise redis.DataError(f"cannot send {type(value).__name__} as a Redis argument")
+    return (value if isinstance(value, str) else repr(value)).encode()
 
 
 @dataclass
@@ -31,11 +45,12 @@ class Committed:
 class Commit:
     ttl_s: int
     keys: list[str] = field(default_factory=list)
-    args: list[bytes] = field(default_factory=list)  # ARGV[2..]
+    args: list[bytes] = field(default_factory=list)  # values, sent concatenated as ARGV[2]
     results: list[int] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)
     adds: list[list[Any]] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
+    figures: list[list[Any]] = field(default_factory=list)  # command, key index, args...
     _key_index: dict[str, int] = field(default_factory=dict)
     _channel_index: dict[str, int] = field(default_factory=dict)
     # stream key, group, counter key (0: none), id, requests
@@ -51,7 +66,7 @@ class Commit:
 
     def arg(self, value: bytes) -> int:
         self.args.append(value)
-        return len(self.args) + 1  # ARGV[1] is the plan
+        return len(self.args)
 
     def entry(
         self,
@@ -99,7 +114,23 @@ class Commit:
         for key, payload, ch in stored:
             keys.append(key)
             args.append(payload)
-            results += (len(keys), len(args) + 1, ch, entry)
+            results += (len(keys), len(args), ch, entry)
+
+    def results_many(
+        self, entry: int, keys: list[str], payloads: list[bytes], channels: list[int]
+    ) -> None:
+        """``results_of`` as columns, with no Python step per result."""
+        n = len(keys)
+        if not n:
+            return
+        quads = np.empty((n, 4), dtype=np.int64)
+        quads[:, 0] = np.arange(len(self.keys) + 1, len(self.keys) + n + 1)
+        quads[:, 1] = np.arange(len(self.args) + 1, len(self.args) + n + 1)
+        quads[:, 2] = channels
+        quads[:, 3] = entry
+        self.keys += keys
+        self.args += payloads
+        self.results += quads.ravel().tolist()
 
     def add(
         self,
@@ -138,6 +169,16 @@ class Commit:
         """Return this request counter's value after the writes."""
         self.depths.append(self.key(counter))
 
+    def command(self, name: str, key: str, *args: Any) -> None:
+        """A bookkeeping write run by the script after the effects (HINCRBY, HSET, EXPIRE):
+        its failure fails no entry, as when it went in a pipeline beside the call."""
+        self.figures.append([name, self.key(key), *[_encode(a) for a in args]])
+
+    @property
+    def pipe(self) -> Figures:
+        """A pipeline look-alike whose writes become ``command``s of this call."""
+        return Figures(self)
+
     def plan(self) -> bytes:
         """The acks as runs of consecutive entries from one stream: the script numbers
         entries across its ack lists in order, so the runs keep registration order."""
@@ -146,16 +187,23 @@ class Commit:
             if not runs or runs[-1][0] != key or runs[-1][1] != group or runs[-1][2] != counter:
                 runs.append([key, group, counter])
             runs[-1] += (entry_id, requests)
-        plan = [self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed]
+        sizes = [len(a) for a in self.args]
+        plan = [
+            self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed,
+            sizes, self.figures,
+        ]  # fmt: skip
         packed: bytes = msgpack.packb(plan, use_bin_type=False)
         return packed
 
     def send(self, r: redis.Redis, also: Callable[[Any], None] | None = None) -> Committed:
         """One round trip: the script, plus whatever per-batch commands ``also`` queues
-        (metrics hashes), in one pipeline."""
-        if not self._read and not self.results and not self.adds:
+        (their replies are ``extra``), in one pipeline; without ``also``, the call alone."""
+        if not self._read and not self.results and not self.adds and not self.figures:
             return Committed(0, 0, [], [])
-        args: list[Any] = [self.plan(), *self.args]
+        args: list[Any] = [self.plan(), b"".join(self.args)]
+        if also is None:
+            reply = COMMIT(r, self.keys, args)
+            return Committed(int(reply[0]), int(reply[1]), [int(d) for d in reply[2:]], [])
         pipe = r.pipeline(transaction=False)
         COMMIT.queue(pipe, self.keys, args)
         if also is not None:
@@ -165,3 +213,21 @@ class Commit:
         if isinstance(reply, Exception):
             raise reply
         return Committed(int(reply[0]), int(reply[1]), [int(d) for d in reply[2:]], replies[1:])
+
+
+class Figures:
+    """The ``hincrby`` / ``hset`` / ``expire`` of a pipeline, queued into a Commit's plan, so
+    code that writes its figures to a pipeline writes them into the script call instead."""
+
+    def __init__(self, commit: Commit) -> None:
+        self.commit = commit
+
+    def hincrby(self, name: str, key: str, amount: int = 1) -> None:
+        self.commit.command("HINCRBY", name, key, amount)
+
+    def expire(self, name: str, seconds: int) -> None:
+        self.commit.command("EXPIRE", name, seconds)
+
+    def hset(self, name: str, mapping: dict[str, Any]) -> None:
+        pairs: list[Any] = [x for kv in mapping.items() for x in kv]
+        self.commit.command("HSET", name, *pairs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,9 @@ TOTAL_FIELDS = {
     ESCALATED: "escalated",
     ANSWERED: "answered",
 }
+
+
+_NONE = np.zeros(0, dtype=np.float64)
 
 
 def latency_bucket(ms: float) -> int:
@@ -76,8 +79,10 @@ def bucket_ms(i: int) -> float:
 class Tally:
     """What one batch did; filled as the batch settles, written once at its end.
 
-    The counts go to Redis (for `cascadeq stats`); the lists feed the process's
-    Prometheus histograms (cascadeq/infra/metrics.py).
+    The counts go to Redis (for `cascadeq stats`); the figures feed the process's
+    Prometheus histograms (cascadeq/infra/metrics.py). Per-request figures are held per batch
+    (an array of the answers' latencies) or per entry (a wait and how many requests it
+    was theirs), never as a Python float per request.
     """
 
     entries: int = 0  # entries given an effect (result, escalation or dead letter)
@@ -87,9 +92,11 @@ class Tally:
     answered: int = 0  # final results written by this model's workers
     latency: Counter[int] = field(default_factory=Counter)  # end-to-end, of answered ones
     statuses: Counter[str] = field(default_factory=Counter)
-    total_ms: list[float] = field(default_factory=list)
-    queue_ms: list[float] = field(default_factory=list)  # per computed request
+    total_ms: list[float] = field(default_factory=list)  # answered one at a time
+    totals_ms: list[np.ndarray] = field(default_factory=list)  # answered a batch at a time
+    queue_ms: list[float] = field(default_factory=list)  # per computed entry (or request)
     batch_wait_ms: list[float] = field(default_factory=list)
+    waits: list[int] = field(default_factory=list)  # the requests each wait above counts for
     compute_ms: list[float] = field(default_factory=list)  # per model call
     batch_samples: list[int] = field(default_factory=list)
     padding: list[float] = field(default_factory=list)
@@ -104,9 +111,12 @@ class Tally:
         if padding_overhead is not None:
             self.padding.append(padding_overhead)
 
-    def waited(self, queue_ms: float, batch_wait_ms: float) -> None:
-        self.queue_ms.append(sane_ms(queue_ms))
-        self.batch_wait_ms.append(sane_ms(batch_wait_ms))
+    def waited(self, queue_ms: float, batch_wait_ms: float, requests: int = 1) -> None:
+        """The waits of ``requests`` computed requests that waited alike (one entry's)."""
+        if requests > 0:
+            self.queue_ms.append(sane_ms(queue_ms))
+            self.batch_wait_ms.append(sane_ms(batch_wait_ms))
+            self.waits.append(requests)
 
     def escalate(self, target: str) -> None:
         self.escalated += 1
@@ -118,21 +128,33 @@ class Tally:
         self.total_ms.append(sane_ms(total_ms))  # a NaN would poison the histogram's sum
         self.latency[latency_bucket(total_ms)] += 1
 
-    def answer_many(self, status: str, totals_ms: list[float]) -> None:
+    def answer_many(self, status: str, totals_ms: Sequence[float] | np.ndarray) -> None:
         """A batch's answers of one status: the sketch's buckets in one numpy pass."""
-        if not totals_ms:
+        if not len(totals_ms):
             return
-        ms = np.clip(np.nan_to_num(np.asarray(totals_ms, np.float64)), 0.0, LATENCY_CEILING_MS)
+        ms = np.asarray(totals_ms, np.float64)
+        ms = np.clip(np.where(np.isnan(ms), 0.0, ms), 0.0, LATENCY_CEILING_MS)
         self.answered += len(ms)
         self.statuses[status] += len(ms)
-        self.total_ms += ms.tolist()
-        buckets = np.zeros(len(ms), dtype=np.int64)
+        self.totals_ms.append(ms)
         above = ms > LATENCY_FLOOR_MS
+        buckets = np.zeros(len(ms), dtype=np.int64)
         buckets[above] = np.ceil(
             np.log(ms[above] / LATENCY_FLOOR_MS) / math.log(LATENCY_GROWTH) - 1e-9
         )
-        for bucket, n in zip(*np.unique(buckets, return_counts=True), strict=True):
-            self.latency[int(bucket)] += int(n)
+        counts = np.bincount(buckets)
+        latency = self.latency
+        for bucket in np.flatnonzero(counts).tolist():
+            latency[bucket] += int(counts[bucket])
+
+    def answers_ms(self) -> np.ndarray:
+        """Every answered request's end-to-end latency, sane (no NaN, within the ceiling)."""
+        if not self.total_ms:
+            if len(self.totals_ms) == 1:
+                return self.totals_ms[0]
+            if not self.totals_ms:
+                return _NONE
+        return np.concatenate([np.asarray(self.total_ms, np.float64), *self.totals_ms])
 
     def queue(self, pipe: Any, keys: Keys, model: str, now_s: float | None = None) -> None:
         """HINCRBYs into this second's hash and the totals; nothing when the batch was empty."""

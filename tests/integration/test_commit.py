@@ -87,3 +87,26 @@ def test_request_counters_follow_adds_and_acks(r: redis.Redis, settings: Setting
     commit.depth(f"{p}:n:in")
     commit.depth(f"{p}:n:out")
     assert commit.send(r).depths == [4, 7]
+
+
+def test_figures_ride_in_the_call_and_one_that_fails_fails_no_entry(
+    r: redis.Redis, settings: Settings
+) -> None:
+    p = settings.prefix
+    ids = _stream_with(r, f"{p}:s", 2)
+    r.set(f"{p}:str", "x")  # HINCRBY on a string fails
+    commit = Commit(ttl_s=60)
+    entries = [commit.entry(f"{p}:s", "g", eid) for eid in ids]
+    commit.result(f"{p}:res:a", b"\x81\xa1k\x01", None, entries[0])
+    commit.add(f"{p}:out", {b"x": b"\x00" * 3, b"y": b""}, [entries[1]])
+    pipe = commit.pipe
+    pipe.hincrby(f"{p}:counts", "n", 3)
+    pipe.hincrby(f"{p}:str", "n", 1)
+    pipe.hset(f"{p}:obs", mapping={"ms": 0.1 + 0.2, "at": 7, "name": "m"})
+    pipe.expire(f"{p}:obs", 30)
+    assert commit.send(r).acked == 2
+    assert r.hget(f"{p}:counts", "n") == b"3"
+    assert r.hgetall(f"{p}:obs") == {b"ms": repr(0.1 + 0.2).encode(), b"at": b"7", b"name": b"m"}
+    assert 0 < r.ttl(f"{p}:obs") <= 30
+    assert r.get(f"{p}:res:a") == b"\x81\xa1k\x01"
+    assert r.xrange(f"{p}:out")[0][1] == {b"x": b"\x00" * 3, b"y": b""}

@@ -25,7 +25,7 @@ from cascadeq.protocol import outputs, wire
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Header, Result, now_ms
 from cascadeq.router.service import Router
-from cascadeq.workers import ModelWorker, outcome
+from cascadeq.workers import ModelWorker, answers, outcome, settle
 
 ROW = np.zeros((1, 64), np.float32)
 INPUTS = wire.dumps_inputs({"input": ROW})
@@ -149,11 +149,26 @@ def test_latency_accounting_takes_any_float(ms: float) -> None:
     metrics.observe_batch("m", tally)  # histograms get finite values
 
 
+def cursed_block(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Sure requests are answered a block at a time: make a block holding "cursed" raise,
+    so the worker narrows it down to its requests one by one (the per-request guards)."""
+    real = answers.OkBatch._fill
+
+    def fill(self: answers.OkBatch, *args: Any) -> Any:
+        if any(a.header.id == "cursed" for a in args[3]):
+            raise error
+        return real(self, *args)
+
+    monkeypatch.setattr(answers.OkBatch, "_fill", fill)
+    monkeypatch.setattr(settle, "BLOCK_MIN", 1)  # blocks even for these three requests
+
+
 def test_a_surprise_while_settling_one_request_fails_only_that_request(
     r: redis.Redis, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not a forged field this time: anything one entry's handling raises stays its own."""
     real = outcome.timings
+    cursed_block(monkeypatch, RuntimeError("boom"))
 
     def timings(header: Header, *args: Any) -> dict[str, float]:
         if header.id == "cursed":
@@ -179,6 +194,7 @@ def test_a_result_that_will_not_encode_fails_alone_in_its_waiters_share(
     r: redis.Redis, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = outputs.encode
+    cursed_block(monkeypatch, OverflowError("integer out of range"))
 
     def encode(record: outputs.ResultRecord) -> bytes:
         if record.id == "cursed":

@@ -277,3 +277,42 @@ def test_metric_families_follow_prometheus_conventions() -> None:
     assert all(n.startswith("cascadeq_") for n in names)
     assert {"cascadeq_requests", "cascadeq_queue_wait_seconds", "cascadeq_queue_lag"} <= names
     assert os.environ.get(metrics.MULTIPROC_ENV) is None  # tests run in single-process mode
+
+
+def _histogram_state(child: object) -> tuple[list[float], float]:
+    buckets = [b.get() for b in child._buckets]  # type: ignore[attr-defined]
+    return buckets, child._sum.get()  # type: ignore[attr-defined]
+
+
+def test_batch_observations_count_as_one_observe_per_value() -> None:
+    """The per-batch paths (an array, weighted per-entry waits) leave a histogram as
+    observing every request's value one at a time would."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    bulk = Histogram("b", "b", ["m"], buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    each = Histogram("e", "e", ["m"], buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.exponential(0.05, 200), metrics.LATENCY_BUCKETS[:-1], [0.0]])
+    metrics.observe_many(bulk.labels("x"), values.tolist())
+    waits, weights = [0.003, 0.0005, 7.0, float("nan")], [5, 1, 3, 2]
+    metrics.observe_weighted(bulk.labels("x"), waits, weights, 1.0)
+    for v in values.tolist():
+        each.labels("x").observe(v)
+    for v, n in zip(waits, weights, strict=True):
+        for _ in range(n):
+            each.labels("x").observe(0.0 if v != v else v)
+    got, want = _histogram_state(bulk.labels("x")), _histogram_state(each.labels("x"))
+    assert got[0] == want[0]
+    assert got[1] == pytest.approx(want[1], rel=1e-12)
+
+
+def test_tally_of_a_batch_matches_answers_one_at_a_time() -> None:
+    many, one = Tally(), Tally()
+    totals = [0.0, 0.005, 0.01, 0.0101, 3.7, 250.0, float("nan"), float("inf"), -4.0, 1e12]
+    many.answer_many("ok", np.asarray(totals))
+    for ms in totals:
+        one.answer("ok", ms)
+    assert many.latency == one.latency
+    assert (many.answered, many.statuses) == (one.answered, one.statuses)
+    assert many.answers_ms().tolist() == one.answers_ms().tolist()

@@ -7,22 +7,27 @@
 -- so they are delivered again, while every other entry of the batch is acknowledged.
 --
 -- KEYS    every key the batch touches; the plan names them by 1-based index.
--- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, reads, failed}:
+-- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, reads, failed,
+--         sizes, figures}:
 --   ttl       result TTL in seconds
---   results   flat array of quads: key index, payload ARGV index, channel (0: none), entry
+--   results   flat array of quads: key index, payload value index, channel (0: none), entry
 --   channels  reply channel names (pub/sub channels are not keys)
 --   adds      array of {key index, maxlen (0: uncapped), {entry...}, counter key index
---             (0: none), requests, name, ARGV index, ...}: one XADD each, its fields as
---             name / value-ARGV-index pairs; once added, the counter grows by requests
+--             (0: none), requests, name, value index, ...}: one XADD each, its fields as
+--             name / value-index pairs; once added, the counter grows by requests
 --   acks      array of {stream key index, group, counter key index (0: none), entry id,
 --             requests, entry id, requests...}; entries are numbered 1, 2, ... across
 --             these lists, in order; an acknowledged entry's requests leave the counter
 --   reads     counter key indices whose value is returned, after the writes
 --   failed    entries to leave unacknowledged whatever their effects (the caller failed them)
+--   sizes     byte length of each value, in order: value i is the i-th piece of ARGV[2]
+--   figures   array of {command, key index, arg...}: bookkeeping writes (HINCRBY, HSET,
+--             EXPIRE) run last; one that fails fails alone and fails no entry
 --
 -- A counter holds the requests in a stream that no consumer has acknowledged yet (a
 -- stream entry may be a bundle of many): the bounds and backpressure read it, not XLEN.
--- ARGV[2..] result payloads and field values, named by index from the plan.
+-- ARGV[2] every result payload and field value, concatenated: one argument rather than
+-- one per value, which is what the caller pays to send per value.
 --
 -- A result is stored only where its key is absent or holds the submit placeholder (a
 -- value whose first byte is 0xC1, a byte msgpack never starts a message with), so a
@@ -31,13 +36,18 @@
 
 local plan = cmsgpack.unpack(ARGV[1])
 local ttl, results, channels, adds, acks, reads = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6]
+local values, blob, at = {}, ARGV[2], 1
+for i, size in ipairs(plan[8]) do
+  values[i] = string.sub(blob, at, at + size - 1)
+  at = at + size
+end
 local failed = {}
 for _, entry in ipairs(plan[7]) do failed[entry] = true end
 local stored = 0
 local outbox = {}
 
 for i = 1, #results, 4 do
-  local key, payload = KEYS[results[i]], ARGV[results[i + 1]]
+  local key, payload = KEYS[results[i]], values[results[i + 1]]
   local cur = redis.pcall('GET', key)
   if type(cur) == 'table' and cur.err then
     failed[results[i + 3]] = true
@@ -72,7 +82,7 @@ for _, add in ipairs(adds) do
   end
   argv[#argv + 1] = '*'
   for j = 6, #add, 2 do
-    argv[#argv + 1] = add[j]; argv[#argv + 1] = ARGV[add[j + 1]]
+    argv[#argv + 1] = add[j]; argv[#argv + 1] = values[add[j + 1]]
   end
   local ok = redis.pcall('XADD', unpack(argv))
   if type(ok) == 'table' and ok.err then
@@ -105,6 +115,12 @@ for _, ack in ipairs(acks) do
       end
     end
   end
+end
+
+for _, figure in ipairs(plan[9]) do
+  local argv = {KEYS[figure[2]]}
+  for j = 3, #figure do argv[#argv + 1] = figure[j] end
+  redis.pcall(figure[1], unpack(argv))
 end
 
 local out = {stored, acked}
