@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import redis
@@ -37,7 +37,25 @@ from cascadeq.router.policy import (
 )
 
 if TYPE_CHECKING:
-    from cascadeq.router.service import Router
+    from cascadeq.config.catalog import Catalog
+    from cascadeq.config.settings import Settings
+    from cascadeq.infra.observed import LoadBoard
+    from cascadeq.protocol.keys import Keys
+    from cascadeq.router.learned import LearnedRouters
+
+
+class Router(Protocol):
+    """What a batch reads of the router that runs it (service.Router is one), so the loop
+    and the batch it drives do not import each other."""
+
+    keys: Keys
+    settings: Settings
+    catalog: Catalog
+    board: LoadBoard
+    learned: LearnedRouters
+
+    def stream_for(self, model: str, priority: str) -> str: ...
+
 
 log = get_logger("cascadeq.router")
 
