@@ -1,95 +1,72 @@
-"""The synchronous client a backend service uses: submit, poll, wait."""
+"""The synchronous client a backend service uses: submit, poll, wait.
+
+What to send and what the replies mean is the shared core's (producer/core.py); this
+module only sends the commands on blocking connections and waits with threads.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import wait as wait_futures
-from types import TracebackType
+from typing import Any
 
-import numpy as np
 import redis
+from redis.exceptions import NoScriptError
 
-from cascadeq.config.catalog import Catalog
-from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
-from cascadeq.infra.log import get_logger
-from cascadeq.producer.base import (
-    MAX_CONNECTIONS,
-    SWEEP_S,
-    ClientBase,
-    raises_connection_failed,
-)
-from cascadeq.producer.errors import Rejected, RequestFailed
+from cascadeq.producer import core
+from cascadeq.producer.core import ClientCore, Command, Ops, T
+from cascadeq.producer.errors import Rejected
 from cascadeq.producer.inbox import collect
-from cascadeq.producer.requests import (
-    SUBMIT,
-    Call,
-    Outgoing,
-    Prepared,
-    Reply,
-    Request,
-    check_unique,
-    partial_outcome,
-    plan_calls,
-    strict_outcome,
-)
-from cascadeq.protocol.clock import Every
-from cascadeq.protocol.keys import DEFAULT_LANE
+from cascadeq.producer.requests import Prepared, Request
 from cascadeq.protocol.messages import Result
 
-log = get_logger("cascadeq.producer")
 
-
-@raises_connection_failed
-class Producer(ClientBase):
+@core.raises_connection_failed
+class Producer(ClientCore[str]):
     """Thread-safe; one reply connection serves every outstanding wait of the process.
 
     Up to MAX_CONNECTIONS calls talk to Redis at once; more wait for a free connection.
     """
 
-    def __init__(
-        self,
-        redis_url: str | None = None,
-        *,
-        settings: Settings | None = None,
-        catalog: Catalog | None = None,
-    ) -> None:
-        super().__init__(redis_url, settings, catalog)
+    def _open(self) -> None:
         name = self.connection_name
-        self.redis = connect(self.url, max_connections=MAX_CONNECTIONS, name=name)
+        self.redis = connect(self.url, max_connections=core.MAX_CONNECTIONS, name=name)
         self._replies = connect(self.url, max_connections=1, name=name, socket_timeout=None)
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._coalescer = Coalescer(self._flush)
 
+    def _run(self, ops: Ops[T]) -> T:
+        """Drive a core operation: send each command it yields, hand it the reply."""
+        reply: Any = None
+        try:
+            while True:
+                reply = self._send(ops.send(reply))
+        except StopIteration as done:
+            answer: T = done.value
+            return answer
+
+    def _send(self, cmd: Command) -> Any:
+        """One round trip, blocking."""
+        if cmd.batch is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for args in cmd.batch:
+                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            return pipe.execute()
+        try:
+            return self.redis.execute_command(*cmd.args)  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            return self.redis.execute_command(*cmd.fallback())  # type: ignore[no-untyped-call]
+
     # -- submitting -------------------------------------------------------------
 
-    def submit(
-        self,
-        *,
-        inputs: Mapping[str, np.ndarray],
-        task: str | None = None,
-        model: str | None = None,
-        tier: str = "standard",
-        priority: str = DEFAULT_LANE,
-        deadline_ms: float | None = None,
-        request_id: str | None = None,
-        idempotent: bool = False,
-    ) -> str:
-        """Queue one request and return its id at once; raises Rejected if refused.
-
-        An id names one request: a ``request_id`` already in use is refused
-        (``duplicate_id``). To retry a submit whose outcome you did not see (a timeout, a
-        lost connection), pass the same ``request_id`` and inputs with ``idempotent=True``
-        on every attempt: if the first attempt landed, the retry returns the id without
-        queueing it again; if it did not, the retry queues it.
-        """
-        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
+    def _submit(self, req: Request) -> str:
         if self.catalogs.should_fetch(req):
-            self.catalogs.update(self.redis.get(self.keys.catalog))
+            self._run(self._catalog_ops([req]))
         return self._coalescer.submit(self._prepare([req])[0])
 
     def submit_many(self, requests: Iterable[Request]) -> list[str]:
@@ -100,79 +77,29 @@ class Producer(ClientBase):
         refuses the whole call; one already in use refuses its chunk (``duplicate_id``,
         the ids in ``Rejected.ids``), except idempotent retries.
         """
-        reqs = list(requests)
-        for req in reqs:
-            if self.catalogs.should_fetch(req):
-                self.catalogs.update(self.redis.get(self.keys.catalog))
-        prepared = self._prepare(reqs)
-        check_unique(prepared)
-        refused = self._send_strict(prepared)
-        if refused is not None:
-            del prepared  # a caller keeping the error keeps this frame: not the requests
-            raise refused
-        return [p.id for p in prepared]
-
-    def _send_strict(self, prepared: list[Prepared]) -> Rejected | None:
-        """One script call per chunk; the refusal that stops the call, or None."""
-        accepted: list[str] = []
-        for planned in plan_calls(prepared, self.keys, self.settings):
-            call: list[Outgoing] | Rejected = planned
-            while call:
-                if isinstance(call, Rejected):
-                    return call
-                sent = Call(call, self.keys, self.settings, partial=False)
-                reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
-                call = strict_outcome(reply, call, sent, accepted, self.keys, self._max_bytes)
-        return None
+        return self._run(self._submit_many_ops(requests))
 
     def _flush(self, batch: list[Prepared]) -> None:
-        """Coalesced submits: one script call per chunk, each refusal answered alone."""
-        for call in plan_calls(batch, self.keys, self.settings):
-            rest: list[Outgoing] = call
-            while rest:
-                sent = Call(rest, self.keys, self.settings, partial=True)
-                reply = Reply(SUBMIT(self.redis, sent.keys, sent.args))
-                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle)
+        self._run(self._flush_ops(batch, settle))
 
     # -- results ----------------------------------------------------------------
 
     def result(self, request_id: str) -> Result | None:
         """The result if it is there, else None; never blocks."""
-        buffered = self._inbox.take(request_id)
-        if buffered is not None:
-            return buffered
-        return self._read_stored(request_id, self.redis.get(self.keys.result(request_id)))
+        return self._run(self._result_ops(request_id))
 
     def wait(self, request_id: str, timeout: float = 30.0) -> Result:
         """Block until the result arrives; raises Timeout, or RequestFailed if not ok."""
-        result = self.wait_many([request_id], timeout)[0]
-        if not result.ok:
-            raise RequestFailed(result)
-        return result
+        return core.succeeded(self.wait_many([request_id], timeout)[0])
 
     def wait_many(self, request_ids: list[str], timeout: float = 30.0) -> list[Result]:
         """Results in the order of ``request_ids``; raises Timeout naming what is missing."""
         self._ensure_listener()
-        ids = list(request_ids)
-        batch = self._inbox.register(ids)
-        try:
-            if not batch.done():
-                self._fetch_stored([rid for rid in ids if rid not in batch.results])
+        with self._waiting(request_ids) as (ids, batch):
+            self._run(self._stored_ops(ids, batch))
             if not batch.done():
                 wait_futures([batch.future], timeout=timeout)
             return collect(ids, batch, timeout)
-        finally:
-            self._inbox.release(batch, ids)
-
-    def _fetch_stored(self, ids: list[str]) -> None:
-        """Deliver results already stored (one MGET per chunk), e.g. after a reconnect."""
-        if not ids:
-            return
-        pipe = self.redis.pipeline(transaction=False)  # every chunk in one round trip
-        for keys in self._result_keys(ids):
-            pipe.mget(keys)
-        raws = [raw for chunk in pipe.execute() for raw in chunk]
-        self._inbox.deliver_stored(ids, raws)
 
     # -- the reply listener -----------------------------------------------------------
 
@@ -185,30 +112,20 @@ class Producer(ClientBase):
                 self._listener.start()
 
     def _listen(self) -> None:
-        """Blocks on the reply channel; sweeps stored results once a second as a backstop.
-
-        The sweep wakes waiters on ids another client submitted (their results are
-        published to that client) and covers anything published while disconnected.
-        """
-        pubsub = self._replies.pubsub()  # type: ignore[no-untyped-call]
-        channel = self.keys.reply_channel(self.client_id)
-        sweep = Every(SWEEP_S)
-        backoff = 0.05
+        """Blocks on the reply channel until closed; the core decides the rest."""
+        listening = core.Listening(self)
         while not self._closed.is_set():
+            pubsub = self._replies.pubsub()  # type: ignore[no-untyped-call]
             try:
-                if not pubsub.subscribed:
-                    pubsub.subscribe(channel)
-                msg = pubsub.get_message(timeout=SWEEP_S)  # blocks on the socket
-                resubscribed = msg is not None and self._inbox.on_message(msg)
-                if resubscribed or sweep.due():
-                    self._fetch_stored(self._inbox.outstanding())
-                backoff = 0.05
+                pubsub.subscribe(listening.channel)
+                while not self._closed.is_set():
+                    msg = pubsub.get_message(timeout=core.SWEEP_S)  # blocks on the socket
+                    self._run(listening.heard(msg))
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any surprise
-                log.warning("reply_channel_lost", error=repr(exc), retry_in=backoff)
-                self._closed.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-        with contextlib.suppress(redis.RedisError):
-            pubsub.close()
+                self._closed.wait(listening.lost(exc))
+            finally:
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -222,12 +139,7 @@ class Producer(ClientBase):
     def __enter__(self) -> Producer:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

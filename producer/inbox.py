@@ -17,7 +17,7 @@ from typing import Any
 from cascadeq.infra.log import get_logger
 from cascadeq.producer.errors import Timeout
 from cascadeq.protocol.messages import Result
-from cascadeq.protocol.results import PENDING, split_published
+from cascadeq.protocol.results import answered, split_published
 from cascadeq.protocol.wire import WireError
 
 UNCLAIMED_CAP = 10_000
@@ -152,12 +152,9 @@ class Inbox:
     def deliver_stored(self, ids: list[str], raws: list[Any]) -> None:
         """Deliver what an MGET of these ids' result keys found; absent, "not ready" and
         ids the listener has answered meanwhile are skipped (no decoding twice)."""
+        found = answered(ids, raws)
         with self._lock:
-            todo = [
-                raw
-                for rid, raw in zip(ids, raws, strict=True)
-                if raw is not None and raw != PENDING and not self._answered(rid)
-            ]
+            todo = [raw for rid, raw in found if not self._answered(rid)]
         self.deliver_many(_decoded(todo))
 
     def _answered(self, rid: str) -> bool:

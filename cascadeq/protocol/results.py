@@ -1,5 +1,9 @@
 """The result-key protocol: the "not ready" placeholder, first write wins, the published
-message format and the dead-letter record.
+message format, what a stored value means, and the dead-letter record.
+
+Its one owner: submit.lua writes the placeholder, commit.lua stores over it and publishes in
+the format ``split_published`` reads, and clients read result keys through the helpers
+here, so "not ready" (the placeholder) and "unknown" (no key) mean the same everywhere.
 
 Routers and workers store results through the batch commit script (cascadeq/protocol/lua/commit.lua:
 store if absent or placeholder, publish what was stored, one message per waiter). The
@@ -34,15 +38,53 @@ return 1
 _ARRAY_MARKERS = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})  # msgpack array headers
 
 
+class Unknown(LookupError):
+    """No result key: the request was never submitted, or its result (or placeholder) expired."""
+
+
 def is_pending(raw: object) -> bool:
     """True for the placeholder submit leaves: the request exists but has no result yet."""
     return raw == PENDING
+
+
+def read_stored(raw: Any) -> Result | None:
+    """What a GET of a result key means: the result, None while not ready; raises Unknown."""
+    if raw is None:
+        raise Unknown
+    return None if raw == PENDING else Result.loads(raw)
+
+
+MGET_CHUNK = 1000  # result keys per MGET
+
+
+def mget_commands(keys: Keys, ids: list[str]) -> list[tuple[str, ...]]:
+    """The MGETs that read these ids' result keys, MGET_CHUNK keys each (to be pipelined):
+    one concatenation per id, not a method call and an f-string."""
+    prefix = keys.result("")
+    return [
+        ("MGET", *[prefix + rid for rid in ids[start : start + MGET_CHUNK]])
+        for start in range(0, len(ids), MGET_CHUNK)
+    ]
+
+
+def answered(ids: list[str], raws: list[Any]) -> list[tuple[str, bytes]]:
+    """The (id, stored result) pairs among what an MGET of these ids' keys found: neither
+    absent (unknown, or not stored yet) nor the placeholder (not ready)."""
+    return [
+        (rid, raw) for rid, raw in zip(ids, raws, strict=True) if raw is not None and raw != PENDING
+    ]
 
 
 def queue_result(pipe: Any, keys: Keys, result: Result, reply_to: str | None, ttl_s: int) -> None:
     """Add the store-and-notify step for one result to a pipeline."""
     channel = keys.reply_channel(reply_to) if reply_to else ""
     pipe.eval(_STORE_ONCE, 1, keys.result(result.id), result.dumps(), ttl_s, channel)
+
+
+def join_published(payloads: list[bytes]) -> bytes:
+    """One reply-channel message for these results, as commit.lua publishes them: a lone
+    result as stored, several as a msgpack array of them (a result itself is a map)."""
+    return payloads[0] if len(payloads) == 1 else msgpack.packb(payloads, use_bin_type=True)
 
 
 def split_published(data: bytes) -> list[bytes]:

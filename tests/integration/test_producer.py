@@ -132,7 +132,7 @@ def test_wait_raises_typed_errors(r: redis.Redis, settings: Settings, toy_catalo
 def test_wait_many_ten_thousand_ids_over_a_bounded_number_of_connections(
     r: redis.Redis, settings: Settings, toy_catalog: Catalog
 ) -> None:
-    from cascadeq.producer.base import MAX_CONNECTIONS
+    from cascadeq.producer.core import MAX_CONNECTIONS
 
     with Producer(settings=settings, catalog=toy_catalog) as client:
         ids = client.submit_many([Request(X, task="toy") for _ in range(10_000)])
