@@ -273,10 +273,10 @@ class Listening:
     while disconnected. A lost channel is subscribed again after a growing backoff.
     """
 
-    def __init__(self, core: ClientCore[Any]) -> None:
+    def __init__(self, core: ClientCore[Any], sweep_s: float = SWEEP_S) -> None:
         self.channel = core.keys.reply_channel(core.client_id)
         self._core = core
-        self._sweep = Every(SWEEP_S)
+        self._sweep = Every(sweep_s)
         self._backoff = BACKOFF_S[0]
 
     def heard(self, msg: dict[str, Any] | None) -> Ops[None]:
