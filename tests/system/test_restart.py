@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from conftest import wait_for
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
+from cascadeq.infra.connection import connect
 from cascadeq.infra.embedded import EmbeddedRedis
 from cascadeq.infra.process import ProcessGroup
-from cascadeq.producer import Producer, Request
+from cascadeq.producer import AsyncProducer, Producer, Request
 from cascadeq.protocol import results
 from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import Result
 
 
 @pytest.fixture
@@ -82,3 +87,42 @@ def test_roles_ride_out_a_redis_crash_and_every_acknowledged_submit_completes(
     finally:
         group.stop()
         r.close()
+
+
+def restart_under(server: EmbeddedRedis, client_id: str, settings: Settings, rid: str) -> None:
+    """Crash and restart Redis under a waiting client; once its listener has subscribed
+    again, publish the result (stored nowhere: only the new subscription can deliver it)."""
+    r = connect(server.url)
+    channel = Keys(settings.prefix).reply_channel(client_id).encode()
+    wait_for(lambda: r.pubsub_numsub(channel) == [(channel, 1)], 30, "the listener subscribed")
+    server.kill()
+    server.restart()
+    wait_for(lambda: r.pubsub_numsub(channel) == [(channel, 1)], 60, "it subscribed again")
+    r.publish(channel, Result(id=rid, status="ok").dumps())
+    r.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "asyncio"])
+def test_both_clients_listen_again_after_a_redis_crash(
+    aof_server: EmbeddedRedis, catalog: Catalog, kind: str
+) -> None:
+    settings = Settings(redis_url=aof_server.url, prefix=f"t{uuid.uuid4().hex[:10]}")
+    req = Request({"input": np.zeros((1, 64), np.float32)}, model="digits-large")
+    if kind == "sync":
+        with Producer(settings=settings, catalog=catalog) as client:
+            (rid,) = client.submit_many([req])
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(client.wait_many, [rid], 120)
+                restart_under(aof_server, client.client_id, settings, rid)
+                got = waiting.result()
+    else:
+
+        async def run() -> list[Result]:
+            async with AsyncProducer(settings=settings, catalog=catalog) as client:
+                (rid,) = await client.submit_many([req])
+                waiting = asyncio.create_task(client.wait_many([rid], 120))
+                await asyncio.to_thread(restart_under, aof_server, client.client_id, settings, rid)
+                return await waiting
+
+        got = asyncio.run(run())
+    assert [g.status for g in got] == ["ok"]
