@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 
+from cascadeq.protocol import lua
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import Result
 
@@ -24,15 +25,6 @@ from cascadeq.protocol.messages import Result
 #: answered yet". 0xc1 is the one byte msgpack never uses, so no Result can equal it.
 PENDING = b"\xc1"
 PENDING_LUA = f"'\\{PENDING[0]}'"  # the same byte as a Lua string literal
-
-#: Store if the key is absent or holds PENDING; a real result is never overwritten.
-_STORE_ONCE = f"""
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= {PENDING_LUA} then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
-return 1
-"""
 
 
 _ARRAY_MARKERS = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})  # msgpack array headers
@@ -76,9 +68,11 @@ def answered(ids: list[str], raws: list[Any]) -> list[tuple[str, bytes]]:
 
 
 def queue_result(pipe: Any, keys: Keys, result: Result, reply_to: str | None, ttl_s: int) -> None:
-    """Add the store-and-notify step for one result to a pipeline."""
+    """Add the store-and-notify step for one result to a pipeline (lua/store_once.lua)."""
     channel = keys.reply_channel(reply_to) if reply_to else ""
-    pipe.eval(_STORE_ONCE, 1, keys.result(result.id), result.dumps(), ttl_s, channel)
+    pipe.eval(
+        lua.load("store_once").text, 1, keys.result(result.id), result.dumps(), ttl_s, channel
+    )
 
 
 def join_published(payloads: list[bytes]) -> bytes:
