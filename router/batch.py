@@ -20,10 +20,10 @@ import redis
 from cascadeq.config.tasks import TaskSpec
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
-from cascadeq.protocol import bundle
+from cascadeq.protocol import bundle, deadletter
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
-from cascadeq.protocol.messages import EXPIRED, error_result, kept_for_dead_letter
+from cascadeq.protocol.messages import EXPIRED, error_result
 from cascadeq.router import forward
 from cascadeq.router.policy import (
     GROUP_RULES,
@@ -98,7 +98,7 @@ class RouteBatch:
         try:
             got = bundle.decode(self.ingress, eid, fields, self.router.settings.max_payload_bytes)
         except EntryError as exc:
-            kept = fields if exc.code != "too_large" else _kept(fields)
+            kept = deadletter.kept(fields, exc.code)
             self._refuse_entry(eid, kept, exc.code, str(exc), exc.salvaged)
             return
         except Exception as exc:  # noqa: BLE001 - a surprise no check foresaw is bad input
@@ -439,12 +439,3 @@ def partial_inputs(b: Bundle, i: int) -> Any:
         return bundle.take_rows(b.inputs, b.rows, mask)
 
     return inputs
-
-
-def _kept(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """What of an oversized entry is worth keeping: its headers, if they are not the problem."""
-    raw = fields.get(bundle.HEADER)
-    if raw is not None:
-        return kept_for_dead_letter(raw)
-    raw = fields.get(bundle.HEADERS)
-    return {bundle.HEADERS: raw} if raw is not None and len(raw) <= 64 * 1024 else {}

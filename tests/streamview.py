@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from cascadeq.protocol import bundle
+from cascadeq.protocol import bundle, deadletter
+from cascadeq.protocol.keys import Keys
 
 
 def headers_in(r: redis.Redis, stream: str) -> list[bundle.Header]:
@@ -17,3 +18,8 @@ def headers_in(r: redis.Redis, stream: str) -> list[bundle.Header]:
 
 def count(r: redis.Redis, stream: str) -> int:
     return len(headers_in(r, stream))
+
+
+def dead_letters(r: redis.Redis, keys: Keys) -> list[deadletter.DeadLetter]:
+    """Every dead-letter record, oldest first, as the operator tools read them."""
+    return [deadletter.parse(eid, fields) for eid, fields in r.xrange(keys.dead_letter)]

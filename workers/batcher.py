@@ -17,9 +17,9 @@ import numpy as np
 
 from cascadeq.config.catalog import InputError, ModelSpec
 from cascadeq.infra.streams import Entry, Fields
-from cascadeq.protocol import bundle
+from cascadeq.protocol import bundle, deadletter
 from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
-from cascadeq.protocol.messages import kept_for_dead_letter, now_ms
+from cascadeq.protocol.messages import now_ms
 from cascadeq.workers import strategies
 
 #: read(count, block_ms) -> [(stream, entry)]; block_ms None means "do not block".
@@ -95,7 +95,7 @@ def _decode(
     try:
         got = bundle.decode(stream, eid, fields, max_bytes)
     except EntryError as exc:
-        kept = fields if exc.code != "too_large" else _kept(fields)
+        kept = deadletter.kept(fields, exc.code)
         return Bad(stream, eid, kept, exc.code, str(exc), exc.salvaged)
     if len(got.bad) < got.size:
         _check_inputs(got, spec)
@@ -103,15 +103,6 @@ def _decode(
     for item in got.bad:
         keep[item.index] = False
     return Item(got, read_at, keep, int(got.rows[keep].sum()))
-
-
-def _kept(fields: Fields) -> Fields:
-    """What of an oversized entry is worth keeping: its headers, if they are not the problem."""
-    raw = fields.get(bundle.HEADER)
-    if raw is not None:
-        return kept_for_dead_letter(raw)
-    raw = fields.get(bundle.HEADERS)
-    return {bundle.HEADERS: raw} if raw is not None and len(raw) <= 64 * 1024 else {}
 
 
 def _check_inputs(got: Bundle, spec: ModelSpec) -> None:

@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 import redis
 
-from cascadeq.protocol import lua, results
+from cascadeq.protocol import deadletter, lua
 
 COMMIT = lua.load("commit")
 
@@ -160,10 +160,10 @@ class Commit:
         entry: int,
     ) -> None:
         """Keep a refused entry (or one request of it) on the capped dead-letter stream."""
-        record = results.dead_letter_record(
+        record = deadletter.record(
             fields, stream=stream, entry_id=entry_id, code=code, reason=reason
         )
-        self.add(key, record, [entry], maxlen=results.DEAD_LETTER_MAXLEN)
+        self.add(key, record, [entry], maxlen=deadletter.MAXLEN)
 
     def depth(self, counter: str) -> None:
         """Return this request counter's value after the writes."""

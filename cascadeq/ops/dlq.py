@@ -1,7 +1,7 @@
 """Operator commands on the dead-letter stream: look, replay what can run again, purge.
 
-A dead letter is the raw entry (its ``h``/``x`` fields, as far as they were kept) plus
-``stream``, ``entry``, ``code`` and ``reason``. Replay is one script, so it is all or
+A dead letter (its record: cascadeq/protocol/deadletter.py) is the raw entry, as far as it
+was kept, plus where it came from and why. Replay is one script, so it is all or
 nothing: it re-reads the record, puts ``h``/``x`` back on the stream they came from,
 clears the error result dead-lettering wrote (so the new attempt can answer), and only
 then deletes the record. Two operators replaying one record queue it once.
@@ -25,12 +25,12 @@ import redis
 from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
 from cascadeq.protocol import wire
+from cascadeq.protocol.deadletter import DeadLetter, parse
 from cascadeq.protocol.errors import EXIT_FAILED, ConfigError
 from cascadeq.protocol.keys import Keys
-from cascadeq.protocol.messages import HEADER_FIELD, INPUTS_FIELD, Result, salvage_id
+from cascadeq.protocol.messages import Result
 from cascadeq.protocol.results import PENDING_LUA, is_pending
 
-_META = (b"stream", b"entry", b"code", b"reason")
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 PAGE = 100
 
@@ -64,79 +64,8 @@ class DeadLetterError(ConfigError):
     """A dead letter that is missing or cannot be replayed; one line for the operator."""
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """One record of the dead-letter stream, decoded only as far as is safe."""
-
-    id: str
-    stream: str
-    entry: str
-    code: str
-    reason: str
-    fields: dict[bytes, bytes] = field(repr=False)  # the kept original fields
-
-    @property
-    def request_id(self) -> str | None:
-        return salvage_id(self.fields.get(HEADER_FIELD))[0]
-
-    @property
-    def missing(self) -> list[str]:
-        """The original fields replay needs but this record lacks."""
-        return [f.decode() for f in (HEADER_FIELD, INPUTS_FIELD) if f not in self.fields]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "stream": self.stream,
-            "entry": self.entry,
-            "code": self.code,
-            "reason": self.reason,
-            "request_id": self.request_id,
-            "replayable": not self.missing,
-        }
-
-    def detail(self) -> dict[str, Any]:
-        """The summary plus the decoded header and the shapes of the inputs."""
-        out = self.summary()
-        out["header"] = _describe(self.fields.get(HEADER_FIELD), _header)
-        out["inputs"] = _describe(self.fields.get(INPUTS_FIELD), _inputs)
-        return out
-
-
-def _header(raw: bytes) -> Any:
-    return wire.loads_map(raw, "header")
-
-
-def _inputs(raw: bytes) -> Any:
-    return {
-        name: {"dtype": arr.dtype.str, "shape": list(arr.shape)}
-        for name, arr in wire.loads_inputs(raw).items()
-    }
-
-
-def _describe(raw: bytes | None, decode: Any) -> Any:
-    if raw is None:
-        return None
-    try:
-        return decode(raw)
-    except (wire.WireError, ValueError, TypeError) as exc:
-        return {"undecodable": str(exc), "bytes": len(raw)}
-
-
 def _text(value: bytes | None) -> str:
     return "" if value is None else value.decode(errors="replace")
-
-
-def parse(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
-    meta = {k: _text(fields.get(k)) for k in _META}
-    return DeadLetter(
-        id=entry_id.decode(),
-        stream=meta[b"stream"],
-        entry=meta[b"entry"],
-        code=meta[b"code"],
-        reason=meta[b"reason"],
-        fields={k: v for k, v in fields.items() if k not in _META},
-    )
 
 
 def count(r: redis.Redis, keys: Keys) -> int:

@@ -39,11 +39,6 @@ def oversize(header: bytes, inputs: bytes, max_inputs: int) -> str | None:
     return None
 
 
-def kept_for_dead_letter(header: bytes) -> dict[bytes, bytes]:
-    """What of an oversized entry is worth keeping: its header, if that is not the problem."""
-    return {HEADER_FIELD: header} if len(header) <= MAX_HEADER_BYTES else {}
-
-
 def now_ms() -> float:
     return time.time() * 1000.0
 

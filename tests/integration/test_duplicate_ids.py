@@ -14,7 +14,7 @@ from cascadeq.config.settings import Settings
 from cascadeq.ops import dlq
 from cascadeq.producer import AsyncProducer, Producer, Rejected, Request
 from cascadeq.producer.requests import SUBMIT, Call, Preparer, Reply, plan_calls, strict_outcome
-from cascadeq.protocol import results
+from cascadeq.protocol import deadletter, results
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import INPUTS_FIELD, Result, error_result
 
@@ -178,7 +178,7 @@ def test_a_replayed_dead_letter_stays_the_same_request_for_a_retry(
         [(eid, fields)] = r.xrange(keys.ingress)
         r.xdel(keys.ingress, eid)
         pipe = r.pipeline(transaction=False)
-        results.queue_dead_letter(
+        deadletter.queue(
             pipe, keys, fields, stream=keys.ingress, entry_id=eid, code="dead_letter", reason="x"
         )
         results.queue_result(

@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+import streamview
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -189,8 +190,8 @@ def test_a_hostile_entry_on_a_worker_stream_fails_alone_and_reaches_no_other_key
     worker.setup()
     while worker.step(block_ms=None):
         pass
-    [(_, dead)] = r.xrange(keys.dead_letter)
-    assert dead[b"code"].decode() == code
+    [dead] = streamview.dead_letters(r, keys)
+    assert dead.code == code
     answered = {k.decode().rsplit(":", 1)[-1] for k in r.scan_iter(f"{keys.prefix}:res:*")}
     if match is None:  # no id to answer under: dead-lettered only
         assert answered == {"before", "after"}

@@ -254,8 +254,8 @@ def test_a_surprise_while_routing_one_request_fails_only_that_request(
     cursed = result(r, router.keys, "cursed")
     assert cursed.error is not None
     assert cursed.error["code"] == "internal"
-    [(_, dead)] = r.xrange(router.keys.dead_letter)
-    assert dead[b"code"] == b"internal"
+    [dead] = streamview.dead_letters(r, router.keys)
+    assert dead.code == "internal"
     assert streamview.count(r, router.keys.model_stream("digits-small")) == 2
     assert no_pending(r, router.keys.ingress, keynames.ROUTER_GROUP)
 

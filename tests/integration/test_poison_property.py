@@ -21,6 +21,7 @@ import redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from streamview import dead_letters
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
@@ -163,11 +164,7 @@ def test_hostile_ingress_entries_never_stop_the_system_nor_its_good_requests(
             for rid, hdr, x in writes
         ]
         drain()
-        dead = {
-            f[b"entry"]
-            for _, f in r.xrange(keys.dead_letter)
-            if f[b"stream"] == keys.ingress.encode()
-        }
+        dead = {d.entry.encode() for d in dead_letters(r, keys) if d.stream == keys.ingress}
         for rid, hdr, eid in written:
             if rid is not None:  # a good request: answered, and by the model it names
                 got = Result.loads(r.get(keys.result(rid)) or b"")

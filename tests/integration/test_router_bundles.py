@@ -121,10 +121,10 @@ def test_a_mixed_bundle_is_split_per_model_and_lane_and_its_bad_requests_fail_al
     bad = result(r, keys, "forged")
     assert bad.error is not None
     assert bad.error["code"] == "bad_payload"
-    [(_, dead)] = r.xrange(keys.dead_letter)
-    assert dead[b"code"] == b"bad_payload"
-    assert wire.loads(dead[bundle.HEADER])["id"] == "forged"  # the single form, replayable
-    assert np.array_equal(wire.loads_inputs(dead[bundle.INPUTS])["input"], x[3:4])
+    [dead] = streamview.dead_letters(r, keys)
+    assert dead.code == "bad_payload"
+    assert wire.loads(dead.fields[bundle.HEADER])["id"] == "forged"  # the single form, replayable
+    assert np.array_equal(wire.loads_inputs(dead.fields[bundle.INPUTS])["input"], x[3:4])
     assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0
     counts = {k.decode(): int(v) for k, v in r.hgetall(keys.routing_counts).items()}
     assert counts == {
@@ -206,7 +206,7 @@ def test_a_surprise_in_one_requests_own_rule_fails_only_that_request(
     cursed = result(r, keys, "cursed")
     assert cursed.error is not None
     assert cursed.error["code"] == "internal"
-    [(_, dead)] = r.xrange(keys.dead_letter)
-    assert dead[b"code"] == b"internal"
+    [dead] = streamview.dead_letters(r, keys)
+    assert dead.code == "internal"
     assert [h.id for h in streamview.headers_in(r, keys.model_stream("toy-small"))] == ["a", "b"]
     assert r.xpending(keys.ingress, keynames.ROUTER_GROUP)["pending"] == 0

@@ -20,7 +20,7 @@ from cascadeq.ops import dlq
 from cascadeq.producer import AsyncProducer, Producer, Rejected, Request
 from cascadeq.producer.client import Coalescer, Waiter
 from cascadeq.producer.requests import SUBMIT_CHUNK
-from cascadeq.protocol import bundle, results
+from cascadeq.protocol import bundle, deadletter, results
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import Result
 
@@ -290,7 +290,7 @@ def test_a_replayed_dead_letter_is_counted_on_its_stream(
     r.xdel(keys.ingress, eid)
     r.decr(keys.backlog(keys.ingress))  # as the router's acknowledgement would
     pipe = r.pipeline(transaction=False)
-    results.queue_dead_letter(
+    deadletter.queue(
         pipe, keys, fields, stream=keys.ingress, entry_id=eid, code="dead_letter", reason="x"
     )
     pipe.execute()

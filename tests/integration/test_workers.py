@@ -187,9 +187,8 @@ def test_an_entry_delivered_too_often_is_dead_lettered_with_an_error_result(
     assert got.status == "error"
     assert got.error is not None
     assert got.error["code"] == "dead_letter"
-    [(_, dead)] = r.xrange(keys.dead_letter)
-    assert dead[b"code"] == b"dead_letter"
-    assert dead[b"stream"] == stream.encode()
+    [dead] = streamview.dead_letters(r, keys)
+    assert (dead.code, dead.stream) == ("dead_letter", stream)
     assert r.xpending(stream, keynames.WORKER_GROUP)["pending"] == 0
 
 
