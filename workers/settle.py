@@ -23,7 +23,7 @@ from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard
 from cascadeq.infra.window import Tally
-from cascadeq.protocol import bundle, outputs, wire
+from cascadeq.protocol import bundle, outputs, traces, wire
 from cascadeq.protocol.bundle import Header
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import OK, error_result, now_ms
@@ -33,7 +33,6 @@ from cascadeq.workers.batcher import Item
 
 log = get_logger("cascadeq.worker")
 
-TRACES_MAXLEN = 50_000  # per task: enough to train on, small enough to forget
 #: Fewer sure requests in an entry than this are encoded one at a time: a block costs
 #: about as much as 20-25 requests encoded alone (scripts/worker_cpu.py micro --split).
 BLOCK_MIN = 24
@@ -380,9 +379,9 @@ class Settler:
         x = wire.dumps_inputs(bundle.take_rows(item.bundle.inputs, item.bundle.rows, mask))
         work.commit.add(
             self.keys.traces(task.name),
-            {bundle.INPUTS: x, b"k": b"1" if kept else b"0"},
+            traces.record(x, kept=kept),
             [entry],
-            maxlen=TRACES_MAXLEN,
+            maxlen=traces.MAXLEN,
         )
 
 

@@ -19,10 +19,9 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.tasks import TaskSpec
-from cascadeq.protocol import wire
+from cascadeq.protocol import traces, wire
 from cascadeq.protocol.errors import ConfigError
 from cascadeq.protocol.keys import Keys
-from cascadeq.protocol.messages import INPUTS_FIELD
 from cascadeq.router.learned import features
 
 READ_CHUNK = 1000
@@ -62,11 +61,11 @@ def read_traces(r: redis.Redis, keys: Keys, task: str, limit: int) -> tuple[np.n
             if len(rows) >= limit:
                 break
             try:
-                feats = features(wire.loads_inputs(fields[INPUTS_FIELD]))
+                feats = features(wire.loads_inputs(fields[traces.INPUTS]))
             except (KeyError, ValueError, TypeError):
                 continue
             rows.extend(feats)
-            labels.extend([int(fields.get(b"k") != b"1")] * len(feats))
+            labels.extend([int(traces.hard(fields))] * len(feats))
         last = "(" + chunk[-1][0].decode()
     if not rows or len({len(r) for r in rows}) != 1:
         raise TrainError(
