@@ -21,6 +21,7 @@ from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard
 from cascadeq.infra.process import consumer_name, serve
+from cascadeq.infra.queues import BacklogRead
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol import wire
 from cascadeq.protocol.clock import Every
@@ -58,6 +59,7 @@ class Router:
             for lane in m.lanes
         )
         self.counters = [self.keys.backlog(s) for s in self.fed]
+        self.backlog = BacklogRead(self.keys, tuple(self.fed), groups=False)
         self.streams = {  # (model, priority) -> stream, filled as priorities are seen
             (m.name, lane): self.keys.model_stream(m.name, lane)
             for m in catalog.models.values()
@@ -106,10 +108,10 @@ class Router:
         Holding off reading keeps model streams within the bound plus one read per
         router; ingress, bounded at submit, takes up the backlog. The request counters
         come back with each batch's commit (no round trip of their own) while nothing is
-        held; a held router reads them with one MGET.
+        held; a held router reads them in one pipeline (infra/queues.py).
         """
         if self.held or self.depths is None:
-            self.depths = [int(d or 0) for d in self.r.mget(self.counters)]
+            self.depths = [lane.requests for lane in self.backlog.read(self.r)]
         bound = self.settings.model_max_depth
         held = [s for s, d in zip(self.fed, self.depths, strict=True) if d >= bound]
         if held != self.held:

@@ -51,7 +51,7 @@ class Complexity:
 class Load:
     """High/low-water marks with hysteresis, so routing does not flap at the boundary."""
 
-    high_water: int  # backlog (lag + pending entries) at which a model counts as overloaded
+    high_water: int  # backlog (requests not yet acknowledged) at which a model is overloaded
     low_water: int  # ... and below which it counts as healthy again
     high_wait_ms: float | None = None  # or: estimated queue wait
     low_wait_ms: float | None = None

@@ -10,7 +10,6 @@ the result's path, so a wrong one is visible rather than magic.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +17,9 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.queues import BacklogRead
 from cascadeq.protocol.clock import Every
-from cascadeq.protocol.keys import WORKER_GROUP, Keys
+from cascadeq.protocol.keys import Keys
 
 ALPHA = 0.2  # weight of the newest batch in the moving averages
 REFRESH_S = 0.25
@@ -70,7 +70,7 @@ class Speed:
 class ModelState:
     """One model as seen from Redis; zeros mean "nothing observed yet"."""
 
-    backlog: int = 0  # entries waiting or in flight over all lanes (lag + pending)
+    backlog: int = 0  # requests not yet acknowledged over all lanes (the request counters)
     consumers: int = 0
     compute_ms: float = 0.0  # per batch
     batch: float = 0.0  # samples per batch
@@ -112,24 +112,30 @@ class LoadBoard:
         return self.states.get(model, ModelState())
 
     def refresh(self, *, force: bool = False) -> None:
-        """One pipeline for all models; a failure keeps the last view rather than guessing."""
+        """One pipeline for all models (their speed, and their streams' backlog as
+        infra/queues.py reads it); a failure keeps the last view rather than guessing."""
         if not (self.clock.due() or force):
             return
         models = sorted(self.catalog.models)
+        lanes = [self.catalog.models[m].lanes for m in models]
+        pairs = zip(models, lanes, strict=True)
+        backlog = BacklogRead(
+            self.keys, tuple(self.keys.model_stream(m, x) for m, ls in pairs for x in ls)
+        )
         pipe = self.r.pipeline(transaction=False)
         for model in models:
             pipe.hgetall(self.keys.observed(model))
-            for lane in self.catalog.models[model].lanes:
-                stream = self.keys.model_stream(model, lane)
-                pipe.xinfo_groups(stream)
-                pipe.get(self.keys.backlog(stream))
+        backlog.queue(pipe)
         replies = iter(pipe.execute(raise_on_error=False))
-        for model in models:
-            obs = next(replies)
-            lanes = self.catalog.models[model].lanes
-            backlog, consumers = _backlog([(next(replies), next(replies)) for _ in lanes])
+        observed = [next(replies) for _ in models]
+        read = iter(backlog.lanes(replies))
+        for model, obs, ls in zip(models, observed, lanes, strict=True):
+            mine = [next(read) for _ in ls]
             self.states[model] = _state(
-                obs, backlog, consumers, self.catalog.models[model].batching.max_wait_ms
+                obs,
+                sum(lane.requests for lane in mine),
+                max((lane.consumers for lane in mine), default=0),
+                self.catalog.models[model].batching.max_wait_ms,
             )
         flipped = self._update_flags()
         if flipped:
@@ -160,21 +166,6 @@ class LoadBoard:
                     self.overloaded_now.discard(key)
                     flipped += 1
         return flipped
-
-
-def _backlog(lanes: Iterable[tuple[Any, Any]]) -> tuple[int, int]:
-    """Requests not yet acknowledged (each stream's request counter: an entry may be a
-    bundle of many), and the workers' group's consumers."""
-    backlog = consumers = 0
-    for groups, counted in lanes:
-        if not isinstance(counted, Exception) and counted is not None:
-            backlog += max(0, int(counted))
-        if isinstance(groups, Exception):
-            continue  # the stream does not exist yet
-        mine = [g for g in groups if _text(g.get("name")) == WORKER_GROUP]
-        if mine:
-            consumers = max(consumers, int(mine[0].get("consumers") or 0))
-    return backlog, consumers
 
 
 def _state(obs: Any, backlog: int, consumers: int, max_wait_ms: float) -> ModelState:

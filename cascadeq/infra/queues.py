@@ -1,15 +1,18 @@
-"""Each model stream's backlog as Redis reports it: depth, lag, pending, consumers.
+"""Each model stream's backlog as Redis reports it: requests, depth, lag, pending, consumers.
 
-Read in one pipeline by `cascadeq stats` and by the /metrics collector at scrape time,
-never per request. Lag is None where the server reports none: Redis 6.2's XINFO GROUPS
-has no lag field (7.0 added it, with entries-added), and XLEN minus pending would count
-acknowledged entries not yet trimmed as unread, so no figure beats a wrong one.
+``BacklogRead`` is the one reader: `cascadeq stats` and the /metrics collector (at scrape
+time), the load board of routers and workers (at most every 0.25 s) and a held router's
+backpressure check all read through it, in one pipeline each, never per request.
+
+Lag is None where the server reports none: Redis 6.2's XINFO GROUPS has no lag field
+(7.0 added it, with entries-added), and XLEN minus pending would count acknowledged
+entries not yet trimmed as unread, so no figure beats a wrong one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -39,36 +42,65 @@ class Lane:
         }
 
 
+@dataclass(frozen=True)
+class BacklogRead:
+    """The one way to read streams' backlog: per stream, XINFO GROUPS (the workers'
+    pending, lag and consumers), XLEN if asked, and GET of its request counter
+    (``Keys.backlog``: an entry may be a bundle of many requests). ``queue`` adds the
+    reads to a pipeline that may carry others, ``lanes`` reads their replies in order;
+    ``read`` is both, in one round trip."""
+
+    keys: Keys
+    streams: tuple[str, ...]
+    groups: bool = True
+    length: bool = False
+
+    def queue(self, pipe: Any) -> None:
+        for stream in self.streams:
+            if self.groups:
+                pipe.xinfo_groups(stream)
+            if self.length:
+                pipe.xlen(stream)
+            pipe.get(self.keys.backlog(stream))
+
+    def lanes(self, replies: Iterator[Any]) -> list[Lane]:
+        """One Lane per stream, from the replies of ``queue``'s commands (errors as values)."""
+        out: list[Lane] = []
+        for _ in self.streams:
+            groups = next(replies) if self.groups else None
+            length = next(replies) if self.length else None
+            out.append(lane_of(groups, length, next(replies)))
+        return out
+
+    def read(self, r: redis.Redis) -> list[Lane]:
+        pipe = r.pipeline(transaction=False)
+        self.queue(pipe)
+        return self.lanes(iter(pipe.execute(raise_on_error=False)))
+
+
 def read_lanes(
     r: redis.Redis, keys: Keys, models: Iterable[str], lanes: Iterable[str] = LANES
 ) -> dict[tuple[str, str], Lane]:
-    """Every (model, lane) in one pipeline: XINFO GROUPS and XLEN per stream."""
+    """Every (model, lane) in one pipeline, lengths included (`cascadeq stats`, /metrics)."""
     pairs = [(m, lane) for m in sorted(models) for lane in lanes]
-    pipe = r.pipeline(transaction=False)
-    for model, lane in pairs:
-        stream = keys.model_stream(model, lane)
-        pipe.xinfo_groups(stream)
-        pipe.xlen(stream)
-        pipe.get(keys.backlog(stream))
-    replies = iter(pipe.execute(raise_on_error=False))
-    out: dict[tuple[str, str], Lane] = {}
-    for pair in pairs:
-        groups, length, counted = next(replies), next(replies), next(replies)
-        state = lane_of(groups, length)
-        if counted is not None and not isinstance(counted, Exception):
-            state = replace(state, requests=max(0, int(counted)))
-        out[pair] = state
-    return out
+    streams = tuple(keys.model_stream(model, lane) for model, lane in pairs)
+    read = BacklogRead(keys, streams, length=True)
+    return dict(zip(pairs, read.read(r), strict=True))
 
 
-def lane_of(groups: Any, length: Any) -> Lane:
-    """Lag from the workers' group; None where the server reports none (Redis 6.x)."""
+def lane_of(groups: Any, length: Any, counted: Any = None) -> Lane:
+    """One stream from its replies (None: not asked for). Lag from the workers' group;
+    None where the server reports none (Redis 6.x) or what would say was not asked for."""
+    requests = 0
+    if counted is not None and not isinstance(counted, Exception):
+        requests = max(0, int(counted))
     if isinstance(groups, Exception) or isinstance(length, Exception):
-        return Lane()  # the stream does not exist yet: nothing waits
-    depth = int(length)
-    mine = [g for g in groups if _text(g.get("name")) == WORKER_GROUP]
+        return Lane(requests=requests)  # the stream does not exist yet: nothing waits
+    depth = 0 if length is None else int(length)
+    mine = [g for g in groups or () if _text(g.get("name")) == WORKER_GROUP]
     if not mine:
-        return Lane(depth=depth, lag=depth)
+        lag = depth if groups is not None and length is not None else None
+        return Lane(depth=depth, lag=lag, requests=requests)
     pending = int(mine[0].get("pending") or 0)
     lag = mine[0].get("lag")
     return Lane(
@@ -76,6 +108,7 @@ def lane_of(groups: Any, length: Any) -> Lane:
         lag=int(lag) if lag is not None else None,
         pending=pending,
         consumers=int(mine[0].get("consumers") or 0),
+        requests=requests,
     )
 
 
