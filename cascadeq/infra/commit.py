@@ -88,13 +88,7 @@ class Commit:
 
     def result(self, key: str, payload: bytes, channel: str | None, entry: int) -> None:
         """Store-if-absent a result, and publish it to ``channel`` if it was stored."""
-        ch = 0
-        if channel:
-            ch = self._channel_index.get(channel, 0)
-            if not ch:
-                self.channels.append(channel)
-                ch = self._channel_index[channel] = len(self.channels)
-        self.results += (self.key(key), self.arg(payload), ch, entry)
+        self.results += (self.key(key), self.arg(payload), self.channel(channel), entry)
 
     def channel(self, channel: str | None) -> int:
         """The number a result names its reply channel by (0: none)."""
