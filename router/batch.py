@@ -18,12 +18,13 @@ import numpy as np
 import redis
 
 from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra import refusal
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
 from cascadeq.protocol import bundle, deadletter
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
-from cascadeq.protocol.messages import EXPIRED, error_result
+from cascadeq.protocol.messages import EXPIRED, Result, error_result
 from cascadeq.router import forward
 from cascadeq.router.policy import (
     GROUP_RULES,
@@ -342,44 +343,32 @@ class RouteBatch:
         self.commit.result(self.keys.result(rid), payload, channel, n)
         self.finals[status] += 1
 
+    def _store(self, res: Result, reply_to: str | None, n: int) -> None:
+        self._answer(res.id, res.dumps(), reply_to, n, res.status)
+
     def _expire(self, n: int, h: Header) -> None:
         res = error_result(h, "deadline", "deadline passed before routing", status=EXPIRED)
-        self._answer(h.id, res.dumps(), h.reply_to, n, res.status)
+        self._store(res, h.reply_to, n)
         self.rules["expired"] += 1
 
     def _route_error(self, n: int, h: Header, exc: RouteError) -> None:
-        res = error_result(h, exc.code, str(exc))
-        self._answer(h.id, res.dumps(), h.reply_to, n, res.status)
+        self._store(error_result(h, exc.code, str(exc)), h.reply_to, n)
         self.rules[exc.code] += 1
-
-    def _dead_letter(
-        self, n: int, fields: dict[bytes, bytes], eid: bytes, code: str, why: str
-    ) -> None:
-        self.commit.dead_letter(
-            self.keys.dead_letter,
-            fields,
-            stream=self.ingress,
-            entry_id=eid,
-            code=code,
-            reason=why,
-            entry=n,
-        )
 
     def _refuse_item(self, n: int, b: Bundle, item: BadItem) -> None:
         """One request of an entry that cannot go on: its error result and dead letter."""
-        rid, reply_to = item.salvage()
-        log.warning(
-            "request_refused",
-            entry=b.entry_id.decode(),
-            request_id=rid,
-            code=item.code,
-            reason=item.message,
-        )
-        if rid is not None:
-            res = error_result(item.header or rid, item.code, item.message)
-            self._answer(rid, res.dumps(), reply_to, n, res.status)
         fields = self.raw[n] if b.single else forward.single_fields(b, item.index, item.raw_header)
-        self._dead_letter(n, fields, b.entry_id, item.code, item.message)
+        refusal.refuse_request(
+            self.commit,
+            self.keys,
+            self._store,
+            log,
+            item,
+            stream=self.ingress,
+            entry_id=b.entry_id,
+            entry=n,
+            fields=fields,
+        )
 
     def _internal(self, n: int, b: Bundle, i: int, exc: Exception) -> None:
         """Routing this request raised: it gets an error result, it a dead letter."""
@@ -403,15 +392,19 @@ class RouteBatch:
         salvaged: list[BadItem],
     ) -> None:
         """An entry none of whose requests can go on: an error result for each id found."""
-        n = self.commit.entry(
-            self.ingress, keynames.ROUTER_GROUP, eid, max(1, len(salvaged)), self.counter
+        refusal.refuse_entry(
+            self.commit,
+            self.keys,
+            self._store,
+            log,
+            stream=self.ingress,
+            group=keynames.ROUTER_GROUP,
+            entry_id=eid,
+            fields=fields,
+            code=code,
+            reason=message,
+            salvaged=salvaged,
         )
-        log.warning("entry_refused", entry=eid.decode(), code=code, reason=message)
-        for item in salvaged:
-            rid, reply_to = item.salvage()
-            if rid is not None:
-                self._answer(rid, error_result(rid, code, message).dumps(), reply_to, n, "error")
-        self._dead_letter(n, fields, eid, code, message)
 
     def poison(self, eid: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         """An entry delivered too often: every id it holds is answered, it is dead-lettered."""

@@ -19,7 +19,7 @@ import redis
 
 from cascadeq.config.catalog import Catalog, ModelSpec
 from cascadeq.config.settings import Settings
-from cascadeq.infra import metrics, streams
+from cascadeq.infra import metrics, refusal, streams
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
@@ -257,60 +257,34 @@ class ModelWorker:
 
     def _fail_request(self, work: BatchWork, item: Item, entry: int, bad: BadItem) -> None:
         """One request of an entry fails alone: its error result and its dead letter."""
-        rid, reply_to = bad.salvage()
-        log.warning(
-            "request_refused",
+        refusal.refuse_request(
+            work.commit,
+            self.keys,
+            partial(self._store, work),
+            log,
+            bad,
             model=self.spec.name,
-            entry=item.entry_id.decode(),
-            request_id=rid,
-            code=bad.code,
-            reason=bad.message,
-        )
-        if rid is not None:
-            res = (
-                error_result(bad.header, bad.code, bad.message)
-                if bad.header is not None
-                else error_result(rid, bad.code, bad.message)
-            )
-            self._store(work, res, reply_to, entry)
-        work.commit.dead_letter(
-            self.keys.dead_letter,
-            _item_fields(item, bad),
             stream=item.stream,
             entry_id=item.entry_id,
-            code=bad.code,
-            reason=bad.message,
             entry=entry,
+            fields=_item_fields(item, bad),
         )
 
     def _fail_entry(self, work: BatchWork, bad: Bad) -> None:
         """An entry none of whose requests can run: an error result for each id found."""
-        entry = work.commit.entry(
-            bad.stream,
-            keynames.WORKER_GROUP,
-            bad.entry_id,
-            max(1, len(bad.salvaged)),
-            self.keys.backlog(bad.stream),
-        )
-        log.warning(
-            "entry_refused",
+        refusal.refuse_entry(
+            work.commit,
+            self.keys,
+            partial(self._store, work),
+            log,
             model=self.spec.name,
-            entry=bad.entry_id.decode(),
-            code=bad.code,
-            reason=bad.message,
-        )
-        for item in bad.salvaged:
-            rid, reply_to = item.salvage()
-            if rid is not None:
-                self._store(work, error_result(rid, bad.code, bad.message), reply_to, entry)
-        work.commit.dead_letter(
-            self.keys.dead_letter,
-            bad.fields,
             stream=bad.stream,
+            group=keynames.WORKER_GROUP,
             entry_id=bad.entry_id,
+            fields=bad.fields,
             code=bad.code,
             reason=bad.message,
-            entry=entry,
+            salvaged=bad.salvaged,
         )
 
 
