@@ -355,19 +355,14 @@ class RouteBatch:
         self._store(error_result(h, exc.code, str(exc)), h.reply_to, n)
         self.rules[exc.code] += 1
 
+    def _refuser(self) -> refusal.Refuser:
+        return refusal.Refuser(self.commit, self.keys, self._store, log)
+
     def _refuse_item(self, n: int, b: Bundle, item: BadItem) -> None:
         """One request of an entry that cannot go on: its error result and dead letter."""
         fields = self.raw[n] if b.single else forward.single_fields(b, item.index, item.raw_header)
-        refusal.refuse_request(
-            self.commit,
-            self.keys,
-            self._store,
-            log,
-            item,
-            stream=self.ingress,
-            entry_id=b.entry_id,
-            entry=n,
-            fields=fields,
+        self._refuser().request(
+            item, stream=self.ingress, entry_id=b.entry_id, entry=n, fields=fields
         )
 
     def _internal(self, n: int, b: Bundle, i: int, exc: Exception) -> None:
@@ -392,11 +387,7 @@ class RouteBatch:
         salvaged: list[BadItem],
     ) -> None:
         """An entry none of whose requests can go on: an error result for each id found."""
-        refusal.refuse_entry(
-            self.commit,
-            self.keys,
-            self._store,
-            log,
+        self._refuser().entry(
             stream=self.ingress,
             group=keynames.ROUTER_GROUP,
             entry_id=eid,

@@ -255,15 +255,14 @@ class ModelWorker:
         if result.status != OK:
             self.stats["errors"] += 1
 
+    def _refuser(self, work: BatchWork) -> refusal.Refuser:
+        store = partial(self._store, work)
+        return refusal.Refuser(work.commit, self.keys, store, log, {"model": self.spec.name})
+
     def _fail_request(self, work: BatchWork, item: Item, entry: int, bad: BadItem) -> None:
         """One request of an entry fails alone: its error result and its dead letter."""
-        refusal.refuse_request(
-            work.commit,
-            self.keys,
-            partial(self._store, work),
-            log,
+        self._refuser(work).request(
             bad,
-            model=self.spec.name,
             stream=item.stream,
             entry_id=item.entry_id,
             entry=entry,
@@ -272,12 +271,7 @@ class ModelWorker:
 
     def _fail_entry(self, work: BatchWork, bad: Bad) -> None:
         """An entry none of whose requests can run: an error result for each id found."""
-        refusal.refuse_entry(
-            work.commit,
-            self.keys,
-            partial(self._store, work),
-            log,
-            model=self.spec.name,
+        self._refuser(work).entry(
             stream=bad.stream,
             group=keynames.WORKER_GROUP,
             entry_id=bad.entry_id,
