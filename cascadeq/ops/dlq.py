@@ -24,40 +24,15 @@ import redis
 
 from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
-from cascadeq.protocol import wire
+from cascadeq.protocol import lua, wire
 from cascadeq.protocol.deadletter import DeadLetter, parse
 from cascadeq.protocol.errors import EXIT_FAILED, ConfigError
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import Result
-from cascadeq.protocol.results import PENDING_LUA, is_pending
+from cascadeq.protocol.results import is_pending
 
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 PAGE = 100
-
-#: KEYS: dead-letter stream, target stream, its request counter[, result key]; ARGV: record
-#: id, the result value the caller saw ('' for none), the placeholder's TTL. Writes happen
-#: only after every check passed, and the XADD comes first: if Redis refuses it, nothing
-#: changes. Whoever adds to a stream counts the request in (Keys.backlog), so the bounds
-#: and the consumer's acknowledgement stay in step.
-_REPLAY = f"""
-local rec = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #rec == 0 then return {{0, 'gone'}} end
-local h, x
-local f = rec[1][2]
-for i = 1, #f, 2 do
-  if f[i] == 'h' then h = f[i + 1] elseif f[i] == 'x' then x = f[i + 1] end
-end
-if not h or not x then return {{0, 'incomplete'}} end
-if #KEYS == 4 then
-  local cur = redis.call('GET', KEYS[4])
-  if cur and cur ~= ARGV[2] then return {{0, 'answered'}} end
-end
-local new = redis.call('XADD', KEYS[2], '*', 'h', h, 'x', x)
-redis.call('INCRBY', KEYS[3], 1)
-if #KEYS == 4 then redis.call('SET', KEYS[4], {PENDING_LUA}, 'EX', ARGV[3]) end
-redis.call('XDEL', KEYS[1], ARGV[1])
-return {{1, new}}
-"""
 
 
 class DeadLetterError(ConfigError):
@@ -105,7 +80,8 @@ def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str
     if rid is not None:
         seen = _result_to_clear(r, keys, rid, entry_id)
         script_keys.append(keys.result(rid))
-    reply: Any = r.eval(_REPLAY, len(script_keys), *script_keys, entry_id, seen, pending_ttl_s)
+    replay = lua.load("dlq_replay")  # its keys and arguments are documented in the file
+    reply: Any = replay(r, script_keys, [entry_id, seen, pending_ttl_s])
     status, detail = int(reply[0]), _text(reply[1])
     if not status:
         raise DeadLetterError(f"dead letter {entry_id} not replayed: {_REFUSED[detail]}")

@@ -1,5 +1,5 @@
 """The result-key protocol: the "not ready" placeholder, first write wins, the published
-message format, what a stored value means, and the dead-letter record.
+message format and what a stored value means (the dead-letter record: deadletter.py).
 
 Its one owner: submit.lua writes the placeholder, commit.lua stores over it and publishes in
 the format ``split_published`` reads, and clients read result keys through the helpers
@@ -24,7 +24,6 @@ from cascadeq.protocol.messages import Result
 #: What submit stores under a result key until the real result lands: "submitted, not
 #: answered yet". 0xc1 is the one byte msgpack never uses, so no Result can equal it.
 PENDING = b"\xc1"
-PENDING_LUA = f"'\\{PENDING[0]}'"  # the same byte as a Lua string literal
 
 
 _ARRAY_MARKERS = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})  # msgpack array headers
@@ -92,37 +91,3 @@ def split_published(data: bytes) -> list[bytes]:
     if not isinstance(items, list):
         return []
     return [item for item in items if isinstance(item, bytes)]
-
-
-DEAD_LETTER_MAXLEN = 100_000
-
-
-def queue_dead_letter(
-    pipe: Any,
-    keys: Keys,
-    fields: dict[bytes, bytes],
-    *,
-    stream: str,
-    entry_id: bytes,
-    code: str,
-    reason: str,
-) -> None:
-    """Keep the raw entry for an operator; the dead-letter stream is capped, not unbounded."""
-    record = dead_letter_record(fields, stream=stream, entry_id=entry_id, code=code, reason=reason)
-    pipe.xadd(keys.dead_letter, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-
-
-def dead_letter_record(
-    fields: dict[bytes, bytes], *, stream: str, entry_id: bytes, code: str, reason: str
-) -> dict[bytes, bytes]:
-    """The dead-letter entry: the raw fields, where they came from, and why."""
-    record = dict(fields)
-    record.update(
-        {
-            b"stream": stream.encode(),
-            b"entry": entry_id,
-            b"code": code.encode(),
-            b"reason": reason.encode()[:2000],
-        }
-    )
-    return record
