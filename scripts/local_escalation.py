@@ -8,6 +8,12 @@ end-to-end latency (result total_ms) of the escalated requests and of all, and C
 answered request (router + worker + redis-server, from their own resource usage).
 
     .venv/bin/python scripts/local_escalation.py --models-dir /tmp/cq-models
+
+``--micro``: the CPU of the escalation itself, without a router or the wake-ups of light
+traffic (which dominate CPU per request at 10% load): in one process, workers drain a
+backlog of router-like bundles through the cascade, queued (the small model's worker,
+then the large model's) or local (the small model's alone); CPU of this process and of
+the redis-server per answered request, alternating modes ``--rounds`` times.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from cascadeq.infra.connection import connect
 from cascadeq.infra.embedded import EmbeddedRedis
 from cascadeq.infra.process import ProcessGroup, interruptible
 from cascadeq.producer import Producer, Request
+from cascadeq.protocol import bundle, wire
+from cascadeq.protocol.bundle import Header
+from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.messages import now_ms
 
 MODES = ("queue", "local")
 LARGE = "digits-large"
@@ -124,6 +134,80 @@ def measured(mode: Mode, x: np.ndarray, n: int, rate: float | None) -> dict[str,
         return figures(run, {k: after[k] - before[k] for k in after})
 
 
+def micro(models: Path, rounds: int, n: int, per_entry: int) -> dict[str, Any]:
+    """CPU per answered request of draining ``n`` requests, by mode (see the docstring)."""
+    import time  # noqa: PLC0415
+
+    from cascadeq.workers import ModelWorker  # noqa: PLC0415 - the serve extra
+    from cascadeq.workers.local import LocalModels  # noqa: PLC0415
+
+    x = np.load(models / "digits_test.npz")["X"]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
+        r = connect(server.url)
+        for round_ in range(rounds):
+            for mode in MODES:
+                catalog = Catalog.load(catalog_for(models, mode, Path(tmp)))
+                settings = Settings(redis_url=server.url, prefix=f"lm{uuid.uuid4().hex[:8]}")
+                keys = Keys(settings.prefix)
+                local: LocalModels = {}
+                workers = [
+                    ModelWorker(r, catalog, catalog.models[m], settings, f"c-{m}", local=local)
+                    for m in ("digits-small", LARGE)
+                ]
+                _fill(r, keys, x, n, per_entry)
+                for w in workers:
+                    w.setup()
+                cpu, redis_before, started = time.process_time(), redis_cpu(r), time.perf_counter()
+                for w in workers:
+                    while w.step(block_ms=None):
+                        pass
+                cpu = time.process_time() - cpu
+                redis_s = redis_cpu(r) - redis_before
+                seconds = time.perf_counter() - started
+                answered = sum(int(w.stats["results"]) for w in workers)
+                assert answered == n, (mode, answered)
+                row = {
+                    "round": round_,
+                    "mode": mode,
+                    "worker_us": round(cpu * 1e6 / n, 2),
+                    "redis_us": round(redis_s * 1e6 / n, 2),
+                    "total_us": round((cpu + redis_s) * 1e6 / n, 2),
+                    "rps": round(n / seconds, 1),
+                    "escalated": int(workers[0].stats["samples"] and _escalated(r, keys)),
+                }
+                print(f"[micro] {row}", file=sys.stderr, flush=True)
+                rows.append(row)
+        r.close()
+    med = {m: _median_rows([r for r in rows if r["mode"] == m]) for m in MODES}
+    ratio = {k: round(med["local"][k] / med["queue"][k], 3) for k in ("worker_us", "total_us")}
+    return {"rows": rows, "median": med, "local_over_queue": ratio}
+
+
+def _fill(r: Any, keys: Keys, x: np.ndarray, n: int, per_entry: int) -> None:
+    """``n`` one-sample digits requests at the first model, in bundles as a router adds."""
+    pipe = r.pipeline(transaction=False)
+    for start in range(0, n, per_entry):
+        count = min(per_entry, n - start)
+        headers = [
+            Header(
+                id=f"m{start + i}",
+                task="digits",
+                submitted_at=now_ms(),
+                trace=[{"model": "digits-small", "rule": "cascade"}],
+            )
+            for i in range(count)
+        ]
+        rows = np.take(x, np.arange(start, start + count) % len(x), axis=0)
+        inputs = wire.dumps_inputs({"input": np.ascontiguousarray(rows)})
+        pipe.xadd(keys.model_stream("digits-small"), bundle.bundle_fields(headers, inputs, None))
+    pipe.execute()
+
+
+def _escalated(r: Any, keys: Keys) -> int:
+    return int(r.hget(keys.routing_counts, "escalate:digits-small") or 0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default="models/digits")
@@ -132,8 +216,13 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.1, help="of capacity, paced")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the modes")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--micro", type=int, default=0, help="requests: the CPU micro run")
+    parser.add_argument("--per-entry", type=int, default=16, help="requests a bundle (micro)")
     args = parser.parse_args()
     models = Path(args.models_dir).resolve()
+    if args.micro:
+        print(json.dumps(micro(models, args.rounds, args.micro, args.per_entry), indent=2))
+        return 0
     x = np.load(models / "digits_test.npz")["X"]
     rows: list[dict[str, Any]] = []
     with interruptible(), tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:

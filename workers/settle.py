@@ -172,7 +172,7 @@ class Settler:
                 work.commit.fail(entry)  # delivered again, then retried alone
         for esc in escalations.values():
             if esc.local:
-                self._run_local(work, esc)
+                self._local_or_fail(work, esc)
             else:
                 self._escalate(work, esc)
         if work.answered:
@@ -411,6 +411,15 @@ class Settler:
         work.counts[f"escalate:{self.spec.name}"] += n
         work.tally.escalated += n
         work.tally.escalated_to[esc.to] += n
+
+    def _local_or_fail(self, work: BatchWork, esc: _Escalation) -> None:
+        """A surprise in a local escalation leaves only its source entries pending."""
+        try:
+            self._run_local(work, esc)
+        except Exception as exc:  # noqa: BLE001 - the rest of the batch still commits
+            log.warning("local_escalation_failed", model=esc.to, error=repr(exc))
+            for entry in esc.entries:
+                work.commit.fail(entry)
 
     def _run_local(self, work: BatchWork, esc: _Escalation) -> None:
         """The unsure requests run at once on this process's session of the next model,

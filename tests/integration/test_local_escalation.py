@@ -317,3 +317,27 @@ def test_a_cascade_goes_on_locally_stage_by_stage_then_queues_where_a_model_is_n
         ("digits-xl", None),
     ]
     np.testing.assert_array_equal(got.outputs["probabilities"], alone.outputs["probabilities"])
+
+
+def test_a_surprise_in_a_local_escalation_leaves_only_its_entries_pending(
+    r: redis.Redis,
+    settings: Settings,
+    catalog: Catalog,
+    x: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cat = escalating(catalog, "local")
+    keys = Keys(settings.prefix)
+    small = workers(r, cat, settings, ["digits-small", "digits-large"], {})["digits-small"]
+
+    def surprise(*_args: Any) -> bool:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(settle.Settler, "_admit_local", surprise)
+    enqueue(r, keys, "digits-small", "pinned", x[:1], model="digits-small")
+    enqueue(r, keys, "digits-small", "unsure", x[1:2], task="digits")
+    drain(small)
+    assert result(r, keys, "pinned").model == "digits-small"  # its entry committed
+    assert r.exists(keys.result("unsure")) == 0
+    pending = r.xpending(keys.model_stream("digits-small"), keynames.WORKER_GROUP)
+    assert pending["pending"] == 1  # delivered again later, never lost
