@@ -36,6 +36,7 @@ class Item:
     read_at: float  # epoch ms
     keep: np.ndarray  # bool per request: False where the request already failed
     samples: int  # rows of the kept requests
+    queued_at: float | None = None  # epoch ms; None: when its entry entered the stream
 
     @property
     def stream(self) -> str:
@@ -55,6 +56,8 @@ class Item:
 
     @cached_property
     def enqueued_at(self) -> float:
+        if self.queued_at is not None:  # escalated in-process: it never waited in a stream
+            return self.queued_at
         return float(self.entry_id.split(b"-", 1)[0])
 
     def kept_inputs(self) -> dict[str, np.ndarray]:

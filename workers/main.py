@@ -18,6 +18,7 @@ from cascadeq.infra.process import (
     stop_on_signals,
 )
 from cascadeq.protocol.errors import EXIT_USAGE
+from cascadeq.workers.local import LocalModels
 from cascadeq.workers.service import ModelWorker
 
 # Each model has a compute thread and a prefetching reader thread. When ONNX Runtime
@@ -51,6 +52,7 @@ def run(
     stop = threading.Event()
     stop_on_signals(stop)
     consumer = consumer_name("worker")
+    local: LocalModels = {}  # each worker joins: a task may escalate into its siblings here
     workers = [
         ModelWorker(
             connect(url, name=f"cq-worker-{name}", socket_timeout=role_timeout(settings)),
@@ -58,6 +60,7 @@ def run(
             catalog.models[name],
             settings,
             consumer,
+            local=local,
         )
         for name in names
     ]

@@ -41,13 +41,25 @@ def task_of(catalog: Catalog, header: Header) -> TaskSpec | None:
 
 
 def skip_reason(
-    task: TaskSpec, header: Header, target: str, board: LoadBoard, now: float
+    task: TaskSpec,
+    header: Header,
+    target: str,
+    board: LoadBoard,
+    now: float,
+    *,
+    local: bool = False,
 ) -> str | None:
-    """Why a due escalation should not happen: too late for the next model, or it is swamped."""
+    """Why a due escalation should not happen: too late for the next model, or it is swamped.
+
+    A local hop (run in this process, workers/local.py) waits in no queue and no batch
+    window, so only the next model's compute is its estimate.
+    """
     if header.deadline is not None:
         if header.deadline <= now:
             return "deadline"
-        if task.deadline and now + board.state(target).est_latency_ms > header.deadline:
+        state = board.state(target)
+        est = state.compute_ms if local else state.est_latency_ms
+        if task.deadline and now + est > header.deadline:
             return "deadline"
     if task.load is not None and task.load.keep_on_overload and board.overloaded(task, target):
         return "load"

@@ -36,6 +36,7 @@ from cascadeq.workers import padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.lanes import LaneReader
+from cascadeq.workers.local import LocalModel, LocalModels
 from cascadeq.workers.runner import OnnxRunner
 from cascadeq.workers.settle import BatchWork, Ran, Settler
 
@@ -51,7 +52,10 @@ class ModelWorker:
         settings: Settings,
         consumer: str,
         runner: OnnxRunner | None = None,
+        local: LocalModels | None = None,
     ) -> None:
+        """``local``: the models of this process, shared by its workers, which this one
+        joins; a task that escalates locally runs its unsure rows on them."""
         self.r, self.catalog, self.spec, self.settings = r, catalog, spec, settings
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
@@ -68,7 +72,10 @@ class ModelWorker:
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
         self.speed = Speed()
-        self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s)
+        self.speed_lock = threading.Lock()  # escalations into this model update it too
+        if local is not None:
+            local[spec.name] = LocalModel(spec, self.runner.run, self.speed, self.speed_lock)
+        self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s, local)
 
     def setup(self) -> None:
         for lane in self.lanes:
@@ -197,7 +204,8 @@ class ModelWorker:
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
         queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) * i.samples for i, _ in items)
-        self.speed.update(compute_ms, samples, queue_ms / max(1, samples))
+        with self.speed_lock:
+            self.speed.update(compute_ms, samples, queue_ms / max(1, samples))
         info = {"padding_overhead": round(overhead, 4)} if self.padded else {}
         work.tally.ran(samples, compute_ms, overhead if self.padded else None)
         self.stats["batches"] += 1
@@ -239,10 +247,13 @@ class ModelWorker:
             pipe.hincrby(keys.routing_counts, name, n)
         work.tally.queue(pipe, keys, model)  # `cascadeq stats` reads it
         if work.tally.batches:
-            self.speed.queue(pipe, keys, model, extra)
+            with self.speed_lock:
+                self.speed.queue(pipe, keys, model, extra)
         done = work.commit.send(self.r)
         self.stats["results"] += done.stored
         bookkeeping("metrics", partial(metrics.observe_batch, model, work.tally))
+        for other, tally in work.local:  # batches of the models escalated into here
+            bookkeeping("metrics", partial(metrics.observe_batch, other, tally))
 
     def batcher_overlap(self) -> float | None:
         overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it

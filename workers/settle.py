@@ -1,5 +1,7 @@
 """What a computed batch becomes: a stored result for each sure request, one escalation
-bundle per next model and lane for the unsure, and the hop each request took.
+bundle per next model and lane for the unsure (or, where the task escalates locally and
+this process serves the next model, that model's results, computed here at once), and
+the hop each request took.
 
 Per batch: confidences (one numpy call per measure), output bytes (one copy), the
 escalations' input rows (one take per source entry). Per request only what differs:
@@ -9,9 +11,10 @@ its hop, its decision and its result's few fields, encoded in C.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -26,10 +29,11 @@ from cascadeq.infra.window import Tally
 from cascadeq.protocol import bundle, outputs, traces, wire
 from cascadeq.protocol.bundle import Header
 from cascadeq.protocol.keys import Keys
-from cascadeq.protocol.messages import OK, error_result, now_ms
-from cascadeq.workers import outcome
+from cascadeq.protocol.messages import EXPIRED, OK, error_result, now_ms
+from cascadeq.workers import outcome, padding
 from cascadeq.workers.answers import Encoded, OkBatch, Sure
 from cascadeq.workers.batcher import Item
+from cascadeq.workers.local import LocalModel, LocalModels, goes_local
 
 log = get_logger("cascadeq.worker")
 
@@ -49,6 +53,8 @@ class BatchWork:
     plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
     answered: list[np.ndarray] = field(default_factory=list)  # total_ms of the ok results
     now: float = 0.0  # epoch ms when the batch's results were written
+    # The batches run here for local escalations, by model: their figures count as theirs.
+    local: list[tuple[str, Tally]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class _Plan:
     next: str | None  # the cascade's next model, if this answer may be passed up
     threshold: float  # the confidence below which it is
     traced: bool  # its first-stage outcomes are sampled for `router train`
+    local: bool = False  # escalations run here, on this process's session of ``next``
 
 
 def _plan_for(catalog: Catalog, model: str, header: Header) -> _Plan:
@@ -96,18 +103,28 @@ def _plan_for(catalog: Catalog, model: str, header: Header) -> _Plan:
 
 @dataclass
 class _Escalation:
-    stream: str
+    stream: str  # "" when local
     to: str  # the model it goes to
+    local: bool = False  # run here rather than added to ``stream``
     parts: list[tuple[Item, np.ndarray]] = field(default_factory=list)  # item, request mask
+    part_entries: list[int] = field(default_factory=list)  # each part's entry number
     headers: list[Header] = field(default_factory=list)
     entries: set[int] = field(default_factory=set)
 
     def take(self, item: Item, index: int, header: Header, entry: int) -> None:
         header.stage += 1
         header.attempt += 1
-        header.trace.append({"model": self.to, "rule": "escalate"})
+        hop: dict[str, Any] = {"model": self.to, "rule": "escalate"}
+        if self.local:
+            hop["hop"] = "local"
+        header.trace.append(hop)
+        self.add(item, index, header, entry)
+
+    def add(self, item: Item, index: int, header: Header, entry: int) -> None:
+        """A request whose header already says where it goes."""
         if not self.parts or self.parts[-1][0] is not item:
             self.parts.append((item, np.zeros(item.bundle.size, dtype=bool)))
+            self.part_entries.append(entry)
         self.parts[-1][1][index] = True
         self.headers.append(header)
         self.entries.add(entry)
@@ -117,11 +134,19 @@ class Settler:
     """Turns a computed batch into effects; holds only the worker's fixed configuration."""
 
     def __init__(
-        self, catalog: Catalog, spec: ModelSpec, keys: Keys, board: LoadBoard, ttl_s: int
+        self,
+        catalog: Catalog,
+        spec: ModelSpec,
+        keys: Keys,
+        board: LoadBoard,
+        ttl_s: int,
+        local: LocalModels | None = None,
     ) -> None:
         self.catalog, self.spec, self.keys, self.board = catalog, spec, keys, board
         self.ttl_s = ttl_s
         self.rng = random.Random()
+        self.local: LocalModels = {} if local is None else local
+        self._next: dict[str, Settler] = {}  # settlers of the local models escalated into
 
     def settle(self, work: BatchWork, ran: Ran) -> None:
         confs = _Confidences(self.spec, ran)
@@ -137,7 +162,7 @@ class Settler:
             work.now,
             self.keys.result(""),
         )
-        escalations: dict[str, _Escalation] = {}
+        escalations: dict[tuple[str, bool], _Escalation] = {}
         for item, entry, first in _request_offsets(ran):
             try:
                 self._settle_item(work, ran, _Entry(item, entry, first), confs, oks, escalations)
@@ -145,7 +170,10 @@ class Settler:
                 log.warning("entry_failed", model=self.spec.name, error=repr(exc))
                 work.commit.fail(entry)  # delivered again, then retried alone
         for esc in escalations.values():
-            self._escalate(work, esc)
+            if esc.local:
+                self._local_or_fail(work, esc)
+            else:
+                self._escalate(work, esc)
         if work.answered:
             work.tally.answer_many(OK, np.concatenate(work.answered))
             work.answered.clear()
@@ -157,7 +185,7 @@ class Settler:
         at: _Entry,
         confs: _Confidences,
         oks: OkBatch,
-        escalations: dict[str, _Escalation],
+        escalations: dict[tuple[str, bool], _Escalation],
     ) -> None:
         """An entry's requests: those with nothing to decide (pinned, the cascade's last
         stage, or sure enough by one numpy comparison) are answered together, a block at
@@ -207,7 +235,7 @@ class Settler:
         oks: OkBatch,
         sure: Sure,
         stored: Stored,
-        escalations: dict[str, _Escalation],
+        escalations: dict[tuple[str, bool], _Escalation],
     ) -> None:
         """One request that may go up the cascade: answer, escalate, or answer with the
         escalation skipped; a surprise gives it an error result of its own."""
@@ -219,13 +247,14 @@ class Settler:
             conf = None if target is None else confs.of(req, plan.measure)
             if target is not None and conf is not None and conf < plan.threshold:
                 _hop(header, self.spec.name, conf, hop)  # what the skip and the next model read
-                target = self._unless_skipped(work, plan.task, header, target)
+                target = self._unless_skipped(work, plan.task, header, target, plan.local)
             else:
                 target = None
             if plan.traced and plan.task is not None:
                 self._log_trace(work, plan.task, at.item, j, at.entry, kept=target is None)
             if target is not None:
-                self._escalation(escalations, header, target).take(at.item, j, header, at.entry)
+                esc = self._escalation(escalations, header, target, plan.local)
+                esc.take(at.item, j, header, at.entry)
             elif header.trace and "skipped" in header.trace[-1]:
                 self._answer_one(work, ran, header, start, n, oks, stored)
             else:
@@ -299,17 +328,30 @@ class Settler:
         key = (header.task, header.model, header.stage, header.tier)
         plan = work.plans.get(key)
         if plan is None:
-            plan = work.plans[key] = _plan_for(self.catalog, self.spec.name, header)
+            plan = _plan_for(self.catalog, self.spec.name, header)
+            if plan.next is not None and plan.task is not None and self.local:
+                local = goes_local(plan.task, self.spec, plan.next, self.local, self.board)
+                plan = replace(plan, local=local)
+            work.plans[key] = plan
         return plan
 
     def _escalation(
-        self, escalations: dict[str, _Escalation], header: Header, to: str
+        self,
+        escalations: dict[tuple[str, bool], _Escalation],
+        header: Header,
+        to: str,
+        local: bool,
     ) -> _Escalation:
-        lane = self.catalog.models[to].lane_for(header.priority)
-        stream = self.keys.model_stream(to, lane)
-        esc = escalations.get(stream)
+        """Queued: one per next model and lane; local: one per next model (no lanes)."""
+        if local:
+            stream = ""
+            key = (to, True)
+        else:
+            stream = self.keys.model_stream(to, self.catalog.models[to].lane_for(header.priority))
+            key = (stream, False)
+        esc = escalations.get(key)
         if esc is None:
-            esc = escalations[stream] = _Escalation(stream, to)
+            esc = escalations[key] = _Escalation(stream, to, local)
         return esc
 
     def _channel(self, work: BatchWork, header: Header) -> int:
@@ -340,12 +382,12 @@ class Settler:
             work.commit.fail(entry)
 
     def _unless_skipped(
-        self, work: BatchWork, task: TaskSpec | None, header: Header, target: str
+        self, work: BatchWork, task: TaskSpec | None, header: Header, target: str, local: bool
     ) -> str | None:
         """The due escalation, unless the next model is too late or swamped (then None)."""
         if task is None:
             return target
-        why = outcome.skip_reason(task, header, target, self.board, now_ms())
+        why = outcome.skip_reason(task, header, target, self.board, now_ms(), local=local)
         if why is None:
             return target
         header.trace[-1]["skipped"] = why
@@ -355,13 +397,112 @@ class Settler:
 
     def _escalate(self, work: BatchWork, esc: _Escalation) -> None:
         """One entry per next model and lane, its rows taken from each source entry."""
+        self._add_escalation(work, esc)
+        self._count_escalation(work, esc)
+
+    def _add_escalation(self, work: BatchWork, esc: _Escalation) -> None:
         counter = self.keys.backlog(esc.stream)
         for fields, requests in _escalation_fields(esc):
             work.commit.add(esc.stream, fields, sorted(esc.entries), counted=(counter, requests))
+
+    def _count_escalation(self, work: BatchWork, esc: _Escalation) -> None:
         n = len(esc.headers)
         work.counts[f"escalate:{self.spec.name}"] += n
         work.tally.escalated += n
         work.tally.escalated_to[esc.to] += n
+
+    def _local_or_fail(self, work: BatchWork, esc: _Escalation) -> None:
+        """A surprise in a local escalation leaves only its source entries pending."""
+        try:
+            self._run_local(work, esc)
+        except Exception as exc:  # noqa: BLE001 - the rest of the batch still commits
+            log.warning("local_escalation_failed", model=esc.to, error=repr(exc))
+            for entry in esc.entries:
+                work.commit.fail(entry)
+
+    def _run_local(self, work: BatchWork, esc: _Escalation) -> None:
+        """The unsure requests run at once on this process's session of the next model,
+        settled by that model's rules into this batch's commit. Their results are effects
+        of the source entries, acknowledged only once they land: a crash before the call
+        re-delivers those entries whole. Should the model call fail, the requests go
+        through the queue instead, where a failure is narrowed down to its request."""
+        there = self.local[esc.to]
+        self._count_escalation(work, esc)
+        work.counts[f"local:{self.spec.name}"] += len(esc.headers)
+        sub = BatchWork(work.commit, Tally(entries=len(esc.headers)), work.counts, work.channels)
+        read_at = now_ms()
+        items = [
+            (Item(item.bundle, read_at, mask.copy(), 0, queued_at=read_at), entry)
+            for (item, mask), entry in zip(esc.parts, esc.part_entries, strict=True)
+        ]
+        items = [(i, e) for i, e in items if self._admit_local(sub, i, e)]
+        if items and not self._compute_local(work, sub, there, items):
+            self._requeue(work, esc.to, items)
+        sub.tally.queue(work.commit.pipe, self.keys, esc.to)
+        work.local.append((esc.to, sub.tally))
+        work.local += sub.local
+
+    def _admit_local(self, sub: BatchWork, item: Item, entry: int) -> bool:
+        """As a worker admits what it read: a request whose deadline has passed is
+        answered expired, before compute; True if any request is left to run."""
+        now = now_ms()
+        for j in np.flatnonzero(item.keep).tolist():
+            header = item.headers[j]
+            if header.deadline is not None and header.deadline <= now:
+                item.keep[j] = False
+                expired = error_result(
+                    header, "deadline", "deadline passed before compute", status=EXPIRED
+                )
+                channel = self.keys.reply_channel(header.reply_to) if header.reply_to else None
+                sub.commit.result(self.keys.result(header.id), expired.dumps(), channel, entry)
+                sub.tally.answer(expired.status, expired.timings.get("total_ms", 0.0))
+        item.samples = int(item.bundle.rows[item.keep].sum())
+        return bool(item.keep.any())
+
+    def _compute_local(
+        self, work: BatchWork, sub: BatchWork, there: LocalModel, items: list[tuple[Item, int]]
+    ) -> bool:
+        """One model call for the escalated rows, then its results; False if the call failed."""
+        spec = there.spec
+        samples = sum(i.samples for i, _ in items)
+        launched_at = now_ms()
+        started = time.perf_counter()
+        try:
+            out, overhead = padding.run(there.run, [i.kept_inputs() for i, _ in items], spec)
+        except Exception as exc:  # noqa: BLE001 - the queued hop narrows it down
+            log.warning("local_escalation_failed", model=spec.name, error=repr(exc))
+            return False
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        padded = padding.has_variable_axes(spec)
+        info = {"padding_overhead": round(overhead, 4)} if padded else {}
+        sub.tally.ran(samples, compute_ms, overhead if padded else None)
+        there.observed(compute_ms, samples)
+        with there.lock:
+            there.speed.queue(work.commit.pipe, self.keys, spec.name)
+        ran = Ran(items, out, launched_at, compute_ms, samples, info)
+        self._settler_of(spec.name).settle(sub, ran)
+        return True
+
+    def _requeue(self, work: BatchWork, to: str, items: list[tuple[Item, int]]) -> None:
+        """Requests whose local run failed, added to the next model's streams as a queued
+        escalation would have added them (their hop no longer marked local)."""
+        queued: dict[tuple[str, bool], _Escalation] = {}
+        for item, entry in items:
+            for j in np.flatnonzero(item.keep).tolist():
+                header = item.headers[j]
+                header.trace[-1].pop("hop", None)
+                self._escalation(queued, header, to, local=False).add(item, j, header, entry)
+        for esc in queued.values():
+            self._add_escalation(work, esc)
+
+    def _settler_of(self, model: str) -> Settler:
+        """The next model's settler, on this thread: its plans, its skips, its results."""
+        settler = self._next.get(model)
+        if settler is None:
+            spec = self.catalog.models[model]
+            settler = Settler(self.catalog, spec, self.keys, self.board, self.ttl_s, self.local)
+            self._next[model] = settler
+        return settler
 
     def _log_trace(
         self, work: BatchWork, task: TaskSpec, item: Item, index: int, entry: int, *, kept: bool

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from cascadeq.config.models import ModelSpec
 
 CONFIDENCE_MEASURES = ("top", "margin", "entropy")
+#: How an unsure answer reaches the next model: its stream (queue), the worker process's
+#: own session of it when it serves that model too (local), or local while the next
+#: model's backlog is below ``local_backlog`` and the queue otherwise (auto).
+ESCALATE_MODES = ("queue", "local", "auto")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class TaskSpec:
     learned: Learned | None = None
     trace_sample: float = 0.0  # share of first-stage outcomes logged for `router train`
     validation: Path | None = None  # labelled split for `calibrate` and benchmarks
+    escalate: str = "queue"  # one of ESCALATE_MODES
+    local_backlog: int | None = None  # auto: local below this many waiting; None: max_batch
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -107,6 +113,8 @@ _TASK_FIELDS = {
     "learned",
     "trace_sample",
     "validation",
+    "escalate",
+    "local_backlog",
 }
 
 
@@ -135,6 +143,7 @@ def parse_task(
             f"{where}.trace_sample", f"{sample} is outside [0, 1]", "use a share, e.g. 1.0"
         )
     validation = p.value(doc, "validation", where, (str, type(None)), None)
+    escalate, local_backlog = _escalate(p, doc, where)
     return TaskSpec(
         name=name,
         cascade=cascade,
@@ -146,7 +155,26 @@ def parse_task(
         learned=_learned(p, doc, where, names),
         trace_sample=sample,
         validation=None if validation is None else p.base / validation,
+        escalate=escalate,
+        local_backlog=local_backlog,
     )
+
+
+def _escalate(p: Fields, doc: dict[str, Any], where: str) -> tuple[str, int | None]:
+    mode = p.value(doc, "escalate", where, str, "queue")
+    if mode not in ESCALATE_MODES:
+        raise p.fail(
+            f"{where}.escalate", f"unknown mode {mode!r}", f"use one of {list(ESCALATE_MODES)}"
+        )
+    if "local_backlog" not in doc:
+        return str(mode), None
+    if mode != "auto":
+        raise p.fail(
+            f"{where}.local_backlog",
+            f'is only read with escalate = "auto", not {mode!r}',
+            'remove it or set escalate = "auto"',
+        )
+    return str(mode), p.positive(doc, "local_backlog", where, 1)
 
 
 def _cascade(

@@ -82,3 +82,32 @@ def test_a_model_listed_twice_in_a_cascade_is_refused() -> None:
     text = POLICY_CATALOG.replace('{ model = "toy-large" }]', '{ model = "toy-small" }]')
     with pytest.raises(CatalogError, match="lists a model twice"):
         Catalog.loads(text, source="c.toml", check_files=False)
+
+
+def test_escalation_goes_through_the_queue_unless_the_task_says_otherwise() -> None:
+    task = load("").tasks["toy"]
+    assert (task.escalate, task.local_backlog) == ("queue", None)
+    text = POLICY_CATALOG.replace(
+        "[tasks.toy]\n", '[tasks.toy]\nescalate = "auto"\nlocal_backlog = 7\n'
+    )
+    auto = Catalog.loads(text, source="c.toml", check_files=False).tasks["toy"]
+    assert (auto.escalate, auto.local_backlog) == ("auto", 7)
+
+
+@pytest.mark.parametrize(
+    ("lines", "where", "problem"),
+    [
+        ('escalate = "nearby"', "tasks.toy.escalate", "unknown mode 'nearby'"),
+        ("escalate = true", "tasks.toy.escalate", "must not be a boolean"),
+        ('escalate = "local"\nlocal_backlog = 5', "tasks.toy.local_backlog", "only read with"),
+        ("local_backlog = 5", "tasks.toy.local_backlog", "only read with"),
+        ('escalate = "auto"\nlocal_backlog = 0', "tasks.toy.local_backlog", "1 or more"),
+        ('escalate = "auto"\nlocal_backlog = 2.5', "tasks.toy.local_backlog", "must be int"),
+    ],
+)
+def test_escalation_mistakes_are_explained(lines: str, where: str, problem: str) -> None:
+    text = POLICY_CATALOG.replace("[tasks.toy]\n", f"[tasks.toy]\n{lines}\n")
+    with pytest.raises(CatalogError) as info:
+        Catalog.loads(text, source="c.toml", check_files=False)
+    assert info.value.field_path == where
+    assert problem in info.value.problem

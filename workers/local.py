@@ -1,0 +1,62 @@
+"""The models a worker process serves, for escalating to one of them without the queue.
+
+``cascadeq worker --models a,b`` runs a thread per model, each with its ONNX Runtime
+session. A session may run from any thread, so the thread of ``a`` can run a batch's
+unsure rows on ``b``'s session at once, in the same batch's commit (workers/settle.py):
+no XADD, no read, no second batch window. Which tasks do so is the catalog's choice
+(``escalate``); whether a given batch does is decided here, once per batch and plan.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from cascadeq.config.catalog import ModelSpec
+from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.observed import LoadBoard, Speed
+from cascadeq.workers.padding import RunFn
+
+
+@dataclass
+class LocalModel:
+    """A model loaded in this process: its session's run and its moving averages, which
+    its own thread and the threads escalating into it both update (under ``lock``)."""
+
+    spec: ModelSpec
+    run: RunFn
+    speed: Speed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observed(self, compute_ms: float, samples: int) -> None:
+        with self.lock:
+            self.speed.update(compute_ms, samples, 0.0)  # a local hop waits in no queue
+
+
+#: The process's models by name; filled as its workers load them.
+LocalModels = dict[str, LocalModel]
+
+
+def goes_local(
+    task: TaskSpec, source: ModelSpec, target: str, local: LocalModels, board: LoadBoard
+) -> bool:
+    """Whether requests of ``task`` escalating from ``source`` to ``target`` run here.
+
+    Only when the process holds ``target`` and its inputs take this model's rows as they
+    are (a queued hop would check them against its own declaration); with ``auto``, only
+    while the target's backlog (requests waiting in its streams) is below the bound, so a
+    busy model's queue keeps its order and its replicas share the work.
+    """
+    if task.escalate == "queue":
+        return False
+    there = local.get(target)
+    if there is None or not _takes_rows_of(there.spec, source):
+        return False
+    if task.escalate == "local":
+        return True
+    bound = task.local_backlog or there.spec.batching.max_batch
+    return board.state(target).backlog < bound
+
+
+def _takes_rows_of(target: ModelSpec, source: ModelSpec) -> bool:
+    return target.inputs == source.inputs and (target.allow_nonfinite or not source.allow_nonfinite)
