@@ -21,6 +21,7 @@ from cascadeq.config.catalog import Catalog, ModelSpec
 from cascadeq.config.settings import Settings
 from cascadeq.infra import metrics, streams
 from cascadeq.infra.commit import Commit
+from cascadeq.infra.cpu import CpuMeter
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard, Speed
@@ -68,6 +69,7 @@ class ModelWorker:
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
         self.speed = Speed()
+        self.cpu = CpuMeter(helper=lambda: float(getattr(self.batcher, "read_cpu_s", 0.0)))
         self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s)
 
     def setup(self) -> None:
@@ -233,7 +235,8 @@ class ModelWorker:
         figures too (written after the effects, as a pipeline beside the call would)."""
         model, keys = self.spec.name, self.keys
         overlap = self.batcher_overlap()
-        extra = None if overlap is None else {"overlap": overlap}
+        self.cpu.mark(work.tally.entries)  # this thread's and its reader's, per request
+        extra = {**self.cpu.fields(), **({} if overlap is None else {"overlap": overlap})}
         pipe = work.commit.pipe
         for name, n in work.counts.items():
             pipe.hincrby(keys.routing_counts, name, n)
