@@ -226,7 +226,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from cascadeq.ops import stats
 
-    return stats.run(_settings(args), as_json=args.json, watch=args.watch)
+    return stats.run(
+        _settings(args), as_json=args.json, watch=args.watch, redis_sample_s=args.redis_sample
+    )
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -449,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=2.0,
         metavar="SECONDS",
         help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    stats.add_argument(
+        "--redis-sample",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="measure Redis's CPU per answered request over SECONDS first (default 1; 0: skip)",
     )
     stats.add_argument("--json", action="store_true", help="last stdout line is JSON")
     stats.set_defaults(func=cmd_stats)
