@@ -130,6 +130,13 @@ def _add_router_train(router: argparse.ArgumentParser) -> None:
         type=float,
         help="skip the first model at this precision (default: where it saves most cost)",
     )
+    train.add_argument(
+        "--hop-cost",
+        type=float,
+        metavar="US",
+        help="a hop's cost beyond compute, µs per request, where workers published none "
+        "(default: the published figures, else compute only)",
+    )
     train.add_argument("--json", action="store_true", help="last stdout line is JSON")
 
 
@@ -291,6 +298,13 @@ def _add_calibrate_parser(sub: Any) -> None:
         help="most accurate thresholds escalating at most this share, 0 to 1",
     )
     calib.add_argument("--measure", choices=["top", "margin", "entropy"])
+    calib.add_argument(
+        "--hop-cost",
+        type=float,
+        metavar="US",
+        help="a hop's cost beyond compute, µs per request, where workers published none "
+        "(default: the published figures, else compute only)",
+    )
     calib.add_argument(
         "--data",
         help="npz with the inputs and labels (default: the task's validation split); arrays "

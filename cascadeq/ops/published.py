@@ -50,6 +50,36 @@ class Published:
         return max(0.0, m.cpu_us - m.compute_us) + (self.redis_per_hop_us or 0.0)
 
 
+def hop_figures(
+    r: redis.Redis | None,
+    keys: Keys,
+    models: Sequence[str],
+    fallback: float | None = None,
+    redis_hop_us: float | None = None,
+) -> tuple[dict[str, float], str]:
+    """Per model, a hop's cost beyond compute in µs, and where the figures came from:
+    published where the workers published, else ``fallback`` (a CLI figure, taken as
+    whole), else none. Redis's share of a published hop is ``redis_hop_us`` when the
+    caller sampled it over traffic (RedisSampler), else left out."""
+    pub = Published(None, {})
+    if r is not None:
+        try:
+            pub = read(r, keys, models)
+        except redis.RedisError:
+            pub = Published(None, {})
+    out: dict[str, float] = {}
+    sources: set[str] = set()
+    for model in models:
+        value = pub.hop_us(model)
+        if value is not None:
+            out[model] = value + (redis_hop_us or 0.0)
+            sources.add("published" + ("+redis" if redis_hop_us is not None else ""))
+        elif fallback is not None:
+            out[model] = fallback
+            sources.add("given")
+    return out, "+".join(sorted(sources)) or "none (compute only)"
+
+
 def read(r: redis.Redis, keys: Keys, models: Sequence[str]) -> Published:
     """Every model's and the router's published figures, in one pipeline."""
     pipe = r.pipeline(transaction=False)
