@@ -79,7 +79,7 @@ def _escalated_p50(bench: Bench, task: str, rate: float, large: str) -> float:
     from cascadeq.producer import Request  # noqa: PLC0415
 
     x, y = _split(bench)
-    n = max(50, int(rate * bench.scale.latency_s * 4))
+    n = max(50, int(rate * bench.scale.latency_s * 2))
     reqs = [Request({"input": x[i % len(x)][None]}, task=task) for i in range(n)]
     run = run_paced(bench.client, reqs, y[np.arange(n) % len(y)], rate)
     p50 = figures(run, bench.catalog(), large)["escalated_p50_ms"]

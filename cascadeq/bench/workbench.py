@@ -41,7 +41,9 @@ class Scale:
     overhead: int = 30_000
     latency_s: float = 3.0  # open-loop seconds per load level
     latency_levels: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    cascade_repeats: int = 10  # the held-out split, this many times over
+    # the held-out split, this many times over: a row runs about a second at least, so
+    # CPU read in 10 ms ticks (psutil) is within a few percent per role
+    cascade_repeats: int = 40
     sweep: tuple[int, ...] = (1, 4, 16, 64)  # max_batch values for the plot
 
     @classmethod
