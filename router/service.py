@@ -71,6 +71,7 @@ class Router:
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
     def setup(self) -> None:
+        self.cpu.start()
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
         publish_catalog(self.r, self.keys, self.catalog)
 

@@ -73,6 +73,7 @@ class ModelWorker:
         self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s)
 
     def setup(self) -> None:
+        self.cpu.start()  # on the serving thread: its thread CPU is what is measured
         for lane in self.lanes:
             streams.ensure_group(self.r, lane, keynames.WORKER_GROUP)
             # Joined before the first read: a replica counts as a consumer (stats, KEDA)

@@ -44,6 +44,12 @@ class CpuMeter:
     requests: float = 0.0
     seen: bool = False
 
+    def start(self) -> None:
+        """Count from now, on the calling thread: the serving loop's, at its setup."""
+        self.thread, self.last, self.last_helper = (
+            threading.get_ident(), time.thread_time(), self.helper()
+        )  # fmt: skip
+
     def mark(self, requests: int) -> None:
         """Close a batch that handled ``requests``; call on the thread that serves."""
         now, helper = time.thread_time(), self.helper()

@@ -50,13 +50,17 @@ def test_router_and_workers_publish_cpu_and_stats_totals_include_every_role(
     sampler = published.RedisSampler(r, keys, sorted(cat.models))
     sampler.sample()
     with Producer(settings.redis_url, settings=settings, catalog=cat) as client:
-        ids = client.submit_many([Request({"input": x[i : i + 1]}, task="digits") for i in range(300)])
+        reqs = [Request({"input": x[i : i + 1]}, task="digits") for i in range(300)]
+        ids = client.submit_many(reqs)
         serve_all(router, workers)
         done = client.wait_many(ids, timeout=60)
     assert all(res.ok for res in done)
     redis_cpu = sampler.sample()
-    assert redis_cpu[0] is not None and redis_cpu[0] >= 0.0
-    assert redis_cpu[1] is not None and redis_cpu[1] >= 1.0  # a hop per request, at least
+    per_answered, hops = redis_cpu
+    assert per_answered is not None
+    assert per_answered >= 0.0
+    assert hops is not None
+    assert hops >= 1.0  # a hop per request, at least
     assert CPU_FIELD.encode() in r.hgetall(keys.role_cpu("router"))
     for model in cat.models:
         assert CPU_FIELD.encode() in r.hgetall(keys.observed(model)), model
