@@ -148,6 +148,7 @@ class Router:
     def forward(self, entries: list[streams.Entry]) -> int:
         """Route a batch: decode, decide per group, forward one bundle per stream, commit."""
         if not entries:
+            self.cpu.mark(0)  # idle: not any request's CPU
             return 0
         batch = self._batch()
         for eid, fields in entries:

@@ -99,6 +99,8 @@ class ModelWorker:
         batch = self.batcher.collect(block_ms)
         if batch:
             backstop("worker", "batch", partial(self.process, batch))
+        else:
+            self.cpu.mark(0)  # idle: not any request's CPU
         if self.trim_clock.due():
             for lane in self.lanes:
                 streams.trim_acknowledged(self.r, lane)

@@ -31,6 +31,16 @@ def test_meter_publishes_nothing_until_a_batch_handled_requests() -> None:
     assert meter.us_per_request >= 0.0
 
 
+def test_meter_drops_what_an_idle_loop_spent() -> None:
+    helper = [0.0]
+    meter = CpuMeter(helper=lambda: helper[0])
+    helper[0] = 5.0  # seconds of idle polling by the reader
+    meter.mark(0)  # the step found nothing
+    helper[0] = 5.001
+    meter.mark(10)
+    assert meter.us_per_request < 5.0 / 10 * 1e6  # not the idle spell's 500,000 us
+
+
 def test_meter_counts_its_helper_threads_share() -> None:
     helper = [0.0]
     meter = CpuMeter(helper=lambda: helper[0])
