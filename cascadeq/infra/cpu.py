@@ -33,7 +33,9 @@ class CpuMeter:
     """Thread CPU since the last ``mark``, plus helper threads' shares, per request.
 
     Numerator and denominator are averaged apart, so a batch of one weighs as one
-    request, not as a whole batch's worth. A step that found nothing marks 0: what the
+    request, not as a whole batch's worth. The first batch is a warm-up (the model
+    session's first run is many times a later one) and is left out. A step that found
+    nothing marks 0: what the
     idle loop spent (a refresh, a blocked read) is dropped, else a lightly loaded model's
     few requests would carry seconds of polling (measured by `bench dms` before this:
     a 759 µs hop for the digits large model behind a 15% escalation).
@@ -45,7 +47,12 @@ class CpuMeter:
     thread: int = field(default_factory=threading.get_ident)
     cpu_s: float = 0.0
     requests: float = 0.0
-    seen: bool = False
+    batches: int = 0  # batches averaged; the first one served is left out (warm-up)
+    warm: bool = False
+
+    @property
+    def seen(self) -> bool:
+        return self.batches > 0
 
     def start(self) -> None:
         """Count from now, on the calling thread: the serving loop's, at its setup."""
@@ -63,11 +70,13 @@ class CpuMeter:
         self.last, self.last_helper = now, helper
         if requests <= 0:
             return  # an idle poll: the role's fixed cost over time, not a request's
-        if not self.seen:
-            self.cpu_s, self.requests, self.seen = spent, float(requests), True
+        if not self.warm:  # a session's first run and the setup before it: not a request's
+            self.warm = True
             return
-        self.cpu_s += ALPHA * (spent - self.cpu_s)
-        self.requests += ALPHA * (requests - self.requests)
+        self.batches += 1
+        alpha = max(ALPHA, 1.0 / self.batches)  # a plain mean until the average has history
+        self.cpu_s += alpha * (spent - self.cpu_s)
+        self.requests += alpha * (requests - self.requests)
 
     @property
     def us_per_request(self) -> float:
