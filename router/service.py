@@ -52,7 +52,8 @@ class Router:
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
-        self.cpu = CpuMeter()  # published for `cascadeq cost` and `stats`
+        # published for `cascadeq cost` and `stats`; every batch counts (no model session warms up)
+        self.cpu = CpuMeter(warm=True)
         self.cpu_clock = Every(REFRESH_S)
         self.learned = LearnedRouters(catalog)
         self.fed = sorted(
