@@ -130,6 +130,13 @@ def _add_router_train(router: argparse.ArgumentParser) -> None:
         type=float,
         help="skip the first model at this precision (default: where it saves most cost)",
     )
+    train.add_argument(
+        "--hop-cost",
+        type=float,
+        metavar="US",
+        help="a hop's cost beyond compute, µs per request, where workers published none "
+        "(default: the published figures, else compute only)",
+    )
     train.add_argument("--json", action="store_true", help="last stdout line is JSON")
 
 
@@ -226,7 +233,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from cascadeq.ops import stats
 
-    return stats.run(_settings(args), as_json=args.json, watch=args.watch)
+    return stats.run(
+        _settings(args), as_json=args.json, watch=args.watch, redis_sample_s=args.redis_sample
+    )
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -289,6 +298,13 @@ def _add_calibrate_parser(sub: Any) -> None:
         help="most accurate thresholds escalating at most this share, 0 to 1",
     )
     calib.add_argument("--measure", choices=["top", "margin", "entropy"])
+    calib.add_argument(
+        "--hop-cost",
+        type=float,
+        metavar="US",
+        help="a hop's cost beyond compute, µs per request, where workers published none "
+        "(default: the published figures, else compute only)",
+    )
     calib.add_argument(
         "--data",
         help="npz with the inputs and labels (default: the task's validation split); arrays "
@@ -449,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=2.0,
         metavar="SECONDS",
         help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    stats.add_argument(
+        "--redis-sample",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="measure Redis's CPU per answered request over SECONDS first (default 1; 0: skip)",
     )
     stats.add_argument("--json", action="store_true", help="last stdout line is JSON")
     stats.set_defaults(func=cmd_stats)

@@ -38,6 +38,9 @@ class Row:
     p50_ms: float
     p99_ms: float
     relative_cost: float
+    compute_us: float  # per answered request, the models' compute only
+    total_cpu_us: float | None  # per answered request, every process's CPU (None: no psutil)
+    roles_us: dict[str, float]
     errors: int
 
 
@@ -50,6 +53,9 @@ ROW_FIGURES = (
     "p50_ms",
     "p99_ms",
     "relative_cost",
+    "compute_us",
+    "total_cpu_us",
+    "roles_us",
     "errors",
 )
 
@@ -72,7 +78,9 @@ def run_strategies(system: System, x: np.ndarray, y: np.ndarray) -> list[Row]:
         for name, target in strategies:
             progress(f"{name}: {len(x)} requests")
             requests = [Request({"input": x[i : i + 1]}, **target) for i in range(len(x))]
-            row = figures(run_burst(client, requests, y), catalog, large)
+            with harness.cpu_spent(system) as spent:
+                run = run_burst(client, requests, y)
+            row = figures(run, catalog, large, spent)
             rows.append(Row(strategy=name, **{f: row[f] for f in ROW_FIGURES}))
     return rows
 
@@ -80,20 +88,35 @@ def run_strategies(system: System, x: np.ndarray, y: np.ndarray) -> list[Row]:
 def render(rows: list[Row]) -> str:
     head = (
         f"{'strategy':<12}{'requests':>9}{'accuracy':>10}{'large%':>8}{'large':>7}"
-        f"{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'compute':>8}{'errors':>8}"
+        f"{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'compute':>8}{'total':>7}{'cpu us':>8}"
+        f"{'errors':>8}"
     )
+    base = next((r.total_cpu_us for r in rows if r.strategy == "large-only"), None)
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.strategy:<12}{r.requests:>9}{r.accuracy:>10.4f}"
             f"{r.large_share * 100:>7.1f}%{r.large_calls:>7}{r.throughput_rps:>9.0f}"
-            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.relative_cost:>8.2f}{r.errors:>8}"
+            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.relative_cost:>8.2f}"
+            f"{_relative(r.total_cpu_us, base):>7}{_us(r.total_cpu_us):>8}{r.errors:>8}"
         )
     lines.append(
         "compute: the models' per-sample compute relative to large-only (compute only: the "
         "queue's own CPU is not in it)"
     )
+    lines.append(
+        "total: CPU per answered request of every process (producer, router, workers, Redis; "
+        "compute included) relative to large-only; cpu us: the same in µs"
+    )
     return "\n".join(lines)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _relative(value: float | None, base: float | None) -> str:
+    return "-" if value is None or not base else f"{value / base:.2f}"
 
 
 def main(settings: Settings, models_dir: Path, *, as_json: bool) -> int:

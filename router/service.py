@@ -17,9 +17,10 @@ import redis
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra import metrics, streams
+from cascadeq.infra.cpu import CPU_TTL_S, CpuMeter
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
-from cascadeq.infra.observed import LoadBoard
+from cascadeq.infra.observed import REFRESH_S, LoadBoard
 from cascadeq.infra.process import consumer_name, serve
 from cascadeq.infra.queues import BacklogRead
 from cascadeq.protocol import keys as keynames
@@ -52,6 +53,9 @@ class Router:
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
+        # published for `cascadeq cost` and `stats`; every batch counts (no model session warms up)
+        self.cpu = CpuMeter(warm=True)
+        self.cpu_clock = Every(REFRESH_S)
         self.learned = LearnedRouters(catalog)
         self.fed = sorted(
             self.keys.model_stream(m.name, lane)
@@ -70,6 +74,7 @@ class Router:
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
     def setup(self) -> None:
+        self.cpu.start()
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
         publish_catalog(self.r, self.keys, self.catalog)
 
@@ -146,6 +151,7 @@ class Router:
     def forward(self, entries: list[streams.Entry]) -> int:
         """Route a batch: decode, decide per group, forward one bundle per stream, commit."""
         if not entries:
+            self.cpu.mark(0)  # idle: not any request's CPU
             return 0
         batch = self._batch()
         for eid, fields in entries:
@@ -162,12 +168,22 @@ class Router:
 
         requests = sum(b.size for b in batch.bundles.values())
         self.per_entry = max(1.0, 0.7 * self.per_entry + 0.3 * requests / len(entries))
+        self._publish_cpu(batch, requests)
         done = batch.commit.send(self.r, also)
         if len(done.depths) == len(self.fed):
             self.depths = done.depths
         bookkeeping("metrics", partial(metrics.observe_routing, rules, finals))
         self.routed += len(entries)
         return len(entries)
+
+    def _publish_cpu(self, batch: RouteBatch, requests: int) -> None:
+        """The router's CPU per forwarded request, in the batch's commit call (no round trip)."""
+        self.cpu.mark(requests)
+        fields = self.cpu.fields()
+        if fields and self.cpu_clock.due():
+            key, pipe = self.keys.role_cpu("router"), batch.commit.pipe
+            pipe.hset(key, mapping={**fields, "at": now_ms()})
+            pipe.expire(key, CPU_TTL_S)
 
     def stream_for(self, model: str, priority: str) -> str:
         stream = self.streams.get((model, priority))

@@ -21,6 +21,7 @@ reads hide behind compute, near 0 the worker was idle waiting for input anyway.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -43,6 +44,7 @@ class PrefetchBatcher(Batcher):
     overlapped: int = 0
     busy: bool = False  # the worker holds a batch
     first_at: float = 0.0  # clock() when the oldest buffered entry arrived
+    read_cpu_s: float = 0.0  # the reader thread's CPU so far (the worker's CpuMeter reads it)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +132,7 @@ class PrefetchBatcher(Batcher):
                 continue
             try:
                 items, samples = self.fetch(room, self.block_ms)
+                self.read_cpu_s = time.thread_time()
             except redis.RedisError as exc:  # the worker thread raises it; serve() backs off
                 with self.cond:
                     self.error = exc

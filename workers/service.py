@@ -21,6 +21,7 @@ from cascadeq.config.catalog import Catalog, ModelSpec
 from cascadeq.config.settings import Settings
 from cascadeq.infra import metrics, refusal, streams
 from cascadeq.infra.commit import Commit
+from cascadeq.infra.cpu import CpuMeter
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard, Speed
@@ -75,9 +76,11 @@ class ModelWorker:
         self.speed_lock = threading.Lock()  # escalations into this model update it too
         if local is not None:
             local[spec.name] = LocalModel(spec, self.runner.run, self.speed, self.speed_lock)
+        self.cpu = CpuMeter(helper=lambda: float(getattr(self.batcher, "read_cpu_s", 0.0)))
         self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s, local)
 
     def setup(self) -> None:
+        self.cpu.start()  # on the serving thread: its thread CPU is what is measured
         for lane in self.lanes:
             streams.ensure_group(self.r, lane, keynames.WORKER_GROUP)
             # Joined before the first read: a replica counts as a consumer (stats, KEDA)
@@ -103,6 +106,8 @@ class ModelWorker:
         batch = self.batcher.collect(block_ms)
         if batch:
             backstop("worker", "batch", partial(self.process, batch))
+        else:
+            self.cpu.mark(0)  # idle: not any request's CPU
         if self.trim_clock.due():
             for lane in self.lanes:
                 streams.trim_acknowledged(self.r, lane)
@@ -241,7 +246,8 @@ class ModelWorker:
         figures too (written after the effects, as a pipeline beside the call would)."""
         model, keys = self.spec.name, self.keys
         overlap = self.batcher_overlap()
-        extra = None if overlap is None else {"overlap": overlap}
+        self.cpu.mark(work.tally.entries)  # this thread's and its reader's, per request
+        extra = {**self.cpu.fields(), **({} if overlap is None else {"overlap": overlap})}
         pipe = work.commit.pipe
         for name, n in work.counts.items():
             pipe.hincrby(keys.routing_counts, name, n)

@@ -22,6 +22,7 @@ import numpy as np
 
 from cascadeq.bench.harness import (
     System,
+    cpu_spent,
     figures,
     live_system,
     progress,
@@ -55,6 +56,9 @@ ROW_FIELDS = (
     "accuracy",
     "large_share",
     "relative_cost",
+    "compute_us",
+    "total_cpu_us",
+    "roles_us",
     "throughput_rps",
     "p50_ms",
     "p99_ms",
@@ -94,17 +98,25 @@ def prepare(models_dir: Path, work: Path) -> Path:
     return path
 
 
-def add_learned_task(path: Path, system: System, limit: int = 50_000) -> None:
-    """Train on the logged traces and declare a second task that uses the result."""
+def add_learned_task(
+    path: Path, system: System, redis_hop_us: float | None = None, limit: int = 50_000
+) -> dict[str, Any]:
+    """Train on the logged traces and declare a second task that uses the result; a skip
+    weighs a whole hop (compute plus the workers' published CPU beyond it plus Redis's
+    share), as `cascadeq router train` weighs it."""
+    from cascadeq.ops import published  # noqa: PLC0415
     from cascadeq.ops import train_router as train  # noqa: PLC0415 - roles are imported lazily
 
     catalog = Catalog.load(path)
     task = catalog.tasks[TASK]
     r = connect(system.url)
-    x, hard = train.read_traces(r, Keys(system.settings.prefix), TASK, limit)
+    keys = Keys(system.settings.prefix)
+    x, hard = train.read_traces(r, keys, TASK, limit)
+    hops, source = published.hop_figures(r, keys, task.models, redis_hop_us=redis_hop_us)
     r.close()
     out = path.parent / f"{TASK}-router.onnx"
-    report = train.train(catalog, task, x, hard, out)
+    report = train.train(catalog, task, x, hard, out, hop_us=hops)
+    compute_only = train.train(catalog, task, x, hard, path.parent / "compute-only.onnx")
     threshold = task.cascade[0].threshold
     with path.open("a", encoding="utf-8") as f:
         f.write(
@@ -118,7 +130,25 @@ def add_learned_task(path: Path, system: System, limit: int = 50_000) -> None:
     tag(
         f"learned router: {report.traces} traces, {report.hard_share:.1%} hard; threshold "
         f"{report.threshold:.3f} skips {report.skip_share:.1%} (precision {report.precision:.2f})"
+        f"; hop costs {report.costs[0]:.1f} / {report.costs[1]:.1f} us ({source}); saving "
+        f"{report.expected_saving:.2f} us/request (compute only: threshold "
+        f"{compute_only.threshold:.3f}, skips {compute_only.skip_share:.1%})"
     )
+    return {
+        "source": source,
+        "hop_costs_us": report.costs,
+        "hop_us": report.hop_us,
+        "threshold": report.threshold,
+        "skip_share": report.skip_share,
+        "precision": report.precision,
+        "expected_saving_us": report.expected_saving,
+        "compute_only": {
+            "costs": compute_only.costs,
+            "threshold": compute_only.threshold,
+            "skip_share": compute_only.skip_share,
+            "expected_saving": compute_only.expected_saving,
+        },
+    }
 
 
 def policy_requests(policy: str, data: Data, catalog: Catalog) -> list[Any]:
@@ -154,17 +184,35 @@ def run_policy(client: Any, system: System, policy: str, data: Data) -> dict[str
     before = system.counts().get("load_switch", 0)
     requests = policy_requests(policy, data, catalog)
     if policy == "deadline-mix":  # deadlines mean something only at a sustainable rate
-        run = run_paced(client, requests, data.y, DEADLINE_MIX_RPS)
+        with cpu_spent(system) as spent:
+            run = run_paced(client, requests, data.y, DEADLINE_MIX_RPS)
     else:
-        run = run_burst(client, requests, data.y)
-    row = figures(run, catalog, large)
+        with cpu_spent(system) as spent:
+            run = run_burst(client, requests, data.y)
+    row = figures(run, catalog, large, spent)
     row["route_switches"] = system.counts().get("load_switch", 0) - before
     tag(
         f"{policy:<16} accuracy {row['accuracy']:.4f}  large {row['large_share']:.1%}  "
-        f"cost {row['relative_cost']:.3f}  {row['throughput_rps']:.0f} req/s  "
+        f"compute {row['relative_cost']:.3f}  total {_us(row['total_cpu_us'])} us CPU  "
+        f"{row['throughput_rps']:.0f} req/s  "
         f"expired {row['expired']}  lost {row['lost']}"
     )
     return {"policy": policy, **{k: row[k] for k in ROW_FIELDS if k != "policy"}}
+
+
+def _redis_per_hop(system: System, client: Any, data: Data) -> float | None:
+    """The training traffic, with Redis's CPU per hop measured over it (INFO cpu)."""
+    from cascadeq.ops.published import RedisSampler  # noqa: PLC0415
+
+    r = connect(system.url)
+    try:
+        sampler = RedisSampler(r, Keys(system.settings.prefix), sorted(system.catalog().models))
+        sampler.sample()
+        run_burst(client, policy_requests("cascade", data, system.catalog()), data.y)
+        per_answered, hops = sampler.sample()
+    finally:
+        r.close()
+    return per_answered / hops if per_answered is not None and hops else None
 
 
 def warm_up(client: Any, x: np.ndarray, catalog: Catalog) -> None:
@@ -176,18 +224,27 @@ def warm_up(client: Any, x: np.ndarray, catalog: Catalog) -> None:
     client.wait_many(client.submit_many([Request({"input": x[:1]}, **t) for t in targets]), 120)
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'policy':<16}{'accuracy':>9}{'large%':>8}{'cost':>7}{'req/s':>8}"
+        f"{'policy':<16}{'accuracy':>9}{'large%':>8}{'compute':>8}{'total us':>9}{'req/s':>8}"
         f"{'p50 ms':>8}{'p99 ms':>8}{'expired':>8}{'lost':>6}{'switches':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['policy']:<16}{r['accuracy']:>9.4f}{r['large_share'] * 100:>7.1f}%"
-            f"{r['relative_cost']:>7.3f}{r['throughput_rps']:>8.0f}{r['p50_ms']:>8.1f}"
-            f"{r['p99_ms']:>8.1f}{r['expired']:>8}{r['lost']:>6}{r['route_switches']:>9}"
+            f"{r['relative_cost']:>8.3f}{_us(r['total_cpu_us']):>9}{r['throughput_rps']:>8.0f}"
+            f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['expired']:>8}{r['lost']:>6}"
+            f"{r['route_switches']:>9}"
         )
+    lines.append(
+        "compute: the models' compute relative to large-only; total us: CPU per answered "
+        "request of every process (producer, router, workers, Redis), compute included"
+    )
     return "\n".join(lines)
 
 
@@ -206,8 +263,8 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool, spike: int = 20
             with Producer(system.url, settings=system.settings, catalog=system.catalog()) as c:
                 warm_up(c, val_data.x, system.catalog())
                 tag(f"training traffic: {len(val_data.y)} validation requests, traces logged")
-                run_burst(c, policy_requests("cascade", val_data, system.catalog()), val_data.y)
-            add_learned_task(path, system)
+                redis_hop = _redis_per_hop(system, c, val_data)
+            learned = add_learned_task(path, system, redis_hop)
             system.restart()
             with Producer(system.url, settings=system.settings, catalog=system.catalog()) as c:
                 warm_up(c, val_data.x, system.catalog())
@@ -223,6 +280,7 @@ def main(settings: Settings, models_dir: Path, *, as_json: bool, spike: int = 20
             "workers": WORKERS,
             "models": memory,
             "large": large,
+            "learned": learned,
         }
         print(json.dumps(doc))
     return 0

@@ -1,6 +1,13 @@
-"""`cascadeq bench cascade`: large-only against the calibrated cascade on the held-out
-digits split (the demo's comparison, through the same harness.figures), sent as one
-burst of the split repeated, so throughput is not a 360-request blip.
+"""`cascadeq bench cascade`: what a cascade really costs, three ways side by side.
+
+Large-only, the cascade through the queue, and the cascade escalating inside the worker
+(``escalate = "local"``; the bench's one worker process serves every model), on the
+held-out digits split sent as one burst of the split repeated; then the same for the
+digits small model in front of the heavy MLP. Cost per answered request is reported
+twice: the models' compute (the catalog's per-sample costs) and the total, the CPU every
+process spent (producer, router, worker, Redis; psutil and INFO cpu, as `bench overhead`
+measures it). Escalated requests' latency is compared at 10% of the cascade's capacity,
+where a queued hop's batch window, not a queue, is what they wait for.
 """
 
 from __future__ import annotations
@@ -9,55 +16,166 @@ from typing import Any
 
 import numpy as np
 
-from cascadeq.bench.harness import figures, run_burst
-from cascadeq.bench.workbench import LARGE, Bench, tag
+from cascadeq.bench.harness import cpu_spent, figures, run_burst, run_paced
+from cascadeq.bench.workbench import (
+    DIGITS,
+    HEAVY,
+    HEAVY_PAIR,
+    LARGE,
+    LOCAL,
+    Bench,
+    local_available,
+    tag,
+)
 
-TASK = "digits"
-FIELDS = ("requests", "accuracy", "large_share", "relative_cost", "throughput_rps", "p50_ms")
+TASK = DIGITS
+LOW_LOAD = 0.10  # of the queued cascade's saturating rate
+FIELDS = (
+    "requests", "accuracy", "large_share", "relative_cost", "compute_us", "total_cpu_us",
+    "roles_us", "throughput_rps", "p50_ms", "p99_ms", "escalated", "escalated_p50_ms",
+    "escalated_p99_ms", "lost",
+)  # fmt: skip
+NOT_AVAILABLE = "not available"
+
+
+def pairs() -> tuple[tuple[str, str, str], ...]:
+    """(pair name, its large model, its task)."""
+    return (("digits", LARGE, TASK), ("heavy", HEAVY, HEAVY_PAIR))
+
+
+def ways(large: str, task: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+    return (
+        ("large-only", {"model": large}),
+        ("cascade", {"task": task}),
+        ("cascade-local", {"task": task + LOCAL}),
+    )
+
+
+def _split(bench: Bench) -> tuple[np.ndarray, np.ndarray]:
+    test = np.load(bench.models_dir / "digits_test.npz")
+    x = np.tile(test["X"], (bench.scale.cascade_repeats, 1)).astype(np.float32)
+    return x, np.tile(test["y"], bench.scale.cascade_repeats)
+
+
+def _row(bench: Bench, pair: str, way: str, target: dict[str, Any], large: str) -> dict[str, Any]:
+    from cascadeq.producer import Request  # noqa: PLC0415 - the core imports roles lazily
+
+    x, y = _split(bench)
+    reqs = [Request({"input": x[i : i + 1]}, **target) for i in range(len(x))]
+    with cpu_spent(bench.system) as spent:
+        run = run_burst(bench.client, reqs, y)
+    row = figures(run, bench.catalog(), large, spent)
+    total = row["total_cpu_us"]
+    tag(
+        f"cascade {pair} {way:<13}: accuracy {row['accuracy']:.4f}  large "
+        f"{row['large_share']:.1%}  compute {row['compute_us']:.1f} us  total "
+        f"{'-' if total is None else f'{total:.1f}'} us CPU  {row['throughput_rps']:.0f} req/s"
+    )
+    return {"pair": pair, "strategy": way, "available": True, **{k: row[k] for k in FIELDS}}
+
+
+def _escalated_p50(bench: Bench, task: str, rate: float, large: str) -> float:
+    """Escalated requests' p50 under an open-loop load of ``rate``."""
+    from cascadeq.producer import Request  # noqa: PLC0415
+
+    x, y = _split(bench)
+    n = max(50, int(rate * bench.scale.latency_s * 2))
+    reqs = [Request({"input": x[i % len(x)][None]}, task=task) for i in range(n)]
+    run = run_paced(bench.client, reqs, y[np.arange(n) % len(y)], rate)
+    p50 = figures(run, bench.catalog(), large)["escalated_p50_ms"]
+    return float("nan") if p50 is None else float(p50)
 
 
 def measure(bench: Bench) -> list[dict[str, Any]]:
-    from cascadeq.producer import Request  # noqa: PLC0415 - the core imports roles lazily
-
-    test = np.load(bench.models_dir / "digits_test.npz")
-    x = np.tile(test["X"], (bench.scale.cascade_repeats, 1)).astype(np.float32)
-    y = np.tile(test["y"], bench.scale.cascade_repeats)
-    catalog = bench.catalog()
-    rows = []
-    targets: tuple[tuple[str, dict[str, Any]], ...] = (
-        ("large-only", {"model": LARGE}),
-        ("cascade", {"task": TASK}),
-    )
-    for name, target in targets:
-        reqs = [Request({"input": x[i : i + 1]}, **target) for i in range(len(x))]
-        row = figures(run_burst(bench.client, reqs, y), catalog, LARGE)
-        rows.append({"strategy": name, **{k: row[k] for k in (*FIELDS, "p99_ms", "lost")}})
-        tag(
-            f"cascade economics {name:<10}: accuracy {row['accuracy']:.4f}  "
-            f"large {row['large_share']:.1%}  cost {row['relative_cost']:.3f}  "
-            f"{row['throughput_rps']:.0f} req/s"
-        )
+    """Every pair's three ways, then escalated latency at low load (queued and local)."""
+    local = local_available(bench.catalog())
+    rows: list[dict[str, Any]] = []
+    for pair, large, task in pairs():
+        for way, target in ways(large, task):
+            if way == "cascade-local" and not local:
+                rows.append({"pair": pair, "strategy": way, "available": False})
+                tag(f"cascade {pair} {way}: {NOT_AVAILABLE} (the catalog refuses escalate)")
+                continue
+            rows.append(_row(bench, pair, way, target, large))
     return rows
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    large, cascade = rows
-    return {
+def low_load(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Escalated p50 at LOW_LOAD of the queued digits cascade's burst rate, both ways."""
+    queued = next(r for r in rows if r["pair"] == "digits" and r["strategy"] == "cascade")
+    rate = max(1.0, LOW_LOAD * float(queued["throughput_rps"]))
+    out: dict[str, Any] = {"rate_rps": round(rate, 1)}
+    out["queued_escalated_p50_ms"] = round(_escalated_p50(bench, TASK, rate, LARGE), 3)
+    if local_available(bench.catalog()):
+        local = _escalated_p50(bench, TASK + LOCAL, rate, LARGE)
+        out["local_escalated_p50_ms"] = round(local, 3)
+        out["local_vs_queued"] = round(local / max(1e-9, out["queued_escalated_p50_ms"]), 3)
+    tag(f"escalated p50 at {rate:.0f} req/s: {out}")
+    return out
+
+
+def _ratio(rows: list[dict[str, Any]], pair: str, way: str, key: str) -> float | None:
+    by = {r["strategy"]: r for r in rows if r["pair"] == pair}
+    row, base = by.get(way, {}), by["large-only"]
+    if not row.get("available") or row.get(key) is None or not base.get(key):
+        return None
+    return round(float(row[key]) / float(base[key]), 4)
+
+
+def summary(rows: list[dict[str, Any]], low: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The figures the suite's targets read; a way not measured is absent, never 0."""
+    by = {(r["pair"], r["strategy"]): r for r in rows}
+    large, cascade = by[("digits", "large-only")], by[("digits", "cascade")]
+    out: dict[str, Any] = {
         "accuracy": cascade["accuracy"],
         "large_only_accuracy": large["accuracy"],
+        "accuracy_gap_points": round((large["accuracy"] - cascade["accuracy"]) * 100, 3),
         "relative_cost": cascade["relative_cost"],
         "throughput_rps": cascade["throughput_rps"],
         "large_only_throughput_rps": large["throughput_rps"],
         "large_share": cascade["large_share"],
     }
+    figures_of = {
+        "total_vs_large_only": ("digits", "cascade", "total_cpu_us"),
+        "local_total_vs_large_only": ("digits", "cascade-local", "total_cpu_us"),
+        "heavy_total_vs_large_only": ("heavy", "cascade", "total_cpu_us"),
+        "heavy_local_total_vs_large_only": ("heavy", "cascade-local", "total_cpu_us"),
+        "heavy_relative_cost": ("heavy", "cascade", "compute_us"),
+    }
+    for name, (pair, way, key) in figures_of.items():
+        value = _ratio(rows, pair, way, key)
+        if value is not None:
+            out[name] = value
+    if low and "local_vs_queued" in low:
+        out["local_escalated_p50_vs_queued"] = low["local_vs_queued"]
+    out["local_available"] = by[("digits", "cascade-local")].get("available", False)
+    return out
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = f"{'strategy':<12}{'requests':>9}{'accuracy':>9}{'large%':>8}{'compute':>8}{'req/s':>8}"
+    head = (
+        f"{'pair':<7}{'strategy':<15}{'requests':>9}{'accuracy':>9}{'large%':>8}"
+        f"{'compute us':>11}{'total us':>10}{'req/s':>8}{'p50':>7}{'p99':>7}{'esc p50':>8}"
+        f"{'esc p99':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
+        if not r.get("available"):
+            lines.append(f"{r['pair']:<7}{r['strategy']:<15}{NOT_AVAILABLE:>9}")
+            continue
+        total = "-" if r["total_cpu_us"] is None else f"{r['total_cpu_us']:.1f}"
         lines.append(
-            f"{r['strategy']:<12}{r['requests']:>9}{r['accuracy']:>9.4f}"
-            f"{r['large_share'] * 100:>7.1f}%{r['relative_cost']:>8.3f}{r['throughput_rps']:>8.0f}"
+            f"{r['pair']:<7}{r['strategy']:<15}{r['requests']:>9}{r['accuracy']:>9.4f}"
+            f"{r['large_share'] * 100:>7.1f}%{r['compute_us']:>11.1f}{total:>10}"
+            f"{r['throughput_rps']:>8.0f}{r['p50_ms']:>7.1f}{r['p99_ms']:>7.1f}"
+            f"{_ms(r['escalated_p50_ms']):>8}{_ms(r['escalated_p99_ms']):>8}"
         )
+    lines.append(
+        "per answered request: compute us = the models' compute only (catalog costs); total "
+        "us = CPU of every process (producer, router, worker, Redis), compute included"
+    )
     return "\n".join(lines)

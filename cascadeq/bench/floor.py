@@ -159,11 +159,13 @@ def run_batch(r: Any, names: Names, session: Any, input_name: str, entries: list
 
 
 def cpu_of(pid: int | None = None) -> float:
-    """User + system seconds of a process (this one when pid is None)."""
-    import psutil  # noqa: PLC0415 - the bench extra
+    """CPU seconds of a process (this one when pid is None), read as the system's are
+    (harness.cpu_seconds), so the floor and the system compare like with like."""
+    if pid is None:
+        return time.process_time()
+    from cascadeq.bench.harness import cpu_seconds  # noqa: PLC0415
 
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    return cpu_seconds(pid)
 
 
 def redis_cpu(r: Any) -> float:

@@ -182,8 +182,108 @@ def models_run(result: Result) -> list[str]:
     return [str(hop["model"]) for hop in result.path if "compute_ms" in hop]
 
 
-def figures(run: Run, catalog: Catalog, large: str) -> dict[str, Any]:
-    """The figures every table shares. Accuracy is over requests answered ok."""
+ROLES = ("producer", "router", "worker", "redis")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and everything it started.
+
+    Per thread from the scheduler's nanosecond counters where Linux has them: the
+    processes' tick counts (psutil) move in 10 ms steps, 28 µs a request over a run of
+    360. The roles' threads live as long as their process, so none drops out mid-run.
+    """
+    import psutil  # noqa: PLC0415 - the bench extra
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        precise = threads_seconds(p.pid)
+        if precise is None:
+            times = p.cpu_times()
+            precise = times.user + times.system
+        total += precise
+    return total
+
+
+def threads_seconds(pid: int) -> float | None:
+    """Sum of /proc/<pid>/task/*/schedstat run time; None where there is none."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    ns = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                ns += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended between the listing and the read
+        except (OSError, ValueError, IndexError):
+            return None
+    return ns / 1e9
+
+
+def redis_cpu_seconds(url: str) -> float:
+    from cascadeq.infra.cpu import redis_cpu_seconds as info_cpu  # noqa: PLC0415
+
+    r = connect(url)
+    try:
+        return info_cpu(r)
+    finally:
+        r.close()
+
+
+def role_cpu(system: System) -> dict[str, float] | None:
+    """CPU seconds so far of every role: this process (the producer), the router's and the
+    workers' processes (psutil), Redis (INFO cpu); None without psutil (the bench extra)."""
+    try:
+        import psutil  # noqa: F401, PLC0415
+    except ImportError:
+        return None
+    router = system.router
+    workers = [p.pid for p in system.group.procs if p is not router]
+    return {
+        "producer": time.process_time(),
+        "router": cpu_seconds(router.pid) if router is not None else 0.0,
+        "worker": sum(map(cpu_seconds, workers)),
+        "redis": redis_cpu_seconds(system.url),
+    }
+
+
+@contextmanager
+def cpu_spent(system: System) -> Iterator[dict[str, float]]:
+    """Each role's CPU seconds over the block, filled in when it ends (empty: not measured)."""
+    spent: dict[str, float] = {}
+    before = role_cpu(system)
+    yield spent
+    after = role_cpu(system)
+    if before is not None and after is not None:
+        spent.update({k: after[k] - before[k] for k in before})
+
+
+def escalated(result: Result) -> bool:
+    return len(models_run(result)) > 1
+
+
+def cpu_figures(spent: dict[str, float], answered: int, compute_us: float) -> dict[str, Any]:
+    """Total CPU per answered request (every role, Redis, the models' compute inside the
+    workers' figure) next to compute only; a total is never below the compute it holds."""
+    if not spent or not answered:
+        return {"total_cpu_us": None, "compute_us": round(compute_us, 2), "roles_us": {}}
+    roles = {k: v / answered * 1e6 for k, v in spent.items()}
+    return {
+        "total_cpu_us": round(max(compute_us, sum(roles.values())), 2),
+        "compute_us": round(compute_us, 2),
+        "roles_us": {k: round(v, 2) for k, v in roles.items()},
+    }
+
+
+def figures(
+    run: Run, catalog: Catalog, large: str, spent: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The figures every table shares. Accuracy is over requests answered ok; costs are
+    per answered request: compute from the catalog's per-sample costs (µs, as `models
+    measure` writes them), total from the CPU ``spent`` by every role (cpu_spent)."""
     results = run.results
     n = len(results) + run.lost
     output = catalog.models[large].output
@@ -192,6 +292,8 @@ def figures(run: Run, catalog: Catalog, large: str) -> dict[str, Any]:
     ran = [models_run(r) for r in results]
     cost = sum(catalog.models[m].cost for models in ran for m in models)
     totals = np.array([r.timings.get("total_ms", 0.0) for r, _ in ok] or [0.0])
+    esc = [r.timings.get("total_ms", 0.0) for r, _ in ok if escalated(r)]
+    answered = len(ok)
     return {
         "requests": n,
         "accuracy": round(correct / max(1, len(ok)), 4),
@@ -201,6 +303,10 @@ def figures(run: Run, catalog: Catalog, large: str) -> dict[str, Any]:
         "throughput_rps": round(n / run.seconds, 1),
         "p50_ms": round(float(np.percentile(totals, 50)), 2),
         "p99_ms": round(float(np.percentile(totals, 99)), 2),
+        "escalated": len(esc),
+        "escalated_p50_ms": round(float(np.percentile(esc, 50)), 2) if esc else None,
+        "escalated_p99_ms": round(float(np.percentile(esc, 99)), 2) if esc else None,
+        **cpu_figures(spent or {}, answered, cost / max(1, answered)),
         "expired": sum(r.status == EXPIRED for r in results),
         "errors": sum(not r.ok and r.status != EXPIRED for r in results),
         "lost": run.lost,

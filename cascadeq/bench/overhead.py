@@ -22,31 +22,10 @@ from typing import Any
 import numpy as np
 
 from cascadeq.bench.floor import floor_for
-from cascadeq.bench.harness import collect
+from cascadeq.bench.harness import ROLES, collect, cpu_seconds, redis_cpu_seconds
 from cascadeq.bench.workbench import SMALL, Bench, ok_rps, requests, tag
-from cascadeq.infra.connection import connect
 
 MODES = ("submit_many", "threads_16", "async_64")
-ROLES = ("producer", "router", "worker", "redis")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system seconds of a process and everything it started."""
-    import psutil  # noqa: PLC0415 - the bench extra
-
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
-
-
-def redis_cpu_seconds(url: str) -> float:
-    r = connect(url)
-    info: Any = r.info("cpu")
-    r.close()
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def idle_us_per_s(pids: list[int], seconds: float = 1.0) -> float:

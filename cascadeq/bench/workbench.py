@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from cascadeq.bench.harness import Run, System, collect, live_system, progress
-from cascadeq.config.catalog import Catalog, ModelSpec
+from cascadeq.config.catalog import Catalog, CatalogError, ModelSpec
 from cascadeq.config.settings import Settings
 from cascadeq.ops.calibration import edit_task
 
 SMALL, LARGE, HEAVY, TRIVIAL = "digits-small", "digits-large", "heavy", "trivial"
+DIGITS, HEAVY_PAIR = "digits", "heavy-pair"  # tasks: the digits pair; small before heavy
+LOCAL = "-local"  # a task's copy that escalates inside the worker (escalate = "local")
 WORKERS = 1  # worker processes: the rq baseline gets as many
 
 
@@ -39,7 +41,9 @@ class Scale:
     overhead: int = 30_000
     latency_s: float = 3.0  # open-loop seconds per load level
     latency_levels: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    cascade_repeats: int = 10  # the held-out split, this many times over
+    # the held-out split, this many times over: a row runs about a second at least, so
+    # CPU read in 10 ms ticks (psutil) is within a few percent per role
+    cascade_repeats: int = 40
     sweep: tuple[int, ...] = (1, 4, 16, 64)  # max_batch values for the plot
 
     @classmethod
@@ -97,7 +101,69 @@ def prepare(models_dir: Path, work: Path) -> Path:
         text += "\n" + extra.read_text(encoding="utf-8")
     path.write_text(text, encoding="utf-8")
     edit_task(path, "digits", lambda table: table.pop("load", None))  # routing stays put
+    add_heavy_pair(path)
+    add_local_copies(path, (DIGITS, HEAVY_PAIR))
     return path
+
+
+def add_heavy_pair(path: Path) -> None:
+    """The digits small model in front of the heavy MLP, escalating the share of the
+    validation split the digits pair's calibration escalates.
+
+    The heavy MLP is trained for a few epochs only (the bench needs its compute), and is
+    less accurate than the small model, so "match the last model's accuracy" would
+    escalate nothing and measure a pair that never runs its heavy model.
+    """
+    from cascadeq.ops import calibration  # noqa: PLC0415
+
+    text = path.read_text(encoding="utf-8")
+    text += (
+        f'\n[tasks.{HEAVY_PAIR}]\ncascade = [{{ model = "{SMALL}", threshold = 0.5 }}, '
+        f'{{ model = "{HEAVY}" }}]\nconfidence = "top"\nvalidation = "digits_val.npz"\n'
+    )
+    path.write_text(text, encoding="utf-8")
+    catalog = Catalog.load(path)
+    digits, task = catalog.tasks[DIGITS], catalog.tasks[HEAVY_PAIR]
+    assert digits.validation is not None
+    assert task.validation is not None
+    share = (
+        calibration.measure_split(catalog, digits, digits.validation, digits.confidence)
+        .evaluate([s.threshold for s in digits.cascade[:-1] if s.threshold is not None])
+        .escalation_share
+    )
+    split = calibration.measure_split(catalog, task, task.validation, "top")
+    best = calibration.search(split, max_escalation=share)
+    calibration.write_thresholds(path, HEAVY_PAIR, best, "top")
+    tag(
+        f"{HEAVY_PAIR}: threshold {best.thresholds[0]:.4f} escalates {best.escalation_share:.1%} "
+        f"of validation (the digits pair: {share:.1%})"
+    )
+
+
+def add_local_copies(path: Path, tasks: tuple[str, ...]) -> str | None:
+    """Each task again as ``<task>-local`` with ``escalate = "local"``; the reason when
+    this catalog does not take the field (then the copies are left out)."""
+    import tomlkit  # noqa: PLC0415 - the serve extra
+
+    doc: Any = tomlkit.parse(path.read_text(encoding="utf-8"))
+    for name in tasks:
+        table = doc["tasks"][name].unwrap()
+        table["escalate"] = "local"
+        doc["tasks"][name + LOCAL] = table
+    trial = path.with_name("catalog-local.toml")
+    trial.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    try:
+        Catalog.load(trial)
+    except CatalogError as exc:
+        trial.unlink()
+        tag(f"local escalation not available: {exc}")
+        return str(exc)
+    trial.replace(path)
+    return None
+
+
+def local_available(catalog: Catalog) -> bool:
+    return DIGITS + LOCAL in catalog.tasks
 
 
 def inputs_for(models_dir: Path) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra.cpu import CPU_FIELD
 from cascadeq.infra.queues import BacklogRead
 from cascadeq.protocol.clock import Every
 from cascadeq.protocol.keys import Keys
@@ -76,6 +77,17 @@ class ModelState:
     batch: float = 0.0  # samples per batch
     queue_ms: float = 0.0
     max_wait_ms: float = 0.0
+    cpu_us: float = 0.0  # the workers' measured CPU per request handled (0: not published)
+
+    @property
+    def compute_us(self) -> float:
+        """Compute per sample, from the observed batches."""
+        return self.compute_ms / self.batch * 1000.0 if self.batch > 0 else 0.0
+
+    @property
+    def hop_us(self) -> float:
+        """A worker's CPU per request beyond the model's compute: the queue's share of a hop."""
+        return max(0.0, self.cpu_us - self.compute_us) if self.cpu_us else 0.0
 
     @property
     def est_wait_ms(self) -> float:
@@ -91,7 +103,8 @@ class ModelState:
 
     @property
     def est_latency_ms(self) -> float:
-        return self.est_wait_ms + self.max_wait_ms + self.compute_ms
+        """Waiting, the batch window, the batch's compute and the hop's own work."""
+        return self.est_wait_ms + self.max_wait_ms + self.compute_ms + self.hop_us / 1000.0
 
 
 @dataclass
@@ -179,6 +192,7 @@ def _state(obs: Any, backlog: int, consumers: int, max_wait_ms: float) -> ModelS
         batch=values.get("batch", 0.0),
         queue_ms=values.get("queue_ms", 0.0),
         max_wait_ms=max_wait_ms,
+        cpu_us=values.get(CPU_FIELD, 0.0),
     )
 
 

@@ -38,7 +38,7 @@ class Outcome:
     thresholds: tuple[float, ...]  # one per stage but the last
     accuracy: float
     escalation_share: float  # requests that go past the first stage
-    relative_cost: float  # compute cost over running only the last model
+    relative_cost: float  # cost (compute plus per-hop, when given) over only the last model
     stage_shares: tuple[float, ...]  # where requests are answered
 
 
@@ -206,8 +206,12 @@ def measure_split(
     measure: str,
     keys: SplitKeys | None = None,
     log: Callable[[str], None] = _quiet,
+    hop_us: Mapping[str, float] | None = None,
 ) -> Split:
-    """Each stage's model run over the whole split: the slow part, so it logs per model."""
+    """Each stage's model run over the whole split: the slow part, so it logs per model.
+
+    A stage costs its model's compute plus ``hop_us`` of it, the queue's own work for a
+    hop (published by the workers, or given): reaching a stage costs a whole hop."""
     specs = [catalog.models[m] for m in task.models]
     inputs, labels = load_split(data, specs[0], keys)
     probas = []
@@ -219,7 +223,7 @@ def measure_split(
     return Split(
         conf=tuple(confidences(p, measure) for p in probas),
         correct=tuple(np.argmax(p, axis=1) == labels for p in probas),
-        costs=tuple(spec.cost for spec in specs),
+        costs=tuple(spec.cost + float((hop_us or {}).get(spec.name, 0.0)) for spec in specs),
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ class Measured:
     cascade_models: tuple[str, ...]
     model_bytes: dict[str, int]
     base_bytes: int  # a worker process before its models
+    # per way: CPU µs per answered request, total (every role and Redis) and compute only
+    cpu_us: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def process_bytes(self, models: tuple[str, ...]) -> int:
         return self.base_bytes + sum(self.model_bytes.get(m, 0) for m in models)
@@ -134,7 +136,33 @@ def _from_rows(doc: dict[str, Any], base_mb: float | None) -> Measured:
         cascade_models=names,
         model_bytes={k: int(v.get("memory_bytes", 0)) for k, v in models.items()},
         base_bytes=_base(models, base_mb),
+        cpu_us={way: _cpu(rows[way]) for way in ("large-only", "cascade")},
     )
+
+
+def _cpu(row: dict[str, Any]) -> dict[str, float | None]:
+    total, compute = row.get("total_cpu_us"), row.get("compute_us")
+    return {
+        "total": None if total is None else float(total),
+        "compute": None if compute is None else float(compute),
+    }
+
+
+def _stats_cpu(doc: dict[str, Any], large: str) -> dict[str, dict[str, float | None]]:
+    """The cascade as it ran (the window), and large-only estimated from what was
+    published: a request's router share, the large model's workers' CPU, one hop of Redis."""
+    figures = doc.get("cost") or {}
+    out = {"cascade": _cpu(figures)}
+    big = doc["models"].get(large, {})
+    cpu, compute = big.get("cpu_us_per_request"), big.get("compute_us_per_sample")
+    redis_us, hops = figures.get("redis_us"), figures.get("hops")
+    if cpu is None:
+        out["large-only"] = {"total": None, "compute": compute}
+        return out
+    redis_hop = float(redis_us) / float(hops) if redis_us is not None and hops else 0.0
+    total = float(cpu) + float(figures.get("router_us") or 0.0) + redis_hop
+    out["large-only"] = {"total": total, "compute": compute}
+    return out
 
 
 def _from_stats(doc: dict[str, Any], base_mb: float | None) -> Measured:
@@ -156,6 +184,7 @@ def _from_stats(doc: dict[str, Any], base_mb: float | None) -> Measured:
         cascade_models=tuple(chain),
         model_bytes={k: int(v.get("memory_bytes", 0)) for k, v in models.items()},
         base_bytes=_base(models, base_mb),
+        cpu_us=_stats_cpu(doc, large),
     )
 
 
@@ -227,7 +256,27 @@ def render(m: Measured, rows: list[Plan], target_rps: float) -> str:
             f"{money[0]:>14}{money[1]:>14}"
         )
     lines.append("costs are in each row's own currency; none is converted")
+    lines.append(cpu_line(m))
     return "\n".join(lines)
+
+
+def cpu_line(m: Measured) -> str:
+    """Both figures per way, labelled: compute alone understates a cascade's cost."""
+    if not m.cpu_us:
+        return "CPU per answered request: not in this input (re-run the bench or stats)"
+
+    def us(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    parts = [
+        f"{way} total {us(f.get('total'))} us (compute only {us(f.get('compute'))} us)"
+        for way, f in m.cpu_us.items()
+    ]
+    return (
+        "CPU per answered request, every role and Redis (compute included): "
+        + "; ".join(parts)
+        + ("; large-only estimated from published figures" if "stats" in m.source else "")
+    )
 
 
 def main(

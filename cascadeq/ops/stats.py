@@ -29,6 +29,7 @@ from cascadeq.infra.window import (
     Window,
     read_windows,
 )
+from cascadeq.ops import published
 from cascadeq.protocol import wire
 from cascadeq.protocol.keys import Keys
 
@@ -52,6 +53,7 @@ class ModelStats:
             "consumers": max((lane["consumers"] or 0 for lane in self.lanes.values()), default=0),
             "processed_per_s": round(entries / seconds, 3),
             "mean_batch": round(w.counts[SAMPLES] / batches, 3) if batches else 0.0,
+            "samples_per_request": round(w.counts[SAMPLES] / entries, 3) if entries else 0.0,
             "escalation_rate": round(w.counts[ESCALATED] / entries, 4) if entries else 0.0,
             "answered_per_s": round(w.counts[ANSWERED] / seconds, 3),
             "p50_ms": round(w.percentile_ms(0.50), 3),
@@ -93,8 +95,14 @@ def model_memory(r: redis.Redis, keys: Keys, models: list[str]) -> dict[str, dic
     }
 
 
-def collect(r: redis.Redis, keys: Keys, now_s: float | None = None) -> dict[str, Any]:
-    """The whole table as the JSON document `--json` prints."""
+def collect(
+    r: redis.Redis,
+    keys: Keys,
+    now_s: float | None = None,
+    redis_cpu: tuple[float | None, float | None] = (None, None),
+) -> dict[str, Any]:
+    """The whole table as the JSON document `--json` prints; ``redis_cpu`` is Redis's
+    sampled CPU per answered request and hops per answered request (RedisSampler)."""
     models = model_names(r, keys)
     lanes = queues.read_lanes(r, keys, models)
     windows = read_windows(r, keys, models, now_s)
@@ -102,7 +110,22 @@ def collect(r: redis.Redis, keys: Keys, now_s: float | None = None) -> dict[str,
     for model in models:
         per_lane = {lane: state.as_dict() for (m, lane), state in lanes.items() if m == model}
         out[model] = ModelStats(per_lane, windows[model]).as_dict()
-    return {"models": out}
+    pub = published.read(r, keys, models)
+    pub = published.Published(pub.router_us, pub.models, *redis_cpu)
+    for model, cpu in pub.models.items():
+        out[model]["cpu_us_per_request"] = cpu.cpu_us
+        out[model]["compute_us_per_sample"] = round(cpu.compute_us, 3)
+    return {"models": out, "cost": cost_doc(out, pub)}
+
+
+def cost_doc(models: dict[str, Any], pub: published.Published) -> dict[str, Any]:
+    """Per answered request over the window: total (every role's CPU plus Redis's) and
+    compute only; None figures were not published (or not sampled)."""
+    found = published.totals(models, pub)
+    base = {"router_us": pub.router_us, "redis_us": pub.redis_us, "hops": pub.hops}
+    if found is None:
+        return {**base, "total_cpu_us": None, "compute_us": None}
+    return {**base, **found.as_dict()}
 
 
 COLUMNS = (
@@ -143,11 +166,25 @@ def render(doc: dict[str, Any]) -> str:
             )  # fmt: skip
             cells = zip(COLUMNS, values, strict=True)
             lines.append("".join(_cell(text, fmt, v) for (_, text, fmt), v in cells))
+    lines.append(cost_line(doc.get("cost", {})))
     lines.append("queued: requests not yet acknowledged; depth, lag, pending: stream entries")
     lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
     if any(q["lag"] is None for m in doc["models"].values() for q in m["lanes"].values()):
         lines.append(f"lag {NOT_REPORTED}: this Redis reports none (XINFO GROUPS lag is 7.0+)")
     return "\n".join(lines)
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    """Both figures, labelled; a dash where a role has published nothing yet."""
+    total, compute = cost.get("total_cpu_us"), cost.get("compute_us")
+    if total is None or compute is None:
+        return "cost per answered request: - (nothing answered, or no CPU published yet)"
+    redis_us = cost.get("redis_us")
+    roles = ", ".join(f"{k} {v:.1f}" for k, v in cost.get("roles_us", {}).items())
+    return (
+        f"cost per answered request: total {total:.1f} us CPU ({roles}, redis "
+        f"{'-' if redis_us is None else f'{redis_us:.1f}'}) vs compute only {compute:.1f} us"
+    )
 
 
 def main(
@@ -158,11 +195,17 @@ def main(
     watch: float | None,
     stop: threading.Event | None = None,
     out: TextIO = sys.stdout,
+    redis_sample_s: float = 0.0,
 ) -> int:
-    """Print once, or redraw every ``watch`` seconds until stopped (Ctrl-C)."""
+    """Print once, or redraw every ``watch`` seconds until stopped (Ctrl-C).
+
+    Redis's CPU per request is sampled over ``redis_sample_s`` before the first table
+    (0: not sampled), then between redraws."""
     stop = stop or threading.Event()
+    sampler = published.RedisSampler(r, keys, model_names(r, keys))
+    redis_cpu = sampler.over(redis_sample_s, stop) if redis_sample_s > 0 else sampler.sample()
     while True:
-        doc = collect(r, keys)
+        doc = collect(r, keys, redis_cpu=redis_cpu)
         if watch is None or not as_json:  # watching with --json: a stream of JSON lines
             out.write((CLEAR if watch is not None else "") + render(doc) + "\n")
         if as_json:
@@ -170,13 +213,21 @@ def main(
         out.flush()
         if watch is None or stop.wait(watch):
             return 0
+        redis_cpu = sampler.sample()
 
 
-def run(settings: Settings, *, as_json: bool, watch: float | None) -> int:
+def run(
+    settings: Settings,
+    *,
+    as_json: bool,
+    watch: float | None,
+    redis_sample_s: float = published.DEFAULT_SAMPLE_S,
+) -> int:
     """`cascadeq stats`: ``main`` on its own connection; Ctrl-C ends a watch cleanly."""
     r = connect(settings.require_redis_url(), name="cq-stats")
     try:
-        return main(r, Keys(settings.prefix), as_json=as_json, watch=watch)
+        keys = Keys(settings.prefix)
+        return main(r, keys, as_json=as_json, watch=watch, redis_sample_s=redis_sample_s)
     except KeyboardInterrupt:
         return 0
     finally:

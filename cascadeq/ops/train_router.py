@@ -4,12 +4,15 @@ Workers log (inputs, was the first model's answer kept?) for a sample of a task'
 requests (`trace_sample` in the catalog). A small MLP over the flattened
 inputs predicts "not kept"; requests it flags skip the first model. Its threshold is
 chosen on cross-validated predictions so that, on the logged traffic, skipping never
-costs more than it saves: a correct skip saves the first model's cost, a wrong one
-spends the larger model's on a request the first would have answered.
+costs more than it saves: a correct skip saves the first model's whole hop, a wrong one
+spends the later model's hop instead of the first's on a request the first would have
+answered. A hop costs its model's compute plus the queue's own work for it (the workers'
+published CPU beyond compute, and Redis's share): for small models the hop is most of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,9 @@ class TrainReport:
     precision: float  # of "hard" verdicts, cross-validated
     recall: float
     skip_share: float  # requests it would send straight to the later model
-    expected_saving: float  # in cost units per request, cross-validated (>= 0)
+    expected_saving: float  # in cost units (µs) per request, cross-validated (>= 0)
+    costs: tuple[float, float] = (0.0, 0.0)  # a hop of the first and of the later model
+    hop_us: tuple[float, float] = (0.0, 0.0)  # the part of each beyond compute
 
 
 def read_traces(r: redis.Redis, keys: Keys, task: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +102,18 @@ def choose_threshold(
     return best
 
 
+def hop_costs(
+    catalog: Catalog, task: TaskSpec, hop_us: Mapping[str, float] | None = None
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(first, later) hop costs in µs, and the part of each beyond compute: the catalog's
+    per-sample compute plus ``hop_us`` of that model (0 where none is known)."""
+    later = task.learned.start if task.learned else task.models[-1]
+    names = (task.models[0], later)
+    hops = tuple(float((hop_us or {}).get(m, 0.0)) for m in names)
+    costs = tuple(catalog.models[m].cost + h for m, h in zip(names, hops, strict=True))
+    return (costs[0], costs[1]), (hops[0], hops[1])
+
+
 def train(
     catalog: Catalog,
     task: TaskSpec,
@@ -106,7 +123,10 @@ def train(
     *,
     min_precision: float | None = None,
     seed: int = 0,
+    hop_us: Mapping[str, float] | None = None,
 ) -> TrainReport:
+    """``hop_us``: per model, a hop's cost beyond its compute (published, or a figure
+    the operator gives); without it a skip weighs compute alone."""
     try:
         from skl2onnx import to_onnx  # noqa: PLC0415 - optional: the build extra
         from sklearn.model_selection import cross_val_predict  # noqa: PLC0415
@@ -123,13 +143,13 @@ def train(
     model = MLPClassifier(HIDDEN, alpha=1e-3, max_iter=2000, random_state=seed)
     folds = min(5, int(hard.sum()), int((1 - hard).sum()))
     cv = cross_val_predict(model, x, hard, cv=folds, method="predict_proba")[:, 1]
-    later = task.learned.start if task.learned else task.models[-1]
-    costs = (catalog.models[task.models[0]].cost, catalog.models[later].cost)
+    costs, hops = hop_costs(catalog, task, hop_us)
     t, precision, recall, skip, saving = choose_threshold(cv, hard, costs, min_precision)
     model.fit(x, hard)
     onx: Any = to_onnx(model, x[:1].astype(np.float32), options={id(model): {"zipmap": False}})
     onx.graph.name = f"{task.name}-router"
     out.write_bytes(onx.SerializeToString())
     return TrainReport(
-        out, len(hard), float(hard.mean()), min(t, 1.0), precision, recall, skip, saving
-    )
+        out, len(hard), float(hard.mean()), min(t, 1.0), precision, recall, skip, saving,
+        costs, hops,
+    )  # fmt: skip

@@ -30,6 +30,23 @@ def _progress(line: str) -> None:
     print(f"calibrate: {line}", file=sys.stderr, flush=True)
 
 
+def _hops(catalog_path: str, task: TaskSpec, given: float | None) -> tuple[dict[str, float], str]:
+    """Published per-hop figures when a Redis is configured and reachable, else ``given``."""
+    from cascadeq.ops import published  # noqa: PLC0415
+    from cascadeq.protocol.keys import Keys  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        return published.hop_figures(None, Keys(settings.prefix), task.models, given)
+    from cascadeq.infra.connection import connect  # noqa: PLC0415
+
+    r = connect(settings.redis_url)
+    try:
+        return published.hop_figures(r, Keys(settings.prefix), task.models, given)
+    finally:
+        r.close()
+
+
 def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
     catalog = Catalog.load(catalog_path)
     task = _task(catalog, args.task)
@@ -40,7 +57,11 @@ def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
         raise ConfigError(f"task {task.name} names no validation split: pass --data FILE.npz")
     measure = args.measure or task.confidence
     keys = calibration.SplitKeys(x=args.x_key, y=args.y_key)
-    split = calibration.measure_split(catalog, task, data, measure, keys, log=_progress)
+    hops, source = _hops(catalog_path, task, args.hop_cost)
+    split = calibration.measure_split(
+        catalog, task, data, measure, keys, log=_progress, hop_us=hops
+    )
+    _progress(f"cost per stage: compute plus the queue's work per hop (from: {source})")
     large = split.alone(len(task.cascade) - 1)
     if args.max_escalation is not None:
         best = calibration.search(split, max_escalation=args.max_escalation, log=_progress)
@@ -70,9 +91,13 @@ def router_train(args: argparse.Namespace, catalog_path: str, settings: Settings
     catalog = Catalog.load(catalog_path, check_files=False)
     task = _task(catalog, args.task)
     r = connect(settings.require_redis_url())
-    x, hard = train.read_traces(r, Keys(settings.prefix), task.name, args.limit)
+    from cascadeq.ops import published  # noqa: PLC0415
+
+    keys = Keys(settings.prefix)
+    x, hard = train.read_traces(r, keys, task.name, args.limit)
+    hops, source = published.hop_figures(r, keys, task.models, args.hop_cost)
     out = Path(catalog_path).parent / f"{task.name}-router.onnx"
-    report = train.train(catalog, task, x, hard, out, min_precision=args.min_precision)
+    report = train.train(catalog, task, x, hard, out, min_precision=args.min_precision, hop_us=hops)
     start = task.learned.start if task.learned else task.models[-1]
 
     def edit(table: Any) -> None:
@@ -84,6 +109,12 @@ def router_train(args: argparse.Namespace, catalog_path: str, settings: Settings
         f"{report.threshold:.4f} sends {report.skip_share:.1%} straight to {start} "
         f"(precision {report.precision:.3f}, recall {report.recall:.3f}, saving "
         f"{report.expected_saving:.4f} cost units per request, cross-validated)",
+        file=sys.stderr,
+    )
+    print(
+        f"a hop weighed at {report.costs[0]:.1f} (first) and {report.costs[1]:.1f} (later) "
+        f"us: compute plus {report.hop_us[0]:.1f} / {report.hop_us[1]:.1f} us of queue work "
+        f"per hop (from: {source})",
         file=sys.stderr,
     )
     print(f"wrote {out} and [tasks.{task.name}.learned] in {catalog_path}", file=sys.stderr)

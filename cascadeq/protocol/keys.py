@@ -83,6 +83,13 @@ class Keys:
         """Hash of a model's recent compute time, batch size and queue wait (workers write)."""
         return f"{self.prefix}:obs:{model}"
 
+    def role_cpu(self, role: str) -> str:
+        """Hash of a role's published CPU per request (routers write ``router``).
+
+        ``obs:role:<role>`` cannot be a model's hash (a model name has no ``:``) nor a
+        window's (``obs:<model>:s:<second>``)."""
+        return f"{self.prefix}:obs:role:{role}"
+
     @property
     def routing_counts(self) -> str:
         """Hash of routing decisions and escalation outcomes by rule, for operators."""

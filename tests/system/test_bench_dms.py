@@ -31,3 +31,8 @@ def test_bench_dms_reports_every_policy_and_the_policies_behave(digits_dir: Path
         np.load(digits_dir / "digits_test.npz")["y"]
     )
     assert "learned router:" in proc.stderr  # trained on the validation traffic's traces
+    for row in rows.values():  # total: every process's CPU, never below the compute in it
+        assert set(row["roles_us"]) == {"producer", "router", "worker", "redis"}, row
+        assert row["total_cpu_us"] >= row["compute_us"] > 0, row
+    learned = json.loads(proc.stdout.strip().splitlines()[-1])["learned"]
+    assert learned["hop_costs_us"][0] > learned["compute_only"]["costs"][0]  # a hop, not compute

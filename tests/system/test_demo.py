@@ -31,6 +31,10 @@ def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(
     assert cascade["accuracy"] >= large["accuracy"] - 0.005
     assert cascade["large_share"] <= 0.35
     assert cascade["relative_cost"] < 0.5
+    for row in rows.values():  # both figures: compute only, and every process's CPU
+        assert set(row["roles_us"]) == {"producer", "router", "worker", "redis"}, row
+        assert row["total_cpu_us"] >= row["compute_us"] > 0, row
+    assert "total: CPU per answered request" in proc.stdout
     assert "strategy" in proc.stdout  # the human table comes first
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     assert doc["workers"] == 2
@@ -41,6 +45,9 @@ def test_demo_prints_three_strategies_and_the_cascade_earns_its_keep(
     costed = run_cli(env, "cost", str(tmp_path / "demo.out"), "--target-rps", "1000", "--json")
     assert costed.returncode == 0, costed.stderr
     plans = json.loads(costed.stdout.strip().splitlines()[-1])["plans"]
+    assert "CPU per answered request" in costed.stdout
+    measured = json.loads(costed.stdout.strip().splitlines()[-1])["measured"]
+    assert measured["cpu_us"]["cascade"]["total"] >= measured["cpu_us"]["cascade"]["compute"]
     assert all(p["fits"] and p["instances"] >= 1 for p in plans)
 
 

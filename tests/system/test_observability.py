@@ -123,7 +123,12 @@ def test_stats_json_and_metrics_match_the_workload(
         assert m["consumers"] == 1
         assert m["lanes"]["default"]["consumers"] == 1
         assert 1 <= m["mean_batch"] <= 64
+        assert m["cpu_us_per_request"] > 0  # the workers' own CPU, published as they serve
         assert 0 < m["p50_ms"] <= m["p99_ms"] < 60_000
+    cost = doc["cost"]  # per answered request: every role's published CPU, and compute
+    assert set(cost["roles_us"]) == {"router", "worker:digits-small", "worker:digits-large"}
+    assert cost["total_cpu_us"] >= cost["compute_us"] > 0
+    assert "cost per answered request: total" in proc.stdout
     assert large["memory_bytes"] > 1_000_000  # a 1.1M-parameter MLP's session
     assert any(line.startswith("digits-small") for line in proc.stdout.splitlines()[:4])
 
