@@ -19,7 +19,7 @@ from cascadeq.config.catalog import InputError, ModelSpec
 from cascadeq.infra.streams import Entry, Fields
 from cascadeq.protocol import bundle, deadletter
 from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
-from cascadeq.protocol.messages import now_ms
+from cascadeq.protocol.messages import EXPIRED, Result, error_result, now_ms
 from cascadeq.workers import strategies
 
 #: read(count, block_ms) -> [(stream, entry)]; block_ms None means "do not block".
@@ -242,3 +242,18 @@ def poisoned(stream: str, entry_id: bytes, fields: Fields, deliveries: int) -> B
     for bad in got.bad:  # placeholders stand where headers were unusable
         salvaged[bad.index] = bad
     return Bad(stream, entry_id, fields, "dead_letter", message, salvaged)
+
+
+def take_expired(item: Item, now: float) -> list[tuple[Result, str | None]]:
+    """Drop from the batch the requests whose deadline has passed and return their
+    `expired` answers with each one's reply channel: given before compute, by the worker
+    that read them or by a local escalation, so no model time goes to an answer nobody
+    waits for. ``now`` is the caller's clock reading (epoch ms)."""
+    answers = []
+    for j in np.flatnonzero(item.keep).tolist():
+        header = item.headers[j]
+        if header.deadline is not None and header.deadline <= now:
+            item.keep[j] = False
+            res = error_result(header, "deadline", "deadline passed before compute", status=EXPIRED)
+            answers.append((res, header.reply_to))
+    return answers

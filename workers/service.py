@@ -32,9 +32,9 @@ from cascadeq.protocol import wire
 from cascadeq.protocol.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
 from cascadeq.protocol.clock import Every
 from cascadeq.protocol.keys import Keys
-from cascadeq.protocol.messages import EXPIRED, OK, Result, error_result, now_ms
+from cascadeq.protocol.messages import OK, Result, error_result, now_ms
 from cascadeq.workers import padding
-from cascadeq.workers.batcher import Bad, Item, decode, poisoned
+from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.lanes import LaneReader
 from cascadeq.workers.local import LocalModel, LocalModels
@@ -184,15 +184,8 @@ class ModelWorker:
         """Answer the entry's requests that cannot run (bad, expired); True if any can."""
         for bad in item.bad:
             self._fail_request(work, item, entry, bad)
-        now = now_ms()
-        for j in np.flatnonzero(item.keep).tolist():
-            header = item.headers[j]
-            if header.deadline is not None and header.deadline <= now:
-                item.keep[j] = False
-                expired = error_result(
-                    header, "deadline", "deadline passed before compute", status=EXPIRED
-                )
-                self._store(work, expired, header.reply_to, entry)
+        for expired, reply_to in take_expired(item, now_ms()):
+            self._store(work, expired, reply_to, entry)
         item.samples = int(item.bundle.rows[item.keep].sum())
         return bool(item.keep.any())
 

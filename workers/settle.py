@@ -29,10 +29,10 @@ from cascadeq.infra.window import Tally
 from cascadeq.protocol import bundle, outputs, traces, wire
 from cascadeq.protocol.bundle import Header
 from cascadeq.protocol.keys import Keys
-from cascadeq.protocol.messages import EXPIRED, OK, error_result, now_ms
+from cascadeq.protocol.messages import OK, error_result, now_ms
 from cascadeq.workers import outcome, padding
 from cascadeq.workers.answers import Encoded, OkBatch, Sure
-from cascadeq.workers.batcher import Item
+from cascadeq.workers.batcher import Item, take_expired
 from cascadeq.workers.local import LocalModel, LocalModels, goes_local
 
 log = get_logger("cascadeq.worker")
@@ -445,17 +445,10 @@ class Settler:
     def _admit_local(self, sub: BatchWork, item: Item, entry: int) -> bool:
         """As a worker admits what it read: a request whose deadline has passed is
         answered expired, before compute; True if any request is left to run."""
-        now = now_ms()
-        for j in np.flatnonzero(item.keep).tolist():
-            header = item.headers[j]
-            if header.deadline is not None and header.deadline <= now:
-                item.keep[j] = False
-                expired = error_result(
-                    header, "deadline", "deadline passed before compute", status=EXPIRED
-                )
-                channel = self.keys.reply_channel(header.reply_to) if header.reply_to else None
-                sub.commit.result(self.keys.result(header.id), expired.dumps(), channel, entry)
-                sub.tally.answer(expired.status, expired.timings.get("total_ms", 0.0))
+        for expired, reply_to in take_expired(item, now_ms()):
+            channel = self.keys.reply_channel(reply_to) if reply_to else None
+            sub.commit.result(self.keys.result(expired.id), expired.dumps(), channel, entry)
+            sub.tally.answer(expired.status, expired.timings.get("total_ms", 0.0))
         item.samples = int(item.bundle.rows[item.keep].sum())
         return bool(item.keep.any())
 
