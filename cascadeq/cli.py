@@ -251,6 +251,63 @@ def cmd_cost(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bulk(args: argparse.Namespace) -> int:
+    try:
+        from cascadeq.bulk import jobs, view
+    except ImportError as exc:
+        return _fail(args, f"bulk jobs need rq: pip install 'cascadeq[serve]' ({exc})", EXIT_USAGE)
+
+    settings = _settings(args)
+    if args.bulk_command == "submit":
+        return view.submit(args, settings)
+    if args.bulk_command == "status":
+        return view.status(args.job_id, settings, args.watch, args.json)
+    if args.bulk_command == "cancel":
+        return view.cancel(args.job_id, settings)
+    if args.bulk_command == "retry":
+        return view.retry(args.job_id, settings)
+    return jobs.work(settings, burst=args.burst)
+
+
+def _add_bulk_parser(sub: Any) -> None:
+    bulk = sub.add_parser("bulk", help="score a whole file as an rq job").add_subparsers(
+        dest="bulk_command", required=True
+    )
+    submit = bulk.add_parser("submit", help="enqueue a bulk job; prints its id")
+    submit.add_argument("input", help=".npy/.npz (one row per item) or .jsonl (one per line)")
+    submit.add_argument("--task", required=True)
+    submit.add_argument("--output", help="default: INPUT.out.npz or INPUT.out.jsonl")
+    submit.add_argument("--tier", default="standard")
+    submit.add_argument(
+        "--result-ttl", type=int, default=7 * 24 * 3600, help="seconds a finished job is kept"
+    )
+    submit.add_argument(
+        "--failure-ttl", type=int, default=7 * 24 * 3600, help="seconds a failed job is kept"
+    )
+    submit.add_argument(
+        "--job-timeout", type=int, default=24 * 3600, help="seconds before rq kills the job"
+    )
+    status = bulk.add_parser("status", help="state and progress: done/total, rate, ETA, errors")
+    status.add_argument("job_id")
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 1) until the job ends or Ctrl-C",
+    )
+    status.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    for name, text in (
+        ("cancel", "stop a running job, or cancel a queued one"),
+        ("retry", "run a failed or orphaned job again under its id; answered rows are kept"),
+    ):
+        bulk.add_parser(name, help=text).add_argument("job_id")
+    worker = bulk.add_parser("worker", help="run rq's worker on the bulk queue")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    sub.choices["bulk"].set_defaults(func=cmd_bulk)
+
+
 def _add_dlq_parser(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters").add_subparsers(
         dest="dlq_command", required=True
@@ -456,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_client_parsers(sub)
     _add_dlq_parser(sub)
+    _add_bulk_parser(sub)
 
     stats = sub.add_parser("stats", help="queues, rates and latency per model, from Redis")
     stats.add_argument(
