@@ -257,7 +257,20 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _fail(args, f"bulk jobs need rq: pip install 'cascadeq[serve]' ({exc})", EXIT_USAGE)
 
+    from rq.exceptions import NoSuchJobError
+
     settings = _settings(args)
+    try:
+        return _bulk(args, settings, jobs, view)
+    except NoSuchJobError:
+        return _fail(
+            args, f"no bulk job {args.job_id} (never submitted, or expired)", EXIT_UNKNOWN_ID
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail(args, str(exc), EXIT_USAGE)
+
+
+def _bulk(args: argparse.Namespace, settings: Settings, jobs: Any, view: Any) -> int:
     if args.bulk_command == "submit":
         return view.submit(args, settings)
     if args.bulk_command == "status":
