@@ -253,33 +253,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def cmd_bulk(args: argparse.Namespace) -> int:
     try:
-        from cascadeq.bulk import jobs, view
+        from cascadeq.bulk import view
     except ImportError as exc:
         return _fail(args, f"bulk jobs need rq: pip install 'cascadeq[serve]' ({exc})", EXIT_USAGE)
-
-    from rq.exceptions import NoSuchJobError
-
-    settings = _settings(args)
-    try:
-        return _bulk(args, settings, jobs, view)
-    except NoSuchJobError:
-        return _fail(
-            args, f"no bulk job {args.job_id} (never submitted, or expired)", EXIT_UNKNOWN_ID
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail(args, str(exc), EXIT_USAGE)
-
-
-def _bulk(args: argparse.Namespace, settings: Settings, jobs: Any, view: Any) -> int:
-    if args.bulk_command == "submit":
-        return view.submit(args, settings)
-    if args.bulk_command == "status":
-        return view.status(args.job_id, settings, args.watch, args.json)
-    if args.bulk_command == "cancel":
-        return view.cancel(args.job_id, settings)
-    if args.bulk_command == "retry":
-        return view.retry(args.job_id, settings)
-    return jobs.work(settings, burst=args.burst)
+    return view.main(args, _settings(args))
 
 
 def _add_bulk_parser(sub: Any) -> None:

@@ -7,11 +7,41 @@ import sys
 import time
 from typing import Any, TextIO
 
+from rq.exceptions import NoSuchJobError
+
 from cascadeq.bulk import jobs
 from cascadeq.config.settings import Settings
+from cascadeq.protocol.errors import EXIT_FAILED, EXIT_UNKNOWN_ID, EXIT_USAGE
 
 BAR = 30  # characters of the progress bar
-EXIT_FAILED = 1
+
+
+def main(args: Any, settings: Settings) -> int:
+    """``cascadeq bulk ...``; a missing job or input is one line on stderr, not a traceback."""
+    try:
+        return _dispatch(args, settings)
+    except NoSuchJobError:
+        return _fail(f"no bulk job {args.job_id} (never submitted, or expired)", EXIT_UNKNOWN_ID)
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"cascadeq bulk: {message}", file=sys.stderr)
+    return code
+
+
+def _dispatch(args: Any, settings: Settings) -> int:
+    command = args.bulk_command
+    if command == "submit":
+        return submit(args, settings)
+    if command == "status":
+        return status(args.job_id, settings, args.watch, args.json)
+    if command == "cancel":
+        return cancel(args.job_id, settings)
+    if command == "retry":
+        return retry(args.job_id, settings)
+    return jobs.work(settings, burst=args.burst)
 
 
 def line(state: dict[str, Any]) -> str:

@@ -32,6 +32,8 @@ def test_the_walk_finds_the_nested_commands() -> None:
     assert ("dlq", "replay") in COMMANDS
     assert ("router", "train") in COMMANDS
     assert ("models", "measure") in COMMANDS
+    for command in ("submit", "status", "cancel", "retry", "worker"):
+        assert ("bulk", command) in COMMANDS
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "cascadeq")
