@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,46 @@ def test_an_input_of_unknown_kind_is_refused_at_submit(env: dict[str, str], tmp_
     done = run_cli(env, "bulk", "submit", str(tmp_path / "in.csv"), "--task", "digits")
     assert done.returncode == 2, done.stderr
     assert "unknown input kind '.csv'" in done.stderr
+
+
+def test_cancel_stops_a_running_job(
+    r: redis.Redis,
+    settings: Settings,
+    env: dict[str, str],
+    digits_dir: Path,
+    group: ProcessGroup,
+    tmp_path: Path,
+) -> None:
+    serving(group, r)
+    group.spawn("bulk", "worker")
+    n = 40_000
+    np.save(tmp_path / "in.npy", rows(digits_dir, n))
+    job_id = jobs.submit(tmp_path / "in.npy", task="digits", settings=settings)
+    wait_for(lambda: jobs.progress(job_id, settings)["done"] > 0, JOB_WAIT_S, "the job runs")
+    done = run_cli(env, "bulk", "cancel", job_id)
+    assert done.returncode == 0, done.stderr
+    state = jobs.wait(job_id, settings, JOB_WAIT_S)
+    assert state["status"] == "stopped", state
+    assert state["done"] < n
+    assert not (tmp_path / "in.out.npz").exists()
+
+
+def test_status_watch_leaves_cleanly_on_ctrl_c(
+    settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "in.npy", np.zeros((3, 64), np.float32))
+    job_id = jobs.submit(tmp_path / "in.npy", task="digits", settings=settings)  # no rq worker
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "cascadeq.cli", "bulk", "status", job_id, "--watch", "0.05"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stdout is not None
+    first = watch.stdout.readline()  # it is in its loop: the job is queued, never ending
+    assert f"{job_id} queued" in first
+    watch.send_signal(signal.SIGINT)
+    _, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    assert "Traceback" not in err
