@@ -163,6 +163,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from cascadeq.bench import floor
 
         return floor.bench_floor(settings.redis_url, models_dir, args.requests, as_json=args.json)
+    if args.bench_command == "bulk":
+        from cascadeq.bench import bulk
+
+        return bulk.main(settings, models_dir, as_json=args.json, rows=args.rows)
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -401,6 +405,11 @@ def _add_bench_parser(sub: Any) -> None:
     batching.add_argument("--quick", action="store_true", help="a short run (for CI)")
     batching.add_argument("--plot", metavar="PNG", help="save latency vs offered load here")
     batching.set_defaults(func=cmd_bench)
+    bulk = bench.add_parser("bulk", help="interactive p99 idle vs during a bulk job")
+    bulk.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    bulk.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    bulk.add_argument("--rows", type=int, default=200_000, help="rows of the bulk job")
+    bulk.set_defaults(func=cmd_bench)
     for name, text in SUITE_PARTS.items():
         part = bench.add_parser(name, help=text)
         part.add_argument("--json", action="store_true", help="last stdout line is JSON")
