@@ -166,7 +166,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "bulk":
         from cascadeq.bench import bulk
 
-        return bulk.main(settings, models_dir, as_json=args.json, rows=args.rows)
+        return bulk.main(
+            settings, models_dir, as_json=args.json, rows=args.rows, in_flight=args.in_flight
+        )
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -280,6 +282,9 @@ def _add_bulk_parser(sub: Any) -> None:
     )
     submit.add_argument(
         "--job-timeout", type=int, default=24 * 3600, help="seconds before rq kills the job"
+    )
+    submit.add_argument(
+        "--in-flight", type=int, default=2000, help="rows submitted and not yet answered, at most"
     )
     status = bulk.add_parser("status", help="state and progress: done/total, rate, ETA, errors")
     status.add_argument("job_id")
@@ -409,6 +414,7 @@ def _add_bench_parser(sub: Any) -> None:
     bulk.add_argument("--json", action="store_true", help="last stdout line is JSON")
     bulk.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     bulk.add_argument("--rows", type=int, default=200_000, help="rows of the bulk job")
+    bulk.add_argument("--in-flight", type=int, default=2000, help="the bulk job's bound")
     bulk.set_defaults(func=cmd_bench)
     for name, text in SUITE_PARTS.items():
         part = bench.add_parser(name, help=text)

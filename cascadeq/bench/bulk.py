@@ -58,11 +58,12 @@ def main(
     rows: int = 200_000,
     probe_s: float = 5.0,
     rate: float = 50.0,
+    in_flight: int = 2000,
 ) -> int:
     catalog = models_dir / f".bench-bulk-{uuid.uuid4().hex[:8]}.toml"
     with_lanes(models_dir / "catalog.toml", catalog)
     try:
-        figures = _run(settings, catalog, models_dir, rows, probe_s, rate)
+        figures = _run(settings, catalog, models_dir, rows, probe_s, rate, in_flight)
     finally:
         catalog.unlink(missing_ok=True)
     if not as_json:
@@ -73,7 +74,13 @@ def main(
 
 
 def _run(
-    settings: Settings, catalog: Path, models_dir: Path, rows: int, probe_s: float, rate: float
+    settings: Settings,
+    catalog: Path,
+    models_dir: Path,
+    rows: int,
+    probe_s: float,
+    rate: float,
+    in_flight: int,
 ) -> dict[str, Any]:
     x = np.load(models_dir / "digits_test.npz")["X"].astype(np.float32)
     with live_system(settings, catalog, TAG, workers=1) as system, tempfile.TemporaryDirectory(
@@ -86,7 +93,7 @@ def _run(
         src = Path(tmp) / "bulk.npy"
         np.save(src, np.resize(x, (rows, x.shape[1])))
         system.group.spawn("bulk", "worker")
-        job_id = jobs.submit(src, task="digits", settings=system.settings)
+        job_id = jobs.submit(src, task="digits", settings=system.settings, in_flight=in_flight)
         _until(lambda: jobs.progress(job_id, system.settings)["done"] > 0, 120)
         progress(TAG, f"interactive during a {rows}-row bulk job")
         during = probe(client, x, probe_s, rate)
@@ -101,6 +108,7 @@ def _run(
         "during_bulk_p50_ms": round(float(np.percentile(during, 50)), 2),
         "interactive_requests": [len(idle), len(during)],
         "bulk_rows": rows,
+        "bulk_in_flight": in_flight,
         "bulk_rows_per_s": state["rate"],
         "rows_failed": state["errors"],
         "bulk_status": state["status"],

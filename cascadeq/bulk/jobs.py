@@ -20,6 +20,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from cascadeq.bulk import rows as rowfile
+from cascadeq.bulk.job import CHUNK, IN_FLIGHT
 from cascadeq.config.settings import Settings
 
 QUEUE = "cascadeq-bulk"
@@ -57,8 +58,15 @@ def submit(
     result_ttl_s: int = RESULT_TTL_S,
     failure_ttl_s: int = FAILURE_TTL_S,
     job_timeout_s: int = JOB_TIMEOUT_S,
+    in_flight: int = IN_FLIGHT,
 ) -> str:
-    """Enqueue a bulk job; returns its rq job id. Paths are made absolute for the worker."""
+    """Enqueue a bulk job; returns its rq job id. Paths are made absolute for the worker.
+
+    ``in_flight`` bounds the rows submitted and not yet answered: fewer leaves shorter
+    queues ahead of interactive requests, more keeps the workers busier.
+    """
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, got {in_flight}")
     settings = settings or Settings.from_env(redis_url=redis_url)
     src = Path(input_path).resolve()
     if not src.is_file():
@@ -67,7 +75,14 @@ def submit(
     out = Path(output).resolve() if output else Path(rowfile.default_output(src))
     job = queue(settings).enqueue(
         JOB_FUNC,
-        kwargs={"input_path": str(src), "output_path": str(out), "task": task, "tier": tier},
+        kwargs={
+            "input_path": str(src),
+            "output_path": str(out),
+            "task": task,
+            "tier": tier,
+            "in_flight": in_flight,
+            "chunk": min(CHUNK, in_flight),
+        },
         result_ttl=result_ttl_s,
         failure_ttl=failure_ttl_s,
         job_timeout=job_timeout_s,

@@ -96,6 +96,7 @@ def submit(args: Any, settings: Settings) -> int:
         result_ttl_s=args.result_ttl,
         failure_ttl_s=args.failure_ttl,
         job_timeout_s=args.job_timeout,
+        in_flight=args.in_flight,
     )
     print(job_id)
     return 0
