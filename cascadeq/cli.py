@@ -167,7 +167,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from cascadeq.bench import bulk
 
         return bulk.main(
-            settings, models_dir, as_json=args.json, rows=args.rows, in_flight=args.in_flight
+            settings,
+            models_dir,
+            as_json=args.json,
+            rows=args.rows,
+            in_flight=args.in_flight,
+            rate=args.rate,
         )
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
@@ -285,6 +290,12 @@ def _add_bulk_parser(sub: Any) -> None:
     )
     submit.add_argument(
         "--in-flight", type=int, default=2000, help="rows submitted and not yet answered, at most"
+    )
+    submit.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="rows sent per second; 0 (default): adapt to what the queue answers without queueing",
     )
     status = bulk.add_parser("status", help="state and progress: done/total, rate, ETA, errors")
     status.add_argument("job_id")
@@ -415,6 +426,7 @@ def _add_bench_parser(sub: Any) -> None:
     bulk.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     bulk.add_argument("--rows", type=int, default=200_000, help="rows of the bulk job")
     bulk.add_argument("--in-flight", type=int, default=2000, help="the bulk job's bound")
+    bulk.add_argument("--rate", type=float, default=0.0, help="the bulk job's rows/s (0: adaptive)")
     bulk.set_defaults(func=cmd_bench)
     for name, text in SUITE_PARTS.items():
         part = bench.add_parser(name, help=text)

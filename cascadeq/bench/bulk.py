@@ -34,7 +34,16 @@ def with_lanes(src: Path, dst: Path) -> None:
     dst.write_text(tomlkit.dumps(doc), encoding="utf-8")
 
 
-def probe(client: Producer, x: np.ndarray, seconds: float, rate: float) -> np.ndarray:
+PARTS = ("route_ms", "queue_ms", "batch_wait_ms", "compute_ms")
+
+
+def probe(
+    client: Producer,
+    x: np.ndarray,
+    seconds: float,
+    rate: float,
+    parts: list[list[float]] | None = None,
+) -> np.ndarray:
     """Paced one-row interactive requests, each waited for; their latencies in ms."""
     out: list[float] = []
     start = time.perf_counter()
@@ -42,8 +51,11 @@ def probe(client: Producer, x: np.ndarray, seconds: float, rate: float) -> np.nd
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         rid = client.submit(inputs={"input": x[i % len(x)][None]}, task="digits", priority=LANES[0])
-        client.wait(rid, timeout=30)
+        res = client.wait(rid, timeout=30)
         out.append((time.perf_counter() - t0) * 1000)
+        if parts is not None:
+            hop = res.path[-1]
+            parts.append([float(hop.get(k) or 0.0) for k in PARTS])
         i += 1
         pause = start + i / rate - time.perf_counter()
         if pause > 0:
@@ -57,13 +69,14 @@ def main(
     as_json: bool,
     rows: int = 200_000,
     probe_s: float = 5.0,
-    rate: float = 50.0,
+    probe_rate: float = 50.0,
     in_flight: int = 2000,
+    rate: float = 0.0,
 ) -> int:
     catalog = models_dir / f".bench-bulk-{uuid.uuid4().hex[:8]}.toml"
     with_lanes(models_dir / "catalog.toml", catalog)
     try:
-        figures = _run(settings, catalog, models_dir, rows, probe_s, rate, in_flight)
+        figures = _run(settings, catalog, models_dir, rows, probe_s, probe_rate, in_flight, rate)
     finally:
         catalog.unlink(missing_ok=True)
     if not as_json:
@@ -81,6 +94,7 @@ def _run(
     probe_s: float,
     rate: float,
     in_flight: int,
+    bulk_rate: float,
 ) -> dict[str, Any]:
     x = np.load(models_dir / "digits_test.npz")["X"].astype(np.float32)
     with live_system(settings, catalog, TAG, workers=1) as system, tempfile.TemporaryDirectory(
@@ -89,14 +103,18 @@ def _run(
                          timeout=120)  # fmt: skip
         probe(client, x, 1.0, rate)  # warm-up
         progress(TAG, f"interactive alone for {probe_s}s at {rate}/s")
-        idle = probe(client, x, probe_s, rate)
+        idle_parts: list[list[float]] = []
+        idle = probe(client, x, probe_s, rate, idle_parts)
         src = Path(tmp) / "bulk.npy"
         np.save(src, np.resize(x, (rows, x.shape[1])))
         system.group.spawn("bulk", "worker")
-        job_id = jobs.submit(src, task="digits", settings=system.settings, in_flight=in_flight)
+        job_id = jobs.submit(
+            src, task="digits", settings=system.settings, in_flight=in_flight, rate=bulk_rate
+        )
         _until(lambda: jobs.progress(job_id, system.settings)["done"] > 0, 120)
         progress(TAG, f"interactive during a {rows}-row bulk job")
-        during = probe(client, x, probe_s, rate)
+        during_parts: list[list[float]] = []
+        during = probe(client, x, probe_s, rate, during_parts)
         overlapped = jobs.progress(job_id, system.settings)["status"] not in jobs.ENDED
         state = jobs.wait(job_id, system.settings, timeout=1800)
     idle_p99, during_p99 = float(np.percentile(idle, 99)), float(np.percentile(during, 99))
@@ -109,10 +127,25 @@ def _run(
         "interactive_requests": [len(idle), len(during)],
         "bulk_rows": rows,
         "bulk_in_flight": in_flight,
+        "bulk_rate": bulk_rate or "adaptive",
+        "idle_parts_ms": _parts(idle, idle_parts),
+        "during_bulk_parts_ms": _parts(during, during_parts),
         "bulk_rows_per_s": state["rate"],
         "rows_failed": state["errors"],
         "bulk_status": state["status"],
         "bulk_overlapped_probe": overlapped,
+    }
+
+
+def _parts(latency: np.ndarray, parts: list[list[float]]) -> dict[str, Any]:
+    """Where the time goes (the worker's figures): mean over all, and over the slowest 5%."""
+    table = np.asarray(parts)
+    slow = latency >= np.percentile(latency, 95)
+    return {
+        "parts": list(PARTS),
+        "mean": [round(float(v), 2) for v in table.mean(axis=0)],
+        "slowest_5pct": [round(float(v), 2) for v in table[slow].mean(axis=0)],
+        "slowest_5pct_total": round(float(latency[slow].mean()), 2),
     }
 
 

@@ -18,15 +18,23 @@ from typing import Any
 from rq import get_current_job
 
 from cascadeq.bulk import rows as rowfile
+from cascadeq.bulk.pace import Pace
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
-from cascadeq.producer import Producer, Rejected, Request
+from cascadeq.producer import Producer, Rejected, Request, Timeout
 from cascadeq.protocol.messages import REJECTED, Result
 
-CHUNK = 250  # rows per submit_many call
+CHUNK = 250  # rows per submit_many call, at most
 IN_FLIGHT = 2000  # rows submitted and not yet collected, at most (plus one chunk)
 WAIT_S = 600.0  # longest wait for one chunk's results before the job fails (and may retry)
 BACKOFF_S = (0.05, 2.0)  # first and longest pause after queue_full with nothing to collect
+
+
+def chunk_for(max_batch: int) -> int:
+    """Rows per send: two of the model's batches. A bigger bundle holds interactive requests
+    behind it in every stage (measured: p99 4.3x idle at 250 rows vs 1.3-1.45x at 64-128,
+    for a model batching 64); a smaller one costs a round trip per few rows."""
+    return max(16, min(CHUNK, 2 * max_batch))
 
 
 def item_id(job_id: str, row: int) -> str:
@@ -42,6 +50,7 @@ class Progress:
     done: int = 0
     errors: int = 0
     started: float = field(default_factory=time.time)
+    send_rate: float = 0.0  # rows/s the job sends at now (cascadeq.bulk.pace)
 
     def meta(self) -> dict[str, Any]:
         elapsed = max(time.time() - self.started, 1e-9)
@@ -50,6 +59,7 @@ class Progress:
             "done": self.done,
             "errors": self.errors,
             "rate": round(self.done / elapsed, 1),
+            "send_rate": round(self.send_rate, 1),
             "started_at": self.started,
             "updated_at": time.time(),
         }
@@ -67,13 +77,15 @@ class Runner:
         in_flight: int = IN_FLIGHT,
         chunk: int = CHUNK,
         wait_s: float = WAIT_S,
+        pace: Pace | None = None,
     ) -> None:
         self.client = client
         self.requests = requests
         self.results = results
         self.report = report  # called with Progress after each collected chunk
         self.in_flight, self.chunk, self.wait_s = in_flight, chunk, wait_s
-        self.pending: deque[list[int]] = deque()
+        self.pace = pace or Pace(chunk)
+        self.pending: deque[tuple[list[int], float]] = deque()  # rows, and when they were sent
         self.outstanding = 0
         self.progress = Progress(total=len(requests))
         for res in results:
@@ -83,12 +95,20 @@ class Runner:
     def run(self) -> None:
         todo = [i for i, res in enumerate(self.results) if res is None]
         for start in range(0, len(todo), self.chunk):
+            self._until_due()
             self._submit(todo[start : start + self.chunk])
             while self.outstanding > self.in_flight:
                 self._collect()
         while self.pending:
             self._collect()
         self.report(self.progress)
+
+    def _until_due(self) -> None:
+        """Wait for the pace's next send, collecting answered chunks meanwhile."""
+        while (due := self.pace.due_in()) > 0:
+            if not (self.pending and self._collect(timeout=due)):
+                time.sleep(self.pace.due_in())  # pacing the sends, not waiting for a result
+                return
 
     def _submit(self, rows: list[int]) -> None:
         reqs = [self.requests[i] for i in rows]
@@ -98,7 +118,7 @@ class Runner:
             if exc.code == "queue_full":
                 raise  # _send retries until it gets through
             rows = self._one_by_one(rows)  # a bad row among them: find it, send the rest
-        self.pending.append(rows)
+        self.pending.append((rows, self.pace.sent(len(rows))))
         self.outstanding += len(rows)
 
     def _send(self, reqs: list[Request]) -> None:
@@ -114,6 +134,7 @@ class Runner:
             except Rejected as exc:
                 if exc.code != "queue_full":
                     raise
+            self.pace.congested()
             if self.pending:
                 self._collect()
             else:
@@ -132,13 +153,24 @@ class Runner:
                 self._settle(i, failed(str(req.id), exc.code, str(exc)))
         return sent
 
-    def _collect(self) -> None:
-        rows = self.pending.popleft()
-        self.outstanding -= len(rows)
+    def _collect(self, timeout: float | None = None) -> bool:
+        """The oldest chunk's answers; with a timeout, False if they are not all in by then."""
+        rows, sent_at = self.pending[0]
         ids = [str(self.requests[i].id) for i in rows]  # type: ignore[union-attr]
-        for i, res in zip(rows, self.client.wait_many(ids, timeout=self.wait_s), strict=True):
+        try:
+            got = self.client.wait_many(ids, timeout=self.wait_s if timeout is None else timeout)
+        except Timeout:
+            if timeout is None:
+                raise
+            return False
+        self.pending.popleft()
+        self.outstanding -= len(rows)
+        self.pace.observe(sent_at, got)
+        self.progress.send_rate = self.pace.rate
+        for i, res in zip(rows, got, strict=True):
             self._settle(i, res)
         self.report(self.progress)
+        return True
 
     def _settle(self, i: int, res: Result) -> None:
         self.results[i] = res
@@ -160,7 +192,8 @@ def run(
     task: str,
     tier: str = "standard",
     in_flight: int = IN_FLIGHT,
-    chunk: int = CHUNK,
+    chunk: int = 0,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     """The job: rq calls it with JSON arguments; its return value is the job's result."""
     job = get_current_job()
@@ -188,7 +221,11 @@ def run(
             None if err is None else failed(rid, "bad_input", err)
             for rid, err in zip(ids, rows.errors, strict=True)
         ]
-        runner = Runner(client, requests, results, report, in_flight=in_flight, chunk=chunk)
+        chunk = min(chunk or chunk_for(first.batching.max_batch), in_flight)
+        pace = Pace(chunk, rate)
+        runner = Runner(
+            client, requests, results, report, in_flight=in_flight, chunk=chunk, pace=pace
+        )
         runner.run()
     final = [r for r in results if r is not None]
     rowfile.write(output_path, rows.kind, ids, final)

@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from cascadeq.bulk import rows as rowfile
-from cascadeq.bulk.job import CHUNK, IN_FLIGHT
+from cascadeq.bulk.job import IN_FLIGHT
 from cascadeq.config.settings import Settings
 
 QUEUE = "cascadeq-bulk"
@@ -59,12 +59,17 @@ def submit(
     failure_ttl_s: int = FAILURE_TTL_S,
     job_timeout_s: int = JOB_TIMEOUT_S,
     in_flight: int = IN_FLIGHT,
+    rate: float = 0.0,
 ) -> str:
     """Enqueue a bulk job; returns its rq job id. Paths are made absolute for the worker.
 
     ``in_flight`` bounds the rows submitted and not yet answered: fewer leaves shorter
-    queues ahead of interactive requests, more keeps the workers busier.
+    queues ahead of interactive requests, more keeps the workers busier. ``rate`` fixes
+    the rows sent per second; 0 (the default) adapts it to what the queue answers without
+    queueing (cascadeq.bulk.pace), so the job fills idle capacity, not the queues.
     """
+    if rate < 0:
+        raise ValueError(f"rate must be 0 (adaptive) or positive rows/s, got {rate}")
     if in_flight < 1:
         raise ValueError(f"in_flight must be at least 1, got {in_flight}")
     settings = settings or Settings.from_env(redis_url=redis_url)
@@ -81,7 +86,7 @@ def submit(
             "task": task,
             "tier": tier,
             "in_flight": in_flight,
-            "chunk": min(CHUNK, in_flight),
+            "rate": rate,
         },
         result_ttl=result_ttl_s,
         failure_ttl=failure_ttl_s,

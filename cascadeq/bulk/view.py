@@ -97,6 +97,7 @@ def submit(args: Any, settings: Settings) -> int:
         failure_ttl_s=args.failure_ttl,
         job_timeout_s=args.job_timeout,
         in_flight=args.in_flight,
+        rate=args.rate,
     )
     print(job_id)
     return 0
