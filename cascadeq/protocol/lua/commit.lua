@@ -32,6 +32,8 @@
 -- A result is stored only where its key is absent or holds the submit placeholder (a
 -- value whose first byte is 0xC1, a byte msgpack never starts a message with), so a
 -- request processed twice keeps its first answer; only stored results are published.
+-- It is one SET ... GET per result (Redis 6.2+), which puts an earlier answer back in the
+-- rare case it finds one: that answer then keeps the later TTL, a little longer than its own.
 -- Returns {results stored, entries acknowledged, XLEN of each depths key...}.
 
 local plan = cmsgpack.unpack(ARGV[1])
@@ -48,21 +50,19 @@ local outbox = {}
 
 for i = 1, #results, 4 do
   local key, payload = KEYS[results[i]], values[results[i + 1]]
-  local cur = redis.pcall('GET', key)
+  -- One call, not GET then SET: store, and read back what was there.
+  local cur = redis.pcall('SET', key, payload, 'EX', ttl, 'GET')
   if type(cur) == 'table' and cur.err then
     failed[results[i + 3]] = true
-  elseif not cur or string.byte(cur, 1) == 0xC1 then
-    local ok = redis.pcall('SET', key, payload, 'EX', ttl)
-    if type(ok) == 'table' and ok.err then
-      failed[results[i + 3]] = true
-    else
-      stored = stored + 1
-      local channel = results[i + 2]
-      if channel > 0 then
-        local box = outbox[channel]
-        if not box then box = {}; outbox[channel] = box end
-        box[#box + 1] = payload
-      end
+  elseif cur and string.byte(cur, 1) ~= 0xC1 then
+    redis.call('SET', key, cur, 'KEEPTTL')  -- answered before: the first answer stays
+  else
+    stored = stored + 1
+    local channel = results[i + 2]
+    if channel > 0 then
+      local box = outbox[channel]
+      if not box then box = {}; outbox[channel] = box end
+      box[#box + 1] = payload
     end
   end
 end
