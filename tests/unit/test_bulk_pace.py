@@ -25,7 +25,7 @@ def answered(*totals: float) -> list[Result]:
 
 
 def test_median_of_the_answered_rows_only() -> None:
-    rows = answered(5.0, 1.0, 3.0) + [Result(id="x", status="error", path=[{"total_ms": 99.0}])]
+    rows = [*answered(5.0, 1.0, 3.0), Result(id="x", status="error", path=[{"total_ms": 99.0}])]
     assert median_total_ms(rows) == 3.0
     assert median_total_ms([Result(id="y", status="ok")]) is None
 

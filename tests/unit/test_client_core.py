@@ -117,6 +117,6 @@ def test_stored_values_are_read_alike_everywhere() -> None:
 def test_the_lua_scripts_use_the_same_placeholder() -> None:
     assert results.PENDING[0] == 0xC1
     assert "string.char(0xC1)" in lua.load("submit").text
-    assert "string.byte(cur, 1) == 0xC1" in lua.load("commit").text
+    assert "string.byte(cur, 1) ~= 0xC1" in lua.load("commit").text
     assert "string.byte(cur, 1) ~= 0xC1" in lua.load("store_once").text
     assert "string.char(0xC1)" in lua.load("dlq_replay").text
