@@ -17,7 +17,8 @@
 -- (the prefix carries the deployment's hash tag on Redis Cluster, so they share a slot).
 -- An id is refused if it repeats in the call or its result key exists, except an
 -- idempotent retry whose stored digest matches: that one is skipped, not queued again.
--- GET, not EXISTS: the producer's documented ACL rule allows GET and SET, not EXISTS.
+-- The placeholder's SET NX is the existence check (one call a request, not GET then SET),
+-- so it comes after admission: a call refused as full writes nothing and reads no key.
 -- Admission: the ingress counter plus the requests to queue must stay within the ingress
 -- bound, and each model stream's counter plus those starting on it within the model
 -- bound. Model counters are only read: the router increments them when it XADDs there.
@@ -33,28 +34,18 @@ local plan = cmsgpack.unpack(ARGV[1])
 local bound, model_bound, ttl, digest_ttl = plan[1], plan[2], plan[3], plan[4]
 local prefix, partial, bundles = plan[5], plan[6] == 1, plan[7]
 
-local seen, dups, skips, skipped = {}, {}, {}, {}
+local seen, dups = {}, {}
 local pos = 0
 for _, b in ipairs(bundles) do
-  local ids, digests = b[2], b[3]
+  local ids = b[2]
   for i = 1, #ids do
     pos = pos + 1
-    local key = prefix .. ids[i]
-    if seen[key] then
-      dups[#dups + 1] = pos
-    elseif redis.call('GET', key) then
-      local d = digests[i]
-      if d ~= '' and redis.call('GET', key .. ':digest') == d then
-        skips[#skips + 1] = pos
-        skipped[pos] = true
-      else
-        dups[#dups + 1] = pos
-      end
-    end
-    seen[key] = true
+    local id = ids[i]
+    if seen[id] then dups[#dups + 1] = pos end
+    seen[id] = true
   end
 end
-if #dups > 0 then return {0, 0, dups, skips, {}, 0, 0} end
+if #dups > 0 then return {0, 0, dups, {}, {}, 0, 0} end
 
 local function counter(index)
   return tonumber(redis.call('GET', KEYS[index]) or '0')
@@ -69,7 +60,7 @@ for _, b in ipairs(bundles) do
   if not depths[j] then depths[j] = counter(j) end
   for _ = 1, #b[2] do
     pos = pos + 1
-    if not skipped[pos] then
+    do
       local over = 0
       if depth + queued + 1 > bound then over = 2
       elseif depths[j] + 1 > model_bound then over = j end
@@ -84,18 +75,46 @@ for _, b in ipairs(bundles) do
     end
   end
 end
-if #refused > 0 or #skips > 0 then return {0, depth, {}, skips, refused, full, full_depth} end
+if #refused > 0 then return {0, depth, {}, {}, refused, full, full_depth} end
 
+-- The placeholders, one SET NX each: one that finds its key taken is a duplicate, or an
+-- idempotent retry whose digest matches (skipped). Either way the call writes nothing:
+-- the placeholders it did set are removed before it returns the positions.
 local placeholder = string.char(0xC1)
+local set, skips = {}, {}
+pos = 0
 for _, b in ipairs(bundles) do
-  local ids, digests, first = b[2], b[3], b[4]
+  local ids, digests = b[2], b[3]
+  for i = 1, #ids do
+    pos = pos + 1
+    local key = prefix .. ids[i]
+    if redis.call('SET', key, placeholder, 'NX', 'EX', ttl) then
+      set[#set + 1] = key
+    else
+      local d = digests[i]
+      if d ~= '' and redis.call('GET', key .. ':digest') == d then
+        skips[#skips + 1] = pos
+      else
+        dups[#dups + 1] = pos
+      end
+    end
+  end
+end
+if #dups > 0 or #skips > 0 then
+  for k = 1, #set, 1000 do redis.call('DEL', unpack(set, k, math.min(k + 999, #set))) end
+  if #dups > 0 then return {0, 0, dups, skips, {}, 0, 0} end
+  return {0, depth, {}, skips, {}, 0, 0}
+end
+
+for _, b in ipairs(bundles) do
+  local digests, first = b[3], b[4]
   local fields = {}
   for k = first, first + 2 * b[5] - 1 do fields[#fields + 1] = ARGV[k] end
   redis.call('XADD', KEYS[1], '*', unpack(fields))
-  for i = 1, #ids do
-    local key = prefix .. ids[i]
-    redis.call('SET', key, placeholder, 'NX', 'EX', ttl)
-    if digests[i] ~= '' then redis.call('SET', key .. ':digest', digests[i], 'EX', digest_ttl) end
+  for i = 1, #digests do
+    if digests[i] ~= '' then
+      redis.call('SET', prefix .. b[2][i] .. ':digest', digests[i], 'EX', digest_ttl)
+    end
   end
 end
 return {1, redis.call('INCRBY', KEYS[2], queued), {}, {}, {}, 0, 0}
