@@ -34,18 +34,7 @@ local plan = cmsgpack.unpack(ARGV[1])
 local bound, model_bound, ttl, digest_ttl = plan[1], plan[2], plan[3], plan[4]
 local prefix, partial, bundles = plan[5], plan[6] == 1, plan[7]
 
-local seen, dups = {}, {}
-local pos = 0
-for _, b in ipairs(bundles) do
-  local ids = b[2]
-  for i = 1, #ids do
-    pos = pos + 1
-    local id = ids[i]
-    if seen[id] then dups[#dups + 1] = pos end
-    seen[id] = true
-  end
-end
-if #dups > 0 then return {0, 0, dups, {}, {}, 0, 0} end
+local dups = {}
 
 local function counter(index)
   return tonumber(redis.call('GET', KEYS[index]) or '0')
@@ -54,7 +43,7 @@ end
 local depth = counter(2)
 local depths, refused = {}, {}
 local queued, full, full_depth = 0, 0, 0
-pos = 0
+local pos = 0
 for _, b in ipairs(bundles) do
   local j = b[1]
   if not depths[j] then depths[j] = counter(j) end
@@ -77,8 +66,9 @@ for _, b in ipairs(bundles) do
 end
 if #refused > 0 then return {0, depth, {}, {}, refused, full, full_depth} end
 
--- The placeholders, one SET NX each: one that finds its key taken is a duplicate, or an
--- idempotent retry whose digest matches (skipped). Either way the call writes nothing:
+-- The placeholders, one SET NX each: one that finds its key taken is a duplicate (of an
+-- earlier call, or of an earlier request of this one), or an idempotent retry whose
+-- digest matches (skipped). Either way the call writes nothing:
 -- the placeholders it did set are removed before it returns the positions.
 local placeholder = string.char(0xC1)
 local set, skips = {}, {}
