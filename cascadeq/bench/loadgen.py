@@ -32,12 +32,14 @@ from cascadeq.producer import Producer, Request, Timeout
 class Count:
     done: int = 0  # answered ok inside the window
     failed: int = 0  # answered not ok, or not at all in time, inside the window
+    batched: int = 0  # sum of the answered requests' batch sizes: mean batch = batched / done
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, done: int, failed: int) -> None:
+    def add(self, done: int, failed: int, batched: int) -> None:
         with self.lock:
             self.done += done
             self.failed += failed
+            self.batched += batched
 
 
 def loop(client: Producer, requests: list[Request], opens: float, closes: float, n: Count) -> None:
@@ -46,11 +48,11 @@ def loop(client: Producer, requests: list[Request], opens: float, closes: float,
         ids = client.submit_many(requests)
         try:
             results = client.wait_many(ids, timeout=60)
-            ok = sum(r.ok for r in results)
         except Timeout as exc:
-            ok = sum(r.ok for r in exc.done.values())
+            results = list(exc.done.values())
+        ok = [r for r in results if r.ok]
         if opens <= time.time() < closes:
-            n.add(ok, len(ids) - ok)
+            n.add(len(ok), len(ids) - len(ok), sum(r.batch_size for r in ok))
 
 
 def run(args: argparse.Namespace) -> Count:
@@ -87,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     count = run(args)
-    args.out.write_text(json.dumps({"done": count.done, "failed": count.failed}), "utf-8")
+    figures = {"done": count.done, "failed": count.failed, "batched": count.batched}
+    args.out.write_text(json.dumps(figures), "utf-8")
     return 0
 
 

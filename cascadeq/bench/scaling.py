@@ -177,8 +177,18 @@ def drive(env: dict[str, str], plan: Plan, s: Series, workers: int, tmp: Path) -
         "workers": workers,
         "rps": round(done / plan.window_s, 1),
         "in_flight": chunk * plan.producers * plan.threads,
+        "mean_batch": round(sum(c["batched"] for c in counts) / max(1, done), 2),
         "failed": sum(c["failed"] for c in counts),
     }
+
+
+def of_ideal(points: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+    """The stand-in's ceiling is known: N x max_batch per service time. rps against it
+    shows whether the baseline itself (N = 1) fell short, which efficiency cannot."""
+    per_worker = plan.io_batch * 1000 / plan.service_ms
+    for p in points:
+        p["of_ideal"] = round(p["rps"] / (p["workers"] * per_worker), 3)
+    return points
 
 
 def run_series(
@@ -219,6 +229,7 @@ def section(url: str, settings: Settings, catalog: Path, plan: Plan) -> dict[str
     with tempfile.TemporaryDirectory(prefix="cq-scaling-") as tmp:
         for s in series_of(plan, cpu_batch):
             out[s.name] = run_series(url, settings, catalog, plan, s, Path(tmp))
+    out["io_bound"] = of_ideal(out["io_bound"], plan)
     return out
 
 
@@ -269,6 +280,10 @@ def main(
 def print_table(figures: dict[str, Any]) -> None:
     for name, points in figures["single"].items():
         label = f"{name} (stand-in)" if name == "io_bound" else name
-        print(f"{label}: workers  rps  efficiency")
+        print(f"{label}: workers      rps  efficiency  mean batch  of ideal")
         for p in points:
-            print(f"  {p['workers']:>7} {p['rps']:>8} {p['efficiency']}")
+            ideal = p.get("of_ideal", "")
+            print(
+                f"  {p['workers']:>7} {p['rps']:>8} {p['efficiency']!s:>11} "
+                f"{p['mean_batch']:>11} {ideal:>9}"
+            )

@@ -60,7 +60,10 @@ def test_a_section_measures_each_count_and_leaves_nothing(redis_url: str, digits
         assert point["rps"] > 0, point
         assert point["failed"] == 0, point
         assert point["in_flight"] >= 2
+        assert 1.0 <= point["mean_batch"] <= 32
     assert got["io_bound"][0]["efficiency"] == 1.0
+    assert all(p["mean_batch"] <= TINY.io_batch for p in got["io_bound"])
+    assert all(0 < p["of_ideal"] <= 1.1 for p in got["io_bound"])
     # At most one batch of 2 per 20 ms per worker: the stand-in's service time holds.
     assert got["io_bound"][0]["rps"] <= 2 / 0.020 * 1.1
     assert ours() == []
