@@ -33,6 +33,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_deploy.py  # hadolint, Kubernetes, KEDA and Compose schemas
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

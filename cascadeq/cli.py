@@ -174,6 +174,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             in_flight=args.in_flight,
             rate=args.rate,
         )
+    if args.bench_command == "scaling":
+        from cascadeq.bench import scaling
+
+        return scaling.main(
+            settings,
+            models_dir,
+            as_json=args.json,
+            quick=args.quick,
+            service_ms=args.service_ms,
+            io_batch=args.io_batch,
+        )
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -428,6 +439,17 @@ def _add_bench_parser(sub: Any) -> None:
     bulk.add_argument("--in-flight", type=int, default=2000, help="the bulk job's bound")
     bulk.add_argument("--rate", type=float, default=0.0, help="the bulk job's rows/s (0: adaptive)")
     bulk.set_defaults(func=cmd_bench)
+    scaling = bench.add_parser(
+        "scaling", help="throughput vs worker replicas: CPU-bound, and an I/O-bound stand-in"
+    )
+    scaling.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    scaling.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    scaling.add_argument("--quick", action="store_true", help="fewer counts, shorter windows")
+    scaling.add_argument(
+        "--service-ms", type=float, help="the I/O-bound stand-in's time per batch (default 100)"
+    )
+    scaling.add_argument("--io-batch", type=int, help="the stand-in's max_batch (default 4)")
+    scaling.set_defaults(func=cmd_bench)
     for name, text in SUITE_PARTS.items():
         part = bench.add_parser(name, help=text)
         part.add_argument("--json", action="store_true", help="last stdout line is JSON")

@@ -38,8 +38,8 @@ from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.lanes import LaneReader
 from cascadeq.workers.local import LocalModel, LocalModels
-from cascadeq.workers.runner import OnnxRunner
 from cascadeq.workers.settle import BatchWork, Ran, Settler
+from cascadeq.workers.standin import Runner, load_runner
 
 log = get_logger("cascadeq.worker")
 
@@ -52,7 +52,7 @@ class ModelWorker:
         spec: ModelSpec,
         settings: Settings,
         consumer: str,
-        runner: OnnxRunner | None = None,
+        runner: Runner | None = None,
         local: LocalModels | None = None,
     ) -> None:
         """``local``: the models of this process, shared by its workers, which this one
@@ -61,7 +61,7 @@ class ModelWorker:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
         before = metrics.rss_bytes()
-        self.runner = runner or OnnxRunner(spec)
+        self.runner = runner or load_runner(spec)
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
         self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]

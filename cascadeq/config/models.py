@@ -18,6 +18,11 @@ BATCH_MODES = ("static", "dynamic", "adaptive", "continuous")
 # Fields that only one batching mode reads; setting one under another mode is a mistake.
 MODE_FIELDS = {"static": "safety_wait_ms", "adaptive": "latency_budget_ms"}
 OUTPUT_KINDS = ("probabilities", "scores", "embedding")
+# "onnx": an ONNX file served by ONNX Runtime. "sleep": a stand-in for an I/O-bound model
+# (a remote call, say) with no file: each batch takes the declared service time with the
+# CPU released (workers/standin.py). For measuring the queue, never for answers.
+MODEL_KINDS = ("onnx", "sleep")
+STANDIN_FIELDS = ("service_ms", "service_ms_per_row")
 
 
 class InputError(ValueError):
@@ -46,6 +51,17 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class StandIn:
+    """A ``kind = "sleep"`` model's service time: per batch, plus per row."""
+
+    service_ms: float
+    service_ms_per_row: float = 0.0
+
+    def seconds(self, rows: int) -> float:
+        return (self.service_ms + self.service_ms_per_row * rows) / 1000
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     path: Path
@@ -60,6 +76,7 @@ class ModelSpec:
     batching: Batching = field(default_factory=Batching)
     lanes: tuple[str, ...] = (DEFAULT_LANE,)  # highest priority first
     lane_turn_every: int = 4  # every Nth read serves the lanes lowest first: no starvation
+    standin: StandIn | None = None  # kind = "sleep": no ONNX file, a fixed service time
 
     def lane_for(self, priority: str) -> str:
         """A priority this model does not serve joins its lowest lane: never ahead of others."""
@@ -116,10 +133,18 @@ class ModelFields(Fields):
             "batching",
             "lanes",
             "lane_turn_every",
+            "kind",
+            *STANDIN_FIELDS,
         }
         self.no_unknown(doc, allowed, where)
-        path = self.base / self.value(doc, "path", where, str, fix='add path = "model.onnx"')
-        if self.check_files and not path.is_file():
+        standin = self.standin(doc, where)
+        if standin is None:
+            path = self.base / self.value(doc, "path", where, str, fix='add path = "model.onnx"')
+        elif "path" in doc:
+            raise self.fail(f"{where}.path", "a stand-in reads no file", "remove path")
+        else:  # the name only says so in messages
+            path = Path(f"stand-in:{name}")
+        if standin is None and self.check_files and not path.is_file():
             raise self.fail(
                 f"{where}.path",
                 f"file {path} does not exist",
@@ -154,6 +179,27 @@ class ModelFields(Fields):
             batching=batching,
             lanes=self.lanes(doc, where),
             lane_turn_every=self.positive(doc, "lane_turn_every", where, 4),
+            standin=standin,
+        )
+
+    def standin(self, doc: dict[str, Any], where: str) -> StandIn | None:
+        """``kind = "sleep"`` and its service time; the time fields belong to that kind only."""
+        kind = self.value(doc, "kind", where, str, "onnx")
+        if kind not in MODEL_KINDS:
+            raise self.fail(f"{where}.kind", f"unknown kind {kind!r}", f"use one of {MODEL_KINDS}")
+        if kind == "onnx":
+            for key in STANDIN_FIELDS:
+                if key in doc:
+                    raise self.fail(
+                        f"{where}.{key}",
+                        'only a stand-in (kind = "sleep") has a service time',
+                        'remove it or set kind = "sleep"',
+                    )
+            return None
+        per_batch = self.value(doc, "service_ms", where, (int, float), fix="add service_ms = 20")
+        return StandIn(
+            self.millis(doc, "service_ms", where, float(per_batch)),
+            self.millis(doc, "service_ms_per_row", where, 0.0),
         )
 
     def lanes(self, doc: dict[str, Any], where: str) -> tuple[str, ...]:

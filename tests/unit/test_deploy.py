@@ -132,14 +132,15 @@ def k8s_settings() -> Settings:
     return Settings.from_env(env)
 
 
-def worker_deployment() -> Doc:
-    found = [
-        doc
+def worker_deployments() -> dict[str, tuple[Doc, Doc]]:
+    """Deployment name -> (Deployment, its cascadeq container) for every worker."""
+    found = {
+        doc["metadata"]["name"]: (doc, c)
         for doc, c in cascadeq_k8s_containers()
         if doc["kind"] == "Deployment" and c.get("args", [None])[0] == "worker"
-    ]
-    assert len(found) == 1, "expected exactly one worker Deployment in deploy/k8s"
-    return found[0]
+    }
+    assert found, "no worker Deployment in deploy/k8s"
+    return found
 
 
 def worker_models(argv: list[str]) -> set[str]:
@@ -225,17 +226,12 @@ def packaged_dirs() -> list[str]:
 
 
 def test_every_yaml_file_parses() -> None:
+    # Their shape is checked against the real schemas in test_deploy_validators.py.
     files = yaml_files()
     assert COMPOSE in files
     assert len([p for p in files if p.parent == K8S]) >= 4
     for path in files:
-        docs = load_all(path)
-        assert docs, f"{path} has no document"
-        if path.parent == K8S:
-            for doc in docs:
-                assert doc.get("apiVersion"), f"{path}: {doc}"
-                assert doc.get("kind"), f"{path}: {doc}"
-                assert doc.get("metadata", {}).get("name"), f"{path}: a {doc['kind']} has no name"
+        assert load_all(path), f"{path} has no document"
 
 
 def test_container_commands_parse_with_the_real_cli() -> None:
@@ -300,56 +296,54 @@ def test_catalog_setting_points_into_the_image() -> None:
     assert k8s_settings().catalog == "/models/catalog.toml"
 
 
-def test_configmap_values_are_strings() -> None:
-    # Kubernetes rejects a ConfigMap whose data holds a number or a boolean.
-    for name, data in configmaps().items():
-        for key, value in data.items():
-            assert isinstance(value, str), f"ConfigMap {name}: {key} must be quoted"
-
-
-def test_keda_watches_the_worker_streams_and_group() -> None:
-    worker = worker_deployment()
-    container = next(c for c in pod_containers(worker) if is_cascadeq_image(c["image"]))
-    served = worker_models([str(a) for a in container["args"]])
+def test_keda_scales_each_model_deployment_on_its_own_stream() -> None:
     keys = keynames.Keys(k8s_settings().prefix)
+    workers = worker_deployments()
     scaled = of_kind("ScaledObject")
-    assert scaled, "no ScaledObject in deploy/k8s"
     auths = {d["metadata"]["name"]: d for d in of_kind("TriggerAuthentication")}
     secs = secrets()
-    streams: set[str] = set()
-    for obj in scaled:
-        assert obj["apiVersion"] == "keda.sh/v1alpha1"
-        spec = obj["spec"]
-        assert spec["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    targets = {obj["spec"]["scaleTargetRef"]["name"]: obj for obj in scaled}
+    assert len(targets) == len(scaled), "two ScaledObjects target one Deployment"
+    assert set(targets) == set(workers), "every worker Deployment has its ScaledObject"
+    served: set[str] = set()
+    for name, (_, container) in workers.items():
+        (model,) = worker_models([str(a) for a in container["args"]])  # one model each
+        served.add(model)
+        spec = targets[name]["spec"]
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-        for trigger in spec["triggers"]:
-            assert trigger["type"] == "redis-streams"
-            meta = trigger["metadata"]
-            streams.add(meta["stream"])
-            assert meta["consumerGroup"] == keynames.WORKER_GROUP
-            # KEDA parses these as integers from strings.
-            assert isinstance(meta["lagCount"], str)
-            assert int(meta["lagCount"]) > 0
-            assert int(meta.get("activationLagCount", "0")) >= 0
-            # addressFromEnv is read from the scale target's env and must be host:port.
-            env_name = meta["addressFromEnv"]
-            assert env_name in container_env_names(container)
-            address = next(d[env_name] for d in configmaps().values() if env_name in d)
+        (trigger,) = spec["triggers"]  # one stream per ScaledObject
+        assert trigger["type"] == "redis-cluster-streams"
+        meta = trigger["metadata"]
+        assert meta["stream"] == keys.model_stream(model)
+        assert meta["consumerGroup"] == keynames.WORKER_GROUP
+        assert int(meta["lagCount"]) > 0
+        # addressesFromEnv is read from the scale target's env: host:port, comma-separated.
+        env_name = meta["addressesFromEnv"]
+        assert env_name in container_env_names(container)
+        addresses = next(d[env_name] for d in configmaps().values() if env_name in d)
+        for address in addresses.split(","):
             assert re.fullmatch(r"[A-Za-z0-9.-]+:\d+", address), address
-            auth = auths[trigger["authenticationRef"]["name"]]
-            for ref in auth["spec"]["secretTargetRef"]:
-                assert ref["parameter"] in {"password", "username"}
-                assert ref["key"] in secs[ref["name"]], ref
-    assert keynames.Keys().model_stream("digits-small") in streams
-    assert streams == {keys.model_stream(m) for m in served}
+        auth = auths[trigger["authenticationRef"]["name"]]
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["parameter"] in {"password", "username"}
+            assert ref["key"] in secs[ref["name"]], ref
+    assert served == EXAMPLE_MODELS
+
+
+def test_the_prefix_keeps_every_key_in_one_cluster_slot() -> None:
+    # The multi-key scripts (submit, commit, replay) need their keys in one slot.
+    prefix = k8s_settings().prefix
+    assert re.fullmatch(r"\{[^{}]+\}", prefix), prefix
+    assert all(s["REDIS_URL"].startswith("redis+cluster://") for s in secrets().values())
 
 
 def test_grace_periods_outlast_the_blocking_read() -> None:
     # SIGTERM lets a role finish its batch; the kill must not come before one blocking read.
     block_s = k8s_settings().block_ms / 1000
-    assert worker_deployment()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > (
-        Settings().block_ms / 1000
-    )
+    for doc, _ in worker_deployments().values():
+        assert doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > (
+            Settings().block_ms / 1000
+        )
     for doc, _ in cascadeq_k8s_containers():
         grace = doc["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
         assert grace > block_s, doc["metadata"]["name"]
@@ -448,3 +442,22 @@ def test_prometheus_scrapes_the_port_the_roles_serve() -> None:
         for name in sd["names"]:
             port = Settings.from_env(compose_env(services[name])).metrics_port
             assert sd["port"] == port > 0, f"{job['job_name']} scrapes {sd['port']}, serves {port}"
+
+
+def test_k8s_redis_is_a_cluster_of_three_masters_with_a_replica_each() -> None:
+    (sts,) = [d for d in of_kind("StatefulSet") if d["metadata"]["name"].startswith("redis")]
+    (container,) = pod_containers(sts)
+    joined = " ".join(str(a) for a in container["args"])
+    assert "--cluster-enabled yes" in joined
+    assert "--cluster-preferred-endpoint-type hostname" in joined  # pod IPs change
+    (job,) = of_kind("Job")
+    create = " ".join(pod_containers(job)[0]["args"])
+    nodes = re.findall(r"\S+:6379", create)
+    assert "--cluster-replicas 1" in create
+    assert len(nodes) == sts["spec"]["replicas"] == 6, nodes
+    service = sts["spec"]["serviceName"]
+    assert all(n.split(".")[1].split(":")[0] == service for n in nodes), nodes
+    url_host = secrets()["cascadeq-redis"]["REDIS_URL"].rsplit("@", 1)[1].split(":")[0]
+    assert url_host == service  # the headless Service: every node's address
+    seeds = next(d["REDIS_ADDRESSES"] for d in configmaps().values() if "REDIS_ADDRESSES" in d)
+    assert set(seeds.split(",")) <= set(nodes)
