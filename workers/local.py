@@ -60,3 +60,19 @@ def goes_local(
 
 def _takes_rows_of(target: ModelSpec, source: ModelSpec) -> bool:
     return target.inputs == source.inputs and (target.allow_nonfinite or not source.allow_nonfinite)
+
+
+def cheaper_here(there: LocalModel, rows: int, hop_us: float) -> bool:
+    """auto: whether ``rows`` unsure rows cost less run here in one call than sent on a
+    hop to join the target's full batches: fixed + per_row x rows, against rows x
+    (per_row + fixed / max_batch + hop_us). True until the target's speed has been seen
+    at two batch sizes (its own batches and local ones): the status quo, not a guess."""
+    with there.lock:
+        fit = there.speed.cost.fit()
+    if fit is None or hop_us <= 0:
+        return True
+    fixed, per_row = fit
+    full = max(1, there.spec.batching.max_batch)
+    here = fixed + per_row * rows
+    queued = rows * (per_row + fixed / full + hop_us / 1000.0)
+    return here <= queued

@@ -33,7 +33,7 @@ from cascadeq.protocol.messages import OK, error_result, now_ms
 from cascadeq.workers import outcome, padding
 from cascadeq.workers.answers import Encoded, OkBatch, Sure
 from cascadeq.workers.batcher import Item, take_expired
-from cascadeq.workers.local import LocalModel, LocalModels, goes_local
+from cascadeq.workers.local import LocalModel, LocalModels, cheaper_here, goes_local
 
 log = get_logger("cascadeq.worker")
 
@@ -106,6 +106,7 @@ class _Escalation:
     stream: str  # "" when local
     to: str  # the model it goes to
     local: bool = False  # run here rather than added to ``stream``
+    auto: bool = False  # every request's task says auto: here only where that is cheaper
     parts: list[tuple[Item, np.ndarray]] = field(default_factory=list)  # item, request mask
     part_entries: list[int] = field(default_factory=list)  # each part's entry number
     headers: list[Header] = field(default_factory=list)
@@ -253,7 +254,8 @@ class Settler:
             if plan.traced and plan.task is not None:
                 self._log_trace(work, plan.task, at.item, j, at.entry, kept=target is None)
             if target is not None:
-                esc = self._escalation(escalations, header, target, plan.local)
+                auto = plan.task is not None and plan.task.escalate == "auto"
+                esc = self._escalation(escalations, header, target, plan.local, auto)
                 esc.take(at.item, j, header, at.entry)
             elif header.trace and "skipped" in header.trace[-1]:
                 self._answer_one(work, ran, header, start, n, oks, stored)
@@ -341,8 +343,10 @@ class Settler:
         header: Header,
         to: str,
         local: bool,
+        auto: bool | None = None,
     ) -> _Escalation:
-        """Queued: one per next model and lane; local: one per next model (no lanes)."""
+        """Queued: one per next model and lane; local: one per next model (no lanes).
+        ``auto``: whether the request's task escalates ``auto`` (None: not known here)."""
         if local:
             stream = ""
             key = (to, True)
@@ -351,7 +355,9 @@ class Settler:
             key = (stream, False)
         esc = escalations.get(key)
         if esc is None:
-            esc = escalations[key] = _Escalation(stream, to, local)
+            esc = escalations[key] = _Escalation(stream, to, local, auto=auto is True)
+        elif auto is not True:
+            esc.auto = False  # a task that asked for local (or queue) in the same batch
         return esc
 
     def _channel(self, work: BatchWork, header: Header) -> int:
@@ -428,7 +434,6 @@ class Settler:
         through the queue instead, where a failure is narrowed down to its request."""
         there = self.local[esc.to]
         self._count_escalation(work, esc)
-        work.counts[f"local:{self.spec.name}"] += len(esc.headers)
         sub = BatchWork(work.commit, Tally(entries=len(esc.headers)), work.counts, work.channels)
         read_at = now_ms()
         items = [
@@ -436,11 +441,21 @@ class Settler:
             for (item, mask), entry in zip(esc.parts, esc.part_entries, strict=True)
         ]
         items = [(i, e) for i, e in items if self._admit_local(sub, i, e)]
-        if items and not self._compute_local(work, sub, there, items):
+        rows = sum(i.samples for i, _ in items)
+        if items and esc.auto and not cheaper_here(there, rows, self._hop_us(esc.to)):
+            work.counts[f"local_declined:{self.spec.name}"] += len(esc.headers)
             self._requeue(work, esc.to, items)
+        elif items:
+            work.counts[f"local:{self.spec.name}"] += len(esc.headers)
+            if not self._compute_local(work, sub, there, items):
+                self._requeue(work, esc.to, items)
         sub.tally.queue(work.commit.pipe, self.keys, esc.to)
         work.local.append((esc.to, sub.tally))
         work.local += sub.local
+
+    def _hop_us(self, target: str) -> float:
+        """A queued hop's CPU per request: the target's workers' figure, else this one's."""
+        return self.board.state(target).hop_us or self.board.state(self.spec.name).hop_us
 
     def _admit_local(self, sub: BatchWork, item: Item, entry: int) -> bool:
         """As a worker admits what it read: a request whose deadline has passed is

@@ -23,8 +23,44 @@ from cascadeq.protocol.clock import Every
 from cascadeq.protocol.keys import Keys
 
 ALPHA = 0.2  # weight of the newest batch in the moving averages
+FIT_ALPHA = 0.02  # the call-cost fit's: slower, so both call sizes stay in its memory
 REFRESH_S = 0.25
 OBSERVED_TTL_S = 24 * 3600  # a model nobody served for a day has no recent speed
+
+
+@dataclass
+class CallCost:
+    """compute_ms = fixed + per_row x rows, fitted by least squares over moving sums.
+
+    A model call's cost is not proportional to its rows: a large model reads all its
+    weights once per call, so 4 rows may cost nearly what 32 do. Whether to run a few
+    unsure rows at once or let them join full batches in the queue turns on the split.
+    """
+
+    n: float = 0.0
+    t: float = 0.0
+    nn: float = 0.0
+    nt: float = 0.0
+    w: float = 0.0
+
+    def add(self, rows: int, compute_ms: float) -> None:
+        keep = 1.0 - FIT_ALPHA
+        self.n = keep * self.n + rows
+        self.t = keep * self.t + compute_ms
+        self.nn = keep * self.nn + rows * rows
+        self.nt = keep * self.nt + rows * compute_ms
+        self.w = keep * self.w + 1.0
+
+    def fit(self) -> tuple[float, float] | None:
+        """(fixed ms, ms per row), or None until calls of different sizes were seen."""
+        if self.w <= 0:
+            return None
+        mean_n, mean_t = self.n / self.w, self.t / self.w
+        var = self.nn / self.w - mean_n * mean_n
+        if var < 1.0:  # every call about one size: no slope to be had
+            return None
+        per_row = max(0.0, (self.nt / self.w - mean_n * mean_t) / var)
+        return max(0.0, mean_t - per_row * mean_n), per_row
 
 
 @dataclass
@@ -35,8 +71,10 @@ class Speed:
     batch: float = 0.0
     queue_ms: float = 0.0
     seen: bool = False
+    cost: CallCost = field(default_factory=CallCost)
 
     def update(self, compute_ms: float, batch: int, queue_ms: float) -> None:
+        self.cost.add(batch, compute_ms)
         if not self.seen:
             self.compute_ms, self.batch, self.queue_ms, self.seen = (
                 compute_ms,

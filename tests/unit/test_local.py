@@ -10,9 +10,9 @@ import pytest
 from catalogs import POLICY_CATALOG
 
 from cascadeq.config.catalog import Catalog
-from cascadeq.infra.observed import LoadBoard, ModelState, Speed
+from cascadeq.infra.observed import CallCost, LoadBoard, ModelState, Speed
 from cascadeq.protocol.keys import Keys
-from cascadeq.workers.local import LocalModel, LocalModels, goes_local
+from cascadeq.workers.local import LocalModel, LocalModels, cheaper_here, goes_local
 
 
 def never(inputs: object, samples: int) -> np.ndarray:
@@ -65,3 +65,45 @@ def test_a_next_model_declaring_other_inputs_is_reached_through_the_queue() -> N
     local["toy-large"] = replace(large, spec=picky)
     lax_small = replace(cat.models["toy-small"], allow_nonfinite=True)
     assert not goes_local(cat.tasks["toy"], lax_small, "toy-large", local, board)
+
+
+def test_the_call_cost_fit_splits_fixed_from_per_row_cost() -> None:
+    cost = CallCost()
+    assert cost.fit() is None
+    for _ in range(20):
+        cost.add(32, 2.0 + 0.1 * 32)  # full batches of the model's own
+    assert cost.fit() is None  # one size only: no slope
+    for _ in range(20):
+        cost.add(4, 2.0 + 0.1 * 4)  # local escalations
+    fixed, per_row = cost.fit() or (0.0, 0.0)
+    assert fixed == pytest.approx(2.0)
+    assert per_row == pytest.approx(0.1)
+
+
+def seen_at(fixed_ms: float, per_row_ms: float, max_batch: int = 32) -> LocalModel:
+    cat = Catalog.loads(POLICY_CATALOG, source="c.toml", check_files=False)
+    spec = cat.models["toy-large"]
+    spec = replace(spec, batching=replace(spec.batching, max_batch=max_batch))
+    there = LocalModel(spec, never, Speed())
+    for n in (max_batch, 2) * 10:
+        there.speed.update(fixed_ms + per_row_ms * n, n, 0.0)
+    return there
+
+
+def test_auto_runs_few_rows_of_a_call_bound_model_through_the_queue() -> None:
+    heavy = seen_at(fixed_ms=2.0, per_row_ms=0.05)  # weights read once per call
+    assert not cheaper_here(heavy, rows=4, hop_us=50.0)  # 2.2 ms here vs 0.6 ms queued
+    assert cheaper_here(heavy, rows=4, hop_us=1000.0)  # a dear hop makes here cheaper
+
+
+def test_auto_runs_rows_of_a_row_bound_model_here() -> None:
+    light = seen_at(fixed_ms=0.01, per_row_ms=0.02)
+    assert cheaper_here(light, rows=4, hop_us=30.0)
+
+
+def test_auto_stays_local_until_it_knows_the_split_and_a_hop_cost() -> None:
+    cat = Catalog.loads(POLICY_CATALOG, source="c.toml", check_files=False)
+    fresh = LocalModel(cat.models["toy-large"], never, Speed())
+    assert cheaper_here(fresh, rows=4, hop_us=50.0)
+    assert cheaper_here(seen_at(2.0, 0.05), rows=4, hop_us=0.0)
+
