@@ -1,7 +1,8 @@
-"""`cascadeq bench cascade`: what a cascade really costs, three ways side by side.
+"""`cascadeq bench cascade`: what a cascade really costs, four ways side by side.
 
-Large-only, the cascade through the queue, and the cascade escalating inside the worker
-(``escalate = "local"``; the bench's one worker process serves every model), on the
+Large-only, the cascade through the queue, the cascade escalating inside the worker
+(``escalate = "local"``; the bench's one worker process serves every model) and with
+``escalate = "auto"`` (inside the worker where that is the cheaper way), on the
 held-out digits split sent as one burst of the split repeated; then the same for the
 digits small model in front of the heavy MLP. Cost per answered request is reported
 twice: the models' compute (the catalog's per-sample costs) and the total, the CPU every
@@ -18,6 +19,7 @@ import numpy as np
 
 from cascadeq.bench.harness import cpu_spent, figures, run_burst, run_paced
 from cascadeq.bench.workbench import (
+    AUTO,
     DIGITS,
     HEAVY,
     HEAVY_PAIR,
@@ -48,6 +50,7 @@ def ways(large: str, task: str) -> tuple[tuple[str, dict[str, Any]], ...]:
         ("large-only", {"model": large}),
         ("cascade", {"task": task}),
         ("cascade-local", {"task": task + LOCAL}),
+        ("cascade-auto", {"task": task + AUTO}),
     )
 
 
@@ -92,7 +95,7 @@ def measure(bench: Bench) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for pair, large, task in pairs():
         for way, target in ways(large, task):
-            if way == "cascade-local" and not local:
+            if way in ("cascade-local", "cascade-auto") and not local:
                 rows.append({"pair": pair, "strategy": way, "available": False})
                 tag(f"cascade {pair} {way}: {NOT_AVAILABLE} (the catalog refuses escalate)")
                 continue
@@ -140,6 +143,8 @@ def summary(rows: list[dict[str, Any]], low: dict[str, Any] | None = None) -> di
         "local_total_vs_large_only": ("digits", "cascade-local", "total_cpu_us"),
         "heavy_total_vs_large_only": ("heavy", "cascade", "total_cpu_us"),
         "heavy_local_total_vs_large_only": ("heavy", "cascade-local", "total_cpu_us"),
+        "auto_total_vs_large_only": ("digits", "cascade-auto", "total_cpu_us"),
+        "heavy_auto_total_vs_large_only": ("heavy", "cascade-auto", "total_cpu_us"),
         "heavy_relative_cost": ("heavy", "cascade", "compute_us"),
     }
     for name, (pair, way, key) in figures_of.items():

@@ -27,6 +27,7 @@ from cascadeq.ops.calibration import edit_task
 SMALL, LARGE, HEAVY, TRIVIAL = "digits-small", "digits-large", "heavy", "trivial"
 DIGITS, HEAVY_PAIR = "digits", "heavy-pair"  # tasks: the digits pair; small before heavy
 LOCAL = "-local"  # a task's copy that escalates inside the worker (escalate = "local")
+AUTO = "-auto"  # and one that escalates there only where that is cheaper (escalate = "auto")
 WORKERS = 1  # worker processes: the rq baseline gets as many
 
 
@@ -141,15 +142,17 @@ def add_heavy_pair(path: Path) -> None:
 
 
 def add_local_copies(path: Path, tasks: tuple[str, ...]) -> str | None:
-    """Each task again as ``<task>-local`` with ``escalate = "local"``; the reason when
-    this catalog does not take the field (then the copies are left out)."""
+    """Each task again as ``<task>-local`` with ``escalate = "local"`` and ``<task>-auto``
+    with ``"auto"``; the reason when this catalog does not take the field (then the copies
+    are left out)."""
     import tomlkit  # noqa: PLC0415 - the serve extra
 
     doc: Any = tomlkit.parse(path.read_text(encoding="utf-8"))
     for name in tasks:
-        table = doc["tasks"][name].unwrap()
-        table["escalate"] = "local"
-        doc["tasks"][name + LOCAL] = table
+        for suffix, mode in ((LOCAL, "local"), (AUTO, "auto")):
+            table = doc["tasks"][name].unwrap()
+            table["escalate"] = mode
+            doc["tasks"][name + suffix] = table
     trial = path.with_name("catalog-local.toml")
     trial.write_text(tomlkit.dumps(doc), encoding="utf-8")
     try:

@@ -50,14 +50,16 @@ def test_bench_all_quick_reports_every_figure(digits_dir: Path, tmp_path: Path) 
     for key in ("accuracy", "large_only_accuracy", "relative_cost"):
         assert positive(cascade[key]), (key, cascade)
     assert cascade["relative_cost"] < 1.0  # the cascade sends most requests to the small model
-    for row in report["cascade_rows"]:  # large-only, queued, local (or "not available")
+    for row in report["cascade_rows"]:  # large-only, queued, local, auto (or "not available")
         if not row["available"]:
-            assert row["strategy"] == "cascade-local", row
+            assert row["strategy"] in ("cascade-local", "cascade-auto"), row
             continue
         assert set(row["roles_us"]) == {"producer", "router", "worker", "redis"}, row
         assert row["total_cpu_us"] >= row["compute_us"] > 0, row
     assert {(r["pair"], r["strategy"]) for r in report["cascade_rows"]} == {
-        (p, s) for p in ("digits", "heavy") for s in ("large-only", "cascade", "cascade-local")
+        (p, s)
+        for p in ("digits", "heavy")
+        for s in ("large-only", "cascade", "cascade-local", "cascade-auto")
     }
     assert positive(cascade["total_vs_large_only"])
     assert positive(cascade["heavy_total_vs_large_only"])
