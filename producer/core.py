@@ -21,6 +21,7 @@ import redis
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra.log import get_logger
+from cascadeq.producer import cancel
 from cascadeq.producer.errors import ConnectionFailed, Rejected, RequestFailed, UnknownRequest
 from cascadeq.producer.inbox import Batch, Inbox
 from cascadeq.producer.requests import (
@@ -220,6 +221,17 @@ class ClientCore(Generic[Answer]):
                 sent = Call(rest, self.keys, self.settings, partial=True)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
                 rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle)
+
+    # -- cancelling ---------------------------------------------------------------------
+
+    def _cancel_ops(self, request_id: str) -> Ops[cancel.Cancelled]:
+        """cancel(): one script call; a request cancelled now is answered at once to this
+        client's waiters (others' see it on their next re-read, within SWEEP_S)."""
+        keys, args = cancel.call(self.keys, request_id, self.settings.result_ttl_s)
+        got = cancel.outcome(request_id, (yield evalsha(cancel.CANCEL, keys, args)))
+        if got.cancelled and got.result is not None:
+            self._inbox.deliver_many([got.result])
+        return got
 
     # -- results ------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from cascadeq.protocol.bundle import HEADER, INPUTS, BadItem, dumps_header, take
 from cascadeq.protocol.clock import Every
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import OK, Result, error_result, now_ms
-from cascadeq.workers import padding
+from cascadeq.workers import claims, padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.lanes import LaneReader
@@ -68,7 +68,7 @@ class ModelWorker:
         self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
         self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
-        self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0}
+        self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0, "cancelled": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
@@ -166,6 +166,8 @@ class ModelWorker:
             if self._guarded(work, entry, self._admit, work, item, entry):
                 runnable.append((item, entry))
         if runnable:
+            runnable = self._claim(work, runnable)
+        if runnable:
             self._compute(work, runnable)
         self._send(work)
 
@@ -188,6 +190,15 @@ class ModelWorker:
             self._store(work, expired, reply_to, entry)
         item.samples = int(item.bundle.rows[item.keep].sum())
         return bool(item.keep.any())
+
+    def _claim(self, work: BatchWork, items: list[tuple[Item, int]]) -> list[tuple[Item, int]]:
+        """Take the batch's requests in one call; those cancelled meanwhile never run."""
+        skipped = claims.claim(self.r, self.keys, [i for i, _ in items])
+        if not skipped:
+            return items
+        work.counts["cancel_skipped"] += skipped
+        self.stats["cancelled"] += skipped
+        return [(i, e) for i, e in items if i.keep.any()]
 
     def _compute(self, work: BatchWork, items: list[tuple[Item, int]]) -> None:
         """Run the batch; a failure is narrowed down entry by entry, then request by request."""

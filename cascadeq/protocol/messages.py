@@ -24,7 +24,8 @@ OK = "ok"
 ERROR = "error"
 EXPIRED = "expired"
 REJECTED = "rejected"
-STATUSES = frozenset({OK, ERROR, EXPIRED, REJECTED})
+CANCELLED = "cancelled"  # cancelled before any model computed it (producer's cancel)
+STATUSES = frozenset({OK, ERROR, EXPIRED, REJECTED, CANCELLED})
 
 
 MAX_HEADER_BYTES = 64 * 1024  # headers grow a hop per step, so they get a fixed allowance
