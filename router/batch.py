@@ -18,7 +18,7 @@ import numpy as np
 import redis
 
 from cascadeq.config.tasks import TaskSpec
-from cascadeq.infra import refusal
+from cascadeq.infra import claims, refusal
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
 from cascadeq.protocol import bundle, deadletter
@@ -142,6 +142,31 @@ class RouteBatch:
             indices.append(i)
             if h.deadline is not None:
                 g.timed = True
+
+    def drop_answered(self, r: redis.Redis) -> int:
+        """Drop from the groups the requests already answered (cancelled before routing):
+        one look for the whole batch, which the router makes only once cancels exist."""
+        order = [(g, n, idx) for g in self.groups.values() for n, idx in g.parts.items()]
+        if not order:
+            return 0
+        parts = [
+            (self.ingress, b"", [self.bundles[n].headers[i].id for i in idx]) for _, n, idx in order
+        ]
+        skipped = set(claims.answered(r, self.keys, parts, mark=False))
+        if not skipped:
+            return 0
+        pos = 0
+        for g, n, idx in order:
+            keep = [i for k, i in enumerate(idx) if pos + k not in skipped]
+            pos += len(idx)
+            if len(keep) < len(idx):
+                g.parts[n] = keep
+        for key, g in list(self.groups.items()):
+            g.parts = {n: idx for n, idx in g.parts.items() if idx}
+            if not g.parts:
+                del self.groups[key]
+        self.finals["cancelled"] += len(skipped)
+        return len(skipped)
 
     # -- deciding ------------------------------------------------------------------------
 

@@ -71,12 +71,14 @@ class Router:
         }
         self.held: list[str] = []  # model streams over the bound when last checked
         self.depths: list[int] | None = None  # requests in self.fed, as last seen
+        self.cancels = 0  # requests ever cancelled, as last seen: none, no look for them
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
     def setup(self) -> None:
         self.cpu.start()
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
         publish_catalog(self.r, self.keys, self.catalog)
+        self.cancels = int(self.r.get(self.keys.cancels) or 0)  # type: ignore[arg-type]
 
     def run(self, stop: threading.Event) -> None:
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
@@ -156,22 +158,27 @@ class Router:
         batch = self._batch()
         for eid, fields in entries:
             batch.read(eid, fields)
+        if self.cancels:
+            batch.drop_answered(self.r)
         batch.route()
         rules, finals = batch.rules, batch.finals
         counts = self.keys.routing_counts
         for counter in self.counters:  # the depths after this batch, in the same round trip
             batch.commit.depth(counter)
+        batch.commit.depth(self.keys.cancels)  # read free, in the same call
 
         def also(pipe: Any) -> None:
             for rule, n in rules.items():
                 pipe.hincrby(counts, f"route:{rule}", n)
+            if finals["cancelled"]:
+                pipe.hincrby(counts, "cancelled:router", finals["cancelled"])
 
         requests = sum(b.size for b in batch.bundles.values())
         self.per_entry = max(1.0, 0.7 * self.per_entry + 0.3 * requests / len(entries))
         self._publish_cpu(batch, requests)
         done = batch.commit.send(self.r, also)
-        if len(done.depths) == len(self.fed):
-            self.depths = done.depths
+        if len(done.depths) == len(self.fed) + 1:
+            self.depths, self.cancels = done.depths[:-1], done.depths[-1]
         bookkeeping("metrics", partial(metrics.observe_routing, rules, finals))
         self.routed += len(entries)
         return len(entries)

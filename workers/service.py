@@ -196,7 +196,7 @@ class ModelWorker:
         skipped = claims.claim(self.r, self.keys, [i for i, _ in items])
         if not skipped:
             return items
-        work.counts["cancel_skipped"] += skipped
+        work.counts["cancelled:worker"] += skipped
         self.stats["cancelled"] += skipped
         return [(i, e) for i, e in items if i.keep.any()]
 

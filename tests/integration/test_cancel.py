@@ -45,6 +45,9 @@ def test_cancelled_before_routing_or_in_a_model_queue_is_never_computed(
     small = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
     keys = Keys(settings.prefix)
     with Producer(settings=settings, catalog=cat) as client:
+        [first] = submit(client, x, 1)  # cancelled before the router has seen any cancel:
+        assert client.cancel(first).cancelled  # routed, then skipped by the worker
+        route(router)  # its commit tells the router cancels exist: it looks from now on
         before = submit(client, x, 3)
         assert [client.cancel(rid).outcome for rid in before[:2]] == ["cancelled"] * 2
         route(router)
@@ -53,9 +56,12 @@ def test_cancelled_before_routing_or_in_a_model_queue_is_never_computed(
         assert client.cancel(queued[0]).cancelled
         drain(small)
         assert small.stats["samples"] == 3  # before[2], queued[1], queued[2]
-        got = client.wait_many(before + queued, timeout=5)
+        got = client.wait_many([first, *before, *queued], timeout=5)
     statuses = [g.status for g in got]
-    assert statuses == [CANCELLED, CANCELLED, "ok", CANCELLED, "ok", "ok"]
+    assert statuses == [CANCELLED, CANCELLED, CANCELLED, "ok", CANCELLED, "ok", "ok"]
     assert got[0].error == {"code": "cancelled", "message": "cancelled before any model computed it"}
-    assert small.stats["cancelled"] == 1  # the router dropped the two cancelled before routing
-    assert int(r.get(keys.cancels) or 0) == 3
+    assert small.stats["cancelled"] == 2  # the router dropped the two cancelled before routing
+    assert int(r.get(keys.cancels) or 0) == 4
+    counted = r.hgetall(keys.routing_counts)
+    assert counted[b"cancelled:router"] == b"2" and counted[b"cancelled:worker"] == b"2"
+    assert counted[b"route:cascade"] == b"5"  # 7 submitted, 2 dropped before routing

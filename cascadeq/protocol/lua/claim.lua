@@ -8,6 +8,7 @@
 -- KEYS[1]   a stream of the batch (names the slot: every key shares the prefix's tag)
 -- ARGV[1]   the result key prefix (Keys.result(""))
 -- ARGV[2]   msgpack array of entries, each {stream, entry id, {request id...}}
+-- ARGV[3]   1: claim (a worker about to compute); 0: only look (a router about to route)
 --
 -- A claim is the placeholder byte 0xC1 followed by the entry's stream and id: it still
 -- reads "not ready" to every client and to commit.lua (first byte 0xC1), and it lets
@@ -18,6 +19,7 @@
 
 local prefix = ARGV[1]
 local entries = cmsgpack.unpack(ARGV[2])
+local mark_them = ARGV[3] == '1'
 local skip, pos = {}, 0
 for _, e in ipairs(entries) do
   local mark = string.char(0xC1) .. e[1] .. ' ' .. e[2]
@@ -28,7 +30,7 @@ for _, e in ipairs(entries) do
     if cur then
       if string.byte(cur, 1) ~= 0xC1 then
         skip[#skip + 1] = pos
-      else
+      elseif mark_them then
         redis.call('SET', key, mark, 'KEEPTTL')
       end
     end
