@@ -65,3 +65,51 @@ def test_cancelled_before_routing_or_in_a_model_queue_is_never_computed(
     counted = r.hgetall(keys.routing_counts)
     assert counted[b"cancelled:router"] == b"2" and counted[b"cancelled:worker"] == b"2"
     assert counted[b"route:cascade"] == b"5"  # 7 submitted, 2 dropped before routing
+
+
+def test_cancelled_between_cascade_stages_never_reaches_the_next_model(
+    r: redis.Redis, settings: Settings, catalog: Catalog, x: np.ndarray
+) -> None:
+    cat = with_threshold(catalog, 1.0)  # every answer escalates to digits-large
+    router = Router(r, cat, settings)
+    router.setup()
+    small = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    large = ModelWorker(r, cat, cat.models["digits-large"], settings, "w2")
+    with Producer(settings=settings, catalog=cat) as client:
+        ids = submit(client, x, 2)
+        route(router)
+        drain(small)  # both computed once, then escalated: waiting in digits-large's queue
+        assert small.stats["samples"] == 2
+        assert client.cancel(ids[0]).outcome == "cancelled"
+        drain(large)
+        got = client.wait_many(ids, timeout=5)
+        assert client.cancel(ids[1]).outcome == "done"  # computed: never reported cancelled
+        again = client.cancel(ids[0])
+    assert [g.status for g in got] == [CANCELLED, "ok"]
+    assert large.stats["samples"] == 1 and large.stats["cancelled"] == 1
+    assert got[1].model == "digits-large"
+    assert again.outcome == "done" and again.result is not None
+    assert again.result.status == CANCELLED  # a second cancel finds the first one's answer
+
+
+def test_a_request_a_worker_has_claimed_is_reported_running_and_its_answer_stands(
+    r: redis.Redis, settings: Settings, catalog: Catalog, x: np.ndarray
+) -> None:
+    cat = with_threshold(catalog, 0.0)
+    router = Router(r, cat, settings)
+    router.setup()
+    small = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    small.setup()
+    with Producer(settings=settings, catalog=cat) as client:
+        [rid] = submit(client, x, 1)
+        route(router)
+        batch = small.batcher.collect(None)  # the batch the worker is about to compute
+        items = [i for i in batch if isinstance(i, Item)]
+        assert claims.claim(r, small.keys, items) == 0
+        assert client.cancel(rid).outcome == "running"
+        small.process(batch)
+        assert client.wait(rid, timeout=5).ok
+        assert client.result(rid) is not None
+        assert client.cancel("never-submitted").outcome == "unknown"
+    assert small.stats["samples"] == 1 and small.stats["cancelled"] == 0
+    assert result(r, small.keys, rid).status == "ok"
