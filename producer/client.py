@@ -17,8 +17,8 @@ from redis.exceptions import NoScriptError
 
 from cascadeq.infra.connection import connect
 from cascadeq.producer import core
-from cascadeq.producer.core import ClientCore, Command, Ops, T
 from cascadeq.producer.cancel import Cancelled
+from cascadeq.producer.core import ClientCore, Command, Ops, T
 from cascadeq.producer.errors import Rejected
 from cascadeq.producer.inbox import collect
 from cascadeq.producer.requests import Prepared, Request

@@ -78,7 +78,7 @@ class Router:
         self.cpu.start()
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
         publish_catalog(self.r, self.keys, self.catalog)
-        self.cancels = int(self.r.get(self.keys.cancels) or 0)  # type: ignore[arg-type]
+        self.cancels = int(self.r.get(self.keys.cancels) or 0)
 
     def run(self, stop: threading.Event) -> None:
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))

@@ -59,11 +59,15 @@ def test_cancelled_before_routing_or_in_a_model_queue_is_never_computed(
         got = client.wait_many([first, *before, *queued], timeout=5)
     statuses = [g.status for g in got]
     assert statuses == [CANCELLED, CANCELLED, CANCELLED, "ok", CANCELLED, "ok", "ok"]
-    assert got[0].error == {"code": "cancelled", "message": "cancelled before any model computed it"}
+    assert got[0].error == {
+        "code": "cancelled",
+        "message": "cancelled before any model computed it",
+    }
     assert small.stats["cancelled"] == 2  # the router dropped the two cancelled before routing
     assert int(r.get(keys.cancels) or 0) == 4
     counted = r.hgetall(keys.routing_counts)
-    assert counted[b"cancelled:router"] == b"2" and counted[b"cancelled:worker"] == b"2"
+    assert counted[b"cancelled:router"] == b"2"
+    assert counted[b"cancelled:worker"] == b"2"
     assert counted[b"route:cascade"] == b"5"  # 7 submitted, 2 dropped before routing
 
 
@@ -86,9 +90,11 @@ def test_cancelled_between_cascade_stages_never_reaches_the_next_model(
         assert client.cancel(ids[1]).outcome == "done"  # computed: never reported cancelled
         again = client.cancel(ids[0])
     assert [g.status for g in got] == [CANCELLED, "ok"]
-    assert large.stats["samples"] == 1 and large.stats["cancelled"] == 1
+    assert large.stats["samples"] == 1
+    assert large.stats["cancelled"] == 1
     assert got[1].model == "digits-large"
-    assert again.outcome == "done" and again.result is not None
+    assert again.outcome == "done"
+    assert again.result is not None
     assert again.result.status == CANCELLED  # a second cancel finds the first one's answer
 
 
@@ -111,5 +117,6 @@ def test_a_request_a_worker_has_claimed_is_reported_running_and_its_answer_stand
         assert client.wait(rid, timeout=5).ok
         assert client.result(rid) is not None
         assert client.cancel("never-submitted").outcome == "unknown"
-    assert small.stats["samples"] == 1 and small.stats["cancelled"] == 0
+    assert small.stats["samples"] == 1
+    assert small.stats["cancelled"] == 0
     assert result(r, small.keys, rid).status == "ok"
