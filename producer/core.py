@@ -157,6 +157,7 @@ class ClientCore(Generic[Answer]):
         deadline_ms: float | None = None,
         request_id: str | None = None,
         idempotent: bool = False,
+        traceparent: str | None = None,
     ) -> Answer:
         """Queue one request and return its id at once (AsyncProducer: await it); raises
         Rejected if refused.
@@ -165,9 +166,12 @@ class ClientCore(Generic[Answer]):
         (``duplicate_id``). To retry a submit whose outcome you did not see (a timeout, a
         lost connection), pass the same ``request_id`` and inputs with ``idempotent=True``
         on every attempt: if the first attempt landed, the retry returns the id without
-        queueing it again; if it did not, the retry queues it.
+        queueing it again; if it did not, the retry queues it. A W3C ``traceparent``
+        travels with the request into its hops' log lines and its result's info.
         """
-        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
+        req = Request(
+            inputs, task, model, tier, priority, deadline_ms, request_id, idempotent, traceparent
+        )
         return self._submit(req)
 
     def _submit(self, req: Request) -> Answer:

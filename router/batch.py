@@ -18,7 +18,7 @@ import numpy as np
 import redis
 
 from cascadeq.config.tasks import TaskSpec
-from cascadeq.infra import claims, refusal
+from cascadeq.infra import claims, refusal, tracing
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
 from cascadeq.protocol import bundle, deadletter
@@ -176,6 +176,15 @@ class RouteBatch:
             self._guarded_group(g)
         for stream, parts in self.out.items():
             self._emit(stream, parts)
+        if tracing.on():
+            self._trace_hops()
+
+    def _trace_hops(self) -> None:
+        """A log line (and no span: routing is one step) for each traced request routed."""
+        for b in self.bundles.values():
+            for h in b.headers:
+                if h.traceparent is not None and h.routed_at == self.now and h.trace:
+                    tracing.hop("router", h, model=h.trace[-1].get("model"), stage=h.stage)
 
     def _guarded_group(self, g: Group) -> None:
         try:

@@ -240,6 +240,7 @@ class ModelWorker:
             request_id=item.headers[j].id,
             code="compute_failed",
             error=repr(exc),
+            traceparent=item.headers[j].traceparent,
         )
         message = f"model {self.spec.name}: {exc}"
         failed = error_result(item.headers[j].id, "compute_failed", message)

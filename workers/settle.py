@@ -10,6 +10,7 @@ its hop, its decision and its result's few fields, encoded in C.
 
 from __future__ import annotations
 
+import operator
 import random
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ import numpy as np
 from cascadeq.config.catalog import Catalog, ModelSpec
 from cascadeq.config.tasks import TaskSpec
 from cascadeq.infra.commit import Commit
+from cascadeq.infra import tracing
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard
 from cascadeq.infra.window import Tally
@@ -36,6 +38,8 @@ from cascadeq.workers.batcher import Item, take_expired
 from cascadeq.workers.local import LocalModel, LocalModels, goes_local
 
 log = get_logger("cascadeq.worker")
+
+_TRACEPARENT = operator.attrgetter("traceparent")
 
 #: Fewer sure requests in an entry than this are encoded one at a time: a block costs
 #: about as much as 20-25 requests encoded alone (scripts/worker_cpu.py micro --split).
@@ -207,14 +211,35 @@ class Settler:
         at.headers = headers if len(kept) == len(headers) else [headers[j] for j in kept]
         sure, stored = Sure(), Stored()
         plan = self._entry_plan(work, at.headers)
-        due = range(len(kept)) if plan is None or plan.traced else _due(plan, confs, at)
-        if plan is not None and not plan.traced:
+        traced = any(map(_TRACEPARENT, at.headers))  # W3C trace context: answered one by one
+        if traced:
+            self._trace_hops(ran, item, at.headers, hop)
+        alone = plan is None or plan.traced or traced
+        due = range(len(kept)) if alone else _due(plan, confs, at)
+        if plan is not None and not alone:
             _add_undue(sure, at, due, plan.measure)
         for p in due:
             self._decide(work, ran, at, p, confs, hop, oks, sure, stored, escalations)
         if sure:
             self._answer(work, ran, at.entry, sure, hop, oks, confs, stored)
         work.commit.results_many(at.entry, stored.keys, stored.payloads, stored.channels)
+
+    def _trace_hops(
+        self, ran: Ran, item: Item, headers: list[Header], hop: dict[str, Any]
+    ) -> None:
+        """The traced requests' log lines and spans for this hop (only when tracing.on)."""
+        if not tracing.on():
+            return
+        model, launched = self.spec.name, ran.launched_at
+        phases = [
+            ("queue", item.enqueued_at, item.read_at),
+            ("batch wait", item.read_at, launched),
+            ("compute", launched, launched + ran.compute_ms),
+        ]
+        for header in headers:
+            if header.traceparent is not None:
+                tracing.hop("worker", header, model=model, stage=header.stage, **hop)
+                tracing.spans(header, model, phases)
 
     def _entry_plan(self, work: BatchWork, headers: list[Header]) -> _Plan | None:
         """The plan every request of the entry shares (the rule: a bundle comes from one
@@ -256,6 +281,9 @@ class Settler:
                 esc = self._escalation(escalations, header, target, plan.local)
                 esc.take(at.item, j, header, at.entry)
             elif header.trace and "skipped" in header.trace[-1]:
+                self._answer_one(work, ran, header, start, n, oks, stored)
+            elif header.traceparent is not None:  # its result's info carries it
+                _hop(header, self.spec.name, confs.of(req, plan.measure), hop)
                 self._answer_one(work, ran, header, start, n, oks, stored)
             else:
                 sure.add(req, start, n, header, plan.measure)
@@ -312,6 +340,8 @@ class Settler:
         skipped = trace[-1].get("skipped")
         if skipped is not None:
             info = {**info, "escalation_skipped": skipped}
+        if header.traceparent is not None:
+            info = {**info, "traceparent": header.traceparent}
         times = outcome.timings(header, work.now)
         ext = oks.slicer.ext(start, start + rows)
         record = outputs.ResultRecord(
@@ -372,6 +402,7 @@ class Settler:
             request_id=header.id,
             code="internal",
             error=repr(exc),
+            traceparent=header.traceparent,
         )
         try:
             failed = error_result(header.id, "internal", f"model {self.spec.name}: {exc}")
