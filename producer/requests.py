@@ -187,22 +187,21 @@ class Preparer:
                 f"inputs of {nbytes} bytes exceed the limit of {self.max_bytes} bytes", "too_large"
             )
         digest = request_digest(req, _encode(inputs)) if req.idempotent else b""
-        traceparent = req.traceparent
-        if traceparent is not None:
-            traceparent = _check_traceparent(traceparent)
-        elif self.start_trace is not None:
-            traceparent = self.start_trace()
+        traceparent = self._traceparent(req.traceparent)
         return Prepared(
             req, rid, deadline, self.submitted, self.reply_to, inputs, group, rows, nbytes,
             target, digest, None, traceparent,
         )  # fmt: skip
 
-
-def _check_traceparent(value: object) -> str:
-    try:
-        return tracecontext.check(value)
-    except ValueError as exc:
-        raise Rejected(str(exc), "bad_request") from None
+    def _traceparent(self, given: str | None) -> str | None:
+        """The caller's traceparent, checked (Rejected if malformed), else one started
+        here when the settings ask, else None."""
+        if given is not None:
+            try:
+                return tracecontext.check(given)
+            except ValueError as exc:
+                raise Rejected(str(exc), "bad_request") from None
+        return None if self.start_trace is None else self.start_trace()
 
 
 _IDS: list[str] = []  # random ids drawn ahead; list.pop is atomic, so threads may share it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -38,7 +39,7 @@ from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.lanes import LaneReader
 from cascadeq.workers.local import LocalModel, LocalModels
-from cascadeq.workers.runner import OnnxRunner
+from cascadeq.workers.runner import ModelLoadError, OnnxRunner
 from cascadeq.workers.settle import BatchWork, Ran, Settler
 
 log = get_logger("cascadeq.worker")
@@ -61,7 +62,7 @@ class ModelWorker:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
         before = metrics.rss_bytes()
-        self.runner = runner or OnnxRunner(spec)
+        self.runner = runner or _load(spec)
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
         self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
@@ -209,6 +210,10 @@ class ModelWorker:
             run = self.batcher.timed(self.runner.run)  # the strategy learns compute costs
             out, overhead = padding.run(run, [i.kept_inputs() for i, _ in items], self.spec)
         except Exception as exc:  # noqa: BLE001 - isolate what broke the batch
+            if self.spec.fallback is not None:  # the catalog names a model to take them
+                log.warning("batch_failed", model=self.spec.name, error=repr(exc))
+                self.settler.fall_back(work, items, _reason(exc))
+                return
             self._narrow(work, items, exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
@@ -302,6 +307,33 @@ class ModelWorker:
             reason=bad.message,
             salvaged=bad.salvaged,
         )
+
+
+def _load(spec: ModelSpec) -> OnnxRunner | Unloaded:
+    """The model's session; one that fails to load, where the catalog names a fallback,
+    leaves the worker serving its queue by passing every request to the fallback."""
+    try:
+        return OnnxRunner(spec)
+    except ModelLoadError as exc:
+        if spec.fallback is None:
+            raise
+        log.error("model_load_failed", model=spec.name, fallback=spec.fallback, error=str(exc))
+        return Unloaded(exc)
+
+
+class Unloaded:
+    """A model that failed to load: every call raises, so its batches fall back."""
+
+    def __init__(self, error: ModelLoadError) -> None:
+        self.error = error
+
+    def run(self, inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
+        raise self.error
+
+
+def _reason(exc: Exception) -> str:
+    """What a failed hop records: the error's type and the start of its message."""
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _only(item: Item, index: int) -> Item:

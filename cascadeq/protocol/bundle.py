@@ -401,7 +401,9 @@ def _traces_ok(headers: Sequence[Header]) -> bool:
 
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).
-HOP_TEXT = frozenset({"model", "rule", "tier", "skipped", "hop"})  # hop: "local"
+HOP_TEXT = frozenset(
+    {"model", "rule", "tier", "skipped", "hop", "failed"}
+)  # hop: "local", "fallback"
 
 
 HOP_OPTIONAL = frozenset({"confidence"})  # None: the model's output has no confidence

@@ -71,9 +71,12 @@ def test_a_traceparent_reaches_the_result_and_the_logs_of_every_hop(
             plain = client.submit(task="digits", inputs={"input": x[1:]})
             got, untraced = client.wait_many([traced, plain], timeout=120)
         wait_for(lambda: len(hops(logs["large"])) > 0, 30, "the last hop's line is written")
-    assert got.ok and got.traceparent == TRACEPARENT
+    assert got.ok
+    assert got.traceparent == TRACEPARENT
     assert [hop["model"] for hop in got.path] == ["digits-small", "digits-large"]
-    assert untraced.ok and untraced.traceparent is None and "traceparent" not in untraced.info
+    assert untraced.ok
+    assert untraced.traceparent is None
+    assert "traceparent" not in untraced.info
     for name, model in (
         ("router", "digits-small"),
         ("small", "digits-small"),
@@ -81,7 +84,8 @@ def test_a_traceparent_reaches_the_result_and_the_logs_of_every_hop(
     ):
         lines = hops(logs[name])
         assert [line["request_id"] for line in lines] == [traced], name  # only the traced one
-        assert lines[0]["trace_id"] == TRACE_ID and lines[0]["model"] == model
+        assert lines[0]["trace_id"] == TRACE_ID
+        assert lines[0]["model"] == model
 
 
 def test_cascadeq_cancel_says_cancelled_done_or_unknown(
@@ -100,4 +104,5 @@ def test_cascadeq_cancel_says_cancelled_done_or_unknown(
     assert json.loads(again.stdout) == {"id": queued, "outcome": "done", "status": "cancelled"}
     assert unknown.returncode == 6
     assert "unknown" in unknown.stdout
-    assert result is not None and result.status == "cancelled"
+    assert result is not None
+    assert result.status == "cancelled"
