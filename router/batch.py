@@ -55,6 +55,9 @@ class Router(Protocol):
     board: LoadBoard
     learned: LearnedRouters
 
+    #: model -> its fallback, while the model's queue is held at its bound past the wait
+    diverted: dict[str, str]
+
     def stream_for(self, model: str, priority: str) -> str: ...
 
 
@@ -325,23 +328,34 @@ class RouteBatch:
     def _place_all(self, g: Group, d: Decision) -> None:
         """Every request of the group goes where ``d`` says, sharing one hop dict (nothing
         changes a hop the router appended: the worker appends its own)."""
-        hop, stage, now = d.hop(), d.stage, self.now
-        stream = self.router.stream_for(d.model, g.first.priority)
+        stage, now = d.stage, self.now
+        model, hops = self._hops(d.model, d.hop())
+        stream = self.router.stream_for(model, g.first.priority)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
             placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
             for h in placed:
                 h.stage, h.routed_at = stage, now
-                h.trace.append(hop)
+                h.trace += hops
             self._out(stream, n, indices)
         self.rules[d.rule] += sum(len(i) for i in g.parts.values())
 
     def _place(self, n: int, i: int, d: Decision, hop: dict[str, Any]) -> None:
         h = self.bundles[n].headers[i]
         h.stage, h.routed_at = d.stage, self.now
-        h.trace.append(hop)
-        self._out(self.router.stream_for(d.model, h.priority), n, [i])
+        model, hops = self._hops(d.model, hop)
+        h.trace += hops
+        self._out(self.router.stream_for(model, h.priority), n, [i])
         self.rules[d.rule] += 1
+
+    def _hops(self, model: str, hop: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        """Where the decision sends a request and the hops it adds: the model's, or, while
+        its queue is held past the wait, its fallback's after the model's marked failed."""
+        to = self.router.diverted.get(model) if self.router.diverted else None
+        if to is None:
+            return model, [hop]
+        failed = {**hop, "failed": "queue held at its bound"}
+        return to, [failed, {"model": to, "rule": "fallback", "hop": "fallback"}]
 
     def _out(self, stream: str, n: int, indices: list[int]) -> None:
         parts = self.out.get(stream)

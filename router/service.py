@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from functools import partial
 from typing import Any
 
@@ -70,6 +71,8 @@ class Router:
             for lane in m.lanes
         }
         self.held: list[str] = []  # model streams over the bound when last checked
+        self.held_since: float | None = None  # monotonic s when the current hold began
+        self.diverted: dict[str, str] = {}  # model -> fallback, held past fallback_wait_ms
         self.depths: list[int] | None = None  # requests in self.fed, as last seen
         self.cancels = 0  # requests ever cancelled, as last seen: none, no look for them
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
@@ -124,7 +127,29 @@ class Router:
         if held != self.held:
             log.warning("backpressure", held=held, bound=self.settings.model_max_depth)
             self.held = held
-        return bool(held)
+        return self._still_held(held)
+
+    def _still_held(self, held: list[str]) -> bool:
+        """Whether to hold off: past ``fallback_wait_ms``, if every held model has a
+        fallback whose queues are not held, route to the fallbacks instead."""
+        if not held:
+            self.held_since, self.diverted = None, {}
+            return False
+        now = time.monotonic()
+        if self.held_since is None:
+            self.held_since = now
+        if (now - self.held_since) * 1000.0 < self.settings.fallback_wait_ms:
+            return True
+        models = {stream.rsplit(":", 2)[-2] for stream in held}
+        targets = {m: self.catalog.models[m].fallback for m in models}
+        held_models = models | {t for t in targets.values() if t in models}
+        if any(t is None or t in held_models for t in targets.values()):
+            return True
+        diverted = {m: t for m, t in targets.items() if t is not None}
+        if diverted != self.diverted:
+            log.warning("fallback_diverted", diverted=diverted)
+            self.diverted = diverted
+        return False
 
     def _reclaim(self) -> int:
         """Take over entries a crashed router held; each is routed in a batch of its own,

@@ -5,6 +5,7 @@ whose file fails to load, passes its requests to the catalog's fallback, a hop m
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from test_workers import drain
 
 from cascadeq.config.catalog import Catalog, CatalogError
 from cascadeq.config.settings import Settings
-from cascadeq.producer import Producer
+from cascadeq.producer import Producer, Request
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
 
@@ -131,3 +132,31 @@ def test_a_fallback_must_be_another_model_with_the_same_inputs(
     )
     with pytest.raises(CatalogError, match="loop"):
         Catalog.loads(looped, source=cat.source)
+
+
+def test_a_queue_held_at_its_bound_past_the_wait_sends_the_router_to_the_fallback(
+    r: redis.Redis, settings: Settings, digits_dir: Path, tmp_path: Path, x: np.ndarray
+) -> None:
+    cat = catalog_with(digits_dir, tmp_path, "0.0", 'fallback = "digits-large"')
+    held = replace(settings, model_max_depth=2, router_batch=1, fallback_wait_ms=0)
+    router = Router(r, cat, held)
+    router.setup()
+    large = ModelWorker(r, cat, cat.models["digits-large"], held, "w-large")
+    with Producer(settings=held, catalog=cat) as client:
+        first = client.submit_many(
+            [Request({"input": x[i : i + 1]}, task="digits") for i in range(2)]
+        )
+        then = client.submit_many([Request({"input": x[i : i + 1]}, task="digits") for i in (2, 3)])
+        assert router.step(block_ms=None) == 1  # the first bundle fills digits-small's queue
+        assert router.step(block_ms=None) == 1  # held at the bound: the next goes to the fallback
+        assert router.diverted == {"digits-small": "digits-large"}
+        drain(large)
+        got = client.wait_many(then, timeout=5)
+        assert client.result(first[0]) is None  # still queued for digits-small
+    assert all(g.ok and g.model == "digits-large" for g in got)
+    assert [(h["model"], h["rule"]) for h in got[0].path] == [
+        ("digits-small", "cascade"),
+        ("digits-large", "fallback"),
+    ]
+    assert got[0].path[0]["failed"] == "queue held at its bound"
+    assert large.stats["samples"] == 2
