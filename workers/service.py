@@ -199,6 +199,7 @@ class ModelWorker:
             return items
         work.counts["cancelled:worker"] += skipped
         self.stats["cancelled"] += skipped
+        bookkeeping("metrics", partial(metrics.observe_cancelled, self.spec.name, skipped))
         return [(i, e) for i, e in items if i.keep.any()]
 
     def _compute(self, work: BatchWork, items: list[tuple[Item, int]]) -> None:

@@ -14,6 +14,7 @@ from test_workers import drain, result, with_threshold
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
+from cascadeq.ops import stats
 from cascadeq.producer import Producer
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import CANCELLED
@@ -69,6 +70,16 @@ def test_cancelled_before_routing_or_in_a_model_queue_is_never_computed(
     assert counted[b"cancelled:router"] == b"2"
     assert counted[b"cancelled:worker"] == b"2"
     assert counted[b"route:cascade"] == b"5"  # 7 submitted, 2 dropped before routing
+    shown = stats.collect(r, keys)["cancelled"]
+    assert shown == {
+        "total": 4,
+        "dropped_by_router": 2,
+        "skipped_by_workers": 2,
+        "fallbacks": {},
+    }
+    assert "cancelled (never computed): 4 (router dropped 2, workers skipped 2)" in stats.render(
+        stats.collect(r, keys)
+    )
 
 
 def test_cancelled_between_cascade_stages_never_reaches_the_next_model(
