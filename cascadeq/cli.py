@@ -470,6 +470,9 @@ def _add_client_parsers(sub: Any) -> None:
     submit.add_argument("--tier", default="standard")
     submit.add_argument("--deadline-ms", type=float)
     submit.add_argument(
+        "--traceparent", help="W3C trace context to carry (00-<trace id>-<parent id>-<flags>)"
+    )
+    submit.add_argument(
         "--wait", type=float, metavar="SECONDS", help="wait for the result and print it"
     )
     submit.add_argument("--catalog")

@@ -81,6 +81,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
                 model=args.model,
                 tier=args.tier,
                 deadline_ms=args.deadline_ms,
+                traceparent=getattr(args, "traceparent", None),
             )
         except Rejected as exc:
             print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
