@@ -26,13 +26,13 @@ DEFAULT_MODELS_DIR = Path("models/digits")
 EXIT_CODES = f"""exit codes:
   0  ok
   {EXIT_FAILED}  the command ran but did not do all it was asked (dlq replay skipped some,
-     dlq purge without --yes)
+     dlq purge without --yes, cancel of a request already done or running)
   {EXIT_USAGE}  usage or input to fix: a bad flag, a missing or unreadable file, a bad
      catalog or split, REDIS_URL not set
   {EXIT_REJECTED}  submit: the request was refused and not queued
   {EXIT_REQUEST_FAILED}  submit --wait, result: the request ended with an error or expired
   {EXIT_NOT_READY}  submit --wait, result: no result yet
-  {EXIT_UNKNOWN_ID}  result: unknown id (never submitted, or expired)
+  {EXIT_UNKNOWN_ID}  result, cancel: unknown id (never submitted, or expired)
   {EXIT_NO_REDIS}  cannot reach Redis (refused, timed out): start it or fix REDIS_URL
 """
 
@@ -237,6 +237,12 @@ def cmd_result(args: argparse.Namespace) -> int:
     from cascadeq.ops.shell import result
 
     return result(args, _settings(args))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from cascadeq.ops.shell import cancel
+
+    return cancel(args, _settings(args))
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -498,6 +504,9 @@ def _add_client_parsers(sub: Any) -> None:
     submit.add_argument("--tier", default="standard")
     submit.add_argument("--deadline-ms", type=float)
     submit.add_argument(
+        "--traceparent", help="W3C trace context to carry (00-<trace id>-<parent id>-<flags>)"
+    )
+    submit.add_argument(
         "--wait", type=float, metavar="SECONDS", help="wait for the result and print it"
     )
     submit.add_argument("--catalog")
@@ -507,6 +516,13 @@ def _add_client_parsers(sub: Any) -> None:
     result.add_argument("request_id")
     result.add_argument("--wait", type=float, metavar="SECONDS")
     result.set_defaults(func=cmd_result)
+
+    cancel = sub.add_parser(
+        "cancel", help="cancel a request no model has taken yet; says cancelled, done or running"
+    )
+    cancel.add_argument("request_id")
+    cancel.add_argument("--json", action="store_true", help="one JSON object: id, outcome, status")
+    cancel.set_defaults(func=cmd_cancel)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 
 from cascadeq.infra.connection import connect_async
 from cascadeq.producer import core
+from cascadeq.producer.cancel import Cancelled
 from cascadeq.producer.core import ClientCore, Command, Ops, T
 from cascadeq.producer.errors import Rejected
 from cascadeq.producer.inbox import collect
@@ -90,6 +91,10 @@ class AsyncProducer(ClientCore[Coroutine[Any, Any, str]]):
                         raise
         finally:
             self._flushing = False
+
+    async def cancel(self, request_id: str) -> Cancelled:
+        """As Producer.cancel: cancelled, done, running or unknown."""
+        return await self._run(self._cancel_ops(request_id))
 
     # -- results ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError
 
 from cascadeq.infra.connection import connect
 from cascadeq.producer import core
+from cascadeq.producer.cancel import Cancelled
 from cascadeq.producer.core import ClientCore, Command, Ops, T
 from cascadeq.producer.errors import Rejected
 from cascadeq.producer.inbox import collect
@@ -81,6 +82,11 @@ class Producer(ClientCore[str]):
 
     def _flush(self, batch: list[Prepared]) -> None:
         self._run(self._flush_ops(batch, settle))
+
+    def cancel(self, request_id: str) -> Cancelled:
+        """Cancel a request no model has taken yet: it is answered ``cancelled`` and never
+        runs. The outcome says which happened: cancelled, done, running or unknown."""
+        return self._run(self._cancel_ops(request_id))
 
     # -- results ----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import redis
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra.log import get_logger
+from cascadeq.producer import cancel
 from cascadeq.producer.errors import ConnectionFailed, Rejected, RequestFailed, UnknownRequest
 from cascadeq.producer.inbox import Batch, Inbox
 from cascadeq.producer.requests import (
@@ -156,6 +157,7 @@ class ClientCore(Generic[Answer]):
         deadline_ms: float | None = None,
         request_id: str | None = None,
         idempotent: bool = False,
+        traceparent: str | None = None,
     ) -> Answer:
         """Queue one request and return its id at once (AsyncProducer: await it); raises
         Rejected if refused.
@@ -164,9 +166,12 @@ class ClientCore(Generic[Answer]):
         (``duplicate_id``). To retry a submit whose outcome you did not see (a timeout, a
         lost connection), pass the same ``request_id`` and inputs with ``idempotent=True``
         on every attempt: if the first attempt landed, the retry returns the id without
-        queueing it again; if it did not, the retry queues it.
+        queueing it again; if it did not, the retry queues it. A W3C ``traceparent``
+        travels with the request into its hops' log lines and its result's info.
         """
-        req = Request(inputs, task, model, tier, priority, deadline_ms, request_id, idempotent)
+        req = Request(
+            inputs, task, model, tier, priority, deadline_ms, request_id, idempotent, traceparent
+        )
         return self._submit(req)
 
     def _submit(self, req: Request) -> Answer:
@@ -220,6 +225,17 @@ class ClientCore(Generic[Answer]):
                 sent = Call(rest, self.keys, self.settings, partial=True)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
                 rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle)
+
+    # -- cancelling ---------------------------------------------------------------------
+
+    def _cancel_ops(self, request_id: str) -> Ops[cancel.Cancelled]:
+        """cancel(): one script call; a request cancelled now is answered at once to this
+        client's waiters (others' see it on their next re-read, within SWEEP_S)."""
+        keys, args = cancel.call(self.keys, request_id, self.settings.result_ttl_s)
+        got = cancel.outcome(request_id, (yield evalsha(cancel.CANCEL, keys, args)))
+        if got.cancelled and got.result is not None:
+            self._inbox.deliver_many([got.result])
+        return got
 
     # -- results ------------------------------------------------------------------------
 

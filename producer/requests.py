@@ -24,7 +24,7 @@ import numpy as np
 from cascadeq.config.catalog import Catalog, InputError, ModelSpec
 from cascadeq.config.settings import Settings
 from cascadeq.producer.errors import Rejected
-from cascadeq.protocol import lua, wire
+from cascadeq.protocol import lua, tracecontext, wire
 from cascadeq.protocol.bundle import HEADER, INPUTS, Header, bundle_fields
 from cascadeq.protocol.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
 from cascadeq.protocol.messages import now_ms
@@ -47,6 +47,7 @@ class Request(msgspec.Struct, frozen=True):
     #: With ``id``: a retry of this exact request (same task or model, tier and input
     #: bytes) under that id returns the id instead of being refused or computed again.
     idempotent: bool = False
+    traceparent: str | None = None  # W3C trace context; checked at submit
 
 
 class Target:
@@ -119,6 +120,7 @@ class Prepared(msgspec.Struct):
     target: Target
     digest: bytes = b""  # idempotent requests: what a retry must match
     slot: Any = None  # a coalesced submit's waiter
+    traceparent: str | None = None  # the caller's, or one started here
 
     @property
     def header(self) -> Header:
@@ -128,8 +130,9 @@ class Prepared(msgspec.Struct):
 def _header(p: Prepared) -> Header:
     req = p.req
     return Header(
-        p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to
-    )
+        p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to,
+        traceparent=p.traceparent,
+    )  # fmt: skip
 
 
 class Preparer:
@@ -139,6 +142,7 @@ class Preparer:
         self.catalog, self.reply_to = catalog, reply_to
         self.max_bytes = settings.max_payload_bytes
         self.submitted = now_ms()
+        self.start_trace = tracecontext.Starter() if settings.start_traces else None
         self._last: tuple[str | None, str | None, Target] | None = None  # a call's usual target
 
     def __call__(self, req: Request) -> Prepared:
@@ -183,10 +187,21 @@ class Preparer:
                 f"inputs of {nbytes} bytes exceed the limit of {self.max_bytes} bytes", "too_large"
             )
         digest = request_digest(req, _encode(inputs)) if req.idempotent else b""
+        traceparent = self._traceparent(req.traceparent)
         return Prepared(
             req, rid, deadline, self.submitted, self.reply_to, inputs, group, rows, nbytes,
-            target, digest,
+            target, digest, None, traceparent,
         )  # fmt: skip
+
+    def _traceparent(self, given: str | None) -> str | None:
+        """The caller's traceparent, checked (Rejected if malformed), else one started
+        here when the settings ask, else None."""
+        if given is not None:
+            try:
+                return tracecontext.check(given)
+            except ValueError as exc:
+                raise Rejected(str(exc), "bad_request") from None
+        return None if self.start_trace is None else self.start_trace()
 
 
 _IDS: list[str] = []  # random ids drawn ahead; list.pop is atomic, so threads may share it

@@ -18,7 +18,7 @@ import numpy as np
 import redis
 
 from cascadeq.config.tasks import TaskSpec
-from cascadeq.infra import refusal
+from cascadeq.infra import claims, refusal, tracing
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
 from cascadeq.protocol import bundle, deadletter
@@ -54,6 +54,9 @@ class Router(Protocol):
     catalog: Catalog
     board: LoadBoard
     learned: LearnedRouters
+
+    #: model -> its fallback, while the model's queue is held at its bound past the wait
+    diverted: dict[str, str]
 
     def stream_for(self, model: str, priority: str) -> str: ...
 
@@ -143,6 +146,31 @@ class RouteBatch:
             if h.deadline is not None:
                 g.timed = True
 
+    def drop_answered(self, r: redis.Redis) -> int:
+        """Drop from the groups the requests already answered (cancelled before routing):
+        one look for the whole batch, which the router makes only once cancels exist."""
+        order = [(g, n, idx) for g in self.groups.values() for n, idx in g.parts.items()]
+        if not order:
+            return 0
+        parts = [
+            (self.ingress, b"", [self.bundles[n].headers[i].id for i in idx]) for _, n, idx in order
+        ]
+        skipped = set(claims.answered(r, self.keys, parts, mark=False))
+        if not skipped:
+            return 0
+        pos = 0
+        for g, n, idx in order:
+            keep = [i for k, i in enumerate(idx) if pos + k not in skipped]
+            pos += len(idx)
+            if len(keep) < len(idx):
+                g.parts[n] = keep
+        for key, g in list(self.groups.items()):
+            g.parts = {n: idx for n, idx in g.parts.items() if idx}
+            if not g.parts:
+                del self.groups[key]
+        self.finals["cancelled"] += len(skipped)
+        return len(skipped)
+
     # -- deciding ------------------------------------------------------------------------
 
     def route(self) -> None:
@@ -151,6 +179,15 @@ class RouteBatch:
             self._guarded_group(g)
         for stream, parts in self.out.items():
             self._emit(stream, parts)
+        if tracing.on():
+            self._trace_hops()
+
+    def _trace_hops(self) -> None:
+        """A log line (and no span: routing is one step) for each traced request routed."""
+        for b in self.bundles.values():
+            for h in b.headers:
+                if h.traceparent is not None and h.routed_at == self.now and h.trace:
+                    tracing.hop("router", h, model=h.trace[-1].get("model"), stage=h.stage)
 
     def _guarded_group(self, g: Group) -> None:
         try:
@@ -291,23 +328,34 @@ class RouteBatch:
     def _place_all(self, g: Group, d: Decision) -> None:
         """Every request of the group goes where ``d`` says, sharing one hop dict (nothing
         changes a hop the router appended: the worker appends its own)."""
-        hop, stage, now = d.hop(), d.stage, self.now
-        stream = self.router.stream_for(d.model, g.first.priority)
+        stage, now = d.stage, self.now
+        model, hops = self._hops(d.model, d.hop())
+        stream = self.router.stream_for(model, g.first.priority)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
             placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
             for h in placed:
                 h.stage, h.routed_at = stage, now
-                h.trace.append(hop)
+                h.trace += hops
             self._out(stream, n, indices)
         self.rules[d.rule] += sum(len(i) for i in g.parts.values())
 
     def _place(self, n: int, i: int, d: Decision, hop: dict[str, Any]) -> None:
         h = self.bundles[n].headers[i]
         h.stage, h.routed_at = d.stage, self.now
-        h.trace.append(hop)
-        self._out(self.router.stream_for(d.model, h.priority), n, [i])
+        model, hops = self._hops(d.model, hop)
+        h.trace += hops
+        self._out(self.router.stream_for(model, h.priority), n, [i])
         self.rules[d.rule] += 1
+
+    def _hops(self, model: str, hop: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        """Where the decision sends a request and the hops it adds: the model's, or, while
+        its queue is held past the wait, its fallback's after the model's marked failed."""
+        to = self.router.diverted.get(model) if self.router.diverted else None
+        if to is None:
+            return model, [hop]
+        failed = {**hop, "failed": "queue held at its bound"}
+        return to, [failed, {"model": to, "rule": "fallback", "hop": "fallback"}]
 
     def _out(self, stream: str, n: int, indices: list[int]) -> None:
         parts = self.out.get(stream)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from functools import partial
 from typing import Any
 
@@ -70,13 +71,17 @@ class Router:
             for lane in m.lanes
         }
         self.held: list[str] = []  # model streams over the bound when last checked
+        self.held_since: float | None = None  # monotonic s when the current hold began
+        self.diverted: dict[str, str] = {}  # model -> fallback, held past fallback_wait_ms
         self.depths: list[int] | None = None  # requests in self.fed, as last seen
+        self.cancels = 0  # requests ever cancelled, as last seen: none, no look for them
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
 
     def setup(self) -> None:
         self.cpu.start()
         streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
         publish_catalog(self.r, self.keys, self.catalog)
+        self.cancels = int(self.r.get(self.keys.cancels) or 0)
 
     def run(self, stop: threading.Event) -> None:
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
@@ -122,7 +127,29 @@ class Router:
         if held != self.held:
             log.warning("backpressure", held=held, bound=self.settings.model_max_depth)
             self.held = held
-        return bool(held)
+        return self._still_held(held)
+
+    def _still_held(self, held: list[str]) -> bool:
+        """Whether to hold off: past ``fallback_wait_ms``, if every held model has a
+        fallback whose queues are not held, route to the fallbacks instead."""
+        if not held:
+            self.held_since, self.diverted = None, {}
+            return False
+        now = time.monotonic()
+        if self.held_since is None:
+            self.held_since = now
+        if (now - self.held_since) * 1000.0 < self.settings.fallback_wait_ms:
+            return True
+        models = {stream.rsplit(":", 2)[-2] for stream in held}
+        targets = {m: self.catalog.models[m].fallback for m in models}
+        held_models = models | {t for t in targets.values() if t in models}
+        if any(t is None or t in held_models for t in targets.values()):
+            return True
+        diverted = {m: t for m, t in targets.items() if t is not None}
+        if diverted != self.diverted:
+            log.warning("fallback_diverted", diverted=diverted)
+            self.diverted = diverted
+        return False
 
     def _reclaim(self) -> int:
         """Take over entries a crashed router held; each is routed in a batch of its own,
@@ -156,22 +183,27 @@ class Router:
         batch = self._batch()
         for eid, fields in entries:
             batch.read(eid, fields)
+        if self.cancels:
+            batch.drop_answered(self.r)
         batch.route()
         rules, finals = batch.rules, batch.finals
         counts = self.keys.routing_counts
         for counter in self.counters:  # the depths after this batch, in the same round trip
             batch.commit.depth(counter)
+        batch.commit.depth(self.keys.cancels)  # read free, in the same call
 
         def also(pipe: Any) -> None:
             for rule, n in rules.items():
                 pipe.hincrby(counts, f"route:{rule}", n)
+            if finals["cancelled"]:
+                pipe.hincrby(counts, "cancelled:router", finals["cancelled"])
 
         requests = sum(b.size for b in batch.bundles.values())
         self.per_entry = max(1.0, 0.7 * self.per_entry + 0.3 * requests / len(entries))
         self._publish_cpu(batch, requests)
         done = batch.commit.send(self.r, also)
-        if len(done.depths) == len(self.fed):
-            self.depths = done.depths
+        if len(done.depths) == len(self.fed) + 1:
+            self.depths, self.cancels = done.depths[:-1], done.depths[-1]
         bookkeeping("metrics", partial(metrics.observe_routing, rules, finals))
         self.routed += len(entries)
         return len(entries)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -33,11 +34,12 @@ from cascadeq.protocol.bundle import HEADER, INPUTS, BadItem, dumps_header, take
 from cascadeq.protocol.clock import Every
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import OK, Result, error_result, now_ms
-from cascadeq.workers import padding
+from cascadeq.workers import claims, padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.lanes import LaneReader
 from cascadeq.workers.local import LocalModel, LocalModels
+from cascadeq.workers.runner import ModelLoadError
 from cascadeq.workers.settle import BatchWork, Ran, Settler
 from cascadeq.workers.standin import Runner, load_runner
 
@@ -61,14 +63,14 @@ class ModelWorker:
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
         before = metrics.rss_bytes()
-        self.runner = runner or load_runner(spec)
+        self.runner = runner or _load(spec)
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
         self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
         self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
         self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
-        self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0}
+        self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0, "cancelled": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
         self.board = LoadBoard(r, self.keys, catalog)
@@ -166,6 +168,8 @@ class ModelWorker:
             if self._guarded(work, entry, self._admit, work, item, entry):
                 runnable.append((item, entry))
         if runnable:
+            runnable = self._claim(work, runnable)
+        if runnable:
             self._compute(work, runnable)
         self._send(work)
 
@@ -189,6 +193,16 @@ class ModelWorker:
         item.samples = int(item.bundle.rows[item.keep].sum())
         return bool(item.keep.any())
 
+    def _claim(self, work: BatchWork, items: list[tuple[Item, int]]) -> list[tuple[Item, int]]:
+        """Take the batch's requests in one call; those cancelled meanwhile never run."""
+        skipped = claims.claim(self.r, self.keys, [i for i, _ in items])
+        if not skipped:
+            return items
+        work.counts["cancelled:worker"] += skipped
+        self.stats["cancelled"] += skipped
+        bookkeeping("metrics", partial(metrics.observe_cancelled, self.spec.name, skipped))
+        return [(i, e) for i, e in items if i.keep.any()]
+
     def _compute(self, work: BatchWork, items: list[tuple[Item, int]]) -> None:
         """Run the batch; a failure is narrowed down entry by entry, then request by request."""
         samples = sum(i.samples for i, _ in items)
@@ -198,6 +212,10 @@ class ModelWorker:
             run = self.batcher.timed(self.runner.run)  # the strategy learns compute costs
             out, overhead = padding.run(run, [i.kept_inputs() for i, _ in items], self.spec)
         except Exception as exc:  # noqa: BLE001 - isolate what broke the batch
+            if self.spec.fallback is not None:  # the catalog names a model to take them
+                log.warning("batch_failed", model=self.spec.name, error=repr(exc))
+                self.settler.fall_back(work, items, _reason(exc))
+                return
             self._narrow(work, items, exc)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
@@ -229,6 +247,7 @@ class ModelWorker:
             request_id=item.headers[j].id,
             code="compute_failed",
             error=repr(exc),
+            traceparent=item.headers[j].traceparent,
         )
         message = f"model {self.spec.name}: {exc}"
         failed = error_result(item.headers[j].id, "compute_failed", message)
@@ -290,6 +309,33 @@ class ModelWorker:
             reason=bad.message,
             salvaged=bad.salvaged,
         )
+
+
+def _load(spec: ModelSpec) -> Runner | Unloaded:
+    """The model's session (or stand-in); one that fails to load, where the catalog names a
+    fallback, leaves the worker serving its queue by passing every request to the fallback."""
+    try:
+        return load_runner(spec)
+    except ModelLoadError as exc:
+        if spec.fallback is None:
+            raise
+        log.error("model_load_failed", model=spec.name, fallback=spec.fallback, error=str(exc))
+        return Unloaded(exc)
+
+
+class Unloaded:
+    """A model that failed to load: every call raises, so its batches fall back."""
+
+    def __init__(self, error: ModelLoadError) -> None:
+        self.error = error
+
+    def run(self, inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
+        raise self.error
+
+
+def _reason(exc: Exception) -> str:
+    """What a failed hop records: the error's type and the start of its message."""
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _only(item: Item, index: int) -> Item:

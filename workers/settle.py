@@ -10,6 +10,7 @@ its hop, its decision and its result's few fields, encoded in C.
 
 from __future__ import annotations
 
+import operator
 import random
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ import numpy as np
 
 from cascadeq.config.catalog import Catalog, ModelSpec
 from cascadeq.config.tasks import TaskSpec
+from cascadeq.infra import tracing
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard
@@ -36,6 +38,8 @@ from cascadeq.workers.batcher import Item, take_expired
 from cascadeq.workers.local import LocalModel, LocalModels, cheaper_here, goes_local
 
 log = get_logger("cascadeq.worker")
+
+_TRACEPARENT = operator.attrgetter("traceparent")
 
 #: Fewer sure requests in an entry than this are encoded one at a time: a block costs
 #: about as much as 20-25 requests encoded alone (scripts/worker_cpu.py micro --split).
@@ -88,7 +92,7 @@ def _plan_for(catalog: Catalog, model: str, header: Header) -> _Plan:
         return _Plan(None, "top", None, 0.0, traced=False)
     stage = header.stage
     nxt, threshold = None, 0.0
-    if 0 <= stage < len(task.cascade) - 1 and task.cascade[stage].model == model:
+    if 0 <= stage < len(task.cascade) - 1 and _stands_in(catalog, task.cascade[stage].model, model):
         own = task.threshold(stage, header.tier)
         if own is not None:
             nxt, threshold = task.cascade[stage + 1].model, own
@@ -99,6 +103,19 @@ def _plan_for(catalog: Catalog, model: str, header: Header) -> _Plan:
         and task.cascade[0].model == model
     )
     return _Plan(task, task.confidence, nxt, threshold, traced)
+
+
+def _stands_in(catalog: Catalog, stage_model: str, model: str) -> bool:
+    """True if ``model`` is the stage's model or on its fallback chain: a fallback takes
+    the stage over, thresholds and tiers included."""
+    seen = 0
+    at: str | None = stage_model
+    while at is not None and seen <= len(catalog.models):
+        if at == model:
+            return True
+        spec = catalog.models.get(at)
+        at, seen = (spec.fallback if spec is not None else None), seen + 1
+    return False
 
 
 @dataclass
@@ -208,14 +225,34 @@ class Settler:
         at.headers = headers if len(kept) == len(headers) else [headers[j] for j in kept]
         sure, stored = Sure(), Stored()
         plan = self._entry_plan(work, at.headers)
-        due = range(len(kept)) if plan is None or plan.traced else _due(plan, confs, at)
-        if plan is not None and not plan.traced:
+        traced = any(map(_TRACEPARENT, at.headers))  # W3C trace context: answered one by one
+        if traced:
+            self._trace_hops(ran, item, at.headers, hop)
+        if plan is None or plan.traced or traced:
+            due: range | list[int] = range(len(kept))
+        else:
+            due = _due(plan, confs, at)
             _add_undue(sure, at, due, plan.measure)
         for p in due:
             self._decide(work, ran, at, p, confs, hop, oks, sure, stored, escalations)
         if sure:
             self._answer(work, ran, at.entry, sure, hop, oks, confs, stored)
         work.commit.results_many(at.entry, stored.keys, stored.payloads, stored.channels)
+
+    def _trace_hops(self, ran: Ran, item: Item, headers: list[Header], hop: dict[str, Any]) -> None:
+        """The traced requests' log lines and spans for this hop (only when tracing.on)."""
+        if not tracing.on():
+            return
+        model, launched = self.spec.name, ran.launched_at
+        phases = [
+            ("queue", item.enqueued_at, item.read_at),
+            ("batch wait", item.read_at, launched),
+            ("compute", launched, launched + ran.compute_ms),
+        ]
+        for header in headers:
+            if header.traceparent is not None:
+                tracing.hop("worker", header, model=model, stage=header.stage, **hop)
+                tracing.spans(header, model, phases)
 
     def _entry_plan(self, work: BatchWork, headers: list[Header]) -> _Plan | None:
         """The plan every request of the entry shares (the rule: a bundle comes from one
@@ -258,6 +295,9 @@ class Settler:
                 esc = self._escalation(escalations, header, target, plan.local, auto)
                 esc.take(at.item, j, header, at.entry)
             elif header.trace and "skipped" in header.trace[-1]:
+                self._answer_one(work, ran, header, start, n, oks, stored)
+            elif header.traceparent is not None:  # its result's info carries it
+                _hop(header, self.spec.name, confs.of(req, plan.measure), hop)
                 self._answer_one(work, ran, header, start, n, oks, stored)
             else:
                 sure.add(req, start, n, header, plan.measure)
@@ -314,6 +354,8 @@ class Settler:
         skipped = trace[-1].get("skipped")
         if skipped is not None:
             info = {**info, "escalation_skipped": skipped}
+        if header.traceparent is not None:
+            info = {**info, "traceparent": header.traceparent}
         times = outcome.timings(header, work.now)
         ext = oks.slicer.ext(start, start + rows)
         record = outputs.ResultRecord(
@@ -378,6 +420,7 @@ class Settler:
             request_id=header.id,
             code="internal",
             error=repr(exc),
+            traceparent=header.traceparent,
         )
         try:
             failed = error_result(header.id, "internal", f"model {self.spec.name}: {exc}")
@@ -400,6 +443,31 @@ class Settler:
         work.counts[f"skip:{why}"] += 1
         work.tally.skipped[why] += 1
         return None
+
+    def fall_back(self, work: BatchWork, items: list[tuple[Item, int]], reason: str) -> None:
+        """This model failed these requests (its call raised, or it never loaded): each
+        goes to the catalog's fallback, a hop marked ``fallback``, unless its deadline has
+        passed (then it is answered expired here)."""
+        to = self.spec.fallback
+        assert to is not None, "only a model with a fallback falls back"
+        queued: dict[tuple[str, bool], _Escalation] = {}
+        now = now_ms()
+        for item, entry in items:
+            for expired, reply_to in take_expired(item, now):
+                channel = self.keys.reply_channel(reply_to) if reply_to else None
+                work.commit.result(self.keys.result(expired.id), expired.dumps(), channel, entry)
+                work.tally.answer(expired.status, expired.timings.get("total_ms", 0.0))
+            for j in np.flatnonzero(item.keep).tolist():
+                header = item.headers[j]
+                if header.trace and header.trace[-1].get("model") == self.spec.name:
+                    header.trace[-1]["failed"] = reason
+                header.attempt = min(header.attempt + 1, bundle.MAX_HOPS)
+                header.trace.append({"model": to, "rule": "fallback", "hop": "fallback"})
+                self._escalation(queued, header, to, local=False).add(item, j, header, entry)
+        for esc in queued.values():
+            self._add_escalation(work, esc)
+            work.counts[f"fallback:{self.spec.name}"] += len(esc.headers)
+            work.tally.escalated_to[esc.to] += len(esc.headers)
 
     def _escalate(self, work: BatchWork, esc: _Escalation) -> None:
         """One entry per next model and lane, its rows taken from each source entry."""

@@ -22,6 +22,7 @@ from cascadeq.config.models import (
     InputSpec,
     ModelFields,
     ModelSpec,
+    check_fallbacks,
 )
 from cascadeq.config.tasks import Stage, TaskSpec, parse_task
 
@@ -93,6 +94,7 @@ class _Parser(ModelFields):
             name: self.model(name, self.table(models_doc, name, f"models.{name}"))
             for name in models_doc
         }
+        check_fallbacks(self, models)
         tasks_doc = self.table(doc, "tasks", "tasks", required=False)
         tasks = {
             name: parse_task(self, name, self.table(tasks_doc, name, f"tasks.{name}"), models)

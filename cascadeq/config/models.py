@@ -77,6 +77,9 @@ class ModelSpec:
     lanes: tuple[str, ...] = (DEFAULT_LANE,)  # highest priority first
     lane_turn_every: int = 4  # every Nth read serves the lanes lowest first: no starvation
     standin: StandIn | None = None  # kind = "sleep": no ONNX file, a fixed service time
+    #: The model its requests go to when it fails (compute error, failed load, a queue
+    #: held at its bound); checked against the catalog (same inputs, no cycle).
+    fallback: str | None = None
 
     def lane_for(self, priority: str) -> str:
         """A priority this model does not serve joins its lowest lane: never ahead of others."""
@@ -135,6 +138,7 @@ class ModelFields(Fields):
             "lane_turn_every",
             "kind",
             *STANDIN_FIELDS,
+            "fallback",
         }
         self.no_unknown(doc, allowed, where)
         standin = self.standin(doc, where)
@@ -180,6 +184,7 @@ class ModelFields(Fields):
             lanes=self.lanes(doc, where),
             lane_turn_every=self.positive(doc, "lane_turn_every", where, 4),
             standin=standin,
+            fallback=self.value(doc, "fallback", where, str, None),
         )
 
     def standin(self, doc: dict[str, Any], where: str) -> StandIn | None:
@@ -330,3 +335,31 @@ class ModelFields(Fields):
                 "write boundaries in increasing order, e.g. bucketing = [16, 32, 64]",
             )
         return pad, tuple(buckets)  # an int stays an int: int64 pads need no float trip
+
+
+def check_fallbacks(fields: Fields, models: Mapping[str, ModelSpec]) -> None:
+    """Each fallback names another model taking the same inputs, and no chain loops."""
+    for spec in models.values():
+        if spec.fallback is None:
+            continue
+        where = f"models.{spec.name}.fallback"
+        other = models.get(spec.fallback)
+        if other is None or other is spec:
+            raise fields.fail(
+                where,
+                f"names {spec.fallback!r}, which is not another model of the catalog",
+                f"name one of {sorted(set(models) - {spec.name})}",
+            )
+        if other.inputs != spec.inputs:
+            raise fields.fail(
+                where,
+                f"model {other.name} takes other inputs than {spec.name}",
+                "fall back to a model with the same inputs",
+            )
+        seen: set[str] = {spec.name}
+        at: ModelSpec | None = other
+        while at is not None and at.fallback is not None:
+            if at.name in seen:
+                raise fields.fail(where, f"the fallbacks loop through {at.name}", "break the loop")
+            seen.add(at.name)
+            at = models.get(at.fallback)

@@ -40,6 +40,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)
     metrics_port: int = 0  # routers and workers serve Prometheus /metrics here; 0: off
+    fallback_wait_ms: int = 1000  # a queue held at its bound this long: route to its fallback
+    start_traces: int = 0  # 1: the producer starts a W3C traceparent where none is given
 
     @property
     def pending_ttl_s(self) -> int:

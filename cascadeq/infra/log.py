@@ -16,10 +16,14 @@ _LEVELS = {
 }
 
 
+_configured = {"level": logging.INFO}
+
+
 def configure(level: str = "info", fmt: str = "auto", **bind: Any) -> None:
     """Configure once per process; ``bind`` adds fields to every event (role, consumer)."""
     if level.lower() not in _LEVELS:
         raise ValueError(f"log level {level!r} is unknown; use one of {sorted(_LEVELS)}")
+    _configured["level"] = _LEVELS[level.lower()]
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -43,3 +47,8 @@ def configure(level: str = "info", fmt: str = "auto", **bind: Any) -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written: per-request lines (traced hops) are only then made."""
+    return _configured["level"] <= logging.DEBUG

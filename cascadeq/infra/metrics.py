@@ -240,6 +240,11 @@ def observe_routing(rules: Mapping[str, int], finals: Mapping[str, int]) -> None
     process_memory("router")
 
 
+def observe_cancelled(model: str, n: int) -> None:
+    """Requests a worker skipped when forming a batch: answered cancelled, never computed."""
+    REQUESTS.labels(model, "cancelled").inc(n)
+
+
 class QueueCollector(Collector):
     """Queue gauges read from Redis when Prometheus scrapes (one pipeline per scrape)."""
 

@@ -1,4 +1,4 @@
-"""`cascadeq submit` and `cascadeq result`: the client for people at a shell."""
+"""`cascadeq submit`, `result` and `cancel`: the client for people at a shell."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from cascadeq.config.settings import Settings
 from cascadeq.protocol.errors import (
+    EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_REJECTED,
     EXIT_REQUEST_FAILED,
@@ -80,6 +81,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
                 model=args.model,
                 tier=args.tier,
                 deadline_ms=args.deadline_ms,
+                traceparent=getattr(args, "traceparent", None),
             )
         except Rejected as exc:
             print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
@@ -120,3 +122,30 @@ def result(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_NOT_READY
     print(json.dumps(result_to_json(found)))
     return 0 if found.ok else EXIT_REQUEST_FAILED
+
+
+_SAID = {
+    "cancelled": "cancelled (it will never be computed)",
+    "done": "already done",
+    "running": "running (a model has taken it; its result will stand)",
+    "unknown": "unknown (never submitted, or its result expired)",
+}
+
+
+def cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when cancelled now, EXIT_FAILED when done or running, else unknown."""
+    from cascadeq.producer import Producer  # noqa: PLC0415
+
+    with Producer(settings.require_redis_url(), settings=settings) as client:
+        got = client.cancel(args.request_id)
+    if args.json:
+        status = None if got.result is None else got.result.status
+        print(json.dumps({"id": got.id, "outcome": got.outcome, "status": status}))
+    else:
+        said = _SAID[got.outcome]
+        if got.outcome == "done" and got.result is not None:
+            said += f" (status {got.result.status})"
+        print(f"{got.id}: {said}")
+    if got.outcome == "unknown":
+        return EXIT_UNKNOWN_ID
+    return 0 if got.cancelled else EXIT_FAILED

@@ -115,7 +115,22 @@ def collect(
     for model, cpu in pub.models.items():
         out[model]["cpu_us_per_request"] = cpu.cpu_us
         out[model]["compute_us_per_sample"] = round(cpu.compute_us, 3)
-    return {"models": out, "cost": cost_doc(out, pub)}
+    return {"models": out, "cost": cost_doc(out, pub), "cancelled": cancelled_doc(r, keys)}
+
+
+def cancelled_doc(r: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Requests answered ``cancelled`` (never computed) and where each was stopped: the
+    router dropped it before routing, or a worker skipped it when forming a batch (the
+    rest were stopped in a queue before any worker read them again); and fallbacks."""
+    counts: Any = r.hgetall(keys.routing_counts)
+    named = {k.decode(): int(v) for k, v in counts.items()}
+    fallbacks = {k.split(":", 1)[1]: v for k, v in named.items() if k.startswith("fallback:")}
+    return {
+        "total": int(r.get(keys.cancels) or 0),
+        "dropped_by_router": named.get("cancelled:router", 0),
+        "skipped_by_workers": named.get("cancelled:worker", 0),
+        "fallbacks": fallbacks,
+    }
 
 
 def cost_doc(models: dict[str, Any], pub: published.Published) -> dict[str, Any]:
@@ -167,11 +182,22 @@ def render(doc: dict[str, Any]) -> str:
             cells = zip(COLUMNS, values, strict=True)
             lines.append("".join(_cell(text, fmt, v) for (_, text, fmt), v in cells))
     lines.append(cost_line(doc.get("cost", {})))
+    lines.append(cancel_line(doc.get("cancelled", {})))
     lines.append("queued: requests not yet acknowledged; depth, lag, pending: stream entries")
     lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
     if any(q["lag"] is None for m in doc["models"].values() for q in m["lanes"].values()):
         lines.append(f"lag {NOT_REPORTED}: this Redis reports none (XINFO GROUPS lag is 7.0+)")
     return "\n".join(lines)
+
+
+def cancel_line(doc: dict[str, Any]) -> str:
+    """Cancelled requests (never computed) and fallbacks taken, by model."""
+    fallbacks = ", ".join(f"{m} {n}" for m, n in sorted(doc.get("fallbacks", {}).items()))
+    return (
+        f"cancelled (never computed): {doc.get('total', 0)} (router dropped "
+        f"{doc.get('dropped_by_router', 0)}, workers skipped {doc.get('skipped_by_workers', 0)});"
+        f" fallbacks: {fallbacks or 'none'}"
+    )
 
 
 def cost_line(cost: dict[str, Any]) -> str:

@@ -40,6 +40,8 @@ HopInt = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
 HopValue = str | HopInt | HopNumber | None
 Hop = dict[str, HopValue]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_HOPS)]
+#: Its form only; the producer also refuses all-zero ids (tracecontext.check).
+Traceparent = Annotated[str, msgspec.Meta(pattern="^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
 
 
 class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
@@ -57,6 +59,7 @@ class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=
     attempt: Count = 0
     stage: Count = 0
     routed_at: EpochMs | None = None
+    traceparent: Traceparent | None = None  # W3C trace context (protocol/tracecontext.py)
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.model is None):
@@ -398,7 +401,9 @@ def _traces_ok(headers: Sequence[Header]) -> bool:
 
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).
-HOP_TEXT = frozenset({"model", "rule", "tier", "skipped", "hop"})  # hop: "local"
+HOP_TEXT = frozenset(
+    {"model", "rule", "tier", "skipped", "hop", "failed"}
+)  # hop: "local", "fallback"
 
 
 HOP_OPTIONAL = frozenset({"confidence"})  # None: the model's output has no confidence

@@ -68,6 +68,12 @@ class Keys:
         no ``:``, so no result key looks like it), under ``res:`` for the producer's ACL."""
         return f"{self.prefix}:res:{request_id}:digest"
 
+    @property
+    def cancels(self) -> str:
+        """Counter of requests cancelled (lua/cancel.lua increments it); ``res::cancels``
+        is under ``res:`` for the producer's ACL, and no id is empty, so no result is it."""
+        return f"{self.prefix}:res::cancels"
+
     def reply_channel(self, client_id: str) -> str:
         return f"{self.prefix}:reply:{client_id}"
 

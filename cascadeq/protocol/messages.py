@@ -24,7 +24,8 @@ OK = "ok"
 ERROR = "error"
 EXPIRED = "expired"
 REJECTED = "rejected"
-STATUSES = frozenset({OK, ERROR, EXPIRED, REJECTED})
+CANCELLED = "cancelled"  # cancelled before any model computed it (producer's cancel)
+STATUSES = frozenset({OK, ERROR, EXPIRED, REJECTED, CANCELLED})
 
 
 MAX_HEADER_BYTES = 64 * 1024  # headers grow a hop per step, so they get a fixed allowance
@@ -65,6 +66,13 @@ class Result(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def traceparent(self) -> str | None:
+        """The request's W3C trace context, carried in ``info`` (absent: not traced), so
+        an untraced result's bytes stay what they were."""
+        found = self.info.get("traceparent")
+        return found if isinstance(found, str) else None
 
     def dumps(self) -> bytes:
         return _ENCODER.encode(self)
@@ -119,9 +127,12 @@ def error_result(
     header_or_id: Header | str, code: str, message: str, *, status: str = ERROR
 ) -> Result:
     """A final result for a request that cannot be answered by a model."""
+    info: dict[str, Any] = {}
     if isinstance(header_or_id, Header):
         rid, path = header_or_id.id, list(header_or_id.trace)
         total = now_ms() - header_or_id.submitted_at
+        if header_or_id.traceparent is not None:
+            info = {"traceparent": header_or_id.traceparent}
     else:
         rid, path, total = header_or_id, [], 0.0
     return Result(
@@ -130,6 +141,7 @@ def error_result(
         path=path,
         error={"code": code, "message": message},
         timings={"total_ms": total},
+        info=info,
     )
 
 

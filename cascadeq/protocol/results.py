@@ -34,15 +34,16 @@ class Unknown(LookupError):
 
 
 def is_pending(raw: object) -> bool:
-    """True for the placeholder submit leaves: the request exists but has no result yet."""
-    return raw == PENDING
+    """True for the placeholder submit leaves, or a worker's claim over it (lua/claim.lua:
+    the same first byte): the request exists but has no result yet."""
+    return isinstance(raw, bytes) and raw[:1] == PENDING
 
 
 def read_stored(raw: Any) -> Result | None:
     """What a GET of a result key means: the result, None while not ready; raises Unknown."""
     if raw is None:
         raise Unknown
-    return None if raw == PENDING else Result.loads(raw)
+    return None if is_pending(raw) else Result.loads(raw)
 
 
 MGET_CHUNK = 1000  # result keys per MGET
@@ -62,7 +63,9 @@ def answered(ids: list[str], raws: list[Any]) -> list[tuple[str, bytes]]:
     """The (id, stored result) pairs among what an MGET of these ids' keys found: neither
     absent (unknown, or not stored yet) nor the placeholder (not ready)."""
     return [
-        (rid, raw) for rid, raw in zip(ids, raws, strict=True) if raw is not None and raw != PENDING
+        (rid, raw)
+        for rid, raw in zip(ids, raws, strict=True)
+        if raw is not None and raw[:1] != PENDING
     ]
 
 

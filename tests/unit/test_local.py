@@ -106,4 +106,3 @@ def test_auto_stays_local_until_it_knows_the_split_and_a_hop_cost() -> None:
     fresh = LocalModel(cat.models["toy-large"], never, Speed())
     assert cheaper_here(fresh, rows=4, hop_us=50.0)
     assert cheaper_here(seen_at(2.0, 0.05), rows=4, hop_us=0.0)
-
