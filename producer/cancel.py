@@ -1,8 +1,9 @@
 """Cancelling one request: what the cancel script is sent and what its reply means.
 
-The decision is made inside Redis (protocol/lua/cancel.lua), atomically with the
-workers' claims (protocol/lua/claim.lua): a request no model has taken is answered
-``cancelled`` and never runs; one taken, or answered, is left alone and said so.
+The decision is made inside Redis (protocol/lua/cancel.lua), atomically: a request no
+worker holds (its entry is not pending in a model stream's worker group) is answered
+``cancelled`` and never runs, because a worker looks for cancelled requests when it
+forms a batch (protocol/lua/claim.lua); one held, or answered, is left alone and said so.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from cascadeq.config.catalog import Catalog
+from cascadeq.config.settings import Settings
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol import lua
 from cascadeq.protocol.keys import Keys, check_id
@@ -37,8 +42,11 @@ class Cancelled:
         return self.outcome == "cancelled"
 
 
-def call(keys: Keys, request_id: str, ttl_s: int) -> tuple[list[str], list[Any]]:
-    """The cancel script's keys and arguments for one request."""
+def call(
+    keys: Keys, request_id: str, settings: Settings, catalog: Catalog
+) -> tuple[list[str], list[Any]]:
+    """The cancel script's keys and arguments for one request: its result key, the cancel
+    counter, and every model stream (where a worker may hold it)."""
     check_id(request_id)
     result = Result(
         id=request_id,
@@ -46,8 +54,20 @@ def call(keys: Keys, request_id: str, ttl_s: int) -> tuple[list[str], list[Any]]
         error={"code": "cancelled", "message": "cancelled before any model computed it"},
         timings={"cancelled_at": now_ms()},
     )
-    args = [result.dumps(), ttl_s, keynames.WORKER_GROUP]
-    return [keys.result(request_id), keys.cancels], args
+    token = msgspec.msgpack.encode("id") + msgspec.msgpack.encode(request_id)
+    args = [
+        result.dumps(),
+        settings.result_ttl_s,
+        keynames.WORKER_GROUP,
+        token,
+        settings.pending_ttl_s,
+    ]
+    streams = [
+        keys.model_stream(name, lane)
+        for name, spec in catalog.models.items()
+        for lane in spec.lanes
+    ]
+    return [keys.result(request_id), keys.cancels, *streams], args
 
 
 def outcome(request_id: str, reply: list[Any]) -> Cancelled:

@@ -231,7 +231,10 @@ class ClientCore(Generic[Answer]):
     def _cancel_ops(self, request_id: str) -> Ops[cancel.Cancelled]:
         """cancel(): one script call; a request cancelled now is answered at once to this
         client's waiters (others' see it on their next re-read, within SWEEP_S)."""
-        keys, args = cancel.call(self.keys, request_id, self.settings.result_ttl_s)
+        if self.catalogs.catalog is None and self.catalogs.published:
+            self.catalogs.update((yield Command(("GET", self.keys.catalog))))
+        catalog = self.catalogs.current()  # its streams are where a worker may hold the request
+        keys, args = cancel.call(self.keys, request_id, self.settings, catalog)
         got = cancel.outcome(request_id, (yield evalsha(cancel.CANCEL, keys, args)))
         if got.cancelled and got.result is not None:
             self._inbox.deliver_many([got.result])

@@ -155,7 +155,7 @@ class RouteBatch:
         parts = [
             (self.ingress, b"", [self.bundles[n].headers[i].id for i in idx]) for _, n, idx in order
         ]
-        skipped = set(claims.answered(r, self.keys, parts, mark=False))
+        skipped = set(claims.answered(r, self.keys, parts))
         if not skipped:
             return 0
         pos = 0

@@ -1,8 +1,10 @@
-"""Taking a batch's requests before computing them: one claim call per batch.
+"""Before computing a batch: drop the requests cancelled before it was read.
 
-A request cancelled before its batch formed is skipped here (its result is already
-stored) and never computed; the rest are marked claimed in the same call, so a cancel
-that arrives while they compute reports them running (protocol/lua/cancel.lua).
+Only while cancels exist (the reader reads the cancel counter in the round trip of its
+XREADGROUP, so the answer is never older than the entries): then one call per batch finds
+the requests whose result is already stored (cancelled) and they are never computed. A
+cancel that arrives after the read finds the entry pending in the worker group and
+reports the request running (protocol/lua/cancel.lua), so nothing is written per request.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from cascadeq.workers.batcher import Item
 
 
 def claim(r: redis.Redis, keys: Keys, items: list[Item]) -> int:
-    """Claim the kept requests of ``items``; drop from each the ones already answered
-    (cancelled) and return how many were dropped."""
+    """Drop from each of ``items`` the kept requests already answered (cancelled) and
+    return how many were dropped."""
     kept = [np.flatnonzero(item.keep) for item in items]
     parts = [
         (item.stream, item.entry_id, [item.headers[j].id for j in index.tolist()])
         for item, index in zip(items, kept, strict=True)
     ]
-    skipped = claims.answered(r, keys, parts, mark=True)
+    skipped = claims.answered(r, keys, parts)
     if not skipped:
         return 0
     starts = np.cumsum([0] + [len(k) for k in kept])

@@ -19,10 +19,21 @@ from cascadeq.protocol.keys import WORKER_GROUP
 class LaneReader:
     """A Batcher's reader over several lanes; callable as read(count, block_ms)."""
 
-    def __init__(self, r: redis.Redis, lanes: list[str], consumer: str, turn_every: int) -> None:
+    def __init__(
+        self,
+        r: redis.Redis,
+        lanes: list[str],
+        consumer: str,
+        turn_every: int,
+        cancels: str | None = None,
+    ) -> None:
         self.r, self.lanes, self.consumer = r, lanes, consumer
         self.turn_every = max(1, turn_every)
         self.reads = 0
+        #: the cancel counter's key, read with every XREADGROUP: while it exists a batch
+        #: is looked at for cancelled requests before it runs (workers/claims.py)
+        self.cancels = cancels
+        self.cancels_exist = False
 
     def order(self) -> list[str]:
         """Lane order for the next read: highest first, lowest first on every Nth."""
@@ -46,4 +57,10 @@ class LaneReader:
     def _read(
         self, lanes: list[str], count: int, block_ms: int | None
     ) -> list[tuple[str, streams.Entry]]:
-        return streams.read_new(self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms)
+        if self.cancels is None:
+            return streams.read_new(self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms)
+        got, counter = streams.read_new_then_get(
+            self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms, self.cancels
+        )
+        self.cancels_exist = counter is not None  # set before the entries reach a batch
+        return got

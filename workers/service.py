@@ -67,7 +67,9 @@ class ModelWorker:
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
         self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
-        self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
+        self.reader = LaneReader(
+            r, self.lanes, consumer, spec.lane_turn_every, cancels=self.keys.cancels
+        )
         self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
         self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0, "cancelled": 0}
@@ -194,7 +196,10 @@ class ModelWorker:
         return bool(item.keep.any())
 
     def _claim(self, work: BatchWork, items: list[tuple[Item, int]]) -> list[tuple[Item, int]]:
-        """Take the batch's requests in one call; those cancelled meanwhile never run."""
+        """Those of the batch's requests cancelled before it was read never run. Looked
+        for only while cancels exist (read with the entries: workers/claims.py)."""
+        if not self.reader.cancels_exist:
+            return items
         skipped = claims.claim(self.r, self.keys, [i for i, _ in items])
         if not skipped:
             return items

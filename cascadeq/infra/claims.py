@@ -1,5 +1,5 @@
 """The claim script's call (protocol/lua/claim.lua): which of a batch's requests already
-hold a final result (a cancel), and, for a worker, the claim of all the others."""
+hold a final result (a cancel). Made only while cancels exist."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ CLAIM = lua.load("claim")
 Part = tuple[str, bytes, list[str]]
 
 
-def answered(r: redis.Redis, keys: Keys, parts: Sequence[Part], *, mark: bool) -> list[int]:
-    """0-based positions, across the parts' ids in order, of requests already answered;
-    with ``mark`` the others are claimed. One round trip, whatever the batch's size."""
+def answered(r: redis.Redis, keys: Keys, parts: Sequence[Part]) -> list[int]:
+    """0-based positions, across the parts' ids in order, of requests already answered.
+    One round trip, whatever the batch's size."""
     plan = msgpack.packb(list(parts), use_bin_type=False)
-    args = [keys.result(""), plan, 1 if mark else 0]
+    args = [keys.result(""), plan]
     skipped = CLAIM(r, [parts[0][0] or keys.ingress], args)
     return [int(p) - 1 for p in skipped or ()]

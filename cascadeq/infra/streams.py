@@ -32,6 +32,28 @@ def read_new(
     reply: Any = r.xreadgroup(
         group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
     )
+    return _entries(reply)
+
+
+def read_new_then_get(
+    r: redis.Redis,
+    streams: list[str],
+    group: str,
+    consumer: str,
+    count: int,
+    block_ms: int | None,
+    key: str,
+) -> tuple[list[tuple[str, Entry]], Any]:
+    """``read_new`` and a GET of ``key`` in one round trip: Redis runs a connection's
+    commands in order, so the value is read after the entries were taken (never older)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xreadgroup(group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms)
+    pipe.get(key)
+    reply, value = pipe.execute()
+    return _entries(reply), value
+
+
+def _entries(reply: Any) -> list[tuple[str, Entry]]:
     out: list[tuple[str, Entry]] = []
     for stream, entries in reply or []:
         name = stream.decode() if isinstance(stream, bytes) else stream
