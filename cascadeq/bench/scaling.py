@@ -54,9 +54,10 @@ class Plan:
 
     io_workers: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     cpu_workers: tuple[int, ...] = (1, 2)
-    # The stand-in's time per batch and max_batch: N x 40 rps, so 32 workers ask 1280 rps
-    # of the queue, which a loaded 2-core machine carries; at 20 ms and 2 per batch, 16
-    # workers ask 1600 rps and the queue's own CPU, not the workers, sets the curve.
+    # The stand-in's time per batch and max_batch: N x 40 rps, so 32 workers ask 320
+    # batches/s, which a loaded 2-core machine carries; at 20 ms and 2 per batch, 16
+    # workers ask 800 batches/s and the roles' CPU per batch (mostly the workers': read,
+    # decode, commit, results), not the stand-in, sets the curve (docs/benchmarks.md).
     service_ms: float = 100.0
     io_batch: int = 4
     cpu_rows: int = 32  # rows per CPU-bound request: one full digits-large batch
