@@ -467,7 +467,6 @@ class Settler:
         for esc in queued.values():
             self._add_escalation(work, esc)
             work.counts[f"fallback:{self.spec.name}"] += len(esc.headers)
-            work.tally.escalated_to[esc.to] += len(esc.headers)
 
     def _escalate(self, work: BatchWork, esc: _Escalation) -> None:
         """One entry per next model and lane, its rows taken from each source entry."""

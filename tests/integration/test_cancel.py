@@ -5,6 +5,7 @@ a worker is reported running and one answered is reported done."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from test_workers import drain, result, with_threshold
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.ops import stats
-from cascadeq.producer import Producer
+from cascadeq.producer import AsyncProducer, Producer
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import CANCELLED
 from cascadeq.router import Router
@@ -129,3 +130,17 @@ def test_a_request_a_worker_has_claimed_is_reported_running_and_its_answer_stand
     assert small.stats["samples"] == 1
     assert small.stats["cancelled"] == 0
     assert result(r, small.keys, rid).status == "ok"
+
+
+def test_the_asyncio_client_cancels_alike(
+    settings: Settings, catalog: Catalog, x: np.ndarray
+) -> None:
+    async def run() -> tuple[str, str, str]:
+        async with AsyncProducer(settings=settings, catalog=catalog) as client:
+            rid = await client.submit(task="digits", inputs={"input": x[:1]})
+            first = await client.cancel(rid)
+            second = await client.cancel(rid)
+            got = await client.wait_many([rid], timeout=5)
+            return first.outcome, second.outcome, got[0].status
+
+    assert asyncio.run(run()) == ("cancelled", "done", CANCELLED)
