@@ -6,6 +6,9 @@ the lanes lowest first. So while the interactive lane alone keeps a worker busy,
 batch lane still gets at least one read in N; an idle worker blocks on all lanes at
 once and wakes on whichever gets work. A one-lane model reads exactly as before: one
 XREADGROUP, no extra round trip.
+
+A lane the catalog's tenants split into sub-streams (config/tenants.py) is read with
+weighted fair share across them (workers/fairshare.py); a lane without is read as above.
 """
 
 from __future__ import annotations
@@ -14,15 +17,32 @@ import redis
 
 from cascadeq.infra import streams
 from cascadeq.protocol.keys import WORKER_GROUP
+from cascadeq.workers.fairshare import FairLane
 
 
 class LaneReader:
     """A Batcher's reader over several lanes; callable as read(count, block_ms)."""
 
-    def __init__(self, r: redis.Redis, lanes: list[str], consumer: str, turn_every: int) -> None:
+    def __init__(
+        self,
+        r: redis.Redis,
+        lanes: list[str],
+        consumer: str,
+        turn_every: int,
+        shares: dict[str, list[tuple[str, float]]] | None = None,
+    ) -> None:
+        """``shares``: lane stream -> (stream, weight) of each of its tenant streams, for
+        lanes that have tenant sub-streams (the lane's own stream among them)."""
         self.r, self.lanes, self.consumer = r, lanes, consumer
         self.turn_every = max(1, turn_every)
         self.reads = 0
+        self.fair = {lane: FairLane(r, s, consumer) for lane, s in (shares or {}).items()}
+        #: every stream a blocking read waits on
+        self.every = [s for lane in lanes for s in self._streams_of(lane)]
+
+    def _streams_of(self, lane: str) -> list[str]:
+        fair = self.fair.get(lane)
+        return fair.streams if fair is not None else [lane]
 
     def order(self) -> list[str]:
         """Lane order for the next read: highest first, lowest first on every Nth."""
@@ -30,18 +50,22 @@ class LaneReader:
         return self.lanes[::-1] if self.reads % self.turn_every == 0 else self.lanes
 
     def __call__(self, count: int, block_ms: int | None) -> list[tuple[str, streams.Entry]]:
-        if len(self.lanes) == 1:
+        if len(self.lanes) == 1 and not self.fair:
             return self._read(self.lanes, count, block_ms)
         got: list[tuple[str, streams.Entry]] = []
         for lane in self.order():
             if len(got) >= count:
                 break
-            got += self._read([lane], count - len(got), None)
+            fair = self.fair.get(lane)
+            if fair is None:
+                got += self._read([lane], count - len(got), None)
+            else:
+                got += fair.read(count - len(got))
         if got or not block_ms:
             return got
         # Nothing anywhere: wait on every lane at once. Redis applies COUNT per stream, so
         # this may return more than count; the Batcher carries the excess to the next batch.
-        return self._read(self.lanes, count, block_ms)
+        return self._read(self.every, count, block_ms)
 
     def _read(
         self, lanes: list[str], count: int, block_ms: int | None

@@ -347,7 +347,9 @@ class Settler:
             stream = ""
             key = (to, True)
         else:
-            stream = self.keys.model_stream(to, self.catalog.models[to].lane_for(header.priority))
+            lane = self.catalog.models[to].lane_for(header.priority)
+            own = self.catalog.tenants.own_stream(header.tenant) if self.catalog.tenants else None
+            stream = self.keys.model_stream(to, lane, own)
             key = (stream, False)
         esc = escalations.get(key)
         if esc is None:
