@@ -169,6 +169,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bulk.main(
             settings, models_dir, as_json=args.json, rows=args.rows, in_flight=args.in_flight
         )
+    if args.bench_command == "tenants":
+        from cascadeq.bench import tenants
+
+        return tenants.main(settings, models_dir, as_json=args.json, seconds=args.seconds)
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -416,6 +420,11 @@ def _add_bench_parser(sub: Any) -> None:
     bulk.add_argument("--rows", type=int, default=200_000, help="rows of the bulk job")
     bulk.add_argument("--in-flight", type=int, default=2000, help="the bulk job's bound")
     bulk.set_defaults(func=cmd_bench)
+    tenants = bench.add_parser("tenants", help="fair share: a light tenant beside a flooding one")
+    tenants.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    tenants.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    tenants.add_argument("--seconds", type=float, default=6.0, help="seconds per phase")
+    tenants.set_defaults(func=cmd_bench)
     for name, text in SUITE_PARTS.items():
         part = bench.add_parser(name, help=text)
         part.add_argument("--json", action="store_true", help="last stdout line is JSON")
@@ -462,6 +471,7 @@ def _add_client_parsers(sub: Any) -> None:
         "--input", action="append", default=[], metavar="NAME=FILE.npy", required=True
     )
     submit.add_argument("--tier", default="standard")
+    submit.add_argument("--tenant", help="who the request is for (quotas, fair share)")
     submit.add_argument("--deadline-ms", type=float)
     submit.add_argument(
         "--wait", type=float, metavar="SECONDS", help="wait for the result and print it"

@@ -235,9 +235,7 @@ class ClientCore(Generic[Answer]):
                 sent = Call(rest, self.keys, self.settings, partial=True)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
                 drain = yield from self._drain_ops(reply, sent)
-                rest = partial_outcome(
-                    reply, rest, sent, self.keys, self._max_bytes, settle, drain
-                )
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle, drain)
 
     def _drain_ops(self, reply: Reply, sent: Call) -> Ops[float | None]:
         """A refusal's retry-after needs the model's drain rate: one HMGET of what its

@@ -187,7 +187,9 @@ class Router:
 
     def stream_for(self, model: str, priority: str, tenant: str = DEFAULT_TENANT) -> str:
         """The lane of ``priority`` on ``model``; a declared tenant's own sub-stream of it."""
-        key: tuple[str, ...] = (model, priority) if tenant == DEFAULT_TENANT else (model, priority, tenant)
+        key: tuple[str, ...] = (
+            (model, priority) if tenant == DEFAULT_TENANT else (model, priority, tenant)
+        )
         stream = self.streams.get(key)
         if stream is None:
             lane = self.catalog.models[model].lane_for(priority)

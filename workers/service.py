@@ -300,7 +300,9 @@ class ModelWorker:
         )
 
 
-def tenant_shares(keys: Keys, catalog: Catalog, spec: ModelSpec) -> dict[str, list[tuple[str, float]]]:
+def tenant_shares(
+    keys: Keys, catalog: Catalog, spec: ModelSpec
+) -> dict[str, list[tuple[str, float]]]:
     """Each lane's tenant streams and weights, when the catalog declares tenants."""
     if not catalog.tenants:
         return {}

@@ -56,7 +56,8 @@ def test_a_rate_quota_is_shared_by_two_producers_of_one_tenant(
         assert err.value.code == "quota"
         assert (err.value.tenant, err.value.limit) == ("acme", "rate")
         assert "tenant 'acme' is over its quota: rate 0.001 req/s (burst 5" in str(err.value)
-        assert err.value.retry_after_s is not None and err.value.retry_after_s > 0
+        assert err.value.retry_after_s is not None
+        assert err.value.retry_after_s > 0
         assert f"retry after {err.value.retry_after_s:.3f} s" in str(err.value)
         with pytest.raises(Rejected, match="tenant 'acme' is over its quota"):
             two.submit_many([Request(x, model="digits-small")])
@@ -86,7 +87,8 @@ def test_max_in_flight_is_counted_across_producers_and_released_by_results(
             two.submit(inputs=x, model="digits-small", tenant="slow")
         assert (err.value.code, err.value.limit) == ("quota", "in_flight")
         assert "max_in_flight 3 (3 in flight)" in str(err.value)
-        assert err.value.retry_after_s is not None and err.value.retry_after_s > 0
+        assert err.value.retry_after_s is not None
+        assert err.value.retry_after_s > 0
         two.submit(inputs=x, model="digits-small")  # the default tenant has no such limit
         assert router.step(block_ms=None) == 4
         while worker.step(block_ms=None):
@@ -106,7 +108,8 @@ def test_queue_full_carries_a_retry_after_from_the_observed_drain_rate(
     with Producer(settings=bounded, catalog=toy_catalog) as client:
         with pytest.raises(Rejected) as err:  # nothing observed yet: the default guess
             client.submit(task="toy", inputs=X)
-        assert err.value.code == "queue_full" and err.value.retry_after_s == 1.0
+        assert err.value.code == "queue_full"
+        assert err.value.retry_after_s == 1.0
         r.hset(keys.observed("toy-small"), mapping={"compute_ms": 20.0, "batch": 10.0})
         with pytest.raises(Rejected) as err:  # 500 req/s drain: 3 + 4 - 3 over -> 8 ms
             client.submit_many([Request(X, task="toy")] * 4)
