@@ -491,7 +491,7 @@ class Call:
             q = 0
             if first.target.tenants:
                 q = self._quota(first.target.tenants, first.group[4], keys, quota_index, quotas)
-            plan.append([j, ids, digests, len(args) + 1, len(b.fields), q])
+            plan.append([j, ids, digests, len(args) + 1, len(b.fields), q, first.group[4]])
             for name, value in b.fields.items():
                 args += (name, value)
         args[0] = msgpack.packb(
@@ -504,6 +504,7 @@ class Call:
                 int(partial),
                 plan,
                 quotas,
+                keys.tenant_counts,
             ],
             use_bin_type=False,
         )

@@ -163,12 +163,17 @@ class Settler:
             self.keys.result(""),
         )
         escalations: dict[tuple[str, bool], _Escalation] = {}
+        tenanted = bool(self.catalog.tenants)
         for item, entry, first in _request_offsets(ran):
+            before = len(work.answered)
             try:
                 self._settle_item(work, ran, _Entry(item, entry, first), confs, oks, escalations)
             except Exception as exc:  # noqa: BLE001 - one entry's surprise stays its own
                 log.warning("entry_failed", model=self.spec.name, error=repr(exc))
                 work.commit.fail(entry)  # delivered again, then retried alone
+            if tenanted:  # an entry holds one tenant's requests: its answers are that one's
+                tenant = self.catalog.tenants.label(item.headers[0].tenant)
+                work.tally.for_tenant(tenant, work.answered[before:])
         for esc in escalations.values():
             if esc.local:
                 self._local_or_fail(work, esc)

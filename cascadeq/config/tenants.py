@@ -70,6 +70,11 @@ class Tenants:
                 out.append((keys.model_stream(model, lane, name), self.specs[name].weight))
         return out
 
+    def label(self, tenant: str) -> str:
+        """The tenant as figures name it: undeclared ones share ``other``, so a caller's
+        made-up names cannot grow the metrics without bound."""
+        return tenant if tenant in self.specs or tenant == DEFAULT_TENANT else "other"
+
     def limited(self, tenant: str) -> TenantSpec | None:
         spec = self.specs.get(tenant)
         return spec if spec is not None and spec.limited else None

@@ -98,6 +98,17 @@ REQUEST_DURATION = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+TENANT_REQUESTS = Counter(
+    "cascadeq_tenant_requests_total",
+    "Requests answered ok, by tenant (catalogs that declare tenants only)",
+    ["tenant"],
+)
+TENANT_DURATION = Histogram(
+    "cascadeq_tenant_request_duration_seconds",
+    "End to end, submit to final result, by tenant (catalogs that declare tenants only)",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
 MODEL_LOADS = Counter("cascadeq_model_loads_total", "ONNX sessions created", ["model"])
 MODEL_UNLOADS = Counter("cascadeq_model_unloads_total", "ONNX sessions released", ["model"])
 MODEL_MEMORY = Gauge(
@@ -228,6 +239,9 @@ def observe_batch(model: str, tally: Tally) -> None:
         _child(ESCALATIONS, model, target).inc(n)
     for reason, n in tally.skipped.items():
         _child(ESCALATIONS_SKIPPED, model, reason).inc(n)
+    for tenant, ms in tally.tenant_answers_ms().items():
+        _child(TENANT_REQUESTS, tenant).inc(len(ms))
+        _observe_array(_child(TENANT_DURATION, tenant), ms * 1e-3)
     process_memory("worker")
 
 

@@ -8,9 +8,10 @@
 -- KEYS[2]   its request counter (Keys.backlog(ingress))
 -- KEYS[3..] the request counters of the model streams the call's requests start on
 -- ARGV[1]   the plan, msgpack array {ingress bound, model bound, placeholder TTL, digest
---           TTL, result key prefix, partial, bundles, quotas}; each bundle is
---           {model counter KEYS index, {id...}, {digest or ''...}, first ARGV index, fields,
---           quota (index into quotas, 0: its tenant has no limits)}: its entry's field
+--           TTL, result key prefix, partial, bundles, quotas, tenant counts key}; each
+--           bundle is {model counter KEYS index, {id...}, {digest or ''...}, first ARGV
+--           index, fields, quota (index into quotas, 0: its tenant has no limits), tenant}:
+--           its entry's field
 --           name / value pairs are ARGV[first .. first + 2 * fields - 1]; each quota is
 --           {tenant, rate (0: none), burst, max in flight (0: none), bucket KEYS index,
 --           in-flight counter KEYS index} (only tenants with limits appear: the others
@@ -39,12 +40,33 @@
 -- server's TIME up to `burst`, one token per request; and a counter of the tenant's
 -- requests in flight (queued, not yet answered: lua/commit.lua decrements it as each
 -- result is stored) within `max in flight`. Both are shared by every producer. They are
--- written only when the call queues: a refused call consumes nothing.
+-- written only when the call queues: a refused call consumes nothing. A refusal (queue
+-- full or quota) counts the refused requests in the tenant counts hash (field
+-- `<tenant>:rejected:<code>`; named like the result keys, from the hash-tagged prefix).
 
 local plan = cmsgpack.unpack(ARGV[1])
 local bound, model_bound, ttl, digest_ttl = plan[1], plan[2], plan[3], plan[4]
 local prefix, partial, bundles = plan[5], plan[6] == 1, plan[7]
 local quotas = plan[8] or {}
+local counts_key = plan[9]
+
+-- count refused requests per tenant: at the given positions, or (nil) all of the call
+local function count_refused(code, positions)
+  if not counts_key then return end
+  local at, n = {}, {}
+  if positions then for _, p in ipairs(positions) do at[p] = true end end
+  local p = 0
+  for _, b in ipairs(bundles) do
+    local tenant = b[7] or 'default'
+    for _ = 1, #b[2] do
+      p = p + 1
+      if not positions or at[p] then n[tenant] = (n[tenant] or 0) + 1 end
+    end
+  end
+  for tenant, k in pairs(n) do
+    redis.call('HINCRBY', counts_key, tenant .. ':rejected:' .. code, k)
+  end
+end
 
 local seen, dups, skips, skipped = {}, {}, {}, {}
 local pos = 0
@@ -126,7 +148,10 @@ for _, b in ipairs(bundles) do
       end
       if kind then
         refusals[#refusals + 1] = {pos, q, kind, retry, figure}
-        if not partial then return {0, depth, {}, {}, {}, 0, 0, refusals} end
+        if not partial then
+          count_refused('quota', nil)
+          return {0, depth, {}, {}, {}, 0, 0, refusals}
+        end
       elseif over == 0 then
         queued = queued + 1
         depths[j] = depths[j] + 1
@@ -135,12 +160,21 @@ for _, b in ipairs(bundles) do
           if flying[q] then flying[q] = flying[q] + 1 end
         end
       else
-        if not partial then return {0, depth, {}, {}, {}, over, counter(over), {}} end
+        if not partial then
+          count_refused('queue_full', nil)
+          return {0, depth, {}, {}, {}, over, counter(over), {}}
+        end
         refused[#refused + 1] = pos
         full, full_depth = over, counter(over)
       end
     end
   end
+end
+if #refused > 0 then count_refused('queue_full', refused) end
+if #refusals > 0 then
+  local at = {}
+  for _, r in ipairs(refusals) do at[#at + 1] = r[1] end
+  count_refused('quota', at)
 end
 if #refused > 0 or #skips > 0 or #refusals > 0 then
   return {0, depth, {}, skips, refused, full, full_depth, refusals}
