@@ -1,26 +1,33 @@
 """``cascadeq bench tenants``: fair share between two tenants on one model, side by side.
 
 One live system (router, one worker) on a copy of the catalog that declares tenants
-``a`` and ``b`` (equal weights), so each has its own sub-stream of the model's lane. It
-measures the model's capacity (a burst), then paces, open loop, tenant B alone at
-``b_share`` of capacity, tenant A alone at ten times B's rate (past capacity), and both
-together, each tenant from its own client. A's excess is refused at its own queue's bound
-(``queue_full``, with ``retry_after_s``), never at B's. The figures that matter are
-ratios within the run: B's p99 together against alone, the capacity A receives, and the
-model's utilisation (answered requests per second over capacity) while shared.
+``a`` and ``b`` (equal weights), so each has its own sub-stream of the model's lane, and
+gives the model small batches (MAX_BATCH) so that the model, not the queue around it,
+is what saturates. It measures the model's capacity (a burst), then paces, open loop,
+tenant B alone at ``b_share`` of the burst's rate, tenant A alone at ten times B's rate
+(past capacity: what A alone gets answered is ``capacity_rps``), and both together,
+each tenant from a load process of its own (so neither waits on the other's
+interpreter). A's excess is refused at submit by its own ``max_in_flight`` (``quota``,
+with ``retry_after_s``, which A's client honours), never B's. The figures that matter
+are ratios within the run: B's p99 together against alone, the capacity A receives, and
+the model's utilisation (answered requests per second over capacity) while shared.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import threading
+import os
+import subprocess
+import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomlkit
 
 from cascadeq.bench.harness import live_system, progress
 from cascadeq.config.settings import Settings
@@ -28,7 +35,26 @@ from cascadeq.producer import Producer, Rejected, Request, Timeout
 
 TAG = "tenants"
 MODEL = "digits-large"
-TENANTS = "\n[tenants.a]\nweight = 1\n\n[tenants.b]\nweight = 1\n"
+MAX_BATCH = 8
+IN_FLIGHT_S = 0.05  # A's max_in_flight: this many seconds of the model's capacity (see docs)
+
+
+def in_flight_bound(cap: float) -> int:
+    return max(2 * MAX_BATCH, int(cap * IN_FLIGHT_S))
+
+
+def bench_catalog(src: Path, dst: Path, cap: float | None) -> None:
+    """The catalog with tenants a and b (a bounded in flight once capacity is known)."""
+    doc = tomlkit.parse(src.read_text(encoding="utf-8"))
+    doc["models"][MODEL]["batching"]["max_batch"] = MAX_BATCH
+    tenants = tomlkit.table(is_super_table=True)
+    a, b = tomlkit.table(), tomlkit.table()
+    a["weight"] = b["weight"] = 1
+    if cap is not None:
+        a["max_in_flight"] = in_flight_bound(cap)
+    tenants["a"], tenants["b"] = a, b
+    doc["tenants"] = tenants
+    dst.write_text(tomlkit.dumps(doc), encoding="utf-8")
 
 
 @dataclass
@@ -59,15 +85,20 @@ class Offered:
 
 
 def pace(client: Producer, load: Offered, x: np.ndarray, seconds: float, tick_s: float) -> None:
-    """Open loop: what is due every tick goes in one call; a refused call is counted."""
+    """Open loop: what is due every tick goes in one call. A refused call's requests are
+    dropped, and the client honours the refusal's retry-after: what falls due before it
+    is dropped too (refused), not sent."""
     start = time.perf_counter()
-    sent = 0
+    sent, hold_until = 0, 0.0
     while True:
         now = time.perf_counter()
         if now - start >= seconds:
             return
         due = int((now - start) * load.rate) + 1
-        if due > sent:
+        if due > sent and now < hold_until:
+            load.refused += due - sent
+            sent = due
+        elif due > sent:
             reqs = [Request({"input": x[(sent + i) % len(x)][None]}, model=MODEL)
                     for i in range(due - sent)]  # fmt: skip
             try:
@@ -77,6 +108,7 @@ def pace(client: Producer, load: Offered, x: np.ndarray, seconds: float, tick_s:
                 load.ids += exc.accepted
                 if exc.retry_after_s is not None:
                     load.retry_after_s.append(exc.retry_after_s)
+                    hold_until = time.perf_counter() + exc.retry_after_s
             sent = due
         time.sleep(tick_s)  # the schedule's tick, not a wait for results
 
@@ -90,21 +122,48 @@ def settle(client: Producer, load: Offered, timeout: float) -> None:
     load.latencies_ms = [r.timings.get("total_ms", 0.0) for r in results if r.ok]
 
 
-def phase(
-    clients: dict[str, Producer], rates: dict[str, float], x: np.ndarray, seconds: float
-) -> dict[str, dict[str, Any]]:
-    """Pace each tenant's load from its own thread and client, then wait for all of it."""
-    loads = {t: Offered(t, rate) for t, rate in rates.items()}
-    threads = [
-        threading.Thread(target=pace, args=(clients[t], loads[t], x, seconds, 0.005)) for t in loads
-    ]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    for t, load in loads.items():
-        settle(clients[t], load, timeout=120)
-    return {t: load.figures(seconds) for t, load in loads.items()}
+def phase(env: dict[str, str], rates: dict[str, float], seconds: float) -> dict[str, Any]:
+    """Each tenant's paced load from a process of its own; their figures (JSON lines)."""
+    procs = {}
+    for t, rate in rates.items():
+        argv = ["--tenant", t, "--rate", str(rate), "--seconds", str(seconds)]
+        procs[t] = subprocess.Popen(
+            [sys.executable, "-m", "cascadeq.bench.tenants", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    out: dict[str, Any] = {}
+    try:
+        for t, proc in procs.items():
+            stdout, _ = proc.communicate(timeout=seconds + 180)
+            if proc.returncode != 0:
+                raise RuntimeError(f"tenant {t}'s load process exited {proc.returncode}")
+            out[t] = json.loads(stdout.strip().splitlines()[-1])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out
+
+
+def load_main(argv: list[str]) -> int:
+    """One tenant's load process: pace, wait for every accepted request, print figures."""
+    parser = argparse.ArgumentParser(prog="python -m cascadeq.bench.tenants")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    x = np.load(Path(str(settings.catalog)).parent / "digits_test.npz")["X"].astype(np.float32)
+    with Producer(settings=settings, tenant=args.tenant) as client:
+        client.wait(client.submit(inputs={"input": x[:1]}, model=MODEL), timeout=60)
+        load = Offered(args.tenant, args.rate)
+        pace(client, load, x, args.seconds, 0.005)
+        settle(client, load, timeout=120)
+    print(json.dumps(load.figures(args.seconds)))
+    return 0
 
 
 def capacity(client: Producer, x: np.ndarray, n: int) -> float:
@@ -120,10 +179,9 @@ def main(
     models_dir: Path,
     as_json: bool,
     seconds: float = 6.0,
-    b_share: float = 0.1,
+    b_share: float = 0.15,
 ) -> int:
     catalog = models_dir / f".bench-tenants-{uuid.uuid4().hex[:8]}.toml"
-    catalog.write_text((models_dir / "catalog.toml").read_text(encoding="utf-8") + TENANTS)
     try:
         figures = _run(settings, catalog, models_dir, seconds, b_share)
     finally:
@@ -139,27 +197,33 @@ def _run(
     settings: Settings, catalog: Path, models_dir: Path, seconds: float, b_share: float
 ) -> dict[str, Any]:
     x = np.load(models_dir / "digits_test.npz")["X"].astype(np.float32)
+    bench_catalog(models_dir / "catalog.toml", catalog, None)
     with live_system(settings, catalog, TAG, workers=1) as system:
-        cat = system.catalog()
-        cap = _capacity(system.settings, cat, x)
-        # A's own queue holds about half a second of the model's work: past it, A is refused
-        bounded = replace(system.settings, model_max_depth=max(64, int(cap / 2)))
-        with Producer(settings=bounded, catalog=cat, tenant="a") as a, Producer(
-            settings=bounded, catalog=cat, tenant="b"
-        ) as b:  # fmt: skip
-            clients = {"a": a, "b": b}
-            rate_b = b_share * cap
-            rates = {"a": 10 * rate_b, "b": rate_b}
-            progress(TAG, f"capacity {cap:.0f}/s; B alone at {rate_b:.0f}/s for {seconds}s")
-            alone_b = phase(clients, {"b": rate_b}, x, seconds)["b"]
-            progress(TAG, f"A alone at {rates['a']:.0f}/s for {seconds}s")
-            alone_a = phase(clients, {"a": rates["a"]}, x, seconds)["a"]
-            progress(TAG, f"A and B together for {seconds}s")
-            shared = phase(clients, rates, x, seconds)
+        cap = _capacity(system.settings, system.catalog(), x)
+        bench_catalog(models_dir / "catalog.toml", catalog, cap)  # A's bound, from capacity
+        system.restart(workers=1)  # every role reads the bound
+        env = {
+            **os.environ,
+            "REDIS_URL": system.url,
+            "CASCADEQ_PREFIX": system.settings.prefix,
+            "CASCADEQ_CATALOG": str(catalog),
+            "CASCADEQ_LOG_LEVEL": "warning",
+        }
+        rate_b = b_share * cap
+        rates = {"a": 10 * rate_b, "b": rate_b}
+        progress(TAG, f"capacity {cap:.0f}/s; B alone at {rate_b:.0f}/s for {seconds}s")
+        alone_b = phase(env, {"b": rate_b}, seconds)["b"]
+        progress(TAG, f"A alone at {rates['a']:.0f}/s for {seconds}s")
+        alone_a = phase(env, {"a": rates["a"]}, seconds)["a"]
+        progress(TAG, f"A and B together for {seconds}s")
+        shared = phase(env, rates, seconds)
+    # capacity: what the model answered saturated by A alone, in this run's open loop
+    capacity_rps = max(alone_a["rps"], 1e-9)
     used = shared["a"]["rps"] + shared["b"]["rps"]
     return {
         "model": MODEL,
-        "capacity_rps": round(cap, 1),
+        "capacity_rps": round(capacity_rps, 1),
+        "burst_rps": round(cap, 1),
         "b_offered_rps": round(rates["b"], 1),
         "a_offered_rps": round(rates["a"], 1),
         "b_p50_alone_ms": alone_b["p50_ms"],
@@ -178,8 +242,12 @@ def _run(
         "a_refused_shared": shared["a"]["refused"],
         "a_retry_after_s": shared["a"]["retry_after_s"],
         "b_refused_shared": shared["b"]["refused"],
-        "a_share_of_unused": round(shared["a"]["rps"] / max(cap - shared["b"]["rps"], 1e-9), 3),
-        "utilisation": round(used / cap, 3),
+        "a_share_of_unused": round(
+            shared["a"]["rps"] / max(capacity_rps - shared["b"]["rps"], 1e-9), 3
+        ),
+        "utilisation": round(used / capacity_rps, 3),
+        "a_max_in_flight": in_flight_bound(cap),
+        "max_batch": MAX_BATCH,
         "seconds_per_phase": seconds,
         "machine_note": "ratios from one run; the 2-core machine is shared with other work",
     }
@@ -191,3 +259,7 @@ def _capacity(settings: Settings, cat: Any, x: np.ndarray) -> float:
             client.submit_many([Request({"input": x[:1]}, model=MODEL)] * 200), timeout=120
         )  # warm-up: the session, the catalog, the connections
         return capacity(client, x, 4000)
+
+
+if __name__ == "__main__":
+    sys.exit(load_main(sys.argv[1:]))

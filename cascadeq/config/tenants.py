@@ -70,6 +70,12 @@ class Tenants:
                 out.append((keys.model_stream(model, lane, name), self.specs[name].weight))
         return out
 
+    def model_streams(self, keys: Keys, model: str, lanes: tuple[str, ...]) -> list[str]:
+        """Every stream of a model: each lane's own, then its tenants' sub-streams."""
+        if not self.specs:
+            return [keys.model_stream(model, lane) for lane in lanes]
+        return [s for lane in lanes for s, _ in self.lane_streams(keys, model, lane)]
+
     def label(self, tenant: str) -> str:
         """The tenant as figures name it: undeclared ones share ``other``, so a caller's
         made-up names cannot grow the metrics without bound."""
