@@ -96,6 +96,23 @@ class FairLane:
         ranked.sort(key=lambda t: (t[0], t[1]))
         return [(stream, entry) for _, _, stream, entry in ranked]
 
+    def read_light(self) -> Read:
+        """What the streams that last had less than their share (a light tenant) hold
+        now, without blocking: the worker takes it at batch formation, ahead of what the
+        reader fetched while the last batch ran, so a light tenant's request does not wait
+        a batch more behind a busy tenant's read-ahead. Nothing when every stream is busy."""
+        light = [i for i, d in enumerate(self.demand) if d != math.inf]
+        if not light or len(light) == len(self.streams):
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for i in light:
+            ask = max(1, math.ceil(self.demand[i] / self.per_entry[i]))
+            pipe.xreadgroup(WORKER_GROUP, self.consumer, {self.streams[i]: ">"}, count=ask)
+        out: Read = []
+        for i, reply in zip(light, pipe.execute(), strict=True):
+            out += [(self.streams[i], entry) for entry in _entries(reply)]
+        return out
+
     def _learn(self, i: int, asked: int, got: list[streams.Entry]) -> None:
         """A stream that filled its ask may have more (inf); one that did not had what
         it returned, and is asked for about twice that next time."""

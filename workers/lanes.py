@@ -67,6 +67,16 @@ class LaneReader:
         # this may return more than count; the Batcher carries the excess to the next batch.
         return self._read(self.every, count, block_ms)
 
+    def light(self) -> list[tuple[str, streams.Entry]]:
+        """Light tenants' waiting entries, lanes in order (see FairLane.read_light); only
+        lanes with tenant sub-streams have any, so a plain lane costs nothing here."""
+        got: list[tuple[str, streams.Entry]] = []
+        for lane in self.lanes:
+            fair = self.fair.get(lane)
+            if fair is not None:
+                got += fair.read_light()
+        return got
+
     def _read(
         self, lanes: list[str], count: int, block_ms: int | None
     ) -> list[tuple[str, streams.Entry]]:

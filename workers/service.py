@@ -68,7 +68,10 @@ class ModelWorker:
         shares = tenant_shares(self.keys, catalog, spec)
         self.reader = LaneReader(r, lanes, consumer, spec.lane_turn_every, shares)
         self.lanes = self.reader.every  # every stream it serves: tenants' sub-streams too
-        self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
+        light = self.reader.light if shares else None
+        self.batcher = batcher_for(
+            spec, self.reader, settings.max_payload_bytes, settings.block_ms, light
+        )
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
         self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))

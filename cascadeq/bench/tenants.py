@@ -36,7 +36,8 @@ from cascadeq.producer import Producer, Rejected, Request, Timeout
 TAG = "tenants"
 MODEL = "digits-large"
 MAX_BATCH = 8
-IN_FLIGHT_S = 0.05  # A's max_in_flight: this many seconds of the model's capacity (see docs)
+PARTS = ("route_ms", "queue_ms", "batch_wait_ms")
+IN_FLIGHT_S = 0.15  # A's max_in_flight: this many seconds of the model's capacity (see docs)
 
 
 def in_flight_bound(cap: float) -> int:
@@ -67,6 +68,7 @@ class Offered:
     refused: int = 0
     retry_after_s: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    parts_ms: dict[str, list[float]] = field(default_factory=dict)  # route, queue: each
     answered_at: list[float] = field(default_factory=list)
 
     def figures(self, seconds: float) -> dict[str, Any]:
@@ -77,6 +79,10 @@ class Offered:
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
             "answered": len(self.latencies_ms),
+            "p99_parts_ms": {  # where the tail waits: ingress and routing, the model queue
+                part: round(float(np.percentile(v or [0.0], 99)), 2)
+                for part, v in self.parts_ms.items()
+            },
             "refused": self.refused,
             "retry_after_s": round(float(np.median(self.retry_after_s)), 4)
             if self.retry_after_s
@@ -119,7 +125,10 @@ def settle(client: Producer, load: Offered, timeout: float) -> None:
         results = client.wait_many(load.ids, timeout=timeout)
     except Timeout as exc:
         results = list(exc.done.values())
-    load.latencies_ms = [r.timings.get("total_ms", 0.0) for r in results if r.ok]
+    ok = [r for r in results if r.ok]
+    load.latencies_ms = [r.timings.get("total_ms", 0.0) for r in ok]
+    for part in PARTS:
+        load.parts_ms[part] = [r.timings.get(part, 0.0) for r in ok]
 
 
 def phase(env: dict[str, str], rates: dict[str, float], seconds: float) -> dict[str, Any]:
@@ -242,6 +251,8 @@ def _run(
         "a_refused_shared": shared["a"]["refused"],
         "a_retry_after_s": shared["a"]["retry_after_s"],
         "b_refused_shared": shared["b"]["refused"],
+        "b_p99_parts_alone_ms": alone_b["p99_parts_ms"],
+        "b_p99_parts_shared_ms": shared["b"]["p99_parts_ms"],
         "a_share_of_unused": round(
             shared["a"]["rps"] / max(capacity_rps - shared["b"]["rps"], 1e-9), 3
         ),

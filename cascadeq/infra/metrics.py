@@ -140,7 +140,7 @@ def family_names() -> set[str]:
     metrics: tuple[Any, ...] = (
         REQUESTS, ESCALATIONS, ESCALATIONS_SKIPPED, ROUTING_DECISIONS, BATCH_SIZE, PADDING,
         QUEUE_WAIT, BATCH_WAIT, COMPUTE, REQUEST_DURATION, MODEL_LOADS, MODEL_UNLOADS,
-        MODEL_MEMORY, PROCESS_MEMORY,
+        MODEL_MEMORY, PROCESS_MEMORY, TENANT_REQUESTS, TENANT_DURATION,
     )  # fmt: skip
     return {m.name for metric in metrics for m in metric.describe()} | set(QUEUE_FAMILIES)
 

@@ -11,10 +11,13 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
+from cascadeq.infra import streams
+from cascadeq.ops import stats
 from cascadeq.producer import Producer, Rejected, Request
-from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.keys import WORKER_GROUP, Keys
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
+from cascadeq.workers.fairshare import FairLane
 
 X = {"input": np.ones((1, 4), np.float32)}
 
@@ -96,6 +99,12 @@ def test_max_in_flight_is_counted_across_producers_and_released_by_results(
         assert all(res.ok for res in one.wait_many(ids, timeout=30))
         assert r.get(keys.tenant_in_flight("slow")) == b"0"  # released as results landed
         one.submit(inputs=x, model="digits-small")  # room again
+    tenants = stats.tenant_doc(r, keys)  # what `cascadeq stats` shows per tenant
+    assert tenants["slow"]["answered_total"] == 3
+    assert tenants["slow"]["rejected"] == {"quota": 1}
+    assert tenants["slow"]["in_flight"] == 1  # the last submit, not yet answered
+    assert tenants["default"]["answered_total"] == 1
+    assert "slow" in "\n".join(stats.render_tenants(tenants))
 
 
 def test_queue_full_carries_a_retry_after_from_the_observed_drain_rate(
@@ -171,3 +180,29 @@ def test_without_tenants_a_flood_queued_first_is_served_first(
             pass
         worker.step(block_ms=None)
         assert sum(client.result(i) is not None for i in light) == 0
+
+
+def test_a_fair_lane_splits_a_read_by_weight_and_finds_a_light_tenant_at_once(
+    r: redis.Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.prefix)
+    heavy, light, weighted = (keys.model_stream("m", "default", t) for t in ("a", "b", "c"))
+    for stream in (heavy, light, weighted):
+        streams.ensure_group(r, stream, WORKER_GROUP)
+    for i in range(100):
+        r.xadd(heavy, {b"h": b"a%d" % i})
+        r.xadd(weighted, {b"h": b"c%d" % i})
+    for i in range(3):
+        r.xadd(light, {b"h": b"b%d" % i})
+    lane = FairLane(r, [(heavy, 1.0), (light, 1.0), (weighted, 2.0)], "w1")
+    got = lane.read(30)  # 1:1:2 at first (8, 8, 15 asked): nothing is known of what waits
+    by = [stream for stream, _ in got]
+    assert (by.count(heavy), by.count(light), by.count(weighted)) == (8, 3, 15)
+    assert set(by[:5]) == {heavy, light, weighted}  # interleaved by weight, not by stream
+    assert by[:4].count(weighted) == 2  # weight 2: two of its requests rank per one of a's
+    got = lane.read(30)  # light had 3 of 10 asked: it is asked for 6, the rest split 1:2
+    by = [stream for stream, _ in got]
+    assert (by.count(heavy), by.count(light), by.count(weighted)) == (8, 0, 16)
+    r.xadd(light, {b"h": b"b-late"})
+    assert [s for s, _ in lane.read_light()] == [light]  # taken at batch formation
+    assert lane.read_light() == []
