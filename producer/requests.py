@@ -558,11 +558,11 @@ class Call:
         spec = self.quotas[int(q) - 1]
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
         if kind == "rate":
-            limit = f"rate {spec.rate:g} req/s (burst {spec.bucket:g}; {float(figure):.1f} left)"
+            limit = f"rate {spec.rate:g} req/s (burst {spec.bucket:g}; {float(figure):.2f} left)"
             wait = max(0.001, int(retry_ms) / 1000.0)
         else:
-            limit = f"max_in_flight {spec.max_in_flight} ({int(figure)} in flight)"
-            wait = retry_after(int(figure) + count - (spec.max_in_flight or 0), drain)
+            limit = f"max_in_flight {spec.max_in_flight} ({int(float(figure))} in flight)"
+            wait = retry_after(int(float(figure)) + count - (spec.max_in_flight or 0), drain)
         return Rejected(
             f"tenant {spec.name!r} is over its quota: {limit}; {count} request(s) not queued, "
             f"retry after {wait:.3f} s",

@@ -34,7 +34,8 @@
 -- without them. Returns {queued?, ingress counter after, {duplicates}, {skipped},
 -- {not admitted}, full counter's KEYS index (0: none), that counter's value, {quota
 -- refusals}}: each quota refusal is {position, quota index, 'rate' | 'in_flight', retry
--- after in ms (rate: the bucket's refill; 0: the caller estimates), the tenant's figure}.
+-- after in ms (rate: the bucket's refill; 0: the caller estimates), the tenant's figure
+-- (tokens left or requests in flight, as text: a Lua number would reach the caller truncated)}.
 --
 -- Quotas: a token bucket per rate-limited tenant, refilled at `rate` per second of the
 -- server's TIME up to `burst`, one token per request; and a counter of the tenant's
@@ -147,7 +148,7 @@ for _, b in ipairs(bundles) do
         kind, retry, figure = over_quota(q, partial and 1 or wants[q])
       end
       if kind then
-        refusals[#refusals + 1] = {pos, q, kind, retry, figure}
+        refusals[#refusals + 1] = {pos, q, kind, retry, string.format('%.3f', figure)}
         if not partial then
           count_refused('quota', nil)
           return {0, depth, {}, {}, {}, 0, 0, refusals}
