@@ -88,11 +88,12 @@ class PrefetchBatcher(Batcher):
         return batch
 
     def _light(self) -> list[Item | Bad]:
-        """Light tenants' entries, decoded; an error leaves them to the reader thread."""
+        """Light tenants' entries, decoded; a failure leaves them to the reader thread."""
         assert self.light is not None
         try:
             got = self.light()
-        except redis.RedisError:
+        except Exception as exc:  # noqa: BLE001 - the reader thread still reads them
+            log.warning("light_read_failed", model=self.spec.name, error=repr(exc))
             return []
         read_at = now_ms()
         return [decode(stream, entry, self.spec, read_at, self.max_bytes) for stream, entry in got]

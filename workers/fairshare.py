@@ -101,12 +101,13 @@ class FairLane:
         now, without blocking: the worker takes it at batch formation, ahead of what the
         reader fetched while the last batch ran, so a light tenant's request does not wait
         a batch more behind a busy tenant's read-ahead. Nothing when every stream is busy."""
-        light = [i for i, d in enumerate(self.demand) if d != math.inf]
+        demand = list(self.demand)  # the reader thread updates it meanwhile: one snapshot
+        light = [i for i, d in enumerate(demand) if d != math.inf]
         if not light or len(light) == len(self.streams):
             return []
         pipe = self.r.pipeline(transaction=False)
         for i in light:
-            ask = max(1, math.ceil(self.demand[i] / self.per_entry[i]))
+            ask = max(1, math.ceil(demand[i] / max(1.0, self.per_entry[i])))
             pipe.xreadgroup(WORKER_GROUP, self.consumer, {self.streams[i]: ">"}, count=ask)
         out: Read = []
         for i, reply in zip(light, pipe.execute(), strict=True):
