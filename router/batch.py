@@ -332,9 +332,13 @@ class RouteBatch:
 
     def _emit(self, stream: str, parts: list[forward.Part]) -> None:
         """The stream's entries; a surprise building them leaves their sources pending, so
-        a reclaim retries each alone."""
+        a reclaim retries each alone. A tenant sub-stream's entries hold at most half a
+        batch: a worker never splits an entry, so a light tenant's entry and a busy one's
+        then fit one batch together instead of taking turns with part-empty batches."""
         model = keynames.stream_model(stream)
         max_batch = self.router.catalog.models[model].batching.max_batch
+        if self.router.catalog.tenants and keynames.stream_tenant(stream) is not None:
+            max_batch = max(1, max_batch // 2)
         counter = self.keys.backlog(stream)
         for _, _, indices in parts:
             indices.sort()

@@ -36,6 +36,12 @@ def stream_model(stream: str) -> str:
     return stream.split(":q:", 1)[1].split(":", 1)[0]
 
 
+def stream_tenant(stream: str) -> str | None:
+    """The tenant of a tenant sub-stream (``...:q:<model>:<lane>:<tenant>``), else None."""
+    parts = stream.split(":q:", 1)[1].split(":")
+    return parts[2] if len(parts) == 3 else None
+
+
 def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidName(

@@ -12,7 +12,7 @@ from cascadeq.producer import Producer, Rejected
 from cascadeq.producer.requests import Preparer, Request, drain_rate, retry_after
 from cascadeq.protocol import bundle
 from cascadeq.protocol.bundle import Header
-from cascadeq.protocol.keys import Keys, stream_model
+from cascadeq.protocol.keys import Keys, stream_model, stream_tenant
 from cascadeq.workers.fairshare import allocate, requests_in
 
 BASE = """
@@ -87,6 +87,8 @@ def test_tenant_sub_streams_and_keys() -> None:
     assert keys.owns_stream("cq:q:m:default:acme")
     assert not keys.owns_stream("cq:q:m:a:b:c")
     assert stream_model("cq:q:m:default:acme") == stream_model("cq:q:m:default") == "m"
+    assert stream_tenant("cq:q:m:default:acme") == "acme"
+    assert stream_tenant("cq:q:m:default") is None
     assert keys.tenant_in_flight("acme").startswith("cq:n:")  # the producer's ACL covers n:*
     assert keys.tenant_bucket("acme").startswith("cq:n:")
 
