@@ -185,6 +185,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             service_ms=args.service_ms,
             io_batch=args.io_batch,
         )
+    if args.bench_command == "tenants":
+        from cascadeq.bench import tenants
+
+        return tenants.main(settings, models_dir, as_json=args.json, seconds=args.seconds)
     if args.bench_command == "batching":
         plot_to = Path(args.plot) if args.plot else None
         return batching.main(
@@ -456,6 +460,11 @@ def _add_bench_parser(sub: Any) -> None:
     )
     scaling.add_argument("--io-batch", type=int, help="the stand-in's max_batch (default 4)")
     scaling.set_defaults(func=cmd_bench)
+    tenants = bench.add_parser("tenants", help="fair share: a light tenant beside a flooding one")
+    tenants.add_argument("--json", action="store_true", help="last stdout line is JSON")
+    tenants.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    tenants.add_argument("--seconds", type=float, default=6.0, help="seconds per phase")
+    tenants.set_defaults(func=cmd_bench)
     for name, text in SUITE_PARTS.items():
         part = bench.add_parser(name, help=text)
         part.add_argument("--json", action="store_true", help="last stdout line is JSON")
@@ -502,6 +511,7 @@ def _add_client_parsers(sub: Any) -> None:
         "--input", action="append", default=[], metavar="NAME=FILE.npy", required=True
     )
     submit.add_argument("--tier", default="standard")
+    submit.add_argument("--tenant", help="who the request is for (quotas, fair share)")
     submit.add_argument("--deadline-ms", type=float)
     submit.add_argument(
         "--traceparent", help="W3C trace context to carry (00-<trace id>-<parent id>-<flags>)"

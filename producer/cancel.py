@@ -62,10 +62,10 @@ def call(
         token,
         settings.pending_ttl_s,
     ]
-    streams = [
-        keys.model_stream(name, lane)
+    streams = [  # each lane's stream and, where tenants split it, their sub-streams
+        stream
         for name, spec in catalog.models.items()
-        for lane in spec.lanes
+        for stream in catalog.tenants.model_streams(keys, name, spec.lanes)
     ]
     return [keys.result(request_id), keys.cancels, *streams], args
 

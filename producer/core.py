@@ -34,13 +34,14 @@ from cascadeq.producer.requests import (
     Reply,
     Request,
     check_unique,
+    drain_rate,
     partial_outcome,
     plan_calls,
     strict_outcome,
 )
 from cascadeq.protocol import results
 from cascadeq.protocol.clock import Every
-from cascadeq.protocol.keys import DEFAULT_LANE, Keys
+from cascadeq.protocol.keys import DEFAULT_LANE, DEFAULT_TENANT, InvalidName, Keys, check_name
 from cascadeq.protocol.lua import Script
 from cascadeq.protocol.messages import Result
 
@@ -126,8 +127,15 @@ class ClientCore(Generic[Answer]):
         *,
         settings: Settings | None = None,
         catalog: Catalog | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
+        """``tenant``: who this client's requests are for, unless a submit names another
+        (quotas and fair share: the catalog's ``[tenants.*]``)."""
         self.settings = settings or Settings.from_env()
+        try:
+            self.tenant = check_name("tenant", tenant)
+        except InvalidName as exc:
+            raise Rejected(str(exc), "bad_request") from exc
         url = redis_url or self.settings.redis_url
         if not url:
             raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
@@ -158,6 +166,7 @@ class ClientCore(Generic[Answer]):
         request_id: str | None = None,
         idempotent: bool = False,
         traceparent: str | None = None,
+        tenant: str | None = None,
     ) -> Answer:
         """Queue one request and return its id at once (AsyncProducer: await it); raises
         Rejected if refused.
@@ -170,8 +179,9 @@ class ClientCore(Generic[Answer]):
         travels with the request into its hops' log lines and its result's info.
         """
         req = Request(
-            inputs, task, model, tier, priority, deadline_ms, request_id, idempotent, traceparent
-        )
+            inputs, task, model, tier, priority, deadline_ms, request_id, idempotent,
+            traceparent, tenant,
+        )  # fmt: skip
         return self._submit(req)
 
     def _submit(self, req: Request) -> Answer:
@@ -186,7 +196,7 @@ class ClientCore(Generic[Answer]):
 
     def _prepare(self, requests: list[Request]) -> list[Prepared]:
         """Validate every request (raises Rejected for the first bad one); no I/O."""
-        prepare = Preparer(self.catalogs.current(), self.settings, self.client_id)
+        prepare = Preparer(self.catalogs.current(), self.settings, self.client_id, self.tenant)
         return [prepare(req) for req in requests]
 
     def _submit_many_ops(self, requests: Iterable[Request]) -> Ops[list[str]]:
@@ -212,7 +222,10 @@ class ClientCore(Generic[Answer]):
                     return call
                 sent = Call(call, self.keys, self.settings, partial=False)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
-                call = strict_outcome(reply, call, sent, accepted, self.keys, self._max_bytes)
+                drain = yield from self._drain_ops(reply, sent)
+                call = strict_outcome(
+                    reply, call, sent, accepted, self.keys, self._max_bytes, drain
+                )
         return None
 
     def _flush_ops(
@@ -224,7 +237,19 @@ class ClientCore(Generic[Answer]):
             while rest:
                 sent = Call(rest, self.keys, self.settings, partial=True)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
-                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle)
+                drain = yield from self._drain_ops(reply, sent)
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle, drain)
+
+    def _drain_ops(self, reply: Reply, sent: Call) -> Ops[float | None]:
+        """A refusal's retry-after needs the model's drain rate: one HMGET of what its
+        workers publish, on the refusal path only (an accepted call reads nothing)."""
+        if reply.ok or not reply.estimates:
+            return None
+        model = sent.model()
+        if model is None:
+            return None
+        observed = yield Command(("HMGET", self.keys.observed(model), "compute_ms", "batch"))
+        return drain_rate(observed)
 
     # -- cancelling ---------------------------------------------------------------------
 

@@ -18,11 +18,18 @@ class Rejected(CascadeqError):
         code: str = "rejected",
         accepted: list[str] | None = None,
         ids: list[str] | None = None,
+        *,
+        retry_after_s: float | None = None,
+        tenant: str | None = None,
+        limit: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.code = code
         self.accepted = accepted or []  # submit_many: ids queued before the refusal
         self.ids = ids or []  # duplicate_id: the ids already in use or repeated
+        #: queue_full and quota: seconds after which a retry may fit (estimated)
+        self.retry_after_s = retry_after_s
+        self.tenant, self.limit = tenant, limit  # quota: whose limit, "rate" or "in_flight"
 
 
 class UnknownRequest(CascadeqError, LookupError):

@@ -21,12 +21,20 @@ import msgpack
 import msgspec
 import numpy as np
 
-from cascadeq.config.catalog import Catalog, InputError, ModelSpec
+from cascadeq.config.catalog import Catalog, InputError, ModelSpec, Tenants, TenantSpec
 from cascadeq.config.settings import Settings
 from cascadeq.producer.errors import Rejected
 from cascadeq.protocol import lua, tracecontext, wire
 from cascadeq.protocol.bundle import HEADER, INPUTS, Header, bundle_fields
-from cascadeq.protocol.keys import DEFAULT_LANE, InvalidName, Keys, check_id, check_name
+from cascadeq.protocol.keys import (
+    DEFAULT_LANE,
+    DEFAULT_TENANT,
+    InvalidName,
+    Keys,
+    check_id,
+    check_name,
+    stream_model,
+)
 from cascadeq.protocol.messages import now_ms
 
 SUBMIT = lua.load("submit")
@@ -48,12 +56,14 @@ class Request(msgspec.Struct, frozen=True):
     #: bytes) under that id returns the id instead of being refused or computed again.
     idempotent: bool = False
     traceparent: str | None = None  # W3C trace context; checked at submit
+    #: who it is for (quotas, fair share: config/tenants.py); None: the client's tenant
+    tenant: str | None = None
 
 
 class Target:
     """What a (task, model) resolves to in one catalog, worked out once, not per request."""
 
-    def __init__(self, models: list[ModelSpec]) -> None:
+    def __init__(self, models: list[ModelSpec], tenants: Tenants) -> None:
         signatures: dict[tuple[object, ...], ModelSpec] = {}
         for spec in models:
             signatures.setdefault((spec.inputs, spec.allow_nonfinite), spec)
@@ -61,28 +71,36 @@ class Target:
         self.distinct = list(signatures.values())  # a cascade usually shares one signature
         self.finite = not all(spec.allow_nonfinite for spec in self.distinct)
         self.lanes: dict[str, str] = {}
-        #: priority -> input signature -> bundle group, for signatures that passed the checks
-        self.groups: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+        self.tenants = tenants
+        #: priority (or (priority, tenant) for a tenant other than default) -> input
+        #: signature -> bundle group, for signatures that passed the checks
+        self.groups: dict[Any, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
 
-    def known(self, priority: str, sig: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def known(self, by: Any, sig: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """The group of a signature that passed the checks before, else None."""
-        by_sig = self.groups.get(priority)
+        by_sig = self.groups.get(by)
         return None if by_sig is None else by_sig.get(sig)
 
-    def group(self, priority: str, sig: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    def group(self, priority: str, sig: tuple[Any, ...] | None, tenant: str) -> tuple[Any, ...]:
         """The bundle a request that passed the checks joins: (first model, lane, signature,
-        finite checked); one tuple per priority and signature, shared by every request."""
+        finite checked, tenant, the tenant whose sub-stream it starts on or None); one
+        tuple per priority, tenant and signature, shared by every request."""
         if sig is None:  # inputs the signature cannot describe go alone
-            return (self.first.name, self.lane(priority), object(), self.finite)
-        by_sig = self.groups.get(priority)
+            return self._group(priority, object(), tenant)
+        by = priority if tenant == DEFAULT_TENANT else (priority, tenant)
+        by_sig = self.groups.get(by)
         if by_sig is None:
             if len(self.groups) > 1000:
                 self.groups.clear()  # callers' priority names: never grows without bound
-            by_sig = self.groups[priority] = {}
+            by_sig = self.groups[by] = {}
         found = by_sig.get(sig)
         if found is None:
-            found = by_sig[sig] = (self.first.name, self.lane(priority), sig, self.finite)
+            found = by_sig[sig] = self._group(priority, sig, tenant)
         return found
+
+    def _group(self, priority: str, sig: Any, tenant: str) -> tuple[Any, ...]:
+        own = self.tenants.own_stream(tenant) if self.tenants else None
+        return (self.first.name, self.lane(priority), sig, self.finite, tenant, own)
 
     def lane(self, priority: str) -> str:
         lane = self.lanes.get(priority)
@@ -114,7 +132,7 @@ class Prepared(msgspec.Struct):
     submitted: float
     reply_to: str | None
     inputs: Mapping[str, np.ndarray]
-    group: tuple[Any, ...]  # (first model, lane, input signature, finite checked)
+    group: tuple[Any, ...]  # (first model, lane, signature, finite checked, tenant, own)
     rows: int
     nbytes: int
     target: Target
@@ -129,17 +147,27 @@ class Prepared(msgspec.Struct):
 
 def _header(p: Prepared) -> Header:
     req = p.req
-    return Header(
+    header = Header(
         p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to,
         traceparent=p.traceparent,
     )  # fmt: skip
+    tenant = p.group[4]
+    if tenant != DEFAULT_TENANT:
+        header.tenant = tenant
+    return header
 
 
 class Preparer:
     """Validates requests against one catalog; caches per target and per name."""
 
-    def __init__(self, catalog: Catalog, settings: Settings, reply_to: str | None) -> None:
-        self.catalog, self.reply_to = catalog, reply_to
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: Settings,
+        reply_to: str | None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> None:
+        self.catalog, self.reply_to, self.tenant = catalog, reply_to, tenant
         self.max_bytes = settings.max_payload_bytes
         self.submitted = now_ms()
         self.start_trace = tracecontext.Starter() if settings.start_traces else None
@@ -158,10 +186,13 @@ class Preparer:
             self._last = (task, model, target)
         inputs = req.inputs
         sig, rows, nbytes = _signature(inputs)
-        group = target.known(req.priority, sig) if sig is not None and rows > 0 else None
+        tenant = req.tenant or self.tenant
+        by = req.priority if tenant == DEFAULT_TENANT else (req.priority, tenant)
+        group = target.known(by, sig) if sig is not None and rows > 0 else None
         if group is None:  # not seen passing the checks yet
             target.check(inputs)
-            group = target.group(req.priority, sig)
+            _check_tenant(tenant)
+            group = target.group(req.priority, sig, tenant)
         rid = req.id
         if rid is None:
             if req.idempotent:
@@ -227,6 +258,13 @@ def _refuse_id(rid: Any) -> None:
         check_id(rid)
     except InvalidName as exc:
         raise Rejected(str(exc), "bad_id") from exc
+
+
+def _check_tenant(tenant: str) -> None:
+    try:
+        check_name("tenant", tenant)
+    except InvalidName as exc:
+        raise Rejected(str(exc), "bad_request") from exc
 
 
 def _check_names(tier: str, priority: str) -> None:
@@ -301,7 +339,7 @@ def _target(req: Request, catalog: Catalog) -> Target:
     key = (req.task, req.model)
     found = held[1].get(key)
     if found is None:
-        found = held[1][key] = Target(_models_for(req, catalog))
+        found = held[1][key] = Target(_models_for(req, catalog), catalog.tenants)
     return found
 
 
@@ -386,7 +424,7 @@ def _runs(members: list[Prepared], cap: int) -> Iterable[list[Prepared]]:
 def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outgoing]:
     """The entry (or, past the byte limit once encoded, entries) for one run."""
     first = run[0]
-    stream = keys.model_stream(first.group[0], first.group[1])
+    stream = keys.model_stream(first.group[0], first.group[1], first.group[5])
     if len(run) == 1:
         _check_finite(run, first.inputs)
         inputs = _encode(first.inputs)
@@ -443,13 +481,16 @@ def members(call: list[Outgoing]) -> list[Prepared]:
 class Call:
     """One submit.lua call: keys, arguments, and which stream each counter key counts."""
 
-    __slots__ = ("args", "bounds", "keys", "streams")
+    __slots__ = ("args", "bounds", "keys", "quotas", "streams")
 
     def __init__(self, call: list[Outgoing], keys: Keys, settings: Settings, partial: bool) -> None:
         self.keys = [keys.ingress, keys.backlog(keys.ingress)]
         self.streams = [keys.ingress, keys.ingress]
         self.bounds = [settings.ingress_max_depth, settings.ingress_max_depth]
+        self.quotas: list[TenantSpec] = []  # tenants with limits among the call's requests
         index: dict[str, int] = {}
+        quota_index: dict[str, int] = {}
+        quotas: list[list[Any]] = []
         args: list[Any] = [b""]
         plan: list[Any] = []
         for b in call:
@@ -461,7 +502,11 @@ class Call:
                 j = index[b.stream] = len(self.keys)
             ids = [p.id for p in b.members]
             digests = [p.digest for p in b.members]
-            plan.append([j, ids, digests, len(args) + 1, len(b.fields)])
+            first = b.members[0]
+            q = 0
+            if first.target.tenants:
+                q = self._quota(first.target.tenants, first.group[4], keys, quota_index, quotas)
+            plan.append([j, ids, digests, len(args) + 1, len(b.fields), q, first.group[4]])
             for name, value in b.fields.items():
                 args += (name, value)
         args[0] = msgpack.packb(
@@ -473,25 +518,116 @@ class Call:
                 keys.result(""),
                 int(partial),
                 plan,
+                quotas,
+                keys.tenant_counts,
             ],
             use_bin_type=False,
         )
         self.args = args
 
-    def full(self, index: int, depth: int, count: int, accepted: list[str]) -> Rejected:
+    def _quota(
+        self,
+        tenants: Tenants,
+        tenant: str,
+        keys: Keys,
+        seen: dict[str, int],
+        quotas: list[list[Any]],
+    ) -> int:
+        """The script's quota index of a tenant with limits (0: none), added once a call."""
+        q = seen.get(tenant)
+        if q is not None:
+            return q
+        spec = tenants.limited(tenant)
+        if spec is None:
+            seen[tenant] = 0
+            return 0
+        bucket = in_flight = 0
+        if spec.rate is not None:
+            bucket = self._key(keys.tenant_bucket(tenant))
+        if spec.max_in_flight is not None:
+            in_flight = self._key(keys.tenant_in_flight(tenant))
+        quotas.append(
+            [tenant, spec.rate or 0, spec.bucket, spec.max_in_flight or 0, bucket, in_flight]
+        )
+        self.quotas.append(spec)
+        seen[tenant] = len(quotas)
+        return len(quotas)
+
+    def _key(self, key: str) -> int:
+        self.keys.append(key)
+        self.streams.append(key)  # not a stream: never a full one either
+        self.bounds.append(0)
+        return len(self.keys)
+
+    def model(self) -> str | None:
+        """The first model the call's requests start on: whose drain rate a retry-after
+        is estimated from."""
+        for stream in self.streams[2:]:
+            if ":q:" in stream:
+                return stream_model(stream)
+        return None
+
+    def over_quota(self, refusal: list[Any], count: int, drain: float | None) -> Rejected:
+        """A tenant's rate or in-flight limit refused ``count`` requests."""
+        _, q, kind, retry_ms, figure = refusal
+        spec = self.quotas[int(q) - 1]
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind == "rate":
+            limit = f"rate {spec.rate:g} req/s (burst {spec.bucket:g}; {float(figure):.2f} left)"
+            wait = max(0.001, int(retry_ms) / 1000.0)
+        else:
+            limit = f"max_in_flight {spec.max_in_flight} ({int(float(figure))} in flight)"
+            wait = retry_after(int(float(figure)) + count - (spec.max_in_flight or 0), drain)
+        return Rejected(
+            f"tenant {spec.name!r} is over its quota: {limit}; {count} request(s) not queued, "
+            f"retry after {wait:.3f} s",
+            "quota",
+            retry_after_s=wait,
+            tenant=spec.name,
+            limit=kind,
+        )
+
+    def full(
+        self, index: int, depth: int, count: int, accepted: list[str], drain: float | None = None
+    ) -> Rejected:
         stream, bound = self.streams[index - 1], self.bounds[index - 1]
+        wait = retry_after(depth + count - bound, drain)
         return Rejected(
             f"queue is full: {stream} holds {depth} requests, bound {bound}; "
-            f"{count} request(s) not queued, retry later",
+            f"{count} request(s) not queued, retry after {wait:.3f} s",
             "queue_full",
             accepted=accepted,
+            retry_after_s=wait,
         )
+
+
+UNKNOWN_RETRY_S = 1.0  # a retry-after when no worker has published its speed yet
+MIN_RETRY_S = 0.001
+
+
+def drain_rate(observed: Any) -> float | None:
+    """Requests per second a model's workers drain, from its ``obs:<model>`` hash (HMGET
+    of compute_ms and batch): one consumer's rate, the conservative guess."""
+    try:
+        compute_ms, batch = (float(v) for v in observed)
+    except (TypeError, ValueError):
+        return None
+    if compute_ms <= 0 or batch <= 0:
+        return None
+    return batch / compute_ms * 1000.0
+
+
+def retry_after(excess: int, drain: float | None) -> float:
+    """Seconds until ``excess`` requests have drained at ``drain`` req/s (positive)."""
+    if drain is None or drain <= 0:
+        return UNKNOWN_RETRY_S
+    return max(MIN_RETRY_S, max(1, excess) / drain)
 
 
 class Reply:
     """submit.lua's answer."""
 
-    __slots__ = ("depth", "dups", "full", "full_depth", "ok", "refused", "skips")
+    __slots__ = ("depth", "dups", "full", "full_depth", "ok", "quota", "refused", "skips")
 
     def __init__(self, raw: Any) -> None:
         self.ok, self.depth = bool(int(raw[0])), int(raw[1])
@@ -499,13 +635,30 @@ class Reply:
         self.skips = [int(i) - 1 for i in raw[3]]
         self.refused = [int(i) - 1 for i in raw[4]]
         self.full, self.full_depth = int(raw[5]), int(raw[6])
+        #: 0-based position -> {position, quota, kind, retry ms, figure} (lua/submit.lua)
+        self.quota: dict[int, list[Any]] = {int(q[0]) - 1: q for q in (raw[7:8] or [[]])[0]}
+
+    @property
+    def estimates(self) -> bool:
+        """The refusal needs the model's drain rate for its retry-after (one read)."""
+        return bool(self.full) or any(_kind(q[2]) == "in_flight" for q in self.quota.values())
+
+
+def _kind(kind: Any) -> str:
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
 
 
 Send = Callable[[Call], Reply]
 
 
 def strict_outcome(
-    reply: Reply, call: list[Outgoing], sent: Call, accepted: list[str], keys: Keys, max_bytes: int
+    reply: Reply,
+    call: list[Outgoing],
+    sent: Call,
+    accepted: list[str],
+    keys: Keys,
+    max_bytes: int,
+    drain: float | None = None,
 ) -> list[Outgoing] | Rejected:
     """submit_many: a refusal refuses the call (the Rejected to raise, earlier calls in
     ``accepted``); idempotent retries already queued are left out and the rest sent again.
@@ -521,7 +674,11 @@ def strict_outcome(
         ids = [flat[i].id for i in reply.dups]
         return duplicate_ids(ids, len(flat), accepted, "already in use")
     if reply.full:
-        return sent.full(reply.full, reply.full_depth, len(flat), accepted)
+        return sent.full(reply.full, reply.full_depth, len(flat), accepted, drain)
+    if reply.quota:
+        refusal = sent.over_quota(next(iter(reply.quota.values())), len(flat), drain)
+        refusal.accepted = accepted
+        return refusal
     accepted += [flat[i].id for i in reply.skips]
     return without(call, set(reply.skips), keys, max_bytes)
 
@@ -533,6 +690,7 @@ def partial_outcome(
     keys: Keys,
     max_bytes: int,
     settle: Callable[[Prepared, Rejected | None], None],
+    drain: float | None = None,
 ) -> list[Outgoing]:
     """Coalesced submits: each refused request is answered alone (``settle``), the others
     are sent again; returns what to send next (empty when all are answered)."""
@@ -546,8 +704,11 @@ def partial_outcome(
     for i in reply.skips:
         settle(flat[i], None)
     for i in reply.refused:
-        settle(flat[i], sent.full(reply.full, reply.full_depth, 1, []))
-    return without(call, {*reply.dups, *reply.skips, *reply.refused}, keys, max_bytes)
+        settle(flat[i], sent.full(reply.full, reply.full_depth, 1, [], drain))
+    for i, refusal in reply.quota.items():
+        settle(flat[i], sent.over_quota(refusal, 1, drain))
+    gone = {*reply.dups, *reply.skips, *reply.refused, *reply.quota}
+    return without(call, gone, keys, max_bytes)
 
 
 def check_unique(prepared: list[Prepared]) -> None:

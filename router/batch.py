@@ -24,6 +24,7 @@ from cascadeq.infra.log import get_logger
 from cascadeq.protocol import bundle, deadletter
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol.bundle import BadItem, Bundle, EntryError, Header
+from cascadeq.protocol.keys import DEFAULT_TENANT
 from cascadeq.protocol.messages import EXPIRED, Result, error_result
 from cascadeq.router import forward
 from cascadeq.router.policy import (
@@ -58,7 +59,7 @@ class Router(Protocol):
     #: model -> its fallback, while the model's queue is held at its bound past the wait
     diverted: dict[str, str]
 
-    def stream_for(self, model: str, priority: str) -> str: ...
+    def stream_for(self, model: str, priority: str, tenant: str = DEFAULT_TENANT) -> str: ...
 
 
 log = get_logger("cascadeq.router")
@@ -73,7 +74,7 @@ def _no_inputs() -> Mapping[str, np.ndarray]:
 
 @dataclass
 class Group:
-    """Requests of one batch that share task or model, tier and priority."""
+    """Requests of one batch that share task or model, tier, priority and tenant."""
 
     first: Header
     parts: dict[int, list[int]] = field(default_factory=dict)  # entry number -> indices
@@ -88,7 +89,7 @@ class RouteBatch:
         self.commit = Commit(router.settings.result_ttl_s)
         self.bundles: dict[int, Bundle] = {}  # entry number -> its requests
         self.raw: dict[int, dict[bytes, bytes]] = {}
-        self.groups: dict[tuple[str | None, str | None, str, str], Group] = {}
+        self.groups: dict[tuple[str | None, str | None, str, str, str], Group] = {}
         self.out: dict[str, list[forward.Part]] = {}  # stream -> parts, in order
         self.rules: Counter[str] = Counter()
         self.finals: Counter[str] = Counter()
@@ -108,12 +109,23 @@ class RouteBatch:
         except Exception as exc:  # noqa: BLE001 - a surprise no check foresaw is bad input
             self._refuse_entry(eid, fields, "bad_payload", f"entry is unusable: {exc!r}", [])
             return
-        n = self.commit.entry(self.ingress, keynames.ROUTER_GROUP, eid, got.size, self.counter)
+        owner = self._in_flight(got)
+        n = self.commit.entry(
+            self.ingress, keynames.ROUTER_GROUP, eid, got.size, self.counter, in_flight=owner
+        )
         self.bundles[n], self.raw[n] = got, fields
         try:
             self._sort(n, got)
         except Exception as exc:  # noqa: BLE001 - nothing one entry does escapes
             self._internal_entry(n, got, exc)
+
+    def _in_flight(self, got: Bundle) -> str | None:
+        """The in-flight counter a result of this entry releases (a producer bundles one
+        tenant per entry): only for tenants with ``max_in_flight``; None otherwise."""
+        tenants = self.router.catalog.tenants
+        if not tenants or not got.headers:
+            return None
+        return tenants.in_flight_counter(self.keys, got.headers[0].tenant)
 
     def _sort(self, n: int, got: Bundle) -> None:
         key = got.route
@@ -135,7 +147,7 @@ class RouteBatch:
             if h.deadline is not None and h.deadline <= now:
                 self._expire(n, h)
                 continue
-            key = (h.task, h.model, h.tier, h.priority)
+            key = (h.task, h.model, h.tier, h.priority, h.tenant)
             g = groups.get(key)
             if g is None:
                 g = groups[key] = Group(h)
@@ -330,7 +342,7 @@ class RouteBatch:
         changes a hop the router appended: the worker appends its own)."""
         stage, now = d.stage, self.now
         model, hops = self._hops(d.model, d.hop())
-        stream = self.router.stream_for(model, g.first.priority)
+        stream = self.router.stream_for(model, g.first.priority, g.first.tenant)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
             placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
@@ -345,7 +357,7 @@ class RouteBatch:
         h.stage, h.routed_at = d.stage, self.now
         model, hops = self._hops(d.model, hop)
         h.trace += hops
-        self._out(self.router.stream_for(model, h.priority), n, [i])
+        self._out(self.router.stream_for(model, h.priority, h.tenant), n, [i])
         self.rules[d.rule] += 1
 
     def _hops(self, model: str, hop: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -368,9 +380,13 @@ class RouteBatch:
 
     def _emit(self, stream: str, parts: list[forward.Part]) -> None:
         """The stream's entries; a surprise building them leaves their sources pending, so
-        a reclaim retries each alone."""
-        model = stream.rsplit(":", 2)[-2]
+        a reclaim retries each alone. A tenant sub-stream's entries hold at most half a
+        batch: a worker never splits an entry, so a light tenant's entry and a busy one's
+        then fit one batch together instead of taking turns with part-empty batches."""
+        model = keynames.stream_model(stream)
         max_batch = self.router.catalog.models[model].batching.max_batch
+        if self.router.catalog.tenants and keynames.stream_tenant(stream) is not None:
+            max_batch = max(1, max_batch // 2)
         counter = self.keys.backlog(stream)
         for _, _, indices in parts:
             indices.sort()

@@ -27,7 +27,7 @@ from cascadeq.infra.queues import BacklogRead
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol import wire
 from cascadeq.protocol.clock import Every
-from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.keys import DEFAULT_TENANT, Keys
 from cascadeq.protocol.messages import now_ms
 from cascadeq.router.batch import RouteBatch
 from cascadeq.router.learned import LearnedRouters
@@ -65,7 +65,7 @@ class Router:
         )
         self.counters = [self.keys.backlog(s) for s in self.fed]
         self.backlog = BacklogRead(self.keys, tuple(self.fed), groups=False)
-        self.streams = {  # (model, priority) -> stream, filled as priorities are seen
+        self.streams: dict[tuple[str, ...], str] = {  # (model, priority[, tenant]) -> stream
             (m.name, lane): self.keys.model_stream(m.name, lane)
             for m in catalog.models.values()
             for lane in m.lanes
@@ -217,9 +217,14 @@ class Router:
             pipe.hset(key, mapping={**fields, "at": now_ms()})
             pipe.expire(key, CPU_TTL_S)
 
-    def stream_for(self, model: str, priority: str) -> str:
-        stream = self.streams.get((model, priority))
+    def stream_for(self, model: str, priority: str, tenant: str = DEFAULT_TENANT) -> str:
+        """The lane of ``priority`` on ``model``; a declared tenant's own sub-stream of it."""
+        key: tuple[str, ...] = (
+            (model, priority) if tenant == DEFAULT_TENANT else (model, priority, tenant)
+        )
+        stream = self.streams.get(key)
         if stream is None:
             lane = self.catalog.models[model].lane_for(priority)
-            stream = self.streams[(model, priority)] = self.keys.model_stream(model, lane)
+            own = self.catalog.tenants.own_stream(tenant)
+            stream = self.streams[key] = self.keys.model_stream(model, lane, own)
         return stream

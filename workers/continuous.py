@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 
 from cascadeq.config.catalog import ModelSpec
 from cascadeq.infra.log import get_logger
-from cascadeq.workers.batcher import Bad, Batcher, Item, Reader
+from cascadeq.infra.streams import Entry
+from cascadeq.protocol.messages import now_ms
+from cascadeq.workers.batcher import Bad, Batcher, Item, Reader, decode
 
 log = get_logger("cascadeq.worker")
 
@@ -45,6 +48,8 @@ class PrefetchBatcher(Batcher):
     busy: bool = False  # the worker holds a batch
     first_at: float = 0.0  # clock() when the oldest buffered entry arrived
     read_cpu_s: float = 0.0  # the reader thread's CPU so far (the worker's CpuMeter reads it)
+    #: light tenants' waiting entries, read at batch formation (None: no tenant lanes)
+    light: Callable[[], list[tuple[str, Entry]]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,8 +67,12 @@ class PrefetchBatcher(Batcher):
         if block_ms is None and self.thread is None:
             return super().collect(None)  # a caller draining without blocking reads itself
         self._start()
+        ahead = self._light() if self.light is not None and self.buffer else []
         with self.cond:
             self.busy = False
+            if ahead:  # ahead of the read-ahead, as if read first (the fair order)
+                self.buffer[:0] = ahead
+                self.buffered += sum(i.samples for i in ahead)
             if self.error is not None:
                 error, self.error = self.error, None
                 raise error
@@ -77,6 +86,17 @@ class PrefetchBatcher(Batcher):
             self.busy = bool(batch)
             self.cond.notify_all()
         return batch
+
+    def _light(self) -> list[Item | Bad]:
+        """Light tenants' entries, decoded; a failure leaves them to the reader thread."""
+        assert self.light is not None
+        try:
+            got = self.light()
+        except Exception as exc:  # noqa: BLE001 - the reader thread still reads them
+            log.warning("light_read_failed", model=self.spec.name, error=repr(exc))
+            return []
+        read_at = now_ms()
+        return [decode(stream, entry, self.spec, read_at, self.max_bytes) for stream, entry in got]
 
     def _fill(self) -> None:
         """The batch window on the buffer (the condition is held); returns at launch."""
@@ -156,6 +176,13 @@ class PrefetchBatcher(Batcher):
             self.cond.notify_all()
 
 
-def batcher_for(spec: ModelSpec, read: Reader, max_bytes: int, block_ms: int) -> Batcher:
-    """Every mode serves through the prefetching batcher; the strategy makes the mode."""
-    return PrefetchBatcher(spec, read, max_bytes, block_ms=block_ms)
+def batcher_for(
+    spec: ModelSpec,
+    read: Reader,
+    max_bytes: int,
+    block_ms: int,
+    light: Callable[[], list[tuple[str, Entry]]] | None = None,
+) -> Batcher:
+    """Every mode serves through the prefetching batcher; the strategy makes the mode.
+    ``light``: a lane reader's light tenants (only when the catalog declares tenants)."""
+    return PrefetchBatcher(spec, read, max_bytes, block_ms=block_ms, light=light)

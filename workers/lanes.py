@@ -6,6 +6,13 @@ the lanes lowest first. So while the interactive lane alone keeps a worker busy,
 batch lane still gets at least one read in N; an idle worker blocks on all lanes at
 once and wakes on whichever gets work. A one-lane model reads exactly as before: one
 XREADGROUP, no extra round trip.
+
+A lane the catalog's tenants split into sub-streams (config/tenants.py) is read with
+weighted fair share across them (workers/fairshare.py); a lane without is read as above.
+
+Every read also GETs the cancel counter in its round trip (after the XREADGROUP, so
+never older than the entries): once it has been seen, the worker looks for cancelled
+requests in each batch for as long as a request can wait (workers/claims.py).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import redis
 
 from cascadeq.infra import streams
 from cascadeq.protocol.keys import WORKER_GROUP
+from cascadeq.workers.fairshare import FairLane
+from cascadeq.workers.gate import CancelGate
 
 
 class LaneReader:
@@ -25,15 +34,22 @@ class LaneReader:
         lanes: list[str],
         consumer: str,
         turn_every: int,
-        cancels: str | None = None,
+        shares: dict[str, list[tuple[str, float]]] | None = None,
+        gate: CancelGate | None = None,
     ) -> None:
+        """``shares``: lane stream -> (stream, weight) of each of its tenant streams, for
+        lanes that have tenant sub-streams (the lane's own stream among them)."""
         self.r, self.lanes, self.consumer = r, lanes, consumer
         self.turn_every = max(1, turn_every)
         self.reads = 0
-        #: the cancel counter's key, read with every XREADGROUP: while it exists a batch
-        #: is looked at for cancelled requests before it runs (workers/claims.py)
-        self.cancels = cancels
-        self.cancels_exist = False
+        self.gate = gate
+        self.fair = {lane: FairLane(r, s, consumer, gate) for lane, s in (shares or {}).items()}
+        #: every stream a blocking read waits on
+        self.every = [s for lane in lanes for s in self._streams_of(lane)]
+
+    def _streams_of(self, lane: str) -> list[str]:
+        fair = self.fair.get(lane)
+        return fair.streams if fair is not None else [lane]
 
     def order(self) -> list[str]:
         """Lane order for the next read: highest first, lowest first on every Nth."""
@@ -41,26 +57,44 @@ class LaneReader:
         return self.lanes[::-1] if self.reads % self.turn_every == 0 else self.lanes
 
     def __call__(self, count: int, block_ms: int | None) -> list[tuple[str, streams.Entry]]:
-        if len(self.lanes) == 1:
+        if len(self.lanes) == 1 and not self.fair:
             return self._read(self.lanes, count, block_ms)
         got: list[tuple[str, streams.Entry]] = []
         for lane in self.order():
             if len(got) >= count:
                 break
-            got += self._read([lane], count - len(got), None)
+            fair = self.fair.get(lane)
+            if fair is None:
+                got += self._read([lane], count - len(got), None)
+            else:
+                got += fair.read(count - len(got))
         if got or not block_ms:
             return got
         # Nothing anywhere: wait on every lane at once. Redis applies COUNT per stream, so
         # this may return more than count; the Batcher carries the excess to the next batch.
-        return self._read(self.lanes, count, block_ms)
+        return self._read(self.every, count, block_ms)
+
+    def light(self) -> list[tuple[str, streams.Entry]]:
+        """Light tenants' waiting entries, lanes in order (see FairLane.read_light); only
+        lanes with tenant sub-streams have any, so a plain lane costs nothing here."""
+        got: list[tuple[str, streams.Entry]] = []
+        for lane in self.lanes:
+            fair = self.fair.get(lane)
+            if fair is not None:
+                got += fair.read_light()
+        return got
+
+    @property
+    def cancels_exist(self) -> bool:
+        return self.gate is not None and self.gate.open
 
     def _read(
         self, lanes: list[str], count: int, block_ms: int | None
     ) -> list[tuple[str, streams.Entry]]:
-        if self.cancels is None:
+        if self.gate is None:
             return streams.read_new(self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms)
         got, counter = streams.read_new_then_get(
-            self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms, self.cancels
+            self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms, self.gate.key
         )
-        self.cancels_exist = counter is not None  # set before the entries reach a batch
+        self.gate.saw(counter)  # before the entries reach a batch
         return got

@@ -37,6 +37,7 @@ from cascadeq.protocol.messages import OK, Result, error_result, now_ms
 from cascadeq.workers import claims, padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
+from cascadeq.workers.gate import CancelGate
 from cascadeq.workers.lanes import LaneReader
 from cascadeq.workers.local import LocalModel, LocalModels
 from cascadeq.workers.runner import ModelLoadError
@@ -66,11 +67,15 @@ class ModelWorker:
         self.runner = runner or _load(spec)
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
-        self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
-        self.reader = LaneReader(
-            r, self.lanes, consumer, spec.lane_turn_every, cancels=self.keys.cancels
+        lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
+        shares = tenant_shares(self.keys, catalog, spec)
+        gate = CancelGate(self.keys.cancels, settings.pending_ttl_s)
+        self.reader = LaneReader(r, lanes, consumer, spec.lane_turn_every, shares, gate)
+        self.lanes = self.reader.every  # every stream it serves: tenants' sub-streams too
+        light = self.reader.light if shares else None
+        self.batcher = batcher_for(
+            spec, self.reader, settings.max_payload_bytes, settings.block_ms, light
         )
-        self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
         self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0, "cancelled": 0}
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
@@ -149,6 +154,11 @@ class ModelWorker:
     def max_bytes(self) -> int:
         return self.settings.max_payload_bytes
 
+    def _in_flight(self, item: Item) -> str | None:
+        """The tenant in-flight counter this entry's results release (one tenant per
+        entry: producers and routers bundle per tenant), for tenants with max_in_flight."""
+        return self.catalog.tenants.in_flight_counter(self.keys, item.headers[0].tenant)
+
     def process(self, batch: list[Item | Bad]) -> None:
         """Give every entry exactly one effect per request, then ack it, in one call."""
         requests = sum(
@@ -166,6 +176,7 @@ class ModelWorker:
                 item.entry_id,
                 item.bundle.size,
                 self.keys.backlog(item.stream),
+                self._in_flight(item) if self.catalog.tenants else None,
             )
             if self._guarded(work, entry, self._admit, work, item, entry):
                 runnable.append((item, entry))
@@ -341,6 +352,18 @@ class Unloaded:
 def _reason(exc: Exception) -> str:
     """What a failed hop records: the error's type and the start of its message."""
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def tenant_shares(
+    keys: Keys, catalog: Catalog, spec: ModelSpec
+) -> dict[str, list[tuple[str, float]]]:
+    """Each lane's tenant streams and weights, when the catalog declares tenants."""
+    if not catalog.tenants:
+        return {}
+    return {
+        keys.model_stream(spec.name, lane): catalog.tenants.lane_streams(keys, spec.name, lane)
+        for lane in spec.lanes
+    }
 
 
 def _only(item: Item, index: int) -> Item:

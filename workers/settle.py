@@ -181,12 +181,17 @@ class Settler:
             self.keys.result(""),
         )
         escalations: dict[tuple[str, bool], _Escalation] = {}
+        tenanted = bool(self.catalog.tenants)
         for item, entry, first in _request_offsets(ran):
+            before = len(work.answered)
             try:
                 self._settle_item(work, ran, _Entry(item, entry, first), confs, oks, escalations)
             except Exception as exc:  # noqa: BLE001 - one entry's surprise stays its own
                 log.warning("entry_failed", model=self.spec.name, error=repr(exc))
                 work.commit.fail(entry)  # delivered again, then retried alone
+            if tenanted:  # an entry holds one tenant's requests: its answers are that one's
+                tenant = self.catalog.tenants.label(item.headers[0].tenant)
+                work.tally.for_tenant(tenant, work.answered[before:])
         for esc in escalations.values():
             if esc.local:
                 self._local_or_fail(work, esc)
@@ -393,7 +398,9 @@ class Settler:
             stream = ""
             key = (to, True)
         else:
-            stream = self.keys.model_stream(to, self.catalog.models[to].lane_for(header.priority))
+            lane = self.catalog.models[to].lane_for(header.priority)
+            own = self.catalog.tenants.own_stream(header.tenant) if self.catalog.tenants else None
+            stream = self.keys.model_stream(to, lane, own)
             key = (stream, False)
         esc = escalations.get(key)
         if esc is None:

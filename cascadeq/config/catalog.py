@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from cascadeq.config.models import (
     check_fallbacks,
 )
 from cascadeq.config.tasks import Stage, TaskSpec, parse_task
+from cascadeq.config.tenants import Tenants, TenantSpec, parse_tenants
 
 __all__ = [
     "BATCH_MODES",
@@ -37,6 +38,8 @@ __all__ = [
     "ModelSpec",
     "Stage",
     "TaskSpec",
+    "TenantSpec",
+    "Tenants",
 ]
 
 
@@ -46,6 +49,7 @@ class Catalog:
     models: Mapping[str, ModelSpec]
     tasks: Mapping[str, TaskSpec]
     text: str = ""  # the TOML it came from, so it can be published to Redis
+    tenants: Tenants = field(default_factory=Tenants)  # [tenants.*]: limits and weights
 
     @classmethod
     def load(cls, path: str | Path, *, check_files: bool = True) -> Catalog:
@@ -83,7 +87,7 @@ class _Parser(ModelFields):
     """The whole document: its sections, then each model and task."""
 
     def catalog(self, doc: dict[str, Any], text: str) -> Catalog:
-        known = {"models", "tasks"}
+        known = {"models", "tasks", "tenants"}
         for key in doc:
             if key not in known:
                 raise self.fail(key, "is not a catalog section", f"use one of {sorted(known)}")
@@ -100,4 +104,5 @@ class _Parser(ModelFields):
             name: parse_task(self, name, self.table(tasks_doc, name, f"tasks.{name}"), models)
             for name in tasks_doc
         }
-        return Catalog(self.source, models, tasks, text)
+        tenants = parse_tenants(self, self.table(doc, "tenants", "tenants", required=False))
+        return Catalog(self.source, models, tasks, text, tenants)

@@ -56,6 +56,7 @@ class Commit:
     # stream key, group, counter key (0: none), id, requests
     _read: list[tuple[int, str, int, bytes, int]] = field(default_factory=list)
     _failed: list[int] = field(default_factory=list)  # entries left pending on purpose
+    _owners: list[int] = field(default_factory=list)  # entry, in-flight counter key: pairs
 
     def key(self, name: str) -> int:
         index = self._key_index.get(name)
@@ -75,11 +76,15 @@ class Commit:
         entry_id: bytes,
         requests: int = 1,
         counter: str | None = None,
+        in_flight: str | None = None,
     ) -> int:
         """Register an entry read from ``stream``; it is acknowledged unless an effect fails,
-        and then its ``requests`` leave the stream's request ``counter``."""
+        and then its ``requests`` leave the stream's request ``counter``. ``in_flight``:
+        its tenant's in-flight counter, which each result of it stored decrements."""
         index = self.key(counter) if counter else 0
         self._read.append((self.key(stream), group, index, entry_id, requests))
+        if in_flight is not None:
+            self._owners += (len(self._read), self.key(in_flight))
         return len(self._read)
 
     def fail(self, entry: int) -> None:
@@ -184,7 +189,7 @@ class Commit:
         sizes = [len(a) for a in self.args]
         plan = [
             self.ttl_s, self.results, self.channels, self.adds, runs, self.depths, self._failed,
-            sizes, self.figures,
+            sizes, self.figures, self._owners,
         ]  # fmt: skip
         packed: bytes = msgpack.packb(plan, use_bin_type=False)
         return packed

@@ -98,6 +98,17 @@ REQUEST_DURATION = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+TENANT_REQUESTS = Counter(
+    "cascadeq_tenant_requests_total",
+    "Requests answered ok, by tenant (catalogs that declare tenants only)",
+    ["tenant"],
+)
+TENANT_DURATION = Histogram(
+    "cascadeq_tenant_request_duration_seconds",
+    "End to end, submit to final result, by tenant (catalogs that declare tenants only)",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
 MODEL_LOADS = Counter("cascadeq_model_loads_total", "ONNX sessions created", ["model"])
 MODEL_UNLOADS = Counter("cascadeq_model_unloads_total", "ONNX sessions released", ["model"])
 MODEL_MEMORY = Gauge(
@@ -129,7 +140,7 @@ def family_names() -> set[str]:
     metrics: tuple[Any, ...] = (
         REQUESTS, ESCALATIONS, ESCALATIONS_SKIPPED, ROUTING_DECISIONS, BATCH_SIZE, PADDING,
         QUEUE_WAIT, BATCH_WAIT, COMPUTE, REQUEST_DURATION, MODEL_LOADS, MODEL_UNLOADS,
-        MODEL_MEMORY, PROCESS_MEMORY,
+        MODEL_MEMORY, PROCESS_MEMORY, TENANT_REQUESTS, TENANT_DURATION,
     )  # fmt: skip
     return {m.name for metric in metrics for m in metric.describe()} | set(QUEUE_FAMILIES)
 
@@ -228,6 +239,9 @@ def observe_batch(model: str, tally: Tally) -> None:
         _child(ESCALATIONS, model, target).inc(n)
     for reason, n in tally.skipped.items():
         _child(ESCALATIONS_SKIPPED, model, reason).inc(n)
+    for tenant, ms in tally.tenant_answers_ms().items():
+        _child(TENANT_REQUESTS, tenant).inc(len(ms))
+        _observe_array(_child(TENANT_DURATION, tenant), ms * 1e-3)
     process_memory("worker")
 
 

@@ -168,11 +168,9 @@ class LoadBoard:
         if not (self.clock.due() or force):
             return
         models = sorted(self.catalog.models)
-        lanes = [self.catalog.models[m].lanes for m in models]
-        pairs = zip(models, lanes, strict=True)
-        backlog = BacklogRead(
-            self.keys, tuple(self.keys.model_stream(m, x) for m, ls in pairs for x in ls)
-        )
+        tenants = self.catalog.tenants  # their sub-streams are the model's backlog too
+        lanes = [tenants.model_streams(self.keys, m, self.catalog.models[m].lanes) for m in models]
+        backlog = BacklogRead(self.keys, tuple(s for ls in lanes for s in ls))
         pipe = self.r.pipeline(transaction=False)
         for model in models:
             pipe.hgetall(self.keys.observed(model))

@@ -102,6 +102,15 @@ class Tally:
     padding: list[float] = field(default_factory=list)
     escalated_to: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    #: tenant -> latencies of its ok answers (only when the catalog declares tenants)
+    tenants: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def for_tenant(self, tenant: str, totals_ms: list[np.ndarray]) -> None:
+        if totals_ms:
+            self.tenants.setdefault(tenant, []).extend(totals_ms)
+
+    def tenant_answers_ms(self) -> dict[str, np.ndarray]:
+        return {t: np.concatenate(arrs) for t, arrs in self.tenants.items()}
 
     def ran(self, samples: int, compute_ms: float, padding_overhead: float | None) -> None:
         self.batches += 1
@@ -137,15 +146,7 @@ class Tally:
         self.answered += len(ms)
         self.statuses[status] += len(ms)
         self.totals_ms.append(ms)
-        above = ms > LATENCY_FLOOR_MS
-        buckets = np.zeros(len(ms), dtype=np.int64)
-        buckets[above] = np.ceil(
-            np.log(ms[above] / LATENCY_FLOOR_MS) / math.log(LATENCY_GROWTH) - 1e-9
-        )
-        counts = np.bincount(buckets)
-        latency = self.latency
-        for bucket in np.flatnonzero(counts).tolist():
-            latency[bucket] += int(counts[bucket])
+        self.latency.update(sketch(ms))
 
     def answers_ms(self) -> np.ndarray:
         """Every answered request's end-to-end latency, sane (no NaN, within the ceiling)."""
@@ -177,6 +178,28 @@ class Tally:
         for bucket, n in self.latency.items():
             pipe.hincrby(key, f"{LATENCY_PREFIX}{bucket}", n)
         pipe.expire(key, WINDOW_TTL_S)
+        if self.tenants:
+            self._queue_tenants(pipe, keys, second)
+
+    def _queue_tenants(self, pipe: Any, keys: Keys, second: int) -> None:
+        """Each tenant's answers and latency sketch, in its own second's hash, and its
+        running count in ``counts:tenants`` (`cascadeq stats` reads both)."""
+        for tenant, ms in self.tenant_answers_ms().items():
+            key = keys.tenant_window(tenant, second)
+            pipe.hincrby(key, ANSWERED, len(ms))
+            pipe.hincrby(keys.tenant_counts, f"{tenant}:answered", len(ms))
+            for bucket, n in sketch(ms).items():
+                pipe.hincrby(key, f"{LATENCY_PREFIX}{bucket}", n)
+            pipe.expire(key, WINDOW_TTL_S)
+
+
+def sketch(ms: np.ndarray) -> Counter[int]:
+    """Latencies (sane ms) counted per sketch bucket, in one numpy pass."""
+    above = ms > LATENCY_FLOOR_MS
+    buckets = np.zeros(len(ms), dtype=np.int64)
+    buckets[above] = np.ceil(np.log(ms[above] / LATENCY_FLOOR_MS) / math.log(LATENCY_GROWTH) - 1e-9)
+    counts = np.bincount(buckets)
+    return Counter({int(b): int(counts[b]) for b in np.flatnonzero(counts).tolist()})
 
 
 @dataclass
@@ -207,6 +230,26 @@ class Window:
             if seen >= rank:
                 return bucket_ms(bucket)
         return bucket_ms(max(self.latency))  # unreachable: seen reaches n
+
+
+def read_tenant_windows(
+    r: redis.Redis, keys: Keys, tenants: Iterable[str], now_s: float | None = None
+) -> dict[str, Window]:
+    """The last WINDOW_S seconds of every tenant's answers, in one pipeline."""
+    names = sorted(tenants)
+    last = int(time.time() if now_s is None else now_s)
+    pipe = r.pipeline(transaction=False)
+    for tenant in names:
+        for second in range(last - WINDOW_S + 1, last + 1):
+            pipe.hgetall(keys.tenant_window(tenant, second))
+    replies = iter(pipe.execute())
+    windows: dict[str, Window] = {}
+    for tenant in names:
+        window = Window()
+        for _ in range(WINDOW_S):
+            window.add(next(replies))
+        windows[tenant] = window
+    return windows
 
 
 def read_windows(

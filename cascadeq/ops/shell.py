@@ -82,9 +82,12 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
                 tier=args.tier,
                 deadline_ms=args.deadline_ms,
                 traceparent=getattr(args, "traceparent", None),
+                tenant=getattr(args, "tenant", None),
             )
         except Rejected as exc:
             print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
+            if exc.retry_after_s is not None:
+                print(f"retry after: {exc.retry_after_s:.3f} s", file=sys.stderr)
             return EXIT_REJECTED
         if args.wait is None:
             print(rid)

@@ -27,11 +27,12 @@ from cascadeq.infra.window import (
     ESCALATED,
     SAMPLES,
     Window,
+    read_tenant_windows,
     read_windows,
 )
 from cascadeq.ops import published
 from cascadeq.protocol import wire
-from cascadeq.protocol.keys import Keys
+from cascadeq.protocol.keys import Keys, stream_model
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: `--watch` redraws in place
 
@@ -79,7 +80,7 @@ def model_names(r: redis.Redis, keys: Keys) -> list[str]:
     found = set()
     for name in r.scan_iter(match=f"{keys.prefix}:q:*", count=1000):
         text = name.decode() if isinstance(name, bytes) else str(name)
-        found.add(text.split(":q:", 1)[1].rsplit(":", 1)[0])
+        found.add(stream_model(text))
     return sorted(found)
 
 
@@ -115,7 +116,12 @@ def collect(
     for model, cpu in pub.models.items():
         out[model]["cpu_us_per_request"] = cpu.cpu_us
         out[model]["compute_us_per_sample"] = round(cpu.compute_us, 3)
-    return {"models": out, "cost": cost_doc(out, pub), "cancelled": cancelled_doc(r, keys)}
+    return {
+        "models": out,
+        "cost": cost_doc(out, pub),
+        "cancelled": cancelled_doc(r, keys),
+        "tenants": tenant_doc(r, keys, now_s),
+    }
 
 
 def cancelled_doc(r: redis.Redis, keys: Keys) -> dict[str, Any]:
@@ -131,6 +137,52 @@ def cancelled_doc(r: redis.Redis, keys: Keys) -> dict[str, Any]:
         "skipped_by_workers": named.get("cancelled:worker", 0),
         "fallbacks": fallbacks,
     }
+
+
+def tenant_doc(r: redis.Redis, keys: Keys, now_s: float | None = None) -> dict[str, Any]:
+    """Per tenant (those answered or refused so far): answers and latency over the last
+    minute, running totals, refusals by code, requests in flight where it is bounded."""
+    raw: Any = r.hgetall(keys.tenant_counts)
+    totals: dict[str, dict[str, int]] = {}
+    for k, v in raw.items():
+        tenant, _, figure = (k.decode() if isinstance(k, bytes) else str(k)).partition(":")
+        totals.setdefault(tenant, {})[figure] = int(v)
+    if not totals:
+        return {}
+    windows = read_tenant_windows(r, keys, totals, now_s)
+    flying = r.mget([keys.tenant_in_flight(t) for t in sorted(totals)])
+    out: dict[str, Any] = {}
+    for (tenant, w), in_flight in zip(sorted(windows.items()), flying, strict=True):
+        figures = totals[tenant]
+        out[tenant] = {
+            "answered_per_s": round(w.counts[ANSWERED] / w.seconds, 3),
+            "p50_ms": round(w.percentile_ms(0.50), 3),
+            "p99_ms": round(w.percentile_ms(0.99), 3),
+            "answered_total": figures.get("answered", 0),
+            "rejected": {
+                f.split(":", 1)[1]: n for f, n in figures.items() if f.startswith("rejected:")
+            },
+            "in_flight": None if in_flight is None else int(in_flight),
+        }
+    return out
+
+
+def render_tenants(tenants: dict[str, Any]) -> list[str]:
+    """One line per tenant, under the model table."""
+    if not tenants:
+        return []
+    head = (
+        f"{'tenant':<16}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'total':>10}{'flying':>8}  rejected"
+    )
+    lines = [head, "-" * len(head)]
+    for tenant, t in tenants.items():
+        refused = ", ".join(f"{code} {n}" for code, n in sorted(t["rejected"].items())) or "-"
+        flying = NOT_REPORTED if t["in_flight"] is None else t["in_flight"]
+        lines.append(
+            f"{tenant:<16}{t['answered_per_s']:>9.1f}{t['p50_ms']:>8.1f}{t['p99_ms']:>8.1f}"
+            f"{t['answered_total']:>10}{flying:>8}  {refused}"
+        )
+    return lines
 
 
 def cost_doc(models: dict[str, Any], pub: published.Published) -> dict[str, Any]:
@@ -183,6 +235,7 @@ def render(doc: dict[str, Any]) -> str:
             lines.append("".join(_cell(text, fmt, v) for (_, text, fmt), v in cells))
     lines.append(cost_line(doc.get("cost", {})))
     lines.append(cancel_line(doc.get("cancelled", {})))
+    lines += render_tenants(doc.get("tenants", {}))
     lines.append("queued: requests not yet acknowledged; depth, lag, pending: stream entries")
     lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
     if any(q["lag"] is None for m in doc["models"].values() for q in m["lanes"].values()):

@@ -60,6 +60,7 @@ class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=
     stage: Count = 0
     routed_at: EpochMs | None = None
     traceparent: Traceparent | None = None  # W3C trace context (protocol/tracecontext.py)
+    tenant: str = "default"  # who the request is for (config/tenants.py); omitted when default
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.model is None):
@@ -121,7 +122,7 @@ class BadItem:
         return salvage_id(self.raw_header)
 
 
-Route = tuple[str | None, str | None, str, str]
+Route = tuple[str | None, str | None, str, str, str]  # task, model, tier, priority, tenant
 
 
 @dataclass
@@ -193,7 +194,7 @@ def decode(stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], max_byte
     except wire.WireError as exc:
         raise EntryError("bad_payload", str(exc), _salvage_one(raw_header)) from exc
     bundle = Bundle(stream, entry_id, [header], {}, np.ones(1, np.int64), raw_inputs, single=True)
-    bundle.route = (header.task, header.model, header.tier, header.priority)
+    bundle.route = (header.task, header.model, header.tier, header.priority, header.tenant)
     try:
         bundle.inputs = wire.loads_inputs(raw_inputs)
         first = next(iter(bundle.inputs.values()), None)
@@ -345,7 +346,7 @@ _NAMES = re.compile(rf"(?:{_NAME}\n)*")
 
 
 def check_names(headers: Sequence[Header]) -> list[BadItem]:
-    """Headers whose id, reply channel, tier, priority, task or model could reach other
+    """Headers whose id, reply channel, tier, priority, tenant, task or model could reach other
     keys, or whose trace is malformed."""
     return _checked(headers)[0]
 
@@ -362,14 +363,15 @@ def _checked(headers: Sequence[Header]) -> tuple[list[BadItem], Route | None]:
     models = {h.model for h in headers}
     tiers = {h.tier for h in headers}
     priorities = {h.priority for h in headers}
+    tenants = {h.tenant for h in headers}
     replies = {h.reply_to for h in headers}
     replies.discard(None)
-    names = tasks | models | tiers | priorities
+    names = tasks | models | tiers | priorities | tenants
     names.discard(None)
     joined = "\n".join(names) + "\n"  # type: ignore[arg-type]
     route: Route | None = None
-    if len(tasks) == len(models) == len(tiers) == len(priorities) == 1:
-        route = (*tasks, *models, *tiers, *priorities)  # type: ignore[assignment]
+    if len(tasks) == len(models) == len(tiers) == len(priorities) == len(tenants) == 1:
+        route = (*tasks, *models, *tiers, *priorities, *tenants)  # type: ignore[assignment]
     if (
         _traces_ok(headers)
         and ids.count("\n") == len(headers)
@@ -477,7 +479,7 @@ def name_problem(h: Header) -> str | None:
         return f"request id {h.id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
     if h.reply_to is not None and not _valid_id(h.reply_to):
         return f"reply_to {h.reply_to!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
-    for kind in ("task", "model", "tier", "priority"):
+    for kind in ("task", "model", "tier", "priority", "tenant"):
         value = getattr(h, kind)
         if value is not None and not _NAME_CHECK.fullmatch(value):
             return (

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 ROUTER_GROUP = "routers"
 WORKER_GROUP = "workers"
 DEFAULT_LANE = "default"
+DEFAULT_TENANT = "default"
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -28,6 +29,17 @@ def check_id(request_id: str) -> str:
             f"request id {request_id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
         )
     return request_id
+
+
+def stream_model(stream: str) -> str:
+    """The model of a model stream name (``<prefix>:q:<model>:<lane>[:<tenant>]``)."""
+    return stream.split(":q:", 1)[1].split(":", 1)[0]
+
+
+def stream_tenant(stream: str) -> str | None:
+    """The tenant of a tenant sub-stream (``...:q:<model>:<lane>:<tenant>``), else None."""
+    parts = stream.split(":q:", 1)[1].split(":")
+    return parts[2] if len(parts) == 3 else None
 
 
 def check_name(kind: str, name: str) -> str:
@@ -49,16 +61,40 @@ class Keys:
     def ingress(self) -> str:
         return f"{self.prefix}:ingress"
 
-    def model_stream(self, model: str, lane: str = DEFAULT_LANE) -> str:
-        return f"{self.prefix}:q:{model}:{lane}"
+    def model_stream(self, model: str, lane: str = DEFAULT_LANE, tenant: str | None = None) -> str:
+        """A model's lane; with ``tenant``, that tenant's sub-stream of the lane (only
+        tenants the catalog declares have one: config/tenants.py)."""
+        if tenant is None:
+            return f"{self.prefix}:q:{model}:{lane}"
+        return f"{self.prefix}:q:{model}:{lane}:{tenant}"
 
     def owns_stream(self, name: str) -> bool:
         """True for this prefix's ingress or a model stream: where a replay may write."""
         if name == self.ingress:
             return True
         head, _, rest = name.partition(":q:")
-        model, _, lane = rest.partition(":")
-        return head == self.prefix and bool(_NAME_RE.fullmatch(model) and _NAME_RE.fullmatch(lane))
+        parts = rest.split(":")
+        return head == self.prefix and 2 <= len(parts) <= 3 and all(map(_NAME_RE.fullmatch, parts))
+
+    def tenant_bucket(self, tenant: str) -> str:
+        """String ``<tokens> <server time, us>``: a rate-limited tenant's token bucket (a
+        string under ``n:``, so the producer's ACL rule of GET/SET covers it)."""
+        return f"{self.prefix}:n:tenant:{tenant}:bucket"
+
+    def tenant_in_flight(self, tenant: str) -> str:
+        """Counter of a tenant's requests submitted and not yet answered (max_in_flight):
+        up in lua/submit.lua, down in lua/commit.lua when a result is stored."""
+        return f"{self.prefix}:n:tenant:{tenant}"
+
+    @property
+    def tenant_counts(self) -> str:
+        """Hash of per-tenant figures: ``<tenant>:answered``, ``<tenant>:rejected:<code>``."""
+        return f"{self.prefix}:counts:tenants"
+
+    def tenant_window(self, tenant: str, second: int) -> str:
+        """Hash of one tenant's per-second answers and latency sketch (`cascadeq stats`);
+        ``obs:tenant:<t>:s:<s>`` has one more part than any model's window."""
+        return f"{self.prefix}:obs:tenant:{tenant}:s:{second}"
 
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:res:{request_id}"

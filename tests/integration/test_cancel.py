@@ -144,3 +144,31 @@ def test_the_asyncio_client_cancels_alike(
             return first.outcome, second.outcome, got[0].status
 
     assert asyncio.run(run()) == ("cancelled", "done", CANCELLED)
+
+
+def test_a_request_held_from_a_tenant_sub_stream_is_running_and_one_queued_there_cancels(
+    r: redis.Redis, settings: Settings, catalog: Catalog, x: np.ndarray
+) -> None:
+    """cancel looks through every stream a worker may hold a request from: tenants'
+    sub-streams too (config/tenants.py)."""
+    cat = with_threshold(
+        Catalog.loads(catalog.text + "\n[tenants.acme]\nweight = 1\n", source=catalog.source),
+        0.0,
+    )
+    router = Router(r, cat, settings)
+    router.setup()
+    small = ModelWorker(r, cat, cat.models["digits-small"], settings, "w1")
+    small.setup()
+    with Producer(settings=settings, catalog=cat, tenant="acme") as client:
+        [held] = submit(client, x, 1)
+        route(router)
+        batch = small.batcher.collect(None)  # taken from digits-small's acme sub-stream
+        [queued] = submit(client, x, 1)
+        route(router)
+        assert client.cancel(held).outcome == "running"
+        assert client.cancel(queued).cancelled
+        small.process(batch)
+        drain(small)
+        got = client.wait_many([held, queued], timeout=5)
+    assert [g.status for g in got] == ["ok", CANCELLED]
+    assert small.stats["samples"] == 1

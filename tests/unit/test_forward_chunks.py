@@ -80,5 +80,5 @@ def test_the_bundle_name_check_refuses_exactly_what_the_per_header_check_does(
     assert [item.index for item in bad] == [
         i for i, h in enumerate(headers) if bundle.name_problem(h)
     ]
-    distinct = {(h.task, h.model, h.tier, h.priority) for h in headers}
+    distinct = {(h.task, h.model, h.tier, h.priority, h.tenant) for h in headers}
     assert route == (next(iter(distinct)) if len(distinct) == 1 else None)

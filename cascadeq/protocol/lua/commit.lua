@@ -8,7 +8,7 @@
 --
 -- KEYS    every key the batch touches; the plan names them by 1-based index.
 -- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, reads, failed,
---         sizes, figures}:
+--         sizes, figures, owners}:
 --   ttl       result TTL in seconds
 --   results   flat array of quads: key index, payload value index, channel (0: none), entry
 --   channels  reply channel names (pub/sub channels are not keys)
@@ -23,6 +23,8 @@
 --   sizes     byte length of each value, in order: value i is the i-th piece of ARGV[2]
 --   figures   array of {command, key index, arg...}: bookkeeping writes (HINCRBY, HSET,
 --             EXPIRE) run last; one that fails fails alone and fails no entry
+--   owners    flat pairs: entry, key index of its tenant's in-flight counter; each result
+--             of that entry stored decrements it (tenants with max_in_flight only)
 --
 -- A counter holds the requests in a stream that no consumer has acknowledged yet (a
 -- stream entry may be a bundle of many): the bounds and backpressure read it, not XLEN.
@@ -47,6 +49,9 @@ local failed = {}
 for _, entry in ipairs(plan[7]) do failed[entry] = true end
 local stored = 0
 local outbox = {}
+local owner, released = {}, {}
+local owners = plan[10] or {}
+for i = 1, #owners, 2 do owner[owners[i]] = owners[i + 1] end
 
 for i = 1, #results, 4 do
   local key, payload = KEYS[results[i]], values[results[i + 1]]
@@ -58,6 +63,8 @@ for i = 1, #results, 4 do
     redis.call('SET', key, cur, 'KEEPTTL')  -- answered before: the first answer stays
   else
     stored = stored + 1
+    local held = owner[results[i + 3]]
+    if held then released[held] = (released[held] or 0) + 1 end
     local channel = results[i + 2]
     if channel > 0 then
       local box = outbox[channel]
@@ -115,6 +122,10 @@ for _, ack in ipairs(acks) do
       end
     end
   end
+end
+
+for index, n in pairs(released) do
+  if redis.call('DECRBY', KEYS[index], n) < 0 then redis.call('SET', KEYS[index], 0) end
 end
 
 for _, figure in ipairs(plan[9]) do

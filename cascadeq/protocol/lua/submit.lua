@@ -8,9 +8,14 @@
 -- KEYS[2]   its request counter (Keys.backlog(ingress))
 -- KEYS[3..] the request counters of the model streams the call's requests start on
 -- ARGV[1]   the plan, msgpack array {ingress bound, model bound, placeholder TTL, digest
---           TTL, result key prefix, partial, bundles}; each bundle is
---           {model counter KEYS index, {id...}, {digest or ''...}, first ARGV index, fields}:
---           its entry's field name / value pairs are ARGV[first .. first + 2 * fields - 1]
+--           TTL, result key prefix, partial, bundles, quotas, tenant counts key}; each
+--           bundle is {model counter KEYS index, {id...}, {digest or ''...}, first ARGV
+--           index, fields, quota (index into quotas, 0: its tenant has no limits), tenant}:
+--           its entry's field
+--           name / value pairs are ARGV[first .. first + 2 * fields - 1]; each quota is
+--           {tenant, rate (0: none), burst, max in flight (0: none), bucket KEYS index,
+--           in-flight counter KEYS index} (only tenants with limits appear: the others
+--           cost nothing here)
 -- ARGV[2..] the bundles' field names and values (headers, stacked inputs, rows)
 --
 -- A request's result key is the prefix plus its id, its digest key that plus ':digest'
@@ -28,11 +33,42 @@
 -- Nothing is written unless every request is queued as sent: a refusal or a skip returns
 -- the positions (1-based, across the bundles in order) so the caller can send again
 -- without them. Returns {queued?, ingress counter after, {duplicates}, {skipped},
--- {not admitted}, full counter's KEYS index (0: none), that counter's value}.
+-- {not admitted}, full counter's KEYS index (0: none), that counter's value, {quota
+-- refusals}}: each quota refusal is {position, quota index, 'rate' | 'in_flight', retry
+-- after in ms (rate: the bucket's refill; 0: the caller estimates), the tenant's figure
+-- (tokens left or requests in flight, as text: a Lua number would reach the caller truncated)}.
+--
+-- Quotas: a token bucket per rate-limited tenant, refilled at `rate` per second of the
+-- server's TIME up to `burst`, one token per request; and a counter of the tenant's
+-- requests in flight (queued, not yet answered: lua/commit.lua decrements it as each
+-- result is stored) within `max in flight`. Both are shared by every producer. They are
+-- written only when the call queues: a refused call consumes nothing. A refusal (queue
+-- full or quota) counts the refused requests in the tenant counts hash (field
+-- `<tenant>:rejected:<code>`; named like the result keys, from the hash-tagged prefix).
 
 local plan = cmsgpack.unpack(ARGV[1])
 local bound, model_bound, ttl, digest_ttl = plan[1], plan[2], plan[3], plan[4]
 local prefix, partial, bundles = plan[5], plan[6] == 1, plan[7]
+local quotas = plan[8] or {}
+local counts_key = plan[9]
+
+-- count refused requests per tenant: at the given positions, or (nil) all of the call
+local function count_refused(code, positions)
+  if not counts_key then return end
+  local at, n = {}, {}
+  if positions then for _, p in ipairs(positions) do at[p] = true end end
+  local p = 0
+  for _, b in ipairs(bundles) do
+    local tenant = b[7] or 'default'
+    for _ = 1, #b[2] do
+      p = p + 1
+      if not positions or at[p] then n[tenant] = (n[tenant] or 0) + 1 end
+    end
+  end
+  for tenant, k in pairs(n) do
+    redis.call('HINCRBY', counts_key, tenant .. ':rejected:' .. code, k)
+  end
+end
 
 local dups = {}
 
@@ -40,36 +76,95 @@ local function counter(index)
   return tonumber(redis.call('GET', KEYS[index]) or '0')
 end
 
+-- the quotas' state now: tokens in each bucket, requests in flight
+local tokens, flying, now_us = {}, {}, 0
+if #quotas > 0 then
+  local t = redis.call('TIME')
+  now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  for q, quota in ipairs(quotas) do
+    if quota[2] > 0 then
+      local level, at = quota[3], now_us
+      local raw = redis.call('GET', KEYS[quota[5]])
+      if raw then
+        local space = string.find(raw, ' ', 1, true)
+        level, at = tonumber(string.sub(raw, 1, space - 1)), tonumber(string.sub(raw, space + 1))
+      end
+      tokens[q] = math.min(quota[3], level + math.max(0, now_us - at) * quota[2] / 1000000)
+    end
+    if quota[4] > 0 then flying[q] = counter(quota[6]) end
+  end
+end
+
+-- why a request of quota q is over it (nil: it fits), with the retry-after it implies
+local function over_quota(q, wanted)
+  local quota = quotas[q]
+  if quota[2] > 0 and tokens[q] < 1 then
+    return 'rate', math.ceil((wanted - tokens[q]) / quota[2] * 1000), tokens[q]
+  end
+  if quota[4] > 0 and flying[q] + 1 > quota[4] then return 'in_flight', 0, flying[q] end
+  return nil
+end
+
+local wants = {}  -- a whole call's requests per quota: what a refused call must wait for
+for _, b in ipairs(bundles) do
+  local q = b[6] or 0
+  if q > 0 then wants[q] = (wants[q] or 0) + #b[2] end
+end
+
 local depth = counter(2)
-local depths, refused = {}, {}
+local depths, refused, refusals = {}, {}, {}
 local queued, full, full_depth = 0, 0, 0
 local pos = 0
 for _, b in ipairs(bundles) do
-  local j = b[1]
+  local j, q = b[1], b[6] or 0
   if not depths[j] then depths[j] = counter(j) end
   for _ = 1, #b[2] do
     pos = pos + 1
     do
-      local over = 0
+      local over, kind, retry, figure = 0, nil, 0, 0
       if depth + queued + 1 > bound then over = 2
-      elseif depths[j] + 1 > model_bound then over = j end
-      if over == 0 then
+      elseif depths[j] + 1 > model_bound then over = j
+      elseif q > 0 then
+        kind, retry, figure = over_quota(q, partial and 1 or wants[q])
+      end
+      if kind then
+        refusals[#refusals + 1] = {pos, q, kind, retry, string.format('%.3f', figure)}
+        if not partial then
+          count_refused('quota', nil)
+          return {0, depth, {}, {}, {}, 0, 0, refusals}
+        end
+      elseif over == 0 then
         queued = queued + 1
         depths[j] = depths[j] + 1
+        if q > 0 then
+          if tokens[q] then tokens[q] = tokens[q] - 1 end
+          if flying[q] then flying[q] = flying[q] + 1 end
+        end
       else
-        if not partial then return {0, depth, {}, {}, {}, over, counter(over)} end
+        if not partial then
+          count_refused('queue_full', nil)
+          return {0, depth, {}, {}, {}, over, counter(over), {}}
+        end
         refused[#refused + 1] = pos
         full, full_depth = over, counter(over)
       end
     end
   end
 end
-if #refused > 0 then return {0, depth, {}, {}, refused, full, full_depth} end
+if #refused > 0 then count_refused('queue_full', refused) end
+if #refusals > 0 then
+  local at = {}
+  for _, r in ipairs(refusals) do at[#at + 1] = r[1] end
+  count_refused('quota', at)
+end
+if #refused > 0 or #refusals > 0 then
+  return {0, depth, {}, {}, refused, full, full_depth, refusals}
+end
 
 -- The placeholders, one SET NX each: one that finds its key taken is a duplicate (of an
 -- earlier call, or of an earlier request of this one), or an idempotent retry whose
--- digest matches (skipped). Either way the call writes nothing:
--- the placeholders it did set are removed before it returns the positions.
+-- digest matches (skipped). Either way the call writes nothing: the placeholders it did
+-- set are removed before it returns the positions, and no quota is consumed.
 local placeholder = string.char(0xC1)
 local set, skips = {}, {}
 pos = 0
@@ -92,8 +187,16 @@ for _, b in ipairs(bundles) do
 end
 if #dups > 0 or #skips > 0 then
   for k = 1, #set, 1000 do redis.call('DEL', unpack(set, k, math.min(k + 999, #set))) end
-  if #dups > 0 then return {0, 0, dups, skips, {}, 0, 0} end
-  return {0, depth, {}, skips, {}, 0, 0}
+  if #dups > 0 then return {0, 0, dups, skips, {}, 0, 0, {}} end
+  return {0, depth, {}, skips, {}, 0, 0, {}}
+end
+
+for q, quota in ipairs(quotas) do
+  if tokens[q] then  -- an idle bucket expires once full again: a missing one is full
+    local life = math.ceil(quota[3] / quota[2] * 1000) + 1000
+    redis.call('SET', KEYS[quota[5]], string.format('%.6f %d', tokens[q], now_us), 'PX', life)
+  end
+  if flying[q] then redis.call('SET', KEYS[quota[6]], flying[q], 'EX', ttl) end
 end
 
 for _, b in ipairs(bundles) do
@@ -107,4 +210,4 @@ for _, b in ipairs(bundles) do
     end
   end
 end
-return {1, redis.call('INCRBY', KEYS[2], queued), {}, {}, {}, 0, 0}
+return {1, redis.call('INCRBY', KEYS[2], queued), {}, {}, {}, 0, 0, {}}
