@@ -47,6 +47,8 @@ class Request(msgspec.Struct, frozen=True):
     #: With ``id``: a retry of this exact request (same task or model, tier and input
     #: bytes) under that id returns the id instead of being refused or computed again.
     idempotent: bool = False
+    #: A version of ``model`` to answer, instead of its active one (or canary).
+    version: str | None = None
 
 
 class Target:
@@ -128,8 +130,9 @@ class Prepared(msgspec.Struct):
 def _header(p: Prepared) -> Header:
     req = p.req
     return Header(
-        p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to
-    )
+        p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to,
+        version=req.version,
+    )  # fmt: skip
 
 
 class Preparer:
@@ -152,6 +155,8 @@ class Preparer:
                 raise Rejected("name exactly one of task= or model=", "bad_request")
             target = _target(req, self.catalog)
             self._last = (task, model, target)
+        if req.version is not None:
+            _check_version(req, self.catalog)
         inputs = req.inputs
         sig, rows, nbytes = _signature(inputs)
         group = target.known(req.priority, sig) if sig is not None and rows > 0 else None
@@ -205,6 +210,21 @@ def new_id() -> str:
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GOOD_NAMES: set[str] = set()  # tier and priority names that passed (one rule for both)
+
+
+def _check_version(req: Request, catalog: Catalog) -> None:
+    """A pinned version names one of the model's versions; a task has several models."""
+    if req.model is None:
+        raise Rejected(
+            "version= pins a version of a model: submit with model=, not task=", "bad_request"
+        )
+    spec = catalog.models[req.model]
+    if req.version not in spec.version_names():
+        raise Rejected(
+            f"model {req.model} has no version {req.version!r}; "
+            f"it has {sorted(spec.version_names())}",
+            "unknown_version",
+        )
 
 
 def _refuse_id(rid: Any) -> None:
@@ -575,6 +595,8 @@ class CatalogCache:
         cat = self.catalog
         if cat is not None:
             known = req.task in cat.tasks if req.task else req.model in cat.models
+            if known and req.version is not None and req.model is not None:  # a new version?
+                known = req.version in cat.models[req.model].version_names()
             if known:
                 return False
         return time.monotonic() - self.checked >= self.REFRESH_S

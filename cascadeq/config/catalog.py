@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadeq.config.fields import CatalogError
+from cascadeq.config.lifecycle import Canary, Providers, VersionSpec
 from cascadeq.config.models import (
     BATCH_MODES,
     OUTPUT_KINDS,
@@ -27,6 +28,9 @@ from cascadeq.config.tasks import Stage, TaskSpec, parse_task
 
 __all__ = [
     "BATCH_MODES",
+    "Canary",
+    "Providers",
+    "VersionSpec",
     "OUTPUT_KINDS",
     "Batching",
     "Catalog",

@@ -40,6 +40,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)
     metrics_port: int = 0  # routers and workers serve Prometheus /metrics here; 0: off
+    # A worker keeps its models' sessions within this many MB of resident memory, least
+    # recently used evicted first and loaded again on demand; 0: no bound.
+    memory_budget_mb: float = 0.0
 
     @property
     def pending_ttl_s(self) -> int:

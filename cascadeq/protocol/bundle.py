@@ -57,6 +57,7 @@ class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=
     attempt: Count = 0
     stage: Count = 0
     routed_at: EpochMs | None = None
+    version: str | None = None  # a pinned version of ``model`` (lifecycle); None: the active
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.model is None):
@@ -398,7 +399,9 @@ def _traces_ok(headers: Sequence[Header]) -> bool:
 
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).
-HOP_TEXT = frozenset({"model", "rule", "tier", "skipped", "hop"})  # hop: "local"
+HOP_TEXT = frozenset(
+    {"model", "rule", "tier", "skipped", "hop", "version", "provider"}
+)  # hop: "local"
 
 
 HOP_OPTIONAL = frozenset({"confidence"})  # None: the model's output has no confidence
@@ -472,7 +475,7 @@ def name_problem(h: Header) -> str | None:
         return f"request id {h.id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
     if h.reply_to is not None and not _valid_id(h.reply_to):
         return f"reply_to {h.reply_to!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
-    for kind in ("task", "model", "tier", "priority"):
+    for kind in ("task", "model", "tier", "priority", "version"):
         value = getattr(h, kind)
         if value is not None and not _NAME_CHECK.fullmatch(value):
             return (
