@@ -2,8 +2,8 @@
 an LRU bounded by ``memory_budget_mb`` (0: unbounded).
 
 Each session's resident size is the process's RSS delta over its load and warm-up
-(measured under the lock, so loads do not overlap); the first measurement is kept, as
-a reload often reuses memory the allocator kept. Past the budget the least recently
+(measured under the lock, so loads do not overlap), never less than its file (a reload
+often reuses memory the allocator kept, so the largest measurement is kept). Past the budget the least recently
 used session is dropped and loaded again on demand; a batch running on it keeps its
 reference until done. Loads, evictions, load time and resident bytes go to Prometheus
 and, per version, to the hash `cascadeq stats` reads.
@@ -66,7 +66,8 @@ class Sessions:
         before, started = metrics.rss_bytes(), time.perf_counter()
         runner = OnnxRunner(spec)
         load_ms = (time.perf_counter() - started) * 1000.0
-        size = self.sizes[key] = max(self.sizes.get(key, 0), metrics.rss_bytes() - before, 0)
+        grew = max(metrics.rss_bytes() - before, spec.path.stat().st_size)  # the weights at least
+        size = self.sizes[key] = max(self.sizes.get(key, 0), grew)
         self.loaded[key] = Loaded(runner, size, load_ms)
         metrics.model_loaded(spec.name, size)
         self._count(spec.name, spec.version, loads=1, load_us=int(load_ms * 1000))

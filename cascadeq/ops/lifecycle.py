@@ -177,6 +177,18 @@ def summary(spec: ModelSpec, raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def version_rows(r: redis.Redis, keys: Keys, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """Every version of ``spec`` with figures or a role: active, canary, inactive."""
+    seen = figures(r, keys, spec.name)
+    shown = [spec.version] + ([spec.canary.version] if spec.canary else [])
+    shown += [v for v in seen if v not in shown]
+    rows = {v: summary(spec, {**seen.get(v, {}), "version": v}) for v in shown}
+    for v, row in rows.items():
+        if v not in (spec.version, spec.canary.version if spec.canary else None):
+            row["role"] = "inactive"
+    return rows
+
+
 def compare(settings: Settings, model: str, as_json: bool = False) -> int:
     """The active version and the canary (or every version seen) side by side."""
     r, keys = _connect(settings)
@@ -184,13 +196,7 @@ def compare(settings: Settings, model: str, as_json: bool = False) -> int:
     if found is None:
         return EXIT_USAGE
     spec = found[1].models[model]
-    seen = figures(r, keys, model)
-    shown = [spec.version] + ([spec.canary.version] if spec.canary else [])
-    shown += [v for v in seen if v not in shown]
-    rows = {v: summary(spec, {**seen.get(v, {}), "version": v}) for v in shown}
-    for v, row in rows.items():
-        if v not in (spec.version, spec.canary.version if spec.canary else None):
-            row["role"] = "inactive"
+    rows = version_rows(r, keys, spec)
     if as_json:
         print(json.dumps({"model": model, "versions": rows}))
         return 0

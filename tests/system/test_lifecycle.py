@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +192,62 @@ def test_a_canary_takes_its_share_then_promote_and_rollback_switch_versions(
         assert "active 2 -> 1" in rolled.stdout
         wait_for(lambda: version_of(ask(client, x, 1)[0]) == "1", 60, "version 1 answers again")
         assert {version_of(r) for r in ask(client, x, 50)} == {"1"}
+
+
+def test_an_unavailable_provider_falls_back_and_is_refused_under_strict(
+    env: dict[str, str], settings: Settings, tmp_path: Path, digits_dir: Path, x: np.ndarray
+) -> None:
+    wanted = 'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n'
+    loose, strict = tmp_path / "loose.toml", tmp_path / "strict.toml"
+    loose.write_text(two_versions(digits_dir, extra=wanted))
+    strict.write_text(two_versions(digits_dir, extra=wanted + "strict = true\n"))
+    refused = run_cli(env, "models", "publish", str(strict))
+    assert refused.returncode == 2
+    assert "model digits version 1: providers: ['CUDAExecutionProvider'] not available" in (
+        refused.stderr
+    )
+    with ProcessGroup({**env, "CASCADEQ_CATALOG": str(strict)}) as group:
+        assert group.spawn("worker").wait(timeout=60) == 2  # a configuration error, said once
+    with ProcessGroup({**env, "CASCADEQ_CATALOG": str(loose)}) as group:
+        group.spawn("router")
+        group.spawn("worker")
+        with Producer(settings=settings, catalog=Catalog.load(loose)) as client:
+            got = ask(client, x, 10)
+    assert all(r.ok for r in got)
+    assert {r.path[-1]["provider"] for r in got} == {"CPUExecutionProvider"}
+
+
+def test_a_budget_for_one_model_evicts_and_reloads_with_correct_answers(
+    env: dict[str, str], r: redis.Redis, settings: Settings, tmp_path: Path, digits_dir: Path
+) -> None:
+    import onnxruntime as ort
+
+    text = ""
+    for name in ("alpha", "beta"):  # two models of one size: the large digits model's copies
+        shutil.copy(digits_dir / "digits_large.onnx", tmp_path / f"{name}.onnx")
+        text += f'[models.{name}]\npath = "{name}.onnx"\noutput = "probabilities"\n{INPUTS}'
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    x = np.load(digits_dir / "digits_test.npz")["X"][:8].astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "alpha.onnx")).run(["probabilities"], {"input": x})[
+        0
+    ]
+    keys = Keys(settings.prefix)
+    # RSS deltas vary with the allocator's state, so a budget under one model's size is
+    # what holds exactly one (the last used always stays): every switch evicts.
+    mine = {**env, "CASCADEQ_CATALOG": str(path), "CASCADEQ_MEMORY_BUDGET_MB": "1"}
+    with ProcessGroup(mine) as group, Producer(settings=settings, catalog=Catalog.load(path)) as c:
+        group.spawn("router")
+        group.spawn("worker", "--models", "alpha,beta")
+        for model in ("alpha", "beta", "alpha", "beta"):
+            [got] = [c.wait(i, 60) for i in c.submit_many([Request({"input": x}, model=model)])]
+            assert got.ok
+            assert np.allclose(got.outputs["probabilities"], want, atol=1e-6)
+        figures = {m: r.hgetall(keys.model_versions(m)) for m in ("alpha", "beta")}
+    for m in ("alpha", "beta"):
+        assert int(figures[m][b"1:loads"]) >= 2  # at start, then again after its eviction
+        assert int(figures[m][b"1:evictions"]) >= 1
+        assert int(figures[m][b"1:load_us"]) > 0
+    resident = [int(figures[m][b"1:resident_bytes"]) for m in ("alpha", "beta")]
+    assert sorted(resident)[0] == 0  # one of them evicted now
+    assert sorted(resident)[1] >= (tmp_path / "alpha.onnx").stat().st_size
