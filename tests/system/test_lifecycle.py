@@ -229,9 +229,8 @@ def test_a_budget_for_one_model_evicts_and_reloads_with_correct_answers(
     path = tmp_path / "catalog.toml"
     path.write_text(text)
     x = np.load(digits_dir / "digits_test.npz")["X"][:8].astype(np.float32)
-    want = ort.InferenceSession(str(tmp_path / "alpha.onnx")).run(["probabilities"], {"input": x})[
-        0
-    ]
+    session = ort.InferenceSession(str(tmp_path / "alpha.onnx"))
+    want = session.run(["probabilities"], {"input": x})[0]
     keys = Keys(settings.prefix)
     # RSS deltas vary with the allocator's state, so a budget under one model's size is
     # what holds exactly one (the last used always stays): every switch evicts.
