@@ -2,11 +2,12 @@
 an LRU bounded by ``memory_budget_mb`` (0: unbounded).
 
 Each session's resident size is the process's RSS delta over its load and warm-up
-(measured under the lock, so loads do not overlap), never less than its file (a reload
-often reuses memory the allocator kept, so the largest measurement is kept). Past the
-budget the least recently used session is dropped and loaded again on demand; a batch
-running on it keeps its reference until done. Loads, evictions, load time and resident bytes go to Prometheus
-and, per version, to the hash `cascadeq stats` reads.
+(measured under the lock, so loads do not overlap), never less than its file; a reload
+often reuses memory the allocator kept, so the largest measurement is kept. Past the
+budget the least recently used session is dropped and loaded again on demand (the last
+used always stays); a batch running on a dropped one keeps its reference until done.
+Loads, evictions, load time and resident bytes go to Prometheus and, per version, to
+the hash `cascadeq stats` reads.
 """
 
 from __future__ import annotations
