@@ -285,7 +285,7 @@ class ModelWorker:
         work.tally.ran(samples, compute_ms, overhead if self.padded else None)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
-        self._figures(items, out, stacked, spec, compute_ms)
+        self._figures(items, out, stacked, runner, compute_ms)
         served = {"version": spec.version, "provider": runner.provider}
         ran = Ran(items, out, launched_at, compute_ms, samples, info, served)
         self.settler.settle(work, ran)
@@ -295,13 +295,14 @@ class ModelWorker:
         items: Runnable,
         out: np.ndarray,
         stacked: list[dict[str, np.ndarray]],
-        spec: ModelSpec,
+        runner: OnnxRunner,
         compute_ms: float,
     ) -> None:
         """The batch's figures for its version; a canary's rows also run on the active
         version, so `cascadeq models compare` can say how often the two agree."""
-        version, figures = spec.version, self.figures
-        figures.ran(version, sum(int(i.keep.sum()) for i, _ in items), len(out), compute_ms)
+        spec, figures = runner.spec, self.figures
+        version, requests = spec.version, sum(int(i.keep.sum()) for i, _ in items)
+        figures.ran(version, runner.provider, requests, len(out), compute_ms)
         if not self.versions.mixed:
             return
         figures.confidence(version, out, spec.output_kind)
@@ -360,10 +361,16 @@ class ModelWorker:
 
     def _version_figures(self, pipe: Any) -> None:
         """Per version: this batch's figures, and the process's loads and evictions."""
+        model, providers = self.spec.name, self.figures.providers
         for version, figures in self.figures.take().items():
-            key = self.keys.model_versions(self.spec.name)
+            key = self.keys.model_versions(model)
             for name, n in figures.items():
                 pipe.hincrby(key, f"{version}:{name}", n)
+            provider = providers.get(version, "")
+            bookkeeping(
+                "metrics",
+                partial(metrics.version_ran, model, version, provider, figures["requests"]),
+            )
         loads = self.sessions.take_counts()
         if loads:
             for (model, version), figures in loads.items():

@@ -70,7 +70,7 @@ class Sessions:
         grew = max(metrics.rss_bytes() - before, spec.path.stat().st_size)  # the weights at least
         size = self.sizes[key] = max(self.sizes.get(key, 0), grew)
         self.loaded[key] = Loaded(runner, size, load_ms)
-        metrics.model_loaded(spec.name, size)
+        metrics.model_loaded(spec.name, size, load_ms / 1000.0)
         self._count(spec.name, spec.version, loads=1, load_us=int(load_ms * 1000))
         log.info(
             "model_loaded",

@@ -74,8 +74,12 @@ class VersionFigures:
     """One batch interval's figures per version, added to the model's version hash."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    providers: dict[str, str] = field(default_factory=dict)  # version -> the one that ran
 
-    def ran(self, version: str, requests: int, samples: int, compute_ms: float) -> None:
+    def ran(
+        self, version: str, provider: str, requests: int, samples: int, compute_ms: float
+    ) -> None:
+        self.providers[version] = provider
         self.add(version, requests=requests, samples=samples, batches=1)
         self.add(version, compute_us=int(compute_ms * 1000))
 
