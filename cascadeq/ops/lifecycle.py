@@ -201,12 +201,23 @@ def compare(settings: Settings, model: str, as_json: bool = False) -> int:
         print(json.dumps({"model": model, "versions": rows}))
         return 0
     print(describe(spec))
-    columns = ("role", "requests", "confidence", "agreement", "compute_us_per_sample", "provider")
-    print(f"{'version':<10}" + "".join(f"{c:>24}" for c in columns))
+    print(f"{'version':<9}{'role':<9}" + "".join(f"{h:>{w}}" for h, w, _ in COLUMNS))
     for v, row in rows.items():
-        print(f"{v:<10}" + "".join(f"{_cell(row[c]):>24}" for c in columns))
-    print("agreement: share of the canary's answers whose top class the active version gives too")
+        cells = "".join(f"{_cell(row[key]):>{w}}" for _, w, key in COLUMNS)
+        print(f"{v:<9}{row['role']:<9}{cells}")
+    print("confidence: mean top-class probability; agreement: share of the canary's answers")
+    print("whose top class the active version gives too; ms/batch, us/sample: compute time")
     return 0
+
+
+COLUMNS = (  # heading, width, figure
+    ("requests", 10, "requests"),
+    ("confidence", 12, "confidence"),
+    ("agreement", 11, "agreement"),
+    ("ms/batch", 10, "compute_ms_per_batch"),
+    ("us/sample", 11, "compute_us_per_sample"),
+    ("provider", 22, "provider"),
+)
 
 
 def _cell(value: Any) -> str:
