@@ -98,7 +98,9 @@ def replay_once(
         requests += _requests(dict(fields))
     pipe.set(keys.backlog(stream), requests)
     pipe.execute()
-    worker = ModelWorker(r, catalog, catalog.models[MODEL], settings, "bench-worker", _sessions(runner))
+    worker = ModelWorker(
+        r, catalog, catalog.models[MODEL], settings, "bench-worker", _sessions(runner)
+    )
     worker.setup()
     r.config_resetstat()
     stop = threading.Event()
