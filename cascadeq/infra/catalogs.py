@@ -2,7 +2,9 @@
 watched by routers and workers, which switch to a new one within a second, unrestarted.
 
 A watcher blocks on the catalog's pub/sub channel (no polling); each message makes it
-read the catalog key once, and a catalog it already holds is ignored. After subscribing
+read the catalog key once, and a catalog it already holds, or one a router stored from
+its own file at start (roles started on files keep their files until a publish), is
+ignored. After subscribing
 it reads the key once too, so a catalog published while it was not listening is still
 taken. Once an operator has published one, a starting router no longer overwrites it
 with its file: the published catalog is the deployment's until the next publish.
@@ -51,10 +53,10 @@ def publish(r: redis.Redis, keys: Keys, catalog: Catalog, by: str = OPERATOR) ->
     if it is the one already published (nothing sent)."""
     new = encoded(catalog, by)
     old: bytes | None = r.get(keys.catalog)  # type: ignore[assignment]
-    if old is not None and wire.loads_map(old, "catalog").get("text") == catalog.text:
-        if by == OPERATOR:
-            r.set(keys.catalog, new)  # now the operator's: a restarted router keeps it
-        return False
+    if old is not None:
+        was = wire.loads_map(old, "catalog")
+        if was.get("text") == catalog.text and was.get("by") == by:
+            return False  # watchers hold it already
     pipe = r.pipeline(transaction=True)
     if old is not None:
         pipe.lpush(keys.catalog_history, old)
@@ -71,8 +73,6 @@ def publish_at_start(r: redis.Redis, keys: Keys, catalog: Catalog) -> None:
     if doc is not None and doc.get("by") == OPERATOR:
         return
     r.set(keys.catalog, encoded(catalog, "router"))
-    if doc is not None and doc.get("text") != catalog.text:
-        r.publish(keys.catalog_channel, b"1")
 
 
 class CatalogWatch:
@@ -112,8 +112,8 @@ class CatalogWatch:
     def check(self) -> None:
         """Read the published catalog; hand it on if it is new and valid."""
         doc = read(self.r, self.keys)
-        if doc is None or doc.get("text") == self.text:
-            return
+        if doc is None or doc.get("by") != OPERATOR or doc.get("text") == self.text:
+            return  # a router's file at start retargets no one: only a publish does
         try:
             catalog = parse(doc, self.check_files)
         except (CatalogError, KeyError, wire.WireError) as exc:
