@@ -90,6 +90,45 @@ def cmd_models_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_lifecycle(args: argparse.Namespace) -> int:
+    from cascadeq.ops import lifecycle
+
+    settings = _settings(args)
+    command = args.models_command
+    if command == "publish":
+        return lifecycle.publish(settings, args.catalog_file)
+    if command == "compare":
+        return lifecycle.compare(settings, args.model, as_json=args.json)
+    if command == "promote":
+        return lifecycle.promote(settings, args.model)
+    return lifecycle.rollback(settings, args.model)
+
+
+def _add_lifecycle_parsers(models: Any) -> None:
+    publish = models.add_parser(
+        "publish",
+        help="validate a catalog and publish it: routers and workers switch without restarting",
+        description="Checks every version of every model as a worker will (checksum, input and "
+        "output names, dtypes and shapes, a warm-up batch at max_batch), then stores the "
+        "catalog in Redis and tells routers and workers, which switch within seconds.",
+    )
+    publish.add_argument("catalog_file", metavar="CATALOG", help="catalog TOML to publish")
+    publish.set_defaults(func=cmd_models_lifecycle)
+    compare = models.add_parser(
+        "compare", help="a model's active and canary versions side by side, from live traffic"
+    )
+    compare.add_argument("model")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_models_lifecycle)
+    for name, text in (
+        ("promote", "make the canary the active version (a publish)"),
+        ("rollback", "drop the canary, or go back to the previous active version (a publish)"),
+    ):
+        part = models.add_parser(name, help=text)
+        part.add_argument("model")
+        part.set_defaults(func=cmd_models_lifecycle)
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -475,9 +514,9 @@ def _add_bench_parser(sub: Any) -> None:
 
 
 def _add_models_parser(sub: Any) -> None:
-    models = sub.add_parser("models", help="build example models, measure models").add_subparsers(
-        dest="models_command", required=True
-    )
+    models = sub.add_parser(
+        "models", help="build, measure, publish, promote and roll back models"
+    ).add_subparsers(dest="models_command", required=True)
     build = models.add_parser(
         "build", help="train the example models (digits; variable-length digits in OUT/seq)"
     )
@@ -500,6 +539,7 @@ def _add_models_parser(sub: Any) -> None:
     )
     measure.add_argument("--dry-run", action="store_true", help="report, do not write")
     measure.set_defaults(func=cmd_models_measure)
+    _add_lifecycle_parsers(models)
 
 
 def _add_client_parsers(sub: Any) -> None:

@@ -58,6 +58,8 @@ class Request(msgspec.Struct, frozen=True):
     traceparent: str | None = None  # W3C trace context; checked at submit
     #: who it is for (quotas, fair share: config/tenants.py); None: the client's tenant
     tenant: str | None = None
+    #: A version of ``model`` to answer, instead of its active one (or canary).
+    version: str | None = None
 
 
 class Target:
@@ -149,7 +151,7 @@ def _header(p: Prepared) -> Header:
     req = p.req
     header = Header(
         p.id, req.task, req.model, req.tier, req.priority, p.deadline, p.submitted, p.reply_to,
-        traceparent=p.traceparent,
+        traceparent=p.traceparent, version=req.version,
     )  # fmt: skip
     tenant = p.group[4]
     if tenant != DEFAULT_TENANT:
@@ -184,6 +186,8 @@ class Preparer:
                 raise Rejected("name exactly one of task= or model=", "bad_request")
             target = _target(req, self.catalog)
             self._last = (task, model, target)
+        if req.version is not None:
+            _check_version(req, self.catalog)
         inputs = req.inputs
         sig, rows, nbytes = _signature(inputs)
         tenant = req.tenant or self.tenant
@@ -251,6 +255,21 @@ def new_id() -> str:
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GOOD_NAMES: set[str] = set()  # tier and priority names that passed (one rule for both)
+
+
+def _check_version(req: Request, catalog: Catalog) -> None:
+    """A pinned version names one of the model's versions; a task has several models."""
+    if req.model is None:
+        raise Rejected(
+            "version= pins a version of a model: submit with model=, not task=", "bad_request"
+        )
+    spec = catalog.models[req.model]
+    if req.version not in spec.version_names():
+        raise Rejected(
+            f"model {req.model} has no version {req.version!r}; "
+            f"it has {sorted(spec.version_names())}",
+            "unknown_version",
+        )
 
 
 def _refuse_id(rid: Any) -> None:
@@ -751,6 +770,8 @@ class CatalogCache:
         cat = self.catalog
         if cat is not None:
             known = req.task in cat.tasks if req.task else req.model in cat.models
+            if known and req.version is not None and req.model is not None:  # a new version?
+                known = req.version in cat.models[req.model].version_names()
             if known:
                 return False
         return time.monotonic() - self.checked >= self.REFRESH_S

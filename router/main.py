@@ -6,8 +6,15 @@ import threading
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
+from cascadeq.infra.catalogs import CatalogWatch
 from cascadeq.infra.connection import connect
-from cascadeq.infra.process import role_timeout, run_replicas, serve_metrics, stop_on_signals
+from cascadeq.infra.process import (
+    role_timeout,
+    run_replicas,
+    run_threads,
+    serve_metrics,
+    stop_on_signals,
+)
 from cascadeq.router.service import Router
 
 
@@ -22,6 +29,12 @@ def run(settings: Settings, catalog_path: str, replicas: int = 1) -> int:
     stop_on_signals(stop)
     r = connect(url, name="cq-router", socket_timeout=role_timeout(settings))
     router = Router(r, catalog, settings)
+
+    def offer(new: Catalog) -> None:
+        router.pending = new  # taken between batches
+
+    watch_r = connect(url, name="cq-router-catalog", socket_timeout=role_timeout(settings))
+    watch = CatalogWatch(watch_r, router.keys, catalog, offer, check_files=False)
     serve_metrics(settings, catalog.models)
-    router.run(stop)
+    run_threads([router.run, watch.run], stop)
     return 0

@@ -17,7 +17,7 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
-from cascadeq.infra import metrics, streams
+from cascadeq.infra import catalogs, metrics, streams
 from cascadeq.infra.cpu import CPU_TTL_S, CpuMeter
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
@@ -25,7 +25,6 @@ from cascadeq.infra.observed import REFRESH_S, LoadBoard
 from cascadeq.infra.process import consumer_name, serve
 from cascadeq.infra.queues import BacklogRead
 from cascadeq.protocol import keys as keynames
-from cascadeq.protocol import wire
 from cascadeq.protocol.clock import Every
 from cascadeq.protocol.keys import DEFAULT_TENANT, Keys
 from cascadeq.protocol.messages import now_ms
@@ -36,27 +35,40 @@ log = get_logger("cascadeq.router")
 
 
 def publish_catalog(r: redis.Redis, keys: Keys, catalog: Catalog) -> None:
-    """Let producers validate against the catalog without a copy of the file."""
-    r.set(keys.catalog, wire.dumps({"source": catalog.source, "text": catalog.text}))
+    """Let producers validate against the catalog without a copy of the file (unless an
+    operator published one: `cascadeq models publish`, infra/catalogs.py)."""
+    catalogs.publish_at_start(r, keys, catalog)
 
 
 class Router:
     def __init__(
         self, r: redis.Redis, catalog: Catalog, settings: Settings, consumer: str | None = None
     ) -> None:
-        self.r, self.catalog, self.settings = r, catalog, settings
+        self.r, self.settings = r, settings
         self.keys = Keys(settings.prefix)
         self.consumer = consumer or consumer_name("router")
+        self.pending: Catalog | None = None  # a published catalog to switch to (watcher sets)
         self.routed = 0
         # Requests per ingress entry, a moving average: a read asks for about
         # router_batch requests, whether entries are single requests or bundles.
         self.per_entry = 1.0
         self.reclaim_clock = Every(streams.reclaim_period(settings.visibility_timeout_ms))
         self.trim_clock = Every(settings.trim_every_s)
-        self.board = LoadBoard(r, self.keys, catalog)
         # published for `cascadeq cost` and `stats`; every batch counts (no model session warms up)
         self.cpu = CpuMeter(warm=True)
         self.cpu_clock = Every(REFRESH_S)
+        self.held: list[str] = []  # model streams over the bound when last checked
+        self.held_since: float | None = None  # monotonic s when the current hold began
+        self.diverted: dict[str, str] = {}  # model -> fallback, held past fallback_wait_ms
+        self.depths: list[int] | None = None  # requests in self.fed, as last seen
+        self.cancels = 0  # requests ever cancelled, as last seen: none, no look for them
+        self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
+        self.use(catalog)
+
+    def use(self, catalog: Catalog) -> None:
+        """Route by ``catalog`` from now on: at start, and between batches after a publish."""
+        self.catalog = catalog
+        self.board = LoadBoard(self.r, self.keys, catalog)
         self.learned = LearnedRouters(catalog)
         self.fed = sorted(
             self.keys.model_stream(m.name, lane)
@@ -70,12 +82,7 @@ class Router:
             for m in catalog.models.values()
             for lane in m.lanes
         }
-        self.held: list[str] = []  # model streams over the bound when last checked
-        self.held_since: float | None = None  # monotonic s when the current hold began
-        self.diverted: dict[str, str] = {}  # model -> fallback, held past fallback_wait_ms
-        self.depths: list[int] | None = None  # requests in self.fed, as last seen
-        self.cancels = 0  # requests ever cancelled, as last seen: none, no look for them
-        self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
+        self.depths = None
 
     def setup(self) -> None:
         self.cpu.start()
@@ -91,6 +98,11 @@ class Router:
 
     def step(self, block_ms: int | None) -> int:
         """One read-route-forward-ack cycle; returns how many entries it handled."""
+        pending = self.pending  # a cheap local flag, set by the catalog watcher
+        if pending is not None:
+            self.pending = None
+            self.use(pending)
+            log.info("catalog_switched", models=sorted(pending.models))
         handled = self._reclaim() if self.reclaim_clock.due() else 0
         self.board.refresh()
         if self._over_bound():

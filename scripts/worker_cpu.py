@@ -98,7 +98,9 @@ def replay_once(
         requests += _requests(dict(fields))
     pipe.set(keys.backlog(stream), requests)
     pipe.execute()
-    worker = ModelWorker(r, catalog, catalog.models[MODEL], settings, "bench-worker", runner)
+    worker = ModelWorker(
+        r, catalog, catalog.models[MODEL], settings, "bench-worker", _sessions(runner)
+    )
     worker.setup()
     r.config_resetstat()
     stop = threading.Event()
@@ -161,6 +163,15 @@ def _split(entries: list[dict[bytes, bytes]], size: int) -> list[dict[bytes, byt
     return out
 
 
+def _sessions(runner: Any) -> Any:
+    """The worker's sessions, holding the one session loaded once for every run."""
+    from cascadeq.workers.sessions import Sessions  # noqa: PLC0415
+
+    sessions = Sessions()
+    sessions.adopt(runner)
+    return sessions
+
+
 def micro(args: argparse.Namespace) -> None:
     """The worker thread's CPU in ``process`` alone: decoded entries, one batch each."""
     from cascadeq.workers import ModelWorker, OnnxRunner  # noqa: PLC0415
@@ -180,7 +191,7 @@ def micro(args: argparse.Namespace) -> None:
         r = redis.Redis.from_url(server.url)
         settings = Settings(redis_url=server.url)
         stream = Keys(settings.prefix).model_stream(MODEL)
-        worker = ModelWorker(r, catalog, spec, settings, "bench-worker", runner)
+        worker = ModelWorker(r, catalog, spec, settings, "bench-worker", _sessions(runner))
         worker.setup()
         requests = 0
         for _ in range(args.runs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from cascadeq.config.catalog import ModelSpec
 from cascadeq.config.tasks import TaskSpec
@@ -27,6 +28,7 @@ class LocalModel:
     run: RunFn
     speed: Speed
     lock: threading.Lock = field(default_factory=threading.Lock)
+    served: dict[str, Any] = field(default_factory=dict)  # its version and provider
 
     def observed(self, compute_ms: float, samples: int) -> None:
         with self.lock:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
+from cascadeq.infra.catalogs import CatalogWatch
 from cascadeq.infra.connection import connect
 from cascadeq.infra.process import (
     consumer_name,
@@ -18,8 +19,10 @@ from cascadeq.infra.process import (
     stop_on_signals,
 )
 from cascadeq.protocol.errors import EXIT_USAGE
+from cascadeq.protocol.keys import Keys
 from cascadeq.workers.local import LocalModels
 from cascadeq.workers.service import ModelWorker
+from cascadeq.workers.sessions import Sessions
 
 # Each model has a compute thread and a prefetching reader thread. When ONNX Runtime
 # hands the GIL back, the compute thread should get it within 0.5 ms, not the default
@@ -53,6 +56,7 @@ def run(
     stop_on_signals(stop)
     consumer = consumer_name("worker")
     local: LocalModels = {}  # each worker joins: a task may escalate into its siblings here
+    sessions = Sessions(settings.memory_budget_mb)  # one LRU for the process's models
     workers = [
         ModelWorker(
             connect(url, name=f"cq-worker-{name}", socket_timeout=role_timeout(settings)),
@@ -60,11 +64,19 @@ def run(
             catalog.models[name],
             settings,
             consumer,
+            sessions=sessions,
             local=local,
         )
         for name in names
     ]
+
+    def offer(new: Catalog) -> None:
+        for w in workers:
+            w.offer(new)
+
+    r = connect(url, name="cq-worker-catalog", socket_timeout=role_timeout(settings))
+    watch = CatalogWatch(r, Keys(settings.prefix), catalog, offer)
     serve_metrics(settings, names)
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
-    run_threads([w.run for w in workers], stop)
+    run_threads([*(w.run for w in workers), watch.run], stop)
     return 0

@@ -41,8 +41,10 @@ from cascadeq.workers.gate import CancelGate
 from cascadeq.workers.lanes import LaneReader
 from cascadeq.workers.local import LocalModel, LocalModels
 from cascadeq.workers.runner import ModelLoadError
+from cascadeq.workers.sessions import Sessions
 from cascadeq.workers.settle import BatchWork, Ran, Settler
-from cascadeq.workers.standin import Runner, load_runner
+from cascadeq.workers.standin import Runner
+from cascadeq.workers.versions import Runnable, VersionFigures, Versions
 
 log = get_logger("cascadeq.worker")
 
@@ -55,18 +57,25 @@ class ModelWorker:
         spec: ModelSpec,
         settings: Settings,
         consumer: str,
-        runner: Runner | None = None,
+        sessions: Sessions | None = None,
         local: LocalModels | None = None,
     ) -> None:
         """``local``: the models of this process, shared by its workers, which this one
-        joins; a task that escalates locally runs its unsure rows on them."""
+        joins; a task that escalates locally runs its unsure rows on them. ``sessions``:
+        the process's ONNX Runtime sessions (one LRU under its memory budget)."""
         self.r, self.catalog, self.spec, self.settings = r, catalog, spec, settings
         self.keys = Keys(settings.prefix)
         self.consumer = consumer
-        before = metrics.rss_bytes()
-        self.runner = runner or _load(spec)
-        self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
-        metrics.model_loaded(spec.name, self.load_bytes)
+        self.sessions = sessions or Sessions(settings.memory_budget_mb)
+        self.versions = Versions(spec)
+        #: versions that failed to load at start, whose batches go to the fallback
+        self.unloadable: dict[str, ModelLoadError] = {}
+        for version in self.versions.serving():  # validated before serving: or not started
+            failed = _load(self.sessions, spec.at(version))
+            if failed is not None:
+                self.unloadable[version] = failed
+        self.figures = VersionFigures()
+        self.pending: tuple[Catalog, ModelSpec] | None = None  # a published catalog to switch to
         lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
         shares = tenant_shares(self.keys, catalog, spec)
         gate = CancelGate(self.keys.cancels, settings.pending_ttl_s)
@@ -84,9 +93,60 @@ class ModelWorker:
         self.speed = Speed()
         self.speed_lock = threading.Lock()  # escalations into this model update it too
         if local is not None:
-            local[spec.name] = LocalModel(spec, self.runner.run, self.speed, self.speed_lock)
+            local[spec.name] = LocalModel(
+                spec, self.run_active, self.speed, self.speed_lock, self.served()
+            )
+        self.local = local
         self.cpu = CpuMeter(helper=lambda: float(getattr(self.batcher, "read_cpu_s", 0.0)))
         self.settler = Settler(catalog, spec, self.keys, self.board, settings.result_ttl_s, local)
+
+    @property
+    def runner(self) -> Runner:
+        """The active version's session (loaded again if the memory budget evicted it)."""
+        return self.sessions.get(self.spec)
+
+    @property
+    def load_bytes(self) -> int:
+        return self.sessions.sizes.get((self.spec.name, self.spec.version, str(self.spec.path)), 0)
+
+    def served(self) -> dict[str, Any]:
+        """What a result of the active version names on its hop."""
+        return {"version": self.spec.version, "provider": self.runner.provider}
+
+    def run_active(self, inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
+        """What a local escalation into this model runs: its active version."""
+        return self.sessions.get(self.spec).run(inputs, samples)
+
+    def offer(self, catalog: Catalog) -> None:
+        """A newly published catalog (from the watcher's thread): its versions of this
+        model are loaded and validated here, off the serving loop, which switches at its
+        next step; a version that fails is refused and the current one keeps serving."""
+        spec = catalog.models.get(self.spec.name)
+        if spec is None:
+            log.warning("model_not_in_catalog", model=self.spec.name, source=catalog.source)
+            return
+        for version in Versions(spec).serving():
+            try:
+                self.sessions.get(spec.at(version))
+            except ModelLoadError as exc:
+                log.error("version_refused", model=spec.name, version=version, error=str(exc))
+                self.r.hset(self.keys.model_versions(spec.name), f"{version}:refused", str(exc))
+                return
+        self.pending = (catalog, spec)
+
+    def _switch(self, catalog: Catalog, spec: ModelSpec) -> None:
+        """Between batches: the batch before ran wholly on the old versions."""
+        was = self.versions.serving()
+        self.catalog, self.spec, self.versions = catalog, spec, Versions(spec)
+        self.board = LoadBoard(self.r, self.keys, catalog)
+        self.settler = Settler(
+            catalog, spec, self.keys, self.board, self.settings.result_ttl_s, self.local
+        )
+        if self.local is not None:
+            self.local[spec.name] = LocalModel(
+                spec, self.run_active, self.speed, self.speed_lock, self.served()
+            )
+        log.info("versions_switched", model=spec.name, before=was, now=self.versions.serving())
 
     def setup(self) -> None:
         self.cpu.start()  # on the serving thread: its thread CPU is what is measured
@@ -110,6 +170,10 @@ class ModelWorker:
         log.info("worker_stopped", model=self.spec.name, **self.stats)
 
     def step(self, block_ms: int | None) -> int:
+        pending = self.pending  # a cheap local flag, set by the catalog watcher
+        if pending is not None:
+            self.pending = None
+            self._switch(*pending)
         handled = self._reclaim() if self.reclaim_clock.due() else 0
         self.board.refresh()
         batch = self.batcher.collect(block_ms)
@@ -182,8 +246,8 @@ class ModelWorker:
                 runnable.append((item, entry))
         if runnable:
             runnable = self._claim(work, runnable)
-        if runnable:
-            self._compute(work, runnable)
+        for version, items in self.versions.split(runnable) if runnable else ():
+            self._compute_version(work, items, version)
         self._send(work)
 
     def _guarded(self, work: BatchWork, entry: int | None, step: Any, *args: Any) -> Any:
@@ -219,20 +283,43 @@ class ModelWorker:
         bookkeeping("metrics", partial(metrics.observe_cancelled, self.spec.name, skipped))
         return [(i, e) for i, e in items if i.keep.any()]
 
-    def _compute(self, work: BatchWork, items: list[tuple[Item, int]]) -> None:
+    def _compute_version(self, work: BatchWork, items: Runnable, version: str) -> None:
+        """One version's part of the batch; a version it cannot serve (gone from the
+        catalog, refused, or failing to load) goes to the model's fallback if the catalog
+        names one, else answers its requests with an error each."""
+        try:
+            if version in self.unloadable:
+                raise self.unloadable[version]
+            runner = self.sessions.get(self.spec.at(version))
+        except (KeyError, ModelLoadError) as exc:
+            if self.spec.fallback is not None:
+                log.warning("model_unavailable", model=self.spec.name, error=repr(exc))
+                self.settler.fall_back(work, items, _reason(exc))
+                return
+            why = f"model {self.spec.name} has no version {version!r} to serve: {exc!r}"
+            for item, entry in items:
+                for j in np.flatnonzero(item.keep).tolist():
+                    failed = error_result(item.headers[j], "version_unavailable", why)
+                    self._store(work, failed, item.headers[j].reply_to, entry)
+            return
+        self._compute(work, items, runner)
+
+    def _compute(self, work: BatchWork, items: Runnable, runner: Runner) -> None:
         """Run the batch; a failure is narrowed down entry by entry, then request by request."""
         samples = sum(i.samples for i, _ in items)
         launched_at = now_ms()
         started = time.perf_counter()
+        spec = runner.spec
         try:
-            run = self.batcher.timed(self.runner.run)  # the strategy learns compute costs
-            out, overhead = padding.run(run, [i.kept_inputs() for i, _ in items], self.spec)
+            run = self.batcher.timed(runner.run)  # the strategy learns compute costs
+            stacked = [i.kept_inputs() for i, _ in items]
+            out, overhead = padding.run(run, stacked, spec)
         except Exception as exc:  # noqa: BLE001 - isolate what broke the batch
             if self.spec.fallback is not None:  # the catalog names a model to take them
                 log.warning("batch_failed", model=self.spec.name, error=repr(exc))
                 self.settler.fall_back(work, items, _reason(exc))
                 return
-            self._narrow(work, items, exc)
+            self._narrow(work, items, exc, runner)
             return
         compute_ms = (time.perf_counter() - started) * 1000.0
         queue_ms = sum(max(0.0, i.read_at - i.enqueued_at) * i.samples for i, _ in items)
@@ -242,19 +329,46 @@ class ModelWorker:
         work.tally.ran(samples, compute_ms, overhead if self.padded else None)
         self.stats["batches"] += 1
         self.stats["samples"] += samples
-        ran = Ran(items, out, launched_at, compute_ms, samples, info)
+        self._figures(items, out, stacked, runner, compute_ms)
+        served = {"version": spec.version, "provider": runner.provider}
+        ran = Ran(items, out, launched_at, compute_ms, samples, info, served)
         self.settler.settle(work, ran)
 
-    def _narrow(self, work: BatchWork, items: list[tuple[Item, int]], exc: Exception) -> None:
+    def _figures(
+        self,
+        items: Runnable,
+        out: np.ndarray,
+        stacked: list[dict[str, np.ndarray]],
+        runner: Runner,
+        compute_ms: float,
+    ) -> None:
+        """The batch's figures for its version; a canary's rows also run on the active
+        version, so `cascadeq models compare` can say how often the two agree."""
+        spec, figures = runner.spec, self.figures
+        version, requests = spec.version, sum(int(i.keep.sum()) for i, _ in items)
+        figures.ran(version, runner.provider, requests, len(out), compute_ms)
+        if not self.versions.mixed:
+            return
+        figures.confidence(version, out, spec.output_kind)
+        canary = self.spec.canary
+        if canary is None or version != canary.version:
+            return
+        try:
+            shadow, _ = padding.run(self.runner.run, stacked, self.spec)
+            figures.agreement(version, out, shadow)
+        except Exception as exc:  # noqa: BLE001 - a comparison never fails the answers
+            log.warning("canary_compare_failed", model=spec.name, error=repr(exc))
+
+    def _narrow(self, work: BatchWork, items: Runnable, exc: Exception, runner: Runner) -> None:
         if len(items) > 1:
             for one in items:
-                self._compute(work, [one])
+                self._compute(work, [one], runner)
             return
         item, entry = items[0]
         kept = np.flatnonzero(item.keep)
         if len(kept) > 1:
             for j in kept.tolist():
-                self._compute(work, [(_only(item, j), entry)])
+                self._compute(work, [(_only(item, j), entry)], runner)
             return
         j = int(kept[0])
         log.warning(
@@ -280,6 +394,7 @@ class ModelWorker:
         for name, n in work.counts.items():
             pipe.hincrby(keys.routing_counts, name, n)
         work.tally.queue(pipe, keys, model)  # `cascadeq stats` reads it
+        self._version_figures(pipe)
         if work.tally.batches:
             with self.speed_lock:
                 self.speed.queue(pipe, keys, model, extra)
@@ -288,6 +403,28 @@ class ModelWorker:
         bookkeeping("metrics", partial(metrics.observe_batch, model, work.tally))
         for other, tally in work.local:  # batches of the models escalated into here
             bookkeeping("metrics", partial(metrics.observe_batch, other, tally))
+
+    def _version_figures(self, pipe: Any) -> None:
+        """Per version: this batch's figures, and the process's loads and evictions."""
+        model, providers = self.spec.name, self.figures.providers
+        for version, figures in self.figures.take().items():
+            key = self.keys.model_versions(model)
+            for name, n in figures.items():
+                pipe.hincrby(key, f"{version}:{name}", n)
+            provider = providers.get(version, "")
+            bookkeeping(
+                "metrics",
+                partial(metrics.version_ran, model, version, provider, figures["requests"]),
+            )
+        loads = self.sessions.take_counts()
+        if loads:
+            for (model, version), figures in loads.items():
+                key = self.keys.model_versions(model)
+                for name, n in figures.items():
+                    pipe.hincrby(key, f"{version}:{name}", n)
+            for (model, version), state in self.sessions.states().items():
+                fields = {f"{version}:{name}": value for name, value in state.items()}
+                pipe.hset(self.keys.model_versions(model), mapping=fields)
 
     def batcher_overlap(self) -> float | None:
         overlap = getattr(self.batcher, "overlap", None)  # continuous batching measures it
@@ -327,26 +464,18 @@ class ModelWorker:
         )
 
 
-def _load(spec: ModelSpec) -> Runner | Unloaded:
-    """The model's session (or stand-in); one that fails to load, where the catalog names a
-    fallback, leaves the worker serving its queue by passing every request to the fallback."""
+def _load(sessions: Sessions, spec: ModelSpec) -> ModelLoadError | None:
+    """Load (and validate) a version before serving. One that fails, where the catalog
+    names a fallback, leaves the worker serving its queue by passing each batch of it to
+    the fallback (``unloadable``); without a fallback the worker does not start."""
     try:
-        return load_runner(spec)
+        sessions.get(spec)
     except ModelLoadError as exc:
         if spec.fallback is None:
             raise
         log.error("model_load_failed", model=spec.name, fallback=spec.fallback, error=str(exc))
-        return Unloaded(exc)
-
-
-class Unloaded:
-    """A model that failed to load: every call raises, so its batches fall back."""
-
-    def __init__(self, error: ModelLoadError) -> None:
-        self.error = error
-
-    def run(self, inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
-        raise self.error
+        return exc
+    return None
 
 
 def _reason(exc: Exception) -> str:

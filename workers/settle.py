@@ -72,6 +72,8 @@ class Ran:
     compute_ms: float
     samples: int
     info: dict[str, Any]  # the batch's extra result info (padding overhead)
+    #: what served it, named on each request's hop: the version and execution provider
+    served: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ class Settler:
             "batch_wait_ms": wait_ms,
             "compute_ms": oks.compute_ms,
             "batch_size": ran.samples,
+            **ran.served,
         }
         kept = np.flatnonzero(item.keep).tolist()
         work.tally.waited(queue_ms, wait_ms, len(kept))
@@ -561,7 +564,7 @@ class Settler:
         there.observed(compute_ms, samples)
         with there.lock:
             there.speed.queue(work.commit.pipe, self.keys, spec.name)
-        ran = Ran(items, out, launched_at, compute_ms, samples, info)
+        ran = Ran(items, out, launched_at, compute_ms, samples, info, there.served)
         self._settler_of(spec.name).settle(sub, ran)
         return True
 

@@ -24,6 +24,7 @@ class Runner(Protocol):
     """What a worker needs of a model: one batch in, one output row per sample out."""
 
     spec: ModelSpec
+    provider: str  # what results and metrics say ran it
 
     def run(self, inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray: ...
 
@@ -38,6 +39,7 @@ class SleepRunner:
             raise ValueError(f"model {spec.name} is not a stand-in (kind = 'sleep')")
         self.spec = spec
         self.standin = spec.standin
+        self.provider = "stand-in"
 
     def run(self, inputs: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
         time.sleep(self.standin.seconds(samples))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadeq.config.fields import CatalogError
+from cascadeq.config.lifecycle import Canary, Providers, VersionSpec
 from cascadeq.config.models import (
     BATCH_MODES,
     OUTPUT_KINDS,
@@ -29,6 +30,9 @@ from cascadeq.config.tenants import Tenants, TenantSpec, parse_tenants
 
 __all__ = [
     "BATCH_MODES",
+    "Canary",
+    "Providers",
+    "VersionSpec",
     "OUTPUT_KINDS",
     "Batching",
     "Catalog",

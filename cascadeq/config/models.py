@@ -1,16 +1,25 @@
-"""What the catalog says about one model: its inputs, output, cost, batching and lanes."""
+"""What the catalog says about one model: its inputs, output, cost, batching, lanes, and
+its lifecycle: the versions it has (path and checksum each), the active one, a canary
+taking a share of its traffic, and the ONNX Runtime execution providers it asks for."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cascadeq.config.fields import Fields
+from cascadeq.config.lifecycle import (
+    LIFECYCLE_FIELDS,
+    Canary,
+    LifecycleFields,
+    Providers,
+    VersionSpec,
+)
 from cascadeq.protocol.keys import DEFAULT_LANE
 from cascadeq.protocol.wire import ALLOWED_DTYPES
 
@@ -80,6 +89,26 @@ class ModelSpec:
     #: The model its requests go to when it fails (compute error, failed load, a queue
     #: held at its bound); checked against the catalog (same inputs, no cycle).
     fallback: str | None = None
+    #: Every version by name (``version`` above is the active one and ``path`` its file);
+    #: empty means the one implicit version of the single-path form.
+    versions: Mapping[str, VersionSpec] = field(default_factory=dict, hash=False)
+    canary: Canary | None = None
+    providers: Providers = field(default_factory=Providers)
+
+    @property
+    def sha256(self) -> str | None:
+        found = self.versions.get(self.version)
+        return None if found is None else found.sha256
+
+    def version_names(self) -> tuple[str, ...]:
+        return tuple(self.versions) or (self.version,)
+
+    def at(self, version: str) -> ModelSpec:
+        """This model serving ``version`` (KeyError if it has none of that name)."""
+        if version == self.version:
+            return self
+        v = self.versions[version]
+        return replace(self, path=v.path, version=v.name)
 
     def lane_for(self, priority: str) -> str:
         """A priority this model does not serve joins its lowest lane: never ahead of others."""
@@ -117,7 +146,7 @@ def _check_one(model: ModelSpec, spec: InputSpec, arr: np.ndarray) -> None:
         raise InputError(f"{where} holds NaN or inf, which model {model.name} does not allow")
 
 
-class ModelFields(Fields):
+class ModelFields(LifecycleFields):
     """Parses ``[models.NAME]`` tables."""
 
     def model(self, name: str, doc: dict[str, Any]) -> ModelSpec:
@@ -139,21 +168,18 @@ class ModelFields(Fields):
             "kind",
             *STANDIN_FIELDS,
             "fallback",
+            *LIFECYCLE_FIELDS,
         }
         self.no_unknown(doc, allowed, where)
         standin = self.standin(doc, where)
         if standin is None:
-            path = self.base / self.value(doc, "path", where, str, fix='add path = "model.onnx"')
-        elif "path" in doc:
-            raise self.fail(f"{where}.path", "a stand-in reads no file", "remove path")
-        else:  # the name only says so in messages
-            path = Path(f"stand-in:{name}")
-        if standin is None and self.check_files and not path.is_file():
-            raise self.fail(
-                f"{where}.path",
-                f"file {path} does not exist",
-                "build it (`cascadeq models build`) or correct the path",
-            )
+            versions, active = self.versions(doc, where)
+        else:  # no file: one implicit version, whose path only says so in messages
+            for key in ("path", "versions", "sha256"):
+                if key in doc:
+                    raise self.fail(f"{where}.{key}", "a stand-in reads no file", f"remove {key}")
+            active = str(self.value(doc, "version", where, (str, int), "1"))
+            versions = {active: VersionSpec(active, Path(f"stand-in:{name}"))}
         kind = self.value(doc, "output_kind", where, str, "probabilities")
         if kind not in OUTPUT_KINDS:
             raise self.fail(
@@ -171,11 +197,11 @@ class ModelFields(Fields):
         batching = self.batching(batching_doc, f"{where}.batching", inputs)
         return ModelSpec(
             name=name,
-            path=path,
+            path=versions[active].path,
             inputs=inputs,
             output=self.value(doc, "output", where, str, fix='add output = "probabilities"'),
             output_kind=kind,
-            version=str(self.value(doc, "version", where, (str, int), "1")),
+            version=active,
             cost=cost,
             intra_op_threads=self.positive(doc, "intra_op_threads", where, 1),
             inter_op_threads=self.positive(doc, "inter_op_threads", where, 1),
@@ -185,6 +211,9 @@ class ModelFields(Fields):
             lane_turn_every=self.positive(doc, "lane_turn_every", where, 4),
             standin=standin,
             fallback=self.value(doc, "fallback", where, str, None),
+            versions=versions,
+            canary=self.canary(doc, where, versions, active),
+            providers=self.providers(doc, where),
         )
 
     def standin(self, doc: dict[str, Any], where: str) -> StandIn | None:

@@ -42,6 +42,9 @@ class Settings:
     metrics_port: int = 0  # routers and workers serve Prometheus /metrics here; 0: off
     fallback_wait_ms: int = 1000  # a queue held at its bound this long: route to its fallback
     start_traces: int = 0  # 1: the producer starts a W3C traceparent where none is given
+    # A worker keeps its models' sessions within this many MB of resident memory, least
+    # recently used evicted first and loaded again on demand; 0: no bound.
+    memory_budget_mb: float = 0.0
 
     @property
     def pending_ttl_s(self) -> int:

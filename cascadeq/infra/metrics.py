@@ -111,6 +111,16 @@ TENANT_DURATION = Histogram(
 )
 MODEL_LOADS = Counter("cascadeq_model_loads_total", "ONNX sessions created", ["model"])
 MODEL_UNLOADS = Counter("cascadeq_model_unloads_total", "ONNX sessions released", ["model"])
+MODEL_LOAD_TIME = Counter(
+    "cascadeq_model_load_seconds",
+    "Time spent creating, validating and warming up ONNX sessions",
+    ["model"],
+)
+VERSION_REQUESTS = Counter(
+    "cascadeq_version_requests",
+    "Requests run by each model version, by the execution provider that ran them",
+    ["model", "version", "provider"],
+)
 MODEL_MEMORY = Gauge(
     "cascadeq_model_memory_bytes",
     "Resident memory the model's ONNX session added when it was created",
@@ -140,7 +150,8 @@ def family_names() -> set[str]:
     metrics: tuple[Any, ...] = (
         REQUESTS, ESCALATIONS, ESCALATIONS_SKIPPED, ROUTING_DECISIONS, BATCH_SIZE, PADDING,
         QUEUE_WAIT, BATCH_WAIT, COMPUTE, REQUEST_DURATION, MODEL_LOADS, MODEL_UNLOADS,
-        MODEL_MEMORY, PROCESS_MEMORY, TENANT_REQUESTS, TENANT_DURATION,
+        MODEL_MEMORY, PROCESS_MEMORY, TENANT_REQUESTS, TENANT_DURATION, MODEL_LOAD_TIME,
+        VERSION_REQUESTS,
     )  # fmt: skip
     return {m.name for metric in metrics for m in metric.describe()} | set(QUEUE_FAMILIES)
 
@@ -163,9 +174,14 @@ def process_memory(role: str) -> None:
         PROCESS_MEMORY.labels(role).set(rss_bytes())
 
 
-def model_loaded(model: str, memory_bytes: int) -> None:
+def model_loaded(model: str, memory_bytes: int, seconds: float = 0.0) -> None:
     MODEL_LOADS.labels(model).inc()
     MODEL_MEMORY.labels(model).set(memory_bytes)
+    MODEL_LOAD_TIME.labels(model).inc(seconds)
+
+
+def version_ran(model: str, version: str, provider: str, requests: int) -> None:
+    VERSION_REQUESTS.labels(model, version, provider).inc(requests)
 
 
 def model_unloaded(model: str) -> None:

@@ -18,7 +18,7 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
-from cascadeq.infra import queues
+from cascadeq.infra import catalogs, queues
 from cascadeq.infra.connection import connect
 from cascadeq.infra.window import (
     ANSWERED,
@@ -30,7 +30,7 @@ from cascadeq.infra.window import (
     read_tenant_windows,
     read_windows,
 )
-from cascadeq.ops import published
+from cascadeq.ops import lifecycle, published
 from cascadeq.protocol import wire
 from cascadeq.protocol.keys import Keys, stream_model
 
@@ -116,6 +116,7 @@ def collect(
     for model, cpu in pub.models.items():
         out[model]["cpu_us_per_request"] = cpu.cpu_us
         out[model]["compute_us_per_sample"] = round(cpu.compute_us, 3)
+    add_versions(r, keys, out)
     return {
         "models": out,
         "cost": cost_doc(out, pub),
@@ -185,6 +186,31 @@ def render_tenants(tenants: dict[str, Any]) -> list[str]:
     return lines
 
 
+def add_versions(r: redis.Redis, keys: Keys, out: dict[str, Any]) -> None:
+    """Each model's figures per version (requests, confidence, provider, memory, loads)."""
+    doc = catalogs.read(r, keys)
+    if doc is None:
+        return
+    catalog = catalogs.parse(doc, check_files=False)
+    for model, m in out.items():
+        spec = catalog.models.get(model)
+        if spec is not None:
+            m["versions"] = lifecycle.version_rows(r, keys, spec)
+
+
+def render_versions(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for model, m in doc["models"].items():
+        for version, v in m.get("versions", {}).items():
+            conf = "-" if v["confidence"] is None else f"{v['confidence']:.3f}"
+            lines.append(
+                f"  {model} version {version} ({v['role']}): {v['requests']} requests, "
+                f"confidence {conf}, {v['provider'] or '-'}, {v['resident_mb']} MB resident, "
+                f"{v['loads']} loads ({v['load_ms']} ms), {v['evictions']} evictions"
+            )
+    return ["versions:", *lines] if lines else []
+
+
 def cost_doc(models: dict[str, Any], pub: published.Published) -> dict[str, Any]:
     """Per answered request over the window: total (every role's CPU plus Redis's) and
     compute only; None figures were not published (or not sampled)."""
@@ -236,6 +262,7 @@ def render(doc: dict[str, Any]) -> str:
     lines.append(cost_line(doc.get("cost", {})))
     lines.append(cancel_line(doc.get("cancelled", {})))
     lines += render_tenants(doc.get("tenants", {}))
+    lines += render_versions(doc)
     lines.append("queued: requests not yet acknowledged; depth, lag, pending: stream entries")
     lines.append("rates, batch, esc% and latency (end to end): the last minute, per model")
     if any(q["lag"] is None for m in doc["models"].values() for q in m["lanes"].values()):

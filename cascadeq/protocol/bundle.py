@@ -61,6 +61,7 @@ class Header(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=
     routed_at: EpochMs | None = None
     traceparent: Traceparent | None = None  # W3C trace context (protocol/tracecontext.py)
     tenant: str = "default"  # who the request is for (config/tenants.py); omitted when default
+    version: str | None = None  # a pinned version of ``model`` (lifecycle); None: the active
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.model is None):
@@ -404,7 +405,7 @@ def _traces_ok(headers: Sequence[Header]) -> bool:
 
 #: The trace hop fields that hold text; every other field holds a number (or nothing).
 HOP_TEXT = frozenset(
-    {"model", "rule", "tier", "skipped", "hop", "failed"}
+    {"model", "rule", "tier", "skipped", "hop", "failed", "version", "provider"}
 )  # hop: "local", "fallback"
 
 
@@ -479,7 +480,7 @@ def name_problem(h: Header) -> str | None:
         return f"request id {h.id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
     if h.reply_to is not None and not _valid_id(h.reply_to):
         return f"reply_to {h.reply_to!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
-    for kind in ("task", "model", "tier", "priority", "tenant"):
+    for kind in ("task", "model", "tier", "priority", "tenant", "version"):
         value = getattr(h, kind)
         if value is not None and not _NAME_CHECK.fullmatch(value):
             return (

@@ -121,6 +121,22 @@ class Keys:
     def catalog(self) -> str:
         return f"{self.prefix}:catalog"
 
+    @property
+    def catalog_channel(self) -> str:
+        """Pub/sub channel (not a key) told of each published catalog: routers and workers
+        block on it and load the new one (``cascadeq models publish``)."""
+        return f"{self.prefix}:catalog"
+
+    @property
+    def catalog_history(self) -> str:
+        """List of the catalogs published before, newest first: what a rollback reads."""
+        return f"{self.prefix}:catalog:history"
+
+    def model_versions(self, model: str) -> str:
+        """Hash of a model's figures per version (``<version>:<figure>``, integers): what
+        `cascadeq stats` and `cascadeq models compare` read; under ``counts:``."""
+        return f"{self.prefix}:counts:versions:{model}"
+
     def observed(self, model: str) -> str:
         """Hash of a model's recent compute time, batch size and queue wait (workers write)."""
         return f"{self.prefix}:obs:{model}"

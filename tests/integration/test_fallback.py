@@ -18,6 +18,7 @@ from cascadeq.config.settings import Settings
 from cascadeq.producer import Producer, Request
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
+from cascadeq.workers.sessions import Sessions
 
 
 class Broken:
@@ -52,6 +53,17 @@ def x(digits_dir: Path) -> np.ndarray:
     return np.load(digits_dir / "digits_test.npz")["X"][:6]
 
 
+def _held(cat: Catalog, name: str, runners: dict[str, object]) -> Sessions | None:
+    """Sessions holding a test's runner for ``name`` as its active version, if it has one."""
+    runner = runners.get(name)
+    if runner is None:
+        return None
+    runner.spec = cat.models[name]  # type: ignore[attr-defined]
+    sessions = Sessions()
+    sessions.adopt(runner)  # type: ignore[arg-type]
+    return sessions
+
+
 def serve(
     r: redis.Redis, cat: Catalog, settings: Settings, ids: list[str], **runners: object
 ) -> dict[str, ModelWorker]:
@@ -60,7 +72,9 @@ def serve(
     while router.step(block_ms=None):
         pass
     workers = {
-        name: ModelWorker(r, cat, cat.models[name], settings, f"w-{name}", runner=runners.get(name))  # type: ignore[arg-type]
+        name: ModelWorker(
+            r, cat, cat.models[name], settings, f"w-{name}", _held(cat, name, runners)
+        )
         for name in cat.models
     }
     for _ in range(3):  # each model in cascade order, as often as hops can chain

@@ -160,9 +160,9 @@ def test_a_catalog_that_does_not_match_the_onnx_file_fails_at_load(catalog: Cata
 
     spec = catalog.models["digits-small"]
     renamed = replace(spec, inputs=(replace(spec.inputs[0], name="pixels"),))
-    with pytest.raises(ModelLoadError, match=r"declares inputs \['pixels'\]"):
+    with pytest.raises(ModelLoadError, match=r"inputs: the catalog declares \[.pixels.\]"):
         OnnxRunner(renamed)
-    with pytest.raises(ModelLoadError, match="output 'logits' is not in"):
+    with pytest.raises(ModelLoadError, match="version 1: output: 'logits' is not among"):
         OnnxRunner(replace(spec, output="logits"))
 
 
@@ -272,7 +272,16 @@ def test_a_model_that_breaks_the_length_contract_fails_its_requests_not_the_work
         'inputs = [{ name = "input", dtype = "float32", shape = [-1, 4] }]\n'
     )
     cat = Catalog.load(tmp_path / "catalog.toml")
-    worker = ModelWorker(r, cat, cat.models["bad"], settings, "w1")
+    from cascadeq.workers import ModelLoadError, OnnxRunner
+    from cascadeq.workers.sessions import Sessions
+
+    # The warm-up batch at max_batch finds it before it serves ...
+    with pytest.raises(ModelLoadError, match=r"model bad version 1: output: a batch of 32 gave"):
+        ModelWorker(r, cat, cat.models["bad"], settings, "w1")
+    # ... and were it served unwarmed, its requests fail, not the worker.
+    sessions = Sessions()
+    sessions.adopt(OnnxRunner(cat.models["bad"], warm=False))
+    worker = ModelWorker(r, cat, cat.models["bad"], settings, "w1", sessions=sessions)
     keys = worker.keys
     one = np.ones((1, 4), np.float32)
     enqueue(r, keys, "bad", "single", one, model="bad")  # one row in, one out: fine
