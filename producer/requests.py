@@ -323,29 +323,35 @@ def _check_arrays(inputs: Mapping[str, Any]) -> None:
 class Outgoing:
     """One ingress entry to be: requests of one group, their fields encoded once."""
 
-    __slots__ = ("fields", "members", "stream")
+    __slots__ = ("fields", "members", "shard", "stream")
 
-    def __init__(self, members: list[Prepared], fields: dict[bytes, bytes], stream: str) -> None:
-        self.members, self.fields, self.stream = members, fields, stream
+    def __init__(
+        self, members: list[Prepared], fields: dict[bytes, bytes], stream: str, shard: int = 0
+    ) -> None:
+        self.members, self.fields, self.stream, self.shard = members, fields, stream, shard
 
 
 def plan_calls(prepared: list[Prepared], keys: Keys, settings: Settings) -> list[list[Outgoing]]:
     """Group by (first model, lane, signature), bundle, and pack bundles into script calls
     of at most SUBMIT_CHUNK requests each; raises Rejected before anything is sent."""
     groups: dict[tuple[Any, ...], list[Prepared]] = {}
-    for p in prepared:
-        groups.setdefault(p.group, []).append(p)
+    if keys.shards == 1:
+        for p in prepared:
+            groups.setdefault(p.group, []).append(p)
+    else:  # one ingress shard per call: its stream, counters and result keys share a slot
+        for p in sorted(prepared, key=lambda p: keys.shard_of(p.id)):
+            groups.setdefault((keys.shard_of(p.id), p.group), []).append(p)
     cap = min(BUNDLE_BYTES, settings.max_payload_bytes)
     out: list[Outgoing] = []
     for members in groups.values():
         for run in _runs(members, cap):
             out += encode_bundles(run, keys, settings.max_payload_bytes)
     calls: list[list[Outgoing]] = []
-    size = SUBMIT_CHUNK
+    size, shard = SUBMIT_CHUNK, -1
     for b in out:
-        if size + len(b.members) > SUBMIT_CHUNK:
+        if size + len(b.members) > SUBMIT_CHUNK or b.shard != shard:
             calls.append([])
-            size = 0
+            size, shard = 0, b.shard
         calls[-1].append(b)
         size += len(b.members)
     return calls
@@ -371,7 +377,8 @@ def _runs(members: list[Prepared], cap: int) -> Iterable[list[Prepared]]:
 def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outgoing]:
     """The entry (or, past the byte limit once encoded, entries) for one run."""
     first = run[0]
-    stream = keys.model_stream(first.group[0], first.group[1])
+    shard = keys.shard_of(first.id)
+    stream = keys.model_stream(first.group[0], first.group[1], shard)
     if len(run) == 1:
         _check_finite(run, first.inputs)
         inputs = _encode(first.inputs)
@@ -379,7 +386,7 @@ def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outg
             raise Rejected(
                 f"inputs of {len(inputs)} bytes exceed the limit of {max_bytes} bytes", "too_large"
             )
-        return [Outgoing(run, {HEADER: first.header.dumps(), INPUTS: inputs}, stream)]
+        return [Outgoing(run, {HEADER: first.header.dumps(), INPUTS: inputs}, stream, shard)]
     stacked = {name: np.concatenate([p.inputs[name] for p in run]) for name in first.inputs}
     _check_finite(run, stacked)
     inputs = _encode(stacked)
@@ -390,7 +397,7 @@ def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outg
         )
     headers = [_header(p) for p in run]
     fields = bundle_fields(headers, inputs, [p.rows for p in run])
-    return [Outgoing(run, fields, stream)]
+    return [Outgoing(run, fields, stream, shard)]
 
 
 def _check_finite(run: list[Prepared], inputs: Mapping[str, np.ndarray]) -> None:
@@ -425,15 +432,26 @@ def members(call: list[Outgoing]) -> list[Prepared]:
 # -- the script call ----------------------------------------------------------------------
 
 
+def shard_bounds(settings: Settings, shards: int) -> tuple[int, int]:
+    """The ingress and model-stream bounds of one shard: the totals split evenly, so a
+    full shard refuses while the sum over shards stays within the configured bound."""
+    if shards == 1:
+        return settings.ingress_max_depth, settings.model_max_depth
+    return -(-settings.ingress_max_depth // shards), -(-settings.model_max_depth // shards)
+
+
 class Call:
     """One submit.lua call: keys, arguments, and which stream each counter key counts."""
 
     __slots__ = ("args", "bounds", "keys", "streams")
 
     def __init__(self, call: list[Outgoing], keys: Keys, settings: Settings, partial: bool) -> None:
-        self.keys = [keys.ingress, keys.backlog(keys.ingress)]
-        self.streams = [keys.ingress, keys.ingress]
-        self.bounds = [settings.ingress_max_depth, settings.ingress_max_depth]
+        shard = call[0].shard if call else 0
+        ingress = keys.ingress_of(shard)
+        self.keys = [ingress, keys.backlog(ingress)]
+        self.streams = [ingress, ingress]
+        bound, model_bound = shard_bounds(settings, keys.shards)
+        self.bounds = [bound, bound]
         index: dict[str, int] = {}
         args: list[Any] = [b""]
         plan: list[Any] = []
@@ -442,7 +460,7 @@ class Call:
             if j is None:
                 self.keys.append(keys.backlog(b.stream))
                 self.streams.append(b.stream)
-                self.bounds.append(settings.model_max_depth)
+                self.bounds.append(model_bound)
                 j = index[b.stream] = len(self.keys)
             ids = [p.id for p in b.members]
             digests = [p.digest for p in b.members]
@@ -451,11 +469,11 @@ class Call:
                 args += (name, value)
         args[0] = msgpack.packb(
             [
-                settings.ingress_max_depth,
-                settings.model_max_depth,
+                bound,
+                model_bound,
                 settings.pending_ttl_s,
                 settings.pending_ttl_s + settings.result_ttl_s,  # outlives what it vouches for
-                keys.result(""),
+                keys.result_prefix(shard),
                 int(partial),
                 plan,
             ],

@@ -44,7 +44,7 @@ class Router:
         self, r: redis.Redis, catalog: Catalog, settings: Settings, consumer: str | None = None
     ) -> None:
         self.r, self.catalog, self.settings = r, catalog, settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys()
         self.consumer = consumer or consumer_name("router")
         self.routed = 0
         # Requests per ingress entry, a moving average: a read asks for about

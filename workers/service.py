@@ -31,7 +31,6 @@ from cascadeq.protocol import keys as keynames
 from cascadeq.protocol import wire
 from cascadeq.protocol.bundle import HEADER, INPUTS, BadItem, dumps_header, take_rows
 from cascadeq.protocol.clock import Every
-from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import OK, Result, error_result, now_ms
 from cascadeq.workers import padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
@@ -58,7 +57,7 @@ class ModelWorker:
         """``local``: the models of this process, shared by its workers, which this one
         joins; a task that escalates locally runs its unsure rows on them."""
         self.r, self.catalog, self.spec, self.settings = r, catalog, spec, settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys()
         self.consumer = consumer
         before = metrics.rss_bytes()
         self.runner = runner or OnnxRunner(spec)

@@ -77,7 +77,7 @@ class LocalCluster:
             self.client(m).execute_command("CLUSTER", "ADDSLOTS", *range(m * per, end))
         self._wait(lambda: all(self._knows(i, len(self.nodes)) for i in range(len(self.nodes))))
         ids = [self.node_id(m) for m in range(self.masters)]
-        for k, node in enumerate(self.nodes[self.masters :]):
+        for k in range(len(self.nodes) - self.masters):
             replica = self.client(self.masters + k)
             replica.execute_command("CLUSTER", "REPLICATE", ids[k % self.masters])
         self._wait(self.healthy)
@@ -130,9 +130,10 @@ class LocalCluster:
         """The index of a live replica of node ``master``."""
         port = self.nodes[master].port
         for i, node in enumerate(self.nodes):
-            if node.proc is not None and i != master:
-                if int(self.client(i).info("replication").get("master_port", 0)) == port:
-                    return i
+            if node.proc is None or i == master:
+                continue
+            if int(self.client(i).info("replication").get("master_port", 0)) == port:
+                return i
         raise EmbeddedRedisError(f"node {master} has no live replica")
 
     def kill(self, index: int) -> None:

@@ -21,23 +21,11 @@ import redis.cluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from cascadeq.config.settings import CLUSTER_SCHEMES, is_cluster_url
+
 _RETRY_ON = [redis.ConnectionError, redis.TimeoutError]
 POOL_TIMEOUT_S = 30.0  # longest wait for a free pooled connection
 CONNECT_TIMEOUT_S = 5.0
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.partition("://")[0] in CLUSTER_SCHEMES
-
-
-def cluster_url(url: str) -> str:
-    """``redis://h:p`` as ``redis+cluster://h:p``; a cluster URL stays as it is."""
-    scheme, sep, rest = url.partition("://")
-    if scheme in CLUSTER_SCHEMES or not sep:
-        return url
-    return f"{scheme}+cluster://{rest}"
 
 
 def node_url(url: str) -> str:

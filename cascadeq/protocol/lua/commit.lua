@@ -23,6 +23,10 @@
 --   sizes     byte length of each value, in order: value i is the i-th piece of ARGV[2]
 --   figures   array of {command, key index, arg...}: bookkeeping writes (HINCRBY, HSET,
 --             EXPIRE) run last; one that fails fails alone and fails no entry
+--   starts    (optional) the number of each ack list's first entry, where a call carries
+--             only some of a batch's ack lists (Redis Cluster: one call per slot)
+--   report    (optional) 1: append the failed entries to the reply, after the reads (an
+--             effects-only call on another slot tells the acking call what failed)
 --
 -- A counter holds the requests in a stream that no consumer has acknowledged yet (a
 -- stream entry may be a bundle of many): the bounds and backpressure read it, not XLEN.
@@ -93,7 +97,9 @@ for _, add in ipairs(adds) do
 end
 
 local entry, acked = 0, 0
-for _, ack in ipairs(acks) do
+local starts = plan[10]
+for k, ack in ipairs(acks) do
+  if starts and starts[k] then entry = starts[k] - 1 end
   local ids, requests = {}, 0
   for j = 4, #ack, 2 do
     entry = entry + 1
@@ -126,5 +132,8 @@ end
 local out = {stored, acked}
 for _, index in ipairs(reads) do
   out[#out + 1] = tonumber(redis.call('GET', KEYS[index]) or '0')
+end
+if plan[11] == 1 then
+  for e in pairs(failed) do out[#out + 1] = e end
 end
 return out
