@@ -432,14 +432,6 @@ def members(call: list[Outgoing]) -> list[Prepared]:
 # -- the script call ----------------------------------------------------------------------
 
 
-def shard_bounds(settings: Settings, shards: int) -> tuple[int, int]:
-    """The ingress and model-stream bounds of one shard: the totals split evenly, so a
-    full shard refuses while the sum over shards stays within the configured bound."""
-    if shards == 1:
-        return settings.ingress_max_depth, settings.model_max_depth
-    return -(-settings.ingress_max_depth // shards), -(-settings.model_max_depth // shards)
-
-
 class Call:
     """One submit.lua call: keys, arguments, and which stream each counter key counts."""
 
@@ -450,7 +442,7 @@ class Call:
         ingress = keys.ingress_of(shard)
         self.keys = [ingress, keys.backlog(ingress)]
         self.streams = [ingress, ingress]
-        bound, model_bound = shard_bounds(settings, keys.shards)
+        bound, model_bound = settings.shard_bounds()
         self.bounds = [bound, bound]
         index: dict[str, int] = {}
         args: list[Any] = [b""]

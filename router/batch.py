@@ -55,7 +55,7 @@ class Router(Protocol):
     board: LoadBoard
     learned: LearnedRouters
 
-    def stream_for(self, model: str, priority: str) -> str: ...
+    def stream_for(self, model: str, priority: str, shard: int = 0) -> str: ...
 
 
 log = get_logger("cascadeq.router")
@@ -78,7 +78,7 @@ class Group:
 
 
 class RouteBatch:
-    def __init__(self, router: Router, now: float) -> None:
+    def __init__(self, router: Router, now: float, shard: int = 0) -> None:
         self.router = router
         self.keys = router.keys
         self.now = now
@@ -89,7 +89,8 @@ class RouteBatch:
         self.out: dict[str, list[forward.Part]] = {}  # stream -> parts, in order
         self.rules: Counter[str] = Counter()
         self.finals: Counter[str] = Counter()
-        self.ingress = self.keys.ingress
+        self.shard = shard  # the ingress shard read: every stream it feeds is in its slot
+        self.ingress = self.keys.ingress_of(shard)
         self.counter = self.keys.backlog(self.ingress)
 
     # -- reading -------------------------------------------------------------------------
@@ -292,7 +293,7 @@ class RouteBatch:
         """Every request of the group goes where ``d`` says, sharing one hop dict (nothing
         changes a hop the router appended: the worker appends its own)."""
         hop, stage, now = d.hop(), d.stage, self.now
-        stream = self.router.stream_for(d.model, g.first.priority)
+        stream = self.router.stream_for(d.model, g.first.priority, self.shard)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
             placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
@@ -306,7 +307,7 @@ class RouteBatch:
         h = self.bundles[n].headers[i]
         h.stage, h.routed_at = d.stage, self.now
         h.trace.append(hop)
-        self._out(self.router.stream_for(d.model, h.priority), n, [i])
+        self._out(self.router.stream_for(d.model, h.priority, self.shard), n, [i])
         self.rules[d.rule] += 1
 
     def _out(self, stream: str, n: int, indices: list[int]) -> None:

@@ -11,9 +11,22 @@ XREADGROUP, no extra round trip.
 from __future__ import annotations
 
 import redis
+import redis.cluster
 
 from cascadeq.infra import streams
+from cascadeq.infra.fanin import FanIn, slot_groups
 from cascadeq.protocol.keys import WORKER_GROUP
+
+
+def lane_reader(
+    r: redis.Redis, lanes: list[str], consumer: str, turn_every: int, block_ms: int
+) -> LaneReader | FanIn:
+    """A reader over the lanes: on a cluster with lanes on several slots (ingress shards),
+    a thread per slot blocks on that slot's lanes (cascadeq/infra/fanin.py)."""
+    groups = slot_groups(lanes)
+    if len(groups) > 1 and isinstance(r, redis.cluster.RedisCluster):
+        return FanIn(r, groups, WORKER_GROUP, consumer, block_ms)
+    return LaneReader(r, lanes, consumer, turn_every)
 
 
 class LaneReader:

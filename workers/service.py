@@ -22,6 +22,7 @@ from cascadeq.config.settings import Settings
 from cascadeq.infra import metrics, refusal, streams
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.cpu import CpuMeter
+from cascadeq.infra.fanin import FanIn
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard, Speed
@@ -35,7 +36,7 @@ from cascadeq.protocol.messages import OK, Result, error_result, now_ms
 from cascadeq.workers import padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
-from cascadeq.workers.lanes import LaneReader
+from cascadeq.workers.lanes import lane_reader
 from cascadeq.workers.local import LocalModel, LocalModels
 from cascadeq.workers.runner import OnnxRunner
 from cascadeq.workers.settle import BatchWork, Ran, Settler
@@ -63,8 +64,12 @@ class ModelWorker:
         self.runner = runner or OnnxRunner(spec)
         self.load_bytes = max(0, metrics.rss_bytes() - before)  # what the session added
         metrics.model_loaded(spec.name, self.load_bytes)
-        self.lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
-        self.reader = LaneReader(r, self.lanes, consumer, spec.lane_turn_every)
+        self.lanes = [  # every shard's streams of the model, highest lane first
+            self.keys.model_stream(spec.name, lane, shard)
+            for lane in spec.lanes
+            for shard in range(self.keys.shards)
+        ]
+        self.reader = lane_reader(r, self.lanes, consumer, spec.lane_turn_every, settings.block_ms)
         self.batcher = batcher_for(spec, self.reader, settings.max_payload_bytes, settings.block_ms)
         self.padded = padding.has_variable_axes(spec)  # results then report padding_overhead
         self.stats = {"batches": 0, "samples": 0, "results": 0, "errors": 0}
@@ -94,6 +99,8 @@ class ModelWorker:
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "worker")
         self.batcher.close()  # continuous batching: stop reading ahead, keep what was read
+        if isinstance(self.reader, FanIn):
+            self.reader.close()
         while self.batcher.carry:  # read but not yet run: finish them before leaving
             self.process(self.batcher.drain())
         metrics.model_unloaded(self.spec.name)

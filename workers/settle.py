@@ -347,7 +347,8 @@ class Settler:
             stream = ""
             key = (to, True)
         else:
-            stream = self.keys.model_stream(to, self.catalog.models[to].lane_for(header.priority))
+            lane = self.catalog.models[to].lane_for(header.priority)
+            stream = self.keys.model_stream(to, lane, self.keys.shard_of(header.id))
             key = (stream, False)
         esc = escalations.get(key)
         if esc is None:

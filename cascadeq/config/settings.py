@@ -79,6 +79,14 @@ class Settings:
             )
         return self.url_for(self.redis_url)
 
+    def shard_bounds(self) -> tuple[int, int]:
+        """The ingress and model-stream bounds of one shard: the totals split evenly, so a
+        full shard refuses while the sum over shards stays within the configured bound."""
+        n = self.ingress_shards
+        if n == 1:
+            return self.ingress_max_depth, self.model_max_depth
+        return -(-self.ingress_max_depth // n), -(-self.model_max_depth // n)
+
     def url_for(self, url: str) -> str:
         """``url``, as a ``redis+cluster://`` URL when ``cluster`` is set."""
         return as_cluster_url(url) if self.cluster else url

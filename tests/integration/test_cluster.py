@@ -8,8 +8,9 @@ one slot, and ``ingress_shards=3`` spreads the shards over the three masters.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +20,11 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
-from cascadeq.infra import streams
 from cascadeq.infra.cluster import LocalCluster
 from cascadeq.infra.connection import connect
 from cascadeq.infra.embedded import EmbeddedRedis  # noqa: F401 - marks the module `redis`
+from cascadeq.infra.fanin import FanIn
 from cascadeq.producer import Producer, Request
-from cascadeq.protocol import keys as keynames
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
 
@@ -66,12 +66,25 @@ def with_threshold(catalog: Catalog, threshold: float) -> Catalog:
     return replace(catalog, tasks={"digits": replace(task, cascade=stages)})
 
 
-def drain(*roles: Router | ModelWorker) -> None:
-    """Step every role until none has anything left to do."""
+def stop(*roles: Router | ModelWorker) -> None:
+    """What a role's run() does on its way out: stop the reader threads before the client."""
+    for role in roles:
+        if isinstance(role, ModelWorker):
+            role.batcher.close()
+        reader = role.reader if isinstance(role, ModelWorker) else role.read
+        if isinstance(reader, FanIn):
+            reader.close()
+
+
+def run_until(done: Callable[[], bool], *roles: Router | ModelWorker, timeout: float = 60) -> None:
+    """Step every role (blocking briefly on its reads) until ``done`` holds."""
     for role in roles:
         role.setup()
-    while sum(role.step(block_ms=None) for role in roles):
-        pass
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the roles did not finish in time"
+        for role in roles:
+            role.step(block_ms=20)
 
 
 def test_submit_route_batch_escalate_and_read_from_another_client(
@@ -90,11 +103,13 @@ def test_submit_route_batch_escalate_and_read_from_another_client(
         ids = producer.submit_many(
             [Request({"input": x[i : i + 1]}, task="digits") for i in range(40)]
         )
-        drain(router, small, large)
+        run_until(lambda: all(producer.result(i) for i in ids), router, small, large)
+        stop(router, small, large)
         got = producer.wait_many(ids, timeout=30)
     assert [g.status for g in got] == ["ok"] * 40
     assert {tuple(h["model"] for h in g.path) for g in got} == {("digits-small", "digits-large")}
     assert max(g.batch_size or 0 for g in got) > 1  # batched, not one by one
     with Producer(csettings.redis_url, settings=csettings, catalog=cat) as other:
         again = other.result(ids[7])
-    assert again is not None and again.outputs["probabilities"].shape == (1, 10)
+    assert again is not None
+    assert again.outputs["probabilities"].shape == (1, 10)
