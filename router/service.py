@@ -14,11 +14,11 @@ from functools import partial
 from typing import Any
 
 import redis
-import redis.cluster
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra import metrics, streams
+from cascadeq.infra.connection import is_cluster
 from cascadeq.infra.cpu import CPU_TTL_S, CpuMeter
 from cascadeq.infra.fanin import FanIn
 from cascadeq.infra.isolation import backstop, bookkeeping
@@ -44,7 +44,7 @@ def ingress_reader(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> 
     """read(count, block_ms) over every ingress shard: one XREADGROUP on one Redis (it may
     name many streams), a thread per shard on a cluster (their slots differ: infra/fanin.py)."""
     names = keys.ingresses
-    if keys.shards > 1 and isinstance(r, redis.cluster.RedisCluster):
+    if keys.shards > 1 and is_cluster(r):
         return FanIn(r, [[name] for name in names], keynames.ROUTER_GROUP, consumer, block_ms)
     return partial(streams.read_new, r, names, keynames.ROUTER_GROUP, consumer)
 

@@ -11,9 +11,9 @@ XREADGROUP, no extra round trip.
 from __future__ import annotations
 
 import redis
-import redis.cluster
 
 from cascadeq.infra import streams
+from cascadeq.infra.connection import is_cluster
 from cascadeq.infra.fanin import FanIn, slot_groups
 from cascadeq.protocol.keys import WORKER_GROUP
 
@@ -24,7 +24,7 @@ def lane_reader(
     """A reader over the lanes: on a cluster with lanes on several slots (ingress shards),
     a thread per slot blocks on that slot's lanes (cascadeq/infra/fanin.py)."""
     groups = slot_groups(lanes)
-    if len(groups) > 1 and isinstance(r, redis.cluster.RedisCluster):
+    if len(groups) > 1 and is_cluster(r):
         return FanIn(r, groups, WORKER_GROUP, consumer, block_ms)
     return LaneReader(r, lanes, consumer, turn_every)
 

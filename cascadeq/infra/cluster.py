@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -17,6 +18,10 @@ from cascadeq.infra.embedded import EmbeddedRedis, EmbeddedRedisError
 
 SLOTS = 16384
 FORM_TIMEOUT_S = 60.0
+
+
+def _cmd(client: redis.Redis, *args: object) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 class LocalCluster:
@@ -70,23 +75,23 @@ class LocalCluster:
     def _form(self) -> None:
         first = self.client(0)
         for node in self.nodes[1:]:
-            first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            _cmd(first, "CLUSTER", "MEET", "127.0.0.1", node.port)
         per = SLOTS // self.masters
         for m in range(self.masters):
             end = SLOTS if m == self.masters - 1 else (m + 1) * per
-            self.client(m).execute_command("CLUSTER", "ADDSLOTS", *range(m * per, end))
+            _cmd(self.client(m), "CLUSTER", "ADDSLOTS", *range(m * per, end))
         self._wait(lambda: all(self._knows(i, len(self.nodes)) for i in range(len(self.nodes))))
         ids = [self.node_id(m) for m in range(self.masters)]
         for k in range(len(self.nodes) - self.masters):
             replica = self.client(self.masters + k)
-            replica.execute_command("CLUSTER", "REPLICATE", ids[k % self.masters])
+            _cmd(replica, "CLUSTER", "REPLICATE", ids[k % self.masters])
         self._wait(self.healthy)
 
     def node_id(self, index: int) -> str:
-        return str(self.client(index).execute_command("CLUSTER", "MYID").decode())
+        return str(_cmd(self.client(index), "CLUSTER", "MYID").decode())
 
     def _knows(self, index: int, count: int) -> bool:
-        raw = self.client(index).execute_command("CLUSTER", "NODES")
+        raw = _cmd(self.client(index), "CLUSTER", "NODES")
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         return len([ln for ln in text.splitlines() if "handshake" not in ln and ln]) == count
 
@@ -95,7 +100,7 @@ class LocalCluster:
         for i, node in enumerate(self.nodes):
             if node.proc is None:
                 continue
-            info = self.client(i).execute_command("CLUSTER", "INFO")
+            info = _cmd(self.client(i), "CLUSTER", "INFO")
             text = info.decode() if isinstance(info, bytes) else str(info)
             if "cluster_state:ok" not in text:
                 return False
@@ -119,9 +124,9 @@ class LocalCluster:
     def master_of(self, key: str) -> int:
         """The index of the node that serves ``key``'s slot now."""
         c = self.client(self.live())
-        slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
+        slot = int(_cmd(c, "CLUSTER", "KEYSLOT", key))
         ports = {node.port: i for i, node in enumerate(self.nodes)}
-        for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+        for start, end, master, *_ in _cmd(c, "CLUSTER", "SLOTS"):
             if int(start) <= slot <= int(end):
                 return ports[int(master[1])]
         raise EmbeddedRedisError(f"no master serves slot {slot}")

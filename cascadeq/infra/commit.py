@@ -20,9 +20,9 @@ from typing import Any
 import msgpack
 import numpy as np
 import redis
-import redis.cluster
 
 from cascadeq.infra import slots
+from cascadeq.infra.connection import is_cluster
 from cascadeq.protocol import deadletter, lua
 
 COMMIT = lua.load("commit")
@@ -198,7 +198,7 @@ class Commit:
         (their replies are ``extra``), in one pipeline; without ``also``, the call alone."""
         if not self._read and not self.results and not self.adds and not self.figures:
             return Committed(0, 0, [], [])
-        if isinstance(r, redis.cluster.RedisCluster):
+        if is_cluster(r):
             return Committed(*slots.send(self, r, also, COMMIT))
         args: list[Any] = [self.plan(), b"".join(self.args)]
         if also is None:

@@ -12,7 +12,7 @@ finds the other nodes, routes each command by its key's slot and follows a failo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -26,6 +26,11 @@ from cascadeq.config.settings import CLUSTER_SCHEMES, is_cluster_url
 _RETRY_ON = [redis.ConnectionError, redis.TimeoutError]
 POOL_TIMEOUT_S = 30.0  # longest wait for a free pooled connection
 CONNECT_TIMEOUT_S = 5.0
+
+
+def is_cluster(client: object) -> bool:
+    """True for a ``RedisCluster`` client (sync or asyncio)."""
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
 
 
 def node_url(url: str) -> str:
@@ -59,8 +64,8 @@ def _cluster(url: str, max_connections: int | None, options: dict[str, Any]) -> 
             "connection_pool_class": redis.BlockingConnectionPool,
             "timeout": POOL_TIMEOUT_S,
         }
-    client: Any = redis.cluster.RedisCluster.from_url(node_url(url), **options, **extra)
-    return client  # typed as redis.Redis: the commands the roles send exist on both
+    client = redis.cluster.RedisCluster.from_url(node_url(url), **options, **extra)
+    return cast(redis.Redis, client)  # typed as redis.Redis: the roles' commands exist on both
 
 
 def connect(
@@ -94,8 +99,8 @@ def connect_async(
         options.pop("retry_on_error")
         options.pop("health_check_interval")
         limit = {} if max_connections is None else {"max_connections": max_connections}
-        client: Any = redis.asyncio.cluster.RedisCluster.from_url(node_url(url), **options, **limit)
-        return client  # typed as redis.asyncio.Redis, as above
+        client = redis.asyncio.cluster.RedisCluster.from_url(node_url(url), **options, **limit)
+        return cast(redis.asyncio.Redis, client)  # typed as redis.asyncio.Redis, as above
     if max_connections is None:
         return redis.asyncio.Redis.from_url(url, **options)
     pool = redis.asyncio.BlockingConnectionPool.from_url(

@@ -13,15 +13,15 @@ leave those entries pending. At-least-once delivery is what allows the split.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 from redis.crc import key_slot
 
 from cascadeq.protocol.lua import Script
 
-if TYPE_CHECKING:
-    from cascadeq.infra.commit import Commit
+#: a ``cascadeq.infra.commit.Commit`` (named loosely: commit.py imports this module)
+Commit = Any
 
 
 class _Call:

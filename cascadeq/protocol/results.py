@@ -61,7 +61,7 @@ def mget_commands(keys: Keys, ids: list[str]) -> list[tuple[str, ...]]:
     start = 0
     while start < len(ids):
         shard = keys.shard_of(ids[start])
-        prefix, chunk = keys.result_prefix(shard), []
+        prefix, chunk = keys.result_prefix(shard), list[str]()
         while start < len(ids) and len(chunk) < MGET_CHUNK and keys.shard_of(ids[start]) == shard:
             chunk.append(prefix + ids[start])
             start += 1
