@@ -226,7 +226,7 @@ def run(
     """`cascadeq stats`: ``main`` on its own connection; Ctrl-C ends a watch cleanly."""
     r = connect(settings.require_redis_url(), name="cq-stats")
     try:
-        keys = Keys(settings.prefix)
+        keys = settings.keys()
         return main(r, keys, as_json=as_json, watch=watch, redis_sample_s=redis_sample_s)
     except KeyboardInterrupt:
         return 0
