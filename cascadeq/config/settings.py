@@ -58,6 +58,8 @@ class Settings:
     metrics_port: int = 0  # routers and workers serve Prometheus /metrics here; 0: off
     cluster: int = 0  # 1: REDIS_URL names a node of a Redis Cluster (or use redis+cluster://)
     ingress_shards: int = 1  # ingress streams, each with its own slot (hash tag) on a cluster
+    submit_replicas: int = 0  # submit returns once this many replicas have it (WAIT); 0: off
+    submit_wait_ms: int = 2000  # how long a submit waits for them before it raises
 
     @property
     def pending_ttl_s(self) -> int:

@@ -12,6 +12,7 @@ finds the other nodes, routes each command by its key's slot and follows a failo
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 import redis
@@ -31,6 +32,22 @@ CONNECT_TIMEOUT_S = 5.0
 def is_cluster(client: object) -> bool:
     """True for a ``RedisCluster`` client (sync or asyncio)."""
     return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+
+
+def node_of(client: redis.Redis, key: str) -> redis.Redis:
+    """A plain client of the node that serves ``key`` (the client itself on one Redis):
+    what a WAIT after a write to that key must be sent through, on the same connection."""
+    if not is_cluster(client):
+        return client
+    node: Any = cast(Any, client).get_node_from_key(key)
+    return cast(redis.Redis, node.redis_connection)
+
+
+def refresh(client: redis.Redis) -> None:
+    """Re-read a cluster's slot map (after a node failed under a direct call)."""
+    if is_cluster(client):
+        with contextlib.suppress(redis.RedisError):  # the next call tries again
+            cast(Any, client).nodes_manager.initialize()
 
 
 def node_url(url: str) -> str:
