@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROUTER_GROUP = "routers"
 WORKER_GROUP = "workers"
@@ -50,6 +50,11 @@ class Keys:
     prefix: str = "cq"
     shards: int = 1  # ingress shards; a request id's shard is crc32(id) % shards
     tagged: bool = False  # hash-tag each shard's keys (Redis Cluster, or shards > 1)
+    _res0: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        # the result-key prefix of shard 0, worked out once: result() is per request
+        object.__setattr__(self, "_res0", f"{self.base(0)}:res:")
 
     def base(self, shard: int = 0) -> str:
         """What one shard's keys start with: the bare prefix on one Redis with one shard
@@ -96,6 +101,8 @@ class Keys:
         return head in bases and bool(_NAME_RE.fullmatch(model) and _NAME_RE.fullmatch(lane))
 
     def result(self, request_id: str) -> str:
+        if self.shards == 1:
+            return self._res0 + request_id
         return f"{self.base(self.shard_of(request_id))}:res:{request_id}"
 
     def result_prefix(self, shard: int = 0) -> str:
