@@ -20,6 +20,10 @@ from redis.crc import key_slot
 
 from cascadeq.protocol.lua import Script
 
+#: Every effect in an early call, even on its entry's own slot: the split design, kept
+#: as a switch so scripts/cluster_cost.py can measure it against co-location.
+FORCE_SPLIT = False
+
 #: a ``cascadeq.infra.commit.Commit`` (named loosely: commit.py imports this module)
 Commit = Any
 
@@ -105,7 +109,7 @@ class SlotPlan:
 
     def _home(self, slot: int, entries: list[int]) -> _Call:
         """The acking call if every entry is acked on this slot, else an early call."""
-        if entries and all(self.entry_slot[e - 1] == slot for e in entries):
+        if not FORCE_SPLIT and entries and all(self.entry_slot[e - 1] == slot for e in entries):
             return self._call(self.calls, slot)
         return self._call(self.early, slot)
 
