@@ -130,10 +130,11 @@ class LoadBoard:
         if not (self.clock.due() or force):
             return
         models = sorted(self.catalog.models)
-        lanes = [self.catalog.models[m].lanes for m in models]
+        shards = range(self.keys.shards)  # a model's backlog is over every ingress shard
+        lanes = [[(x, s) for x in self.catalog.models[m].lanes for s in shards] for m in models]
         pairs = zip(models, lanes, strict=True)
         backlog = BacklogRead(
-            self.keys, tuple(self.keys.model_stream(m, x) for m, ls in pairs for x in ls)
+            self.keys, tuple(self.keys.model_stream(m, x, s) for m, ls in pairs for x, s in ls)
         )
         pipe = self.r.pipeline(transaction=False)
         for model in models:

@@ -3,6 +3,7 @@ and the bounds hold per shard (each a share of the total) and so in total."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
+from cascadeq.infra import queues
 from cascadeq.producer import Producer, Rejected, Request
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
@@ -41,9 +43,21 @@ def test_submits_spread_over_the_shards_and_every_one_is_answered(
         assert sum(per_shard) == 60
         assert all(n > 0 for n in per_shard)  # every shard took its ids' share
         router.setup()
-        worker.setup()
-        while router.step(block_ms=None) + worker.step(block_ms=None):
+        while router.step(block_ms=None):
             pass
+        # what stats, /metrics and the load rule see: the model's streams over every shard
+        assert (
+            queues.read_lanes(r, keys, ["digits-small"])[("digits-small", "default")].requests == 60
+        )
+        worker.board.refresh(force=True)
+        assert worker.board.state("digits-small").backlog == 60
+        worker.setup()
+        streams = [keys.model_stream("digits-small", shard=s) for s in range(keys.shards)]
+        deadline = time.monotonic() + 60
+        while sum(int(r.get(keys.backlog(s)) or 0) for s in streams):
+            assert time.monotonic() < deadline, "the worker did not drain its streams"
+            worker.step(block_ms=20)
+        worker.batcher.close()
         got = producer.wait_many(ids, timeout=30)
     assert {g.status for g in got} == {"ok"}
     assert [int(r.get(keys.backlog(i)) or 0) for i in keys.ingresses] == [0, 0, 0]
