@@ -46,7 +46,14 @@ from cascadeq.protocol.messages import Result
 MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
 SWEEP_S = 1.0  # how often the listener re-reads outstanding results as a backstop
 BACKOFF_S = (0.05, 2.0)  # the listener's first and longest wait before subscribing again
-LOST = (redis.ConnectionError, redis.TimeoutError)  # what redis-py raises once retries are spent
+# what redis-py raises once retries are spent (on a cluster: no node reachable, or all
+# slots of a dead master unserved until its replica takes over)
+LOST = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ClusterDownError,
+)
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)

@@ -175,7 +175,8 @@ def serve(
                 ready = True
             step()
             backoff = 0.1
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException (no node of a cluster reachable) is not a RedisError
             log.warning("redis_unavailable", role=role, error=str(exc), retry_in=backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
