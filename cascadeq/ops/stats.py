@@ -77,8 +77,10 @@ def model_names(r: redis.Redis, keys: Keys) -> list[str]:
         catalog = Catalog.loads(str(doc["text"]), source=str(doc["source"]), check_files=False)
         return sorted(catalog.models)
     found = set()
-    for name in r.scan_iter(match=f"{keys.prefix}:q:*", count=1000):
+    for name in r.scan_iter(match=f"{keys.prefix}:*q:*", count=1000):  # shards' too
         text = name.decode() if isinstance(name, bytes) else str(name)
+        if ":q:" not in text or ":res:" in text:  # an id may be "q"
+            continue
         found.add(text.split(":q:", 1)[1].rsplit(":", 1)[0])
     return sorted(found)
 
