@@ -52,7 +52,6 @@ class System:
         return Catalog.load(self.catalog_path)
 
     def counts(self) -> dict[str, int]:
-
         r = connect(self.url)
         raw: Any = r.hgetall(self.settings.keys().routing_counts)
         r.close()
