@@ -26,7 +26,7 @@ from cascadeq.infra.cluster import LocalCluster
 from cascadeq.infra.connection import connect
 from cascadeq.infra.embedded import EmbeddedRedis  # noqa: F401 - marks the module `redis`
 from cascadeq.infra.fanin import FanIn
-from cascadeq.producer import AsyncProducer, Producer, Request
+from cascadeq.producer import AsyncProducer, ConnectionFailed, Producer, Request
 from cascadeq.protocol import deadletter, wire
 from cascadeq.protocol import keys as keynames
 from cascadeq.protocol.keys import Keys
@@ -204,3 +204,15 @@ def test_the_async_client_submits_and_waits_on_the_cluster(
             return await ap.wait_many(ids, timeout=30)
 
     assert [g.status for g in asyncio.run(wait())] == ["ok"] * 9
+
+
+def test_a_submit_that_no_replica_confirms_raises_instead_of_returning(
+    csettings: Settings, catalog: Catalog, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits
+    wanting = replace(csettings, submit_replicas=1, submit_wait_ms=50)  # these masters have none
+    with (
+        Producer(wanting.redis_url, settings=wanting, catalog=catalog) as producer,
+        pytest.raises(ConnectionFailed, match="0 of 1 replica"),
+    ):
+        producer.submit_many([Request({"input": x[:1]}, model="digits-small")])
