@@ -160,7 +160,8 @@ class Settler:
             ran.samples,
             ran.info,
             work.now,
-            self.keys.result(""),
+            self.keys.result_prefix(),
+            None if self.keys.shards == 1 else self.keys.result,
         )
         escalations: dict[tuple[str, bool], _Escalation] = {}
         for item, entry, first in _request_offsets(ran):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 from redis.crc import key_slot
+from test_answers import HOP, headers
 
 from cascadeq.config.settings import Settings
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.slots import SlotPlan
+from cascadeq.protocol import outputs
 from cascadeq.protocol.keys import Keys
+from cascadeq.workers.answers import OkBatch, Sure
 
 
 def slot(name: str) -> int:
@@ -79,3 +83,21 @@ def test_an_effect_on_another_slot_runs_first_and_reports_failures() -> None:
     plan = SlotPlan(c)
     assert set(plan.early) == {slot(keys.result(other))}
     assert [call.starts for call in plan.calls.values()] == [[1], [2]]  # batch numbering kept
+
+
+def test_a_block_of_results_is_keyed_by_each_ids_shard() -> None:
+    """The worker's block path names result keys per id when there are shards (a shard's
+    prefix would file other shards' results where no client looks)."""
+    keys = Keys("cq", shards=3, tagged=True)
+    out = np.random.default_rng(1).random((6, 4)).astype(np.float32)
+    hs = headers([{"model": "small", "rule": "pinned"}], 6, seed=1, id_len=32)
+    batch = OkBatch(
+        "small", "probabilities", outputs.RowSlicer(out), 0.1, 6, {}, 1.0e12,
+        keys.result_prefix(), keys.result,
+    )  # fmt: skip
+    sure = Sure()
+    for i, h in enumerate(hs):
+        sure.add(i, i, 1, h, "top")
+    done = batch.encode(sure, HOP, lambda _m: None, lambda _h: 0)
+    assert done.keys == [keys.result(h.id) for h in hs]
+    assert len({keys.shard_of(h.id) for h in hs}) > 1  # the ids do span shards
