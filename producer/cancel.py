@@ -62,12 +62,13 @@ def call(
         token,
         settings.pending_ttl_s,
     ]
+    shard = keys.shard_of(request_id)  # its result key's slot: the script's keys share it
     streams = [  # each lane's stream and, where tenants split it, their sub-streams
         stream
         for name, spec in catalog.models.items()
-        for stream in catalog.tenants.model_streams(keys, name, spec.lanes)
+        for stream in catalog.tenants.model_streams(keys, name, spec.lanes, shard)
     ]
-    return [keys.result(request_id), keys.cancels, *streams], args
+    return [keys.result(request_id), keys.cancels_of(shard), *streams], args
 
 
 def outcome(request_id: str, reply: list[Any]) -> Cancelled:

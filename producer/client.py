@@ -15,13 +15,13 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from cascadeq.infra.connection import connect
+from cascadeq.infra.connection import connect, node_of, refresh
 from cascadeq.producer import core
 from cascadeq.producer.cancel import Cancelled
 from cascadeq.producer.core import ClientCore, Command, Ops, T
 from cascadeq.producer.errors import Rejected
 from cascadeq.producer.inbox import collect
-from cascadeq.producer.requests import Prepared, Request
+from cascadeq.producer.requests import SUBMIT, Prepared, Request
 from cascadeq.protocol.messages import Result
 
 
@@ -58,10 +58,49 @@ class Producer(ClientCore[str]):
             for args in cmd.batch:
                 pipe.execute_command(*args)  # type: ignore[no-untyped-call]
             return pipe.execute()
+        if cmd.script is SUBMIT and self.settings.submit_replicas:
+            return self._send_replicated(cmd)
         try:
             return self.redis.execute_command(*cmd.args)  # type: ignore[no-untyped-call]
         except NoScriptError:
             return self.redis.execute_command(*cmd.fallback())  # type: ignore[no-untyped-call]
+
+    def _send_replicated(self, cmd: Command) -> Any:
+        """The submit call, then WAIT on the same connection of the node that ran it (WAIT
+        counts the replicas holding that connection's writes): a submit that returns
+        survives the loss of its master. Fewer replicas in time raise ConnectionFailed;
+        the requests may still run, so a caller retrying uses idempotent ids."""
+        want, ms = self.settings.submit_replicas, self.settings.submit_wait_ms
+        for _ in range(3):  # a slot that moved (a failover): re-read the map, go again
+            reply, acked = self._submit_and_wait(cmd, want, ms)
+            if not isinstance(reply, redis.exceptions.AskError):  # MOVED is an ASK
+                break
+            refresh(self.redis)
+        if isinstance(reply, Exception):
+            refresh(self.redis)
+            raise redis.ConnectionError(f"submit failed on its shard's master: {reply}")
+        if isinstance(acked, Exception) or int(acked) < want:
+            raise redis.ConnectionError(
+                f"submit reached the master but {acked} of {want} replica(s) confirmed it"
+                f" within {ms} ms: it may be lost on a failover (the requests may also run)"
+            )
+        return reply
+
+    def _submit_and_wait(self, cmd: Command, want: int, ms: int) -> tuple[Any, Any]:
+        """The submit call and its WAIT in one pipeline on the shard's master."""
+        node = node_of(self.redis, cmd.args[3])  # KEYS[1]: the call's ingress shard
+        try:
+            for args in (cmd.args, cmd.fallback()):
+                pipe = node.pipeline(transaction=False)
+                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+                pipe.execute_command("WAIT", want, ms)  # type: ignore[no-untyped-call]
+                reply, acked = pipe.execute(raise_on_error=False)
+                if not isinstance(reply, NoScriptError):
+                    break
+        except redis.RedisError:
+            refresh(self.redis)  # the node failed: the next call finds its successor
+            raise
+        return reply, acked
 
     # -- submitting -------------------------------------------------------------
 

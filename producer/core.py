@@ -41,14 +41,21 @@ from cascadeq.producer.requests import (
 )
 from cascadeq.protocol import results
 from cascadeq.protocol.clock import Every
-from cascadeq.protocol.keys import DEFAULT_LANE, DEFAULT_TENANT, InvalidName, Keys, check_name
+from cascadeq.protocol.keys import DEFAULT_LANE, DEFAULT_TENANT, InvalidName, check_name
 from cascadeq.protocol.lua import Script
 from cascadeq.protocol.messages import Result
 
 MAX_CONNECTIONS = 16  # the pool; waiting adds one pub/sub connection of its own
 SWEEP_S = 1.0  # how often the listener re-reads outstanding results as a backstop
 BACKOFF_S = (0.05, 2.0)  # the listener's first and longest wait before subscribing again
-LOST = (redis.ConnectionError, redis.TimeoutError)  # what redis-py raises once retries are spent
+# what redis-py raises once retries are spent (on a cluster: no node reachable, or all
+# slots of a dead master unserved until its replica takes over)
+LOST = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ClusterDownError,
+)
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
@@ -139,10 +146,10 @@ class ClientCore(Generic[Answer]):
         url = redis_url or self.settings.redis_url
         if not url:
             raise ValueError("no Redis: pass redis_url= or set REDIS_URL")
-        self.url = url
+        self.url = self.settings.url_for(url)
         self.client_id = uuid.uuid4().hex
         self.connection_name = f"cq-producer-{self.client_id}"  # visible in CLIENT LIST
-        self.keys = Keys(self.settings.prefix)
+        self.keys = self.settings.keys(self.url)
         self.catalogs = CatalogCache(catalog, self.settings.catalog)
         self._inbox = Inbox()
         self._max_bytes = self.settings.max_payload_bytes
@@ -297,6 +304,7 @@ class ClientCore(Generic[Answer]):
     def _fetch_stored_ops(self, ids: list[str]) -> Ops[None]:
         """Deliver results already stored: one MGET per chunk, all in one round trip."""
         if ids:
+            ids = results.by_shard(self.keys, ids)
             found = yield Command(batch=results.mget_commands(self.keys, ids))
             self._inbox.deliver_stored(ids, [raw for chunk in found for raw in chunk])
 

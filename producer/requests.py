@@ -171,9 +171,21 @@ class Preparer:
     ) -> None:
         self.catalog, self.reply_to, self.tenant = catalog, reply_to, tenant
         self.max_bytes = settings.max_payload_bytes
+        #: tenant quotas live in one slot each, which a cluster's per-shard scripts cannot reach
+        self.quotas_ok = not settings.keys().tagged
         self.submitted = now_ms()
         self.start_trace = tracecontext.Starter() if settings.start_traces else None
         self._last: tuple[str | None, str | None, Target] | None = None  # a call's usual target
+
+    def _check_tenant(self, tenant: str) -> None:
+        _check_tenant(tenant)
+        if not self.quotas_ok and self.catalog.tenants.limited(tenant) is not None:
+            raise Rejected(
+                f"tenant {tenant!r} has quotas (rate or max_in_flight), which are not "
+                "enforced on a Redis Cluster yet: remove them from the catalog there",
+                "quota",
+                tenant=tenant,
+            )
 
     def __call__(self, req: Request) -> Prepared:
         """Validate; raises Rejected with the reason."""
@@ -195,7 +207,7 @@ class Preparer:
         group = target.known(by, sig) if sig is not None and rows > 0 else None
         if group is None:  # not seen passing the checks yet
             target.check(inputs)
-            _check_tenant(tenant)
+            self._check_tenant(tenant)
             group = target.group(req.priority, sig, tenant)
         rid = req.id
         if rid is None:
@@ -395,29 +407,35 @@ def _check_arrays(inputs: Mapping[str, Any]) -> None:
 class Outgoing:
     """One ingress entry to be: requests of one group, their fields encoded once."""
 
-    __slots__ = ("fields", "members", "stream")
+    __slots__ = ("fields", "members", "shard", "stream")
 
-    def __init__(self, members: list[Prepared], fields: dict[bytes, bytes], stream: str) -> None:
-        self.members, self.fields, self.stream = members, fields, stream
+    def __init__(
+        self, members: list[Prepared], fields: dict[bytes, bytes], stream: str, shard: int = 0
+    ) -> None:
+        self.members, self.fields, self.stream, self.shard = members, fields, stream, shard
 
 
 def plan_calls(prepared: list[Prepared], keys: Keys, settings: Settings) -> list[list[Outgoing]]:
     """Group by (first model, lane, signature), bundle, and pack bundles into script calls
     of at most SUBMIT_CHUNK requests each; raises Rejected before anything is sent."""
     groups: dict[tuple[Any, ...], list[Prepared]] = {}
-    for p in prepared:
-        groups.setdefault(p.group, []).append(p)
+    if keys.shards == 1:
+        for p in prepared:
+            groups.setdefault(p.group, []).append(p)
+    else:  # one ingress shard per call: its stream, counters and result keys share a slot
+        for p in sorted(prepared, key=lambda p: keys.shard_of(p.id)):
+            groups.setdefault((keys.shard_of(p.id), p.group), []).append(p)
     cap = min(BUNDLE_BYTES, settings.max_payload_bytes)
     out: list[Outgoing] = []
     for members in groups.values():
         for run in _runs(members, cap):
             out += encode_bundles(run, keys, settings.max_payload_bytes)
     calls: list[list[Outgoing]] = []
-    size = SUBMIT_CHUNK
+    size, shard = SUBMIT_CHUNK, -1
     for b in out:
-        if size + len(b.members) > SUBMIT_CHUNK:
+        if size + len(b.members) > SUBMIT_CHUNK or b.shard != shard:
             calls.append([])
-            size = 0
+            size, shard = 0, b.shard
         calls[-1].append(b)
         size += len(b.members)
     return calls
@@ -443,7 +461,8 @@ def _runs(members: list[Prepared], cap: int) -> Iterable[list[Prepared]]:
 def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outgoing]:
     """The entry (or, past the byte limit once encoded, entries) for one run."""
     first = run[0]
-    stream = keys.model_stream(first.group[0], first.group[1], first.group[5])
+    shard = keys.shard_of(first.id)
+    stream = keys.model_stream(first.group[0], first.group[1], first.group[5], shard=shard)
     if len(run) == 1:
         _check_finite(run, first.inputs)
         inputs = _encode(first.inputs)
@@ -451,7 +470,7 @@ def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outg
             raise Rejected(
                 f"inputs of {len(inputs)} bytes exceed the limit of {max_bytes} bytes", "too_large"
             )
-        return [Outgoing(run, {HEADER: first.header.dumps(), INPUTS: inputs}, stream)]
+        return [Outgoing(run, {HEADER: first.header.dumps(), INPUTS: inputs}, stream, shard)]
     stacked = {name: np.concatenate([p.inputs[name] for p in run]) for name in first.inputs}
     _check_finite(run, stacked)
     inputs = _encode(stacked)
@@ -462,7 +481,7 @@ def encode_bundles(run: list[Prepared], keys: Keys, max_bytes: int) -> list[Outg
         )
     headers = [_header(p) for p in run]
     fields = bundle_fields(headers, inputs, [p.rows for p in run])
-    return [Outgoing(run, fields, stream)]
+    return [Outgoing(run, fields, stream, shard)]
 
 
 def _check_finite(run: list[Prepared], inputs: Mapping[str, np.ndarray]) -> None:
@@ -503,9 +522,12 @@ class Call:
     __slots__ = ("args", "bounds", "keys", "quotas", "streams")
 
     def __init__(self, call: list[Outgoing], keys: Keys, settings: Settings, partial: bool) -> None:
-        self.keys = [keys.ingress, keys.backlog(keys.ingress)]
-        self.streams = [keys.ingress, keys.ingress]
-        self.bounds = [settings.ingress_max_depth, settings.ingress_max_depth]
+        shard = call[0].shard if call else 0
+        ingress = keys.ingress_of(shard)
+        self.keys = [ingress, keys.backlog(ingress)]
+        self.streams = [ingress, ingress]
+        bound, model_bound = settings.shard_bounds()
+        self.bounds = [bound, bound]
         self.quotas: list[TenantSpec] = []  # tenants with limits among the call's requests
         index: dict[str, int] = {}
         quota_index: dict[str, int] = {}
@@ -517,7 +539,7 @@ class Call:
             if j is None:
                 self.keys.append(keys.backlog(b.stream))
                 self.streams.append(b.stream)
-                self.bounds.append(settings.model_max_depth)
+                self.bounds.append(model_bound)
                 j = index[b.stream] = len(self.keys)
             ids = [p.id for p in b.members]
             digests = [p.digest for p in b.members]
@@ -530,11 +552,11 @@ class Call:
                 args += (name, value)
         args[0] = msgpack.packb(
             [
-                settings.ingress_max_depth,
-                settings.model_max_depth,
+                bound,
+                model_bound,
                 settings.pending_ttl_s,
                 settings.pending_ttl_s + settings.result_ttl_s,  # outlives what it vouches for
-                keys.result(""),
+                keys.result_prefix(shard),
                 int(partial),
                 plan,
                 quotas,

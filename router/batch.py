@@ -59,7 +59,9 @@ class Router(Protocol):
     #: model -> its fallback, while the model's queue is held at its bound past the wait
     diverted: dict[str, str]
 
-    def stream_for(self, model: str, priority: str, tenant: str = DEFAULT_TENANT) -> str: ...
+    def stream_for(
+        self, model: str, priority: str, tenant: str = DEFAULT_TENANT, shard: int = 0
+    ) -> str: ...
 
 
 log = get_logger("cascadeq.router")
@@ -82,7 +84,7 @@ class Group:
 
 
 class RouteBatch:
-    def __init__(self, router: Router, now: float) -> None:
+    def __init__(self, router: Router, now: float, shard: int = 0) -> None:
         self.router = router
         self.keys = router.keys
         self.now = now
@@ -93,7 +95,8 @@ class RouteBatch:
         self.out: dict[str, list[forward.Part]] = {}  # stream -> parts, in order
         self.rules: Counter[str] = Counter()
         self.finals: Counter[str] = Counter()
-        self.ingress = self.keys.ingress
+        self.shard = shard  # the ingress shard read: every stream it feeds is in its slot
+        self.ingress = self.keys.ingress_of(shard)
         self.counter = self.keys.backlog(self.ingress)
 
     # -- reading -------------------------------------------------------------------------
@@ -342,7 +345,7 @@ class RouteBatch:
         changes a hop the router appended: the worker appends its own)."""
         stage, now = d.stage, self.now
         model, hops = self._hops(d.model, d.hop())
-        stream = self.router.stream_for(model, g.first.priority, g.first.tenant)
+        stream = self.router.stream_for(model, g.first.priority, g.first.tenant, self.shard)
         for n, indices in g.parts.items():
             headers = self.bundles[n].headers
             placed = headers if len(indices) == len(headers) else map(headers.__getitem__, indices)
@@ -357,7 +360,7 @@ class RouteBatch:
         h.stage, h.routed_at = d.stage, self.now
         model, hops = self._hops(d.model, hop)
         h.trace += hops
-        self._out(self.router.stream_for(model, h.priority, h.tenant), n, [i])
+        self._out(self.router.stream_for(model, h.priority, h.tenant, self.shard), n, [i])
         self.rules[d.rule] += 1
 
     def _hops(self, model: str, hop: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:

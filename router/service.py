@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,9 @@ import redis
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra import catalogs, metrics, streams
+from cascadeq.infra.connection import is_cluster
 from cascadeq.infra.cpu import CPU_TTL_S, CpuMeter
+from cascadeq.infra.fanin import FanIn
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import REFRESH_S, LoadBoard
@@ -34,6 +37,30 @@ from cascadeq.router.learned import LearnedRouters
 log = get_logger("cascadeq.router")
 
 
+Reader = Callable[[int, int | None], list[tuple[str, streams.Entry]]]
+
+
+def ingress_reader(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> Reader:
+    """read(count, block_ms) over every ingress shard: one XREADGROUP on one Redis (it may
+    name many streams), a thread per shard on a cluster (their slots differ: infra/fanin.py)."""
+    names = keys.ingresses
+    if keys.shards > 1 and is_cluster(r):
+        return FanIn(r, [[name] for name in names], keynames.ROUTER_GROUP, consumer, block_ms)
+    return partial(streams.read_new, r, names, keynames.ROUTER_GROUP, consumer)
+
+
+def by_shard(
+    keys: Keys, got: list[tuple[str, streams.Entry]]
+) -> list[tuple[int, list[streams.Entry]]]:
+    """The entries read, as one batch per ingress shard (a batch commits in one slot)."""
+    if keys.shards == 1:
+        return [(0, [entry for _, entry in got])]
+    out: dict[int, list[streams.Entry]] = {}
+    for stream, entry in got:
+        out.setdefault(keys.shard_of_stream(stream), []).append(entry)
+    return list(out.items())
+
+
 def publish_catalog(r: redis.Redis, keys: Keys, catalog: Catalog) -> None:
     """Let producers validate against the catalog without a copy of the file (unless an
     operator published one: `cascadeq models publish`, infra/catalogs.py)."""
@@ -45,7 +72,7 @@ class Router:
         self, r: redis.Redis, catalog: Catalog, settings: Settings, consumer: str | None = None
     ) -> None:
         self.r, self.settings = r, settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys()
         self.consumer = consumer or consumer_name("router")
         self.pending: Catalog | None = None  # a published catalog to switch to (watcher sets)
         self.routed = 0
@@ -63,6 +90,7 @@ class Router:
         self.depths: list[int] | None = None  # requests in self.fed, as last seen
         self.cancels = 0  # requests ever cancelled, as last seen: none, no look for them
         self.stopping = threading.Event()  # run() hands in its stop event: holds wake on it
+        self.read = ingress_reader(r, self.keys, self.consumer, settings.block_ms)
         self.use(catalog)
 
     def use(self, catalog: Catalog) -> None:
@@ -71,29 +99,29 @@ class Router:
         self.board = LoadBoard(self.r, self.keys, catalog)
         self.learned = LearnedRouters(catalog)
         self.fed = sorted(
-            self.keys.model_stream(m.name, lane)
+            self.keys.model_stream(m.name, lane, shard=shard)
             for m in catalog.models.values()
             for lane in m.lanes
+            for shard in range(self.keys.shards)
         )
         self.counters = [self.keys.backlog(s) for s in self.fed]
         self.backlog = BacklogRead(self.keys, tuple(self.fed), groups=False)
-        self.streams: dict[tuple[str, ...], str] = {  # (model, priority[, tenant]) -> stream
-            (m.name, lane): self.keys.model_stream(m.name, lane)
-            for m in catalog.models.values()
-            for lane in m.lanes
-        }
+        self.streams: dict[tuple[str, str, str, int], str] = {}  # filled as routes are seen
         self.depths = None
 
     def setup(self) -> None:
         self.cpu.start()
-        streams.ensure_group(self.r, self.keys.ingress, keynames.ROUTER_GROUP)
+        for ingress in self.keys.ingresses:
+            streams.ensure_group(self.r, ingress, keynames.ROUTER_GROUP)
         publish_catalog(self.r, self.keys, self.catalog)
-        self.cancels = int(self.r.get(self.keys.cancels) or 0)
+        self.cancels = sum(int(self.r.get(k) or 0) for k in self.keys.cancel_counters)
 
     def run(self, stop: threading.Event) -> None:
         log.info("router_started", consumer=self.consumer, models=sorted(self.catalog.models))
         self.stopping = stop
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "router")
+        if isinstance(self.read, FanIn):
+            self.read.close()
         log.info("router_stopped", consumer=self.consumer, routed=self.routed)
 
     def step(self, block_ms: int | None) -> int:
@@ -109,19 +137,14 @@ class Router:
             if block_ms:  # backpressure: leave ingress alone while a model queue is full
                 self.stopping.wait(block_ms / 1000)
         else:
-            got = streams.read_new(
-                self.r,
-                [self.keys.ingress],
-                keynames.ROUTER_GROUP,
-                self.consumer,
-                max(1, math.ceil(self.settings.router_batch / self.per_entry)),
-                block_ms,
-            )
-            entries = [entry for _, entry in got]
-            backstop("router", "batch", partial(self.forward, entries))
-            handled += len(entries)
+            count = max(1, math.ceil(self.settings.router_batch / self.per_entry))
+            got = self.read(count, block_ms)
+            for shard, entries in by_shard(self.keys, got):
+                backstop("router", "batch", partial(self.forward, entries, shard))
+            handled += len(got)
         if self.trim_clock.due():
-            streams.trim_acknowledged(self.r, self.keys.ingress)
+            for ingress in self.keys.ingresses:
+                streams.trim_acknowledged(self.r, ingress)
         return handled
 
     def _over_bound(self) -> bool:
@@ -134,10 +157,10 @@ class Router:
         """
         if self.held or self.depths is None:
             self.depths = [lane.requests for lane in self.backlog.read(self.r)]
-        bound = self.settings.model_max_depth
+        bound = self.settings.shard_bounds()[1]
         held = [s for s, d in zip(self.fed, self.depths, strict=True) if d >= bound]
         if held != self.held:
-            log.warning("backpressure", held=held, bound=self.settings.model_max_depth)
+            log.warning("backpressure", held=held, bound=bound)
             self.held = held
         return self._still_held(held)
 
@@ -166,33 +189,36 @@ class Router:
     def _reclaim(self) -> int:
         """Take over entries a crashed router held; each is routed in a batch of its own,
         so one that crashed a router can fail only itself."""
-        found = streams.reclaim(
-            self.r,
-            self.keys.ingress,
-            keynames.ROUTER_GROUP,
-            self.consumer,
-            idle_ms=self.settings.visibility_timeout_ms,
-            max_deliveries=self.settings.max_deliveries,
-        )
-        if found.poison:
-            batch = self._batch()
-            for (eid, fields), count in found.poison:
-                reason = f"routing failed {count} times; moved to the dead-letter stream"
-                batch.poison(eid, fields, reason)
-            batch.commit.send(self.r)
-        for entry in found.entries:
-            backstop("router", "reclaimed entry", partial(self.forward, [entry]))
-        return len(found.entries) + len(found.poison)
+        handled = 0
+        for shard, ingress in enumerate(self.keys.ingresses):
+            found = streams.reclaim(
+                self.r,
+                ingress,
+                keynames.ROUTER_GROUP,
+                self.consumer,
+                idle_ms=self.settings.visibility_timeout_ms,
+                max_deliveries=self.settings.max_deliveries,
+            )
+            if found.poison:
+                batch = self._batch(shard)
+                for (eid, fields), count in found.poison:
+                    reason = f"routing failed {count} times; moved to the dead-letter stream"
+                    batch.poison(eid, fields, reason)
+                batch.commit.send(self.r)
+            for entry in found.entries:
+                backstop("router", "reclaimed entry", partial(self.forward, [entry], shard))
+            handled += len(found.entries) + len(found.poison)
+        return handled
 
-    def _batch(self) -> RouteBatch:
-        return RouteBatch(self, now_ms())
+    def _batch(self, shard: int = 0) -> RouteBatch:
+        return RouteBatch(self, now_ms(), shard)
 
-    def forward(self, entries: list[streams.Entry]) -> int:
+    def forward(self, entries: list[streams.Entry], shard: int = 0) -> int:
         """Route a batch: decode, decide per group, forward one bundle per stream, commit."""
         if not entries:
             self.cpu.mark(0)  # idle: not any request's CPU
             return 0
-        batch = self._batch()
+        batch = self._batch(shard)
         for eid, fields in entries:
             batch.read(eid, fields)
         if self.cancels:
@@ -202,7 +228,7 @@ class Router:
         counts = self.keys.routing_counts
         for counter in self.counters:  # the depths after this batch, in the same round trip
             batch.commit.depth(counter)
-        batch.commit.depth(self.keys.cancels)  # read free, in the same call
+        batch.commit.depth(self.keys.cancels_of(shard))  # read free, in the same call
 
         def also(pipe: Any) -> None:
             for rule, n in rules.items():
@@ -229,14 +255,15 @@ class Router:
             pipe.hset(key, mapping={**fields, "at": now_ms()})
             pipe.expire(key, CPU_TTL_S)
 
-    def stream_for(self, model: str, priority: str, tenant: str = DEFAULT_TENANT) -> str:
-        """The lane of ``priority`` on ``model``; a declared tenant's own sub-stream of it."""
-        key: tuple[str, ...] = (
-            (model, priority) if tenant == DEFAULT_TENANT else (model, priority, tenant)
-        )
+    def stream_for(
+        self, model: str, priority: str, tenant: str = DEFAULT_TENANT, shard: int = 0
+    ) -> str:
+        """The lane of ``priority`` on ``model`` (on ``shard``); a declared tenant's own
+        sub-stream of it."""
+        key = (model, priority, tenant, shard)
         stream = self.streams.get(key)
         if stream is None:
             lane = self.catalog.models[model].lane_for(priority)
             own = self.catalog.tenants.own_stream(tenant)
-            stream = self.streams[key] = self.keys.model_stream(model, lane, own)
+            stream = self.streams[key] = self.keys.model_stream(model, lane, own, shard=shard)
         return stream

@@ -36,6 +36,7 @@ REDIS_MARKER = "redis: meets a real redis-server (rerun by `make test` on the em
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", REDIS_MARKER)
+    config.addinivalue_line("markers", "cluster: starts a local Redis Cluster (`-m cluster`)")
 
 
 def meets_redis(item: pytest.Item) -> bool:

@@ -74,7 +74,9 @@ class OkBatch:
     batch_size: int
     info: dict[str, Any]
     now: float  # epoch ms the results are written at
-    result_prefix: str  # a result's key is this and its id
+    result_prefix: str  # a result's key is this and its id (one shard)
+    # with ingress shards, a result's key from its id (its shard), instead of the prefix
+    result_key: Callable[[str], str] | None = None
     templates: dict[tuple[bytes, bool], outputs.Template | None] = field(default_factory=dict)
 
     def template(
@@ -213,8 +215,11 @@ class OkBatch:
             done.channels += [channels[i] for i in picked]
             starts = starts[lines]
         block, width = tmpl.block(self.slicer, rows, starts, some, chosen)
-        prefix = self.result_prefix
-        done.keys += [prefix + rid for rid in chosen]
+        if self.result_key is None:
+            prefix = self.result_prefix
+            done.keys += [prefix + rid for rid in chosen]
+        else:
+            done.keys += [self.result_key(rid) for rid in chosen]
         done.payloads += [block[at : at + width] for at in range(0, len(block), width)]
 
 

@@ -83,9 +83,12 @@ class FairLane:
         """The reads' replies; the cancel counter rides last in the same round trip."""
         if self.gate is None:
             return list(pipe.execute())
-        pipe.get(self.gate.key)
-        *replies, counter = list(pipe.execute())
-        self.gate.saw(counter)
+        for key in self.gate.keys:
+            pipe.get(key)
+        got = list(pipe.execute())
+        n = len(self.gate.keys)
+        replies, counters = got[:-n], got[-n:]
+        self.gate.saw(counters)
         return replies
 
     def asks(self, count: int) -> list[int]:

@@ -20,9 +20,32 @@ from __future__ import annotations
 import redis
 
 from cascadeq.infra import streams
+from cascadeq.infra.connection import is_cluster
+from cascadeq.infra.fanin import FanIn, slot_groups
 from cascadeq.protocol.keys import WORKER_GROUP
 from cascadeq.workers.fairshare import FairLane
 from cascadeq.workers.gate import CancelGate
+
+
+def lane_reader(
+    r: redis.Redis,
+    lanes: list[str],
+    consumer: str,
+    turn_every: int,
+    block_ms: int,
+    shares: dict[str, list[tuple[str, float]]] | None = None,
+    gate: CancelGate | None = None,
+) -> LaneReader | FanIn:
+    """A reader over the lanes: on a cluster with lanes on several slots (ingress shards),
+    a thread per slot blocks on that slot's lanes (cascadeq/infra/fanin.py); there, for
+    now, tenants' sub-streams are read in turn rather than by weight, and every batch is
+    looked at for cancelled requests (no gate)."""
+    groups = slot_groups(lanes)
+    if len(groups) > 1 and is_cluster(r):
+        every = [s for lane in lanes for s, _ in (shares or {}).get(lane, [(lane, 1.0)])]
+        groups = slot_groups(every)
+        return FanIn(r, groups, WORKER_GROUP, consumer, block_ms)
+    return LaneReader(r, lanes, consumer, turn_every, shares, gate)
 
 
 class LaneReader:
@@ -93,8 +116,8 @@ class LaneReader:
     ) -> list[tuple[str, streams.Entry]]:
         if self.gate is None:
             return streams.read_new(self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms)
-        got, counter = streams.read_new_then_get(
-            self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms, self.gate.key
+        got, counters = streams.read_new_then_get(
+            self.r, lanes, WORKER_GROUP, self.consumer, count, block_ms, self.gate.keys
         )
-        self.gate.saw(counter)  # before the entries reach a batch
+        self.gate.saw(counters)  # before the entries reach a batch
         return got

@@ -19,7 +19,6 @@ from cascadeq.infra.process import (
     stop_on_signals,
 )
 from cascadeq.protocol.errors import EXIT_USAGE
-from cascadeq.protocol.keys import Keys
 from cascadeq.workers.local import LocalModels
 from cascadeq.workers.service import ModelWorker
 from cascadeq.workers.sessions import Sessions
@@ -75,7 +74,7 @@ def run(
             w.offer(new)
 
     r = connect(url, name="cq-worker-catalog", socket_timeout=role_timeout(settings))
-    watch = CatalogWatch(r, Keys(settings.prefix), catalog, offer)
+    watch = CatalogWatch(r, settings.keys(), catalog, offer)
     serve_metrics(settings, names)
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     run_threads([*(w.run for w in workers), watch.run], stop)

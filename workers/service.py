@@ -23,6 +23,7 @@ from cascadeq.config.settings import Settings
 from cascadeq.infra import metrics, refusal, streams
 from cascadeq.infra.commit import Commit
 from cascadeq.infra.cpu import CpuMeter
+from cascadeq.infra.fanin import FanIn
 from cascadeq.infra.isolation import backstop, bookkeeping
 from cascadeq.infra.log import get_logger
 from cascadeq.infra.observed import LoadBoard, Speed
@@ -38,7 +39,7 @@ from cascadeq.workers import claims, padding
 from cascadeq.workers.batcher import Bad, Item, decode, poisoned, take_expired
 from cascadeq.workers.continuous import batcher_for
 from cascadeq.workers.gate import CancelGate
-from cascadeq.workers.lanes import LaneReader
+from cascadeq.workers.lanes import LaneReader, lane_reader
 from cascadeq.workers.local import LocalModel, LocalModels
 from cascadeq.workers.runner import ModelLoadError
 from cascadeq.workers.sessions import Sessions
@@ -64,7 +65,7 @@ class ModelWorker:
         joins; a task that escalates locally runs its unsure rows on them. ``sessions``:
         the process's ONNX Runtime sessions (one LRU under its memory budget)."""
         self.r, self.catalog, self.spec, self.settings = r, catalog, spec, settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys()
         self.consumer = consumer
         self.sessions = sessions or Sessions(settings.memory_budget_mb)
         self.versions = Versions(spec)
@@ -76,12 +77,19 @@ class ModelWorker:
                 self.unloadable[version] = failed
         self.figures = VersionFigures()
         self.pending: tuple[Catalog, ModelSpec] | None = None  # a published catalog to switch to
-        lanes = [self.keys.model_stream(spec.name, lane) for lane in spec.lanes]
+        lanes = [  # every shard's streams of the model, highest lane first
+            self.keys.model_stream(spec.name, lane, shard=shard)
+            for lane in spec.lanes
+            for shard in range(self.keys.shards)
+        ]
         shares = tenant_shares(self.keys, catalog, spec)
-        gate = CancelGate(self.keys.cancels, settings.pending_ttl_s)
-        self.reader = LaneReader(r, lanes, consumer, spec.lane_turn_every, shares, gate)
-        self.lanes = self.reader.every  # every stream it serves: tenants' sub-streams too
-        light = self.reader.light if shares else None
+        gate = CancelGate(self.keys.cancel_counters, settings.pending_ttl_s)
+        self.reader = lane_reader(
+            r, lanes, consumer, spec.lane_turn_every, settings.block_ms, shares, gate
+        )
+        #: every stream it serves: tenants' sub-streams too
+        self.lanes = self.reader.every if isinstance(self.reader, LaneReader) else lanes
+        light = self.reader.light if shares and isinstance(self.reader, LaneReader) else None
         self.batcher = batcher_for(
             spec, self.reader, settings.max_payload_bytes, settings.block_ms, light
         )
@@ -164,6 +172,8 @@ class ModelWorker:
         log.info("worker_started", model=self.spec.name, consumer=self.consumer)
         serve(lambda: self.step(self.settings.block_ms), self.setup, stop, "worker")
         self.batcher.close()  # continuous batching: stop reading ahead, keep what was read
+        if isinstance(self.reader, FanIn):
+            self.reader.close()
         while self.batcher.carry:  # read but not yet run: finish them before leaving
             self.process(self.batcher.drain())
         metrics.model_unloaded(self.spec.name)
@@ -273,8 +283,8 @@ class ModelWorker:
     def _claim(self, work: BatchWork, items: list[tuple[Item, int]]) -> list[tuple[Item, int]]:
         """Those of the batch's requests cancelled before it was read never run. Looked
         for only while cancels exist (read with the entries: workers/claims.py)."""
-        if not self.reader.cancels_exist:
-            return items
+        if isinstance(self.reader, LaneReader) and not self.reader.cancels_exist:
+            return items  # no cancel since these entries were read: none to drop
         skipped = claims.claim(self.r, self.keys, [i for i, _ in items])
         if not skipped:
             return items
@@ -490,8 +500,11 @@ def tenant_shares(
     if not catalog.tenants:
         return {}
     return {
-        keys.model_stream(spec.name, lane): catalog.tenants.lane_streams(keys, spec.name, lane)
+        keys.model_stream(spec.name, lane, shard=s): catalog.tenants.lane_streams(
+            keys, spec.name, lane, s
+        )
         for lane in spec.lanes
+        for s in range(keys.shards)
     }
 
 

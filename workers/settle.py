@@ -180,7 +180,8 @@ class Settler:
             ran.samples,
             ran.info,
             work.now,
-            self.keys.result(""),
+            self.keys.result_prefix(),
+            None if self.keys.shards == 1 else self.keys.result,
         )
         escalations: dict[tuple[str, bool], _Escalation] = {}
         tenanted = bool(self.catalog.tenants)
@@ -403,7 +404,7 @@ class Settler:
         else:
             lane = self.catalog.models[to].lane_for(header.priority)
             own = self.catalog.tenants.own_stream(header.tenant) if self.catalog.tenants else None
-            stream = self.keys.model_stream(to, lane, own)
+            stream = self.keys.model_stream(to, lane, own, shard=self.keys.shard_of(header.id))
             key = (stream, False)
         esc = escalations.get(key)
         if esc is None:

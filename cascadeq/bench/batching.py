@@ -24,7 +24,6 @@ from cascadeq.bench.harness import Run, System, collect, live_system, progress, 
 from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
 from cascadeq.ops.calibration import edit_task
-from cascadeq.protocol.keys import Keys
 
 MODES = ("static", "dynamic", "adaptive", "continuous")
 PATTERNS = ("saturate", "steady", "bursty", "trickle")
@@ -158,7 +157,7 @@ def row(mode: str, pattern: str, work: Workload, run: Run, max_wait_ms: float) -
 
 def overlap(system: System, model: str) -> float | None:
     r = connect(system.url)
-    raw: Any = r.hget(Keys(system.settings.prefix).observed(model), "overlap")
+    raw: Any = r.hget(system.settings.keys().observed(model), "overlap")
     r.close()
     return None if raw is None else float(raw)
 

@@ -32,7 +32,6 @@ from cascadeq.bench.harness import (
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
-from cascadeq.protocol.keys import Keys
 
 TASK = "digits"
 LEARNED_TASK = "digits-learned"
@@ -110,7 +109,7 @@ def add_learned_task(
     catalog = Catalog.load(path)
     task = catalog.tasks[TASK]
     r = connect(system.url)
-    keys = Keys(system.settings.prefix)
+    keys = system.settings.keys()
     x, hard = train.read_traces(r, keys, TASK, limit)
     hops, source = published.hop_figures(r, keys, task.models, redis_hop_us=redis_hop_us)
     r.close()
@@ -206,7 +205,7 @@ def _redis_per_hop(system: System, client: Any, data: Data) -> float | None:
 
     r = connect(system.url)
     try:
-        sampler = RedisSampler(r, Keys(system.settings.prefix), sorted(system.catalog().models))
+        sampler = RedisSampler(r, system.settings.keys(), sorted(system.catalog().models))
         sampler.sample()
         run_burst(client, policy_requests("cascade", data, system.catalog()), data.y)
         per_answered, hops = sampler.sample()

@@ -52,21 +52,18 @@ class System:
         return Catalog.load(self.catalog_path)
 
     def counts(self) -> dict[str, int]:
-        from cascadeq.protocol.keys import Keys  # noqa: PLC0415
-
         r = connect(self.url)
-        raw: Any = r.hgetall(Keys(self.settings.prefix).routing_counts)
+        raw: Any = r.hgetall(self.settings.keys().routing_counts)
         r.close()
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def memory(self) -> dict[str, dict[str, int]]:
         """Each model's load memory as its workers measured it (for `cascadeq cost`)."""
         from cascadeq.ops.stats import model_memory  # noqa: PLC0415
-        from cascadeq.protocol.keys import Keys  # noqa: PLC0415
 
         r = connect(self.url)
         try:
-            return model_memory(r, Keys(self.settings.prefix), sorted(self.catalog().models))
+            return model_memory(r, self.settings.keys(), sorted(self.catalog().models))
         finally:
             r.close()
 

@@ -13,6 +13,22 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from cascadeq.protocol.errors import ConfigError
+from cascadeq.protocol.keys import Keys
+
+#: URL schemes naming a Redis Cluster (any one node of it), and the node URL's scheme.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def as_cluster_url(url: str) -> str:
+    """``redis://h:p`` as ``redis+cluster://h:p``; a cluster URL stays as it is."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES or not sep:
+        return url
+    return f"{scheme}+cluster://{rest}"
 
 
 class SettingsError(ConfigError, ValueError):
@@ -45,6 +61,10 @@ class Settings:
     # A worker keeps its models' sessions within this many MB of resident memory, least
     # recently used evicted first and loaded again on demand; 0: no bound.
     memory_budget_mb: float = 0.0
+    cluster: int = 0  # 1: REDIS_URL names a node of a Redis Cluster (or use redis+cluster://)
+    ingress_shards: int = 1  # ingress streams, each with its own slot (hash tag) on a cluster
+    submit_replicas: int = 0  # submit returns once this many replicas have it (WAIT); 0: off
+    submit_wait_ms: int = 2000  # how long a submit waits for them before it raises
 
     @property
     def pending_ttl_s(self) -> int:
@@ -64,7 +84,26 @@ class Settings:
                 "REDIS_URL is not set: point it at Redis (export REDIS_URL=redis://host:6379/0), "
                 "or run `cascadeq demo`, which starts its own"
             )
-        return self.redis_url
+        return self.url_for(self.redis_url)
+
+    def shard_bounds(self) -> tuple[int, int]:
+        """The ingress and model-stream bounds of one shard: the totals split evenly, so a
+        full shard refuses while the sum over shards stays within the configured bound."""
+        n = self.ingress_shards
+        if n == 1:
+            return self.ingress_max_depth, self.model_max_depth
+        return -(-self.ingress_max_depth // n), -(-self.model_max_depth // n)
+
+    def url_for(self, url: str) -> str:
+        """``url``, as a ``redis+cluster://`` URL when ``cluster`` is set."""
+        return as_cluster_url(url) if self.cluster else url
+
+    def keys(self, url: str | None = None) -> Keys:
+        """The key names of this deployment: hash-tagged by shard on a cluster."""
+        on_cluster = bool(self.cluster) or is_cluster_url(url or self.redis_url or "")
+        if self.ingress_shards < 1:
+            raise SettingsError(f"ingress_shards is {self.ingress_shards}; it must be at least 1")
+        return Keys(self.prefix, self.ingress_shards, on_cluster)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -60,21 +60,26 @@ class Tenants:
             return None
         return tenant
 
-    def lane_streams(self, keys: Keys, model: str, lane: str) -> list[tuple[str, float]]:
-        """(stream, weight) of one lane: its base stream (default's weight), then each
-        declared tenant's sub-stream, sorted by name."""
+    def lane_streams(
+        self, keys: Keys, model: str, lane: str, shard: int = 0
+    ) -> list[tuple[str, float]]:
+        """(stream, weight) of one lane (on ``shard``): its base stream (default's
+        weight), then each declared tenant's sub-stream, sorted by name."""
         base = self.specs.get(DEFAULT_TENANT)
-        out = [(keys.model_stream(model, lane), base.weight if base else 1.0)]
+        out = [(keys.model_stream(model, lane, shard=shard), base.weight if base else 1.0)]
         for name in sorted(self.specs):
             if name != DEFAULT_TENANT:
-                out.append((keys.model_stream(model, lane, name), self.specs[name].weight))
+                stream = keys.model_stream(model, lane, name, shard=shard)
+                out.append((stream, self.specs[name].weight))
         return out
 
-    def model_streams(self, keys: Keys, model: str, lanes: tuple[str, ...]) -> list[str]:
-        """Every stream of a model: each lane's own, then its tenants' sub-streams."""
+    def model_streams(
+        self, keys: Keys, model: str, lanes: tuple[str, ...], shard: int = 0
+    ) -> list[str]:
+        """Every stream of a model (on ``shard``): each lane's own, then its tenants'."""
         if not self.specs:
-            return [keys.model_stream(model, lane) for lane in lanes]
-        return [s for lane in lanes for s, _ in self.lane_streams(keys, model, lane)]
+            return [keys.model_stream(model, lane, shard=shard) for lane in lanes]
+        return [s for lane in lanes for s, _ in self.lane_streams(keys, model, lane, shard)]
 
     def label(self, tenant: str) -> str:
         """The tenant as figures name it: undeclared ones share ``other``, so a caller's

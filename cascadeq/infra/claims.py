@@ -19,8 +19,32 @@ Part = tuple[str, bytes, list[str]]
 
 def answered(r: redis.Redis, keys: Keys, parts: Sequence[Part]) -> list[int]:
     """0-based positions, across the parts' ids in order, of requests already answered.
-    One round trip, whatever the batch's size."""
+    One call per ingress shard the parts come from (one, unless ``ingress_shards`` > 1):
+    a shard's result keys share its slot, and the script builds them from its prefix."""
+    if keys.shards == 1:
+        return _answered(r, keys, parts, 0, 0)
+    by_shard: dict[int, list[tuple[int, Part]]] = {}
+    offset = 0
+    for part in parts:
+        by_shard.setdefault(keys.shard_of_stream(part[0]), []).append((offset, part))
+        offset += len(part[2])
+    out: list[int] = []
+    for shard, held in by_shard.items():
+        starts = [o for o, _ in held]
+        local = _answered(r, keys, [p for _, p in held], shard, 0)
+        bounds = [0]
+        for _, p in held:
+            bounds.append(bounds[-1] + len(p[2]))
+        for pos in local:  # back to positions across all the parts
+            k = next(i for i in range(len(held)) if bounds[i] <= pos < bounds[i + 1])
+            out.append(starts[k] + pos - bounds[k])
+    return sorted(out)
+
+
+def _answered(
+    r: redis.Redis, keys: Keys, parts: Sequence[Part], shard: int, base: int
+) -> list[int]:
     plan = msgpack.packb(list(parts), use_bin_type=False)
-    args = [keys.result(""), plan]
-    skipped = CLAIM(r, [parts[0][0] or keys.ingress], args)
-    return [int(p) - 1 for p in skipped or ()]
+    args = [keys.result_prefix(shard), plan]
+    skipped = CLAIM(r, [parts[0][0] or keys.ingress_of(shard)], args)
+    return [base + int(p) - 1 for p in skipped or ()]

@@ -4,6 +4,8 @@ Build one per batch (it is batch state, kept in the caller's locals), register e
 read, add the effects that belong to entries, then ``send``. The script stores, publishes,
 adds and acknowledges in Redis; an effect that fails leaves only its own entries pending.
 
+On Redis Cluster the call is split by slot (``cascadeq/infra/slots.py``).
+
 What the client pays per batch is packing the command, per argument: so the values travel
 as one concatenated argument, and the batch's bookkeeping writes (``figures``) ride in the
 script's plan rather than as a command each in a pipeline.
@@ -19,6 +21,8 @@ import msgpack
 import numpy as np
 import redis
 
+from cascadeq.infra import slots
+from cascadeq.infra.connection import is_cluster
 from cascadeq.protocol import deadletter, lua
 
 COMMIT = lua.load("commit")
@@ -199,6 +203,8 @@ class Commit:
         (their replies are ``extra``), in one pipeline; without ``also``, the call alone."""
         if not self._read and not self.results and not self.adds and not self.figures:
             return Committed(0, 0, [], [])
+        if is_cluster(r):
+            return Committed(*slots.send(self, r, also, COMMIT))
         args: list[Any] = [self.plan(), b"".join(self.args)]
         if also is None:
             reply = COMMIT(r, self.keys, args)

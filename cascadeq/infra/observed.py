@@ -169,7 +169,17 @@ class LoadBoard:
             return
         models = sorted(self.catalog.models)
         tenants = self.catalog.tenants  # their sub-streams are the model's backlog too
-        lanes = [tenants.model_streams(self.keys, m, self.catalog.models[m].lanes) for m in models]
+        shards = range(self.keys.shards)  # and so is every ingress shard's copy
+        lanes = [
+            [
+                stream
+                for shard in shards
+                for stream in tenants.model_streams(
+                    self.keys, m, self.catalog.models[m].lanes, shard
+                )
+            ]
+            for m in models
+        ]
         backlog = BacklogRead(self.keys, tuple(s for ls in lanes for s in ls))
         pipe = self.r.pipeline(transaction=False)
         for model in models:

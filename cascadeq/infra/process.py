@@ -21,7 +21,6 @@ import redis
 from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
 from cascadeq.infra.log import get_logger
-from cascadeq.protocol.keys import Keys
 
 log = get_logger("cascadeq.infra.process")
 
@@ -176,7 +175,8 @@ def serve(
                 ready = True
             step()
             backoff = 0.1
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException (no node of a cluster reachable) is not a RedisError
             log.warning("redis_unavailable", role=role, error=str(exc), retry_in=backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
@@ -199,7 +199,7 @@ def serve_metrics(settings: Settings, models: Iterable[str]) -> None:
     from cascadeq.infra import metrics  # noqa: PLC0415 - prometheus-client only where served
 
     r = connect(settings.require_redis_url(), name="cq-metrics", socket_timeout=5.0)
-    metrics.serve(settings.metrics_port, metrics.QueueCollector(r, Keys(settings.prefix), models))
+    metrics.serve(settings.metrics_port, metrics.QueueCollector(r, settings.keys(), models))
 
 
 def run_replicas(

@@ -83,9 +83,23 @@ def read_lanes(
 ) -> dict[tuple[str, str], Lane]:
     """Every (model, lane) in one pipeline, lengths included (`cascadeq stats`, /metrics)."""
     pairs = [(m, lane) for m in sorted(models) for lane in lanes]
-    streams = tuple(keys.model_stream(model, lane) for model, lane in pairs)
-    read = BacklogRead(keys, streams, length=True)
-    return dict(zip(pairs, read.read(r), strict=True))
+    n = keys.shards  # with ingress shards, a (model, lane) is the sum over its shards
+    streams = tuple(keys.model_stream(m, lane, shard=s) for m, lane in pairs for s in range(n))
+    got = BacklogRead(keys, streams, length=True).read(r)
+    return {pair: _summed(got[i * n : (i + 1) * n]) for i, pair in enumerate(pairs)}
+
+
+def _summed(lanes: list[Lane]) -> Lane:
+    if len(lanes) == 1:
+        return lanes[0]
+    lags = [lane.lag for lane in lanes]
+    return Lane(
+        depth=sum(lane.depth for lane in lanes),
+        lag=None if None in lags else sum(lag or 0 for lag in lags),
+        pending=sum(lane.pending for lane in lanes),
+        consumers=max(lane.consumers for lane in lanes),
+        requests=sum(lane.requests for lane in lanes),
+    )
 
 
 def lane_of(groups: Any, length: Any, counted: Any = None) -> Lane:

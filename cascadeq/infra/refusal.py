@@ -82,7 +82,7 @@ class Refuser:
         self, fields: Fields, stream: str, entry_id: bytes, code: str, reason: str, entry: int
     ) -> None:
         self.commit.dead_letter(
-            self.keys.dead_letter,
+            self.keys.dead_letter_of(self.keys.shard_of_stream(stream)),  # the entry's slot
             fields,
             stream=stream,
             entry_id=entry_id,

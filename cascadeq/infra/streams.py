@@ -42,15 +42,17 @@ def read_new_then_get(
     consumer: str,
     count: int,
     block_ms: int | None,
-    key: str,
-) -> tuple[list[tuple[str, Entry]], Any]:
-    """``read_new`` and a GET of ``key`` in one round trip: Redis runs a connection's
-    commands in order, so the value is read after the entries were taken (never older)."""
+    keys: list[str],
+) -> tuple[list[tuple[str, Entry]], list[Any]]:
+    """``read_new`` and a GET of each of ``keys`` in one round trip: Redis runs a
+    connection's commands in order, so the values are read after the entries were taken
+    (never older)."""
     pipe = r.pipeline(transaction=False)
     pipe.xreadgroup(group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms)
-    pipe.get(key)
-    reply, value = pipe.execute()
-    return _entries(reply), value
+    for key in keys:  # GETs, not MGET: a cluster pipeline refuses MGET
+        pipe.get(key)
+    reply, *values = pipe.execute()
+    return _entries(reply), values
 
 
 def _entries(reply: Any) -> list[tuple[str, Entry]]:

@@ -168,7 +168,7 @@ def purge(r: redis.Redis, keys: Keys) -> int:
 def _session(settings: Settings) -> Iterator[tuple[redis.Redis, Keys]]:
     r = connect(settings.require_redis_url(), name="cq-dlq")
     try:
-        yield r, Keys(settings.prefix)
+        yield r, settings.keys()
     finally:
         r.close()
 

@@ -28,7 +28,7 @@ from cascadeq.protocol.keys import Keys
 
 
 def _connect(settings: Settings) -> tuple[redis.Redis, Keys]:
-    return connect(settings.require_redis_url(), name="cq-models"), Keys(settings.prefix)
+    return connect(settings.require_redis_url(), name="cq-models"), settings.keys()
 
 
 def describe(spec: ModelSpec) -> str:

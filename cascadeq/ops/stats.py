@@ -78,8 +78,10 @@ def model_names(r: redis.Redis, keys: Keys) -> list[str]:
         catalog = Catalog.loads(str(doc["text"]), source=str(doc["source"]), check_files=False)
         return sorted(catalog.models)
     found = set()
-    for name in r.scan_iter(match=f"{keys.prefix}:q:*", count=1000):
+    for name in r.scan_iter(match=f"{keys.prefix}:*q:*", count=1000):  # shards' too
         text = name.decode() if isinstance(name, bytes) else str(name)
+        if ":q:" not in text or ":res:" in text:  # an id may be "q"
+            continue
         found.add(stream_model(text))
     return sorted(found)
 
@@ -133,7 +135,7 @@ def cancelled_doc(r: redis.Redis, keys: Keys) -> dict[str, Any]:
     named = {k.decode(): int(v) for k, v in counts.items()}
     fallbacks = {k.split(":", 1)[1]: v for k, v in named.items() if k.startswith("fallback:")}
     return {
-        "total": int(r.get(keys.cancels) or 0),
+        "total": sum(int(v or 0) for v in (r.get(k) for k in keys.cancel_counters)),
         "dropped_by_router": named.get("cancelled:router", 0),
         "skipped_by_workers": named.get("cancelled:worker", 0),
         "fallbacks": fallbacks,
@@ -332,7 +334,7 @@ def run(
     """`cascadeq stats`: ``main`` on its own connection; Ctrl-C ends a watch cleanly."""
     r = connect(settings.require_redis_url(), name="cq-stats")
     try:
-        keys = Keys(settings.prefix)
+        keys = settings.keys()
         return main(r, keys, as_json=as_json, watch=watch, redis_sample_s=redis_sample_s)
     except KeyboardInterrupt:
         return 0

@@ -33,16 +33,15 @@ def _progress(line: str) -> None:
 def _hops(catalog_path: str, task: TaskSpec, given: float | None) -> tuple[dict[str, float], str]:
     """Published per-hop figures when a Redis is configured and reachable, else ``given``."""
     from cascadeq.ops import published  # noqa: PLC0415
-    from cascadeq.protocol.keys import Keys  # noqa: PLC0415
 
     settings = Settings.from_env()
     if not settings.redis_url:
-        return published.hop_figures(None, Keys(settings.prefix), task.models, given)
+        return published.hop_figures(None, settings.keys(), task.models, given)
     from cascadeq.infra.connection import connect  # noqa: PLC0415
 
     r = connect(settings.redis_url)
     try:
-        return published.hop_figures(r, Keys(settings.prefix), task.models, given)
+        return published.hop_figures(r, settings.keys(), task.models, given)
     finally:
         r.close()
 
@@ -86,14 +85,13 @@ def calibrate(args: argparse.Namespace, catalog_path: str) -> int:
 def router_train(args: argparse.Namespace, catalog_path: str, settings: Settings) -> int:
     from cascadeq.infra.connection import connect  # noqa: PLC0415
     from cascadeq.ops import train_router as train  # noqa: PLC0415
-    from cascadeq.protocol.keys import Keys  # noqa: PLC0415
 
     catalog = Catalog.load(catalog_path, check_files=False)
     task = _task(catalog, args.task)
     r = connect(settings.require_redis_url())
     from cascadeq.ops import published  # noqa: PLC0415
 
-    keys = Keys(settings.prefix)
+    keys = settings.keys()
     x, hard = train.read_traces(r, keys, task.name, args.limit)
     hops, source = published.hop_figures(r, keys, task.models, args.hop_cost)
     out = Path(catalog_path).parent / f"{task.name}-router.onnx"

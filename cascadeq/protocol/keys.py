@@ -1,13 +1,17 @@
 """Every Redis key, stream, group and channel name lives here and nowhere else.
 
-Each stream is a single key. The submit and dlq-replay scripts touch several keys, so
-on Redis Cluster a deployment's prefix carries a hash tag (``{cq}``) to keep one slot.
+Each stream is a single key. On Redis Cluster, or with ``ingress_shards`` > 1, the keys of
+one ingress shard (its stream, the model streams it feeds, their counters, the result keys
+of the ids hashed to it, its dead letters) carry one hash tag, ``{<prefix>.<shard>}``, so
+every script and pipeline of the hot path stays in one slot while shards spread over the
+cluster's masters. Keys read across shards (catalog, figures, traces) have no tag.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 ROUTER_GROUP = "routers"
 WORKER_GROUP = "workers"
@@ -56,25 +60,63 @@ class Keys:
     """Key names under one prefix; a test or a second deployment picks another prefix."""
 
     prefix: str = "cq"
+    shards: int = 1  # ingress shards; a request id's shard is crc32(id) % shards
+    tagged: bool = False  # hash-tag each shard's keys (Redis Cluster, or shards > 1)
+    _res0: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        # the result-key prefix of shard 0, worked out once: result() is per request
+        object.__setattr__(self, "_res0", f"{self.base(0)}:res:")
+
+    def base(self, shard: int = 0) -> str:
+        """What one shard's keys start with: the bare prefix on one Redis with one shard
+        (today's names), else ``<prefix>:{<prefix>.<shard>}``. A prefix that carries its own
+        tag (``{cq}``) keeps every shard in its one slot."""
+        if not (self.tagged or self.shards > 1) or "{" in self.prefix:
+            return self.prefix if shard == 0 else f"{self.prefix}:s{shard}"
+        return f"{self.prefix}:{{{self.prefix}.{shard}}}"
+
+    def shard_of(self, request_id: str) -> int:
+        """The ingress shard a request id goes to: any client finds its result from the id."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(request_id.encode()) % self.shards
 
     @property
     def ingress(self) -> str:
-        return f"{self.prefix}:ingress"
+        return f"{self.base(0)}:ingress"
 
-    def model_stream(self, model: str, lane: str = DEFAULT_LANE, tenant: str | None = None) -> str:
-        """A model's lane; with ``tenant``, that tenant's sub-stream of the lane (only
-        tenants the catalog declares have one: config/tenants.py)."""
+    def ingress_of(self, shard: int) -> str:
+        return f"{self.base(shard)}:ingress"
+
+    @property
+    def ingresses(self) -> list[str]:
+        return [self.ingress_of(s) for s in range(self.shards)]
+
+    def model_stream(
+        self, model: str, lane: str = DEFAULT_LANE, tenant: str | None = None, shard: int = 0
+    ) -> str:
+        """A model's lane (on ``shard``); with ``tenant``, that tenant's sub-stream of the
+        lane (only tenants the catalog declares have one: config/tenants.py)."""
         if tenant is None:
-            return f"{self.prefix}:q:{model}:{lane}"
-        return f"{self.prefix}:q:{model}:{lane}:{tenant}"
+            return f"{self.base(shard)}:q:{model}:{lane}"
+        return f"{self.base(shard)}:q:{model}:{lane}:{tenant}"
+
+    def shard_of_stream(self, stream: str) -> int:
+        """The shard of one of this prefix's streams (0 for a name of no shard)."""
+        for s in range(1, self.shards):
+            if stream.startswith(self.base(s) + ":"):
+                return s
+        return 0
 
     def owns_stream(self, name: str) -> bool:
         """True for this prefix's ingress or a model stream: where a replay may write."""
-        if name == self.ingress:
+        if name in self.ingresses:
             return True
         head, _, rest = name.partition(":q:")
         parts = rest.split(":")
-        return head == self.prefix and 2 <= len(parts) <= 3 and all(map(_NAME_RE.fullmatch, parts))
+        bases = {self.base(s) for s in range(self.shards)}
+        return head in bases and 2 <= len(parts) <= 3 and all(map(_NAME_RE.fullmatch, parts))
 
     def tenant_bucket(self, tenant: str) -> str:
         """String ``<tokens> <server time, us>``: a rate-limited tenant's token bucket (a
@@ -97,25 +139,48 @@ class Keys:
         return f"{self.prefix}:obs:tenant:{tenant}:s:{second}"
 
     def result(self, request_id: str) -> str:
-        return f"{self.prefix}:res:{request_id}"
+        if self.shards == 1:
+            return self._res0 + request_id
+        return f"{self.base(self.shard_of(request_id))}:res:{request_id}"
+
+    def result_prefix(self, shard: int = 0) -> str:
+        """The result keys of one shard are this plus the id (the scripts build them)."""
+        return f"{self.base(shard)}:res:"
 
     def digest(self, request_id: str) -> str:
         """What an idempotent submit's retry must match; beside the result key (an id has
         no ``:``, so no result key looks like it), under ``res:`` for the producer's ACL."""
-        return f"{self.prefix}:res:{request_id}:digest"
+        return f"{self.result(request_id)}:digest"
 
     @property
     def cancels(self) -> str:
         """Counter of requests cancelled (lua/cancel.lua increments it); ``res::cancels``
         is under ``res:`` for the producer's ACL, and no id is empty, so no result is it."""
-        return f"{self.prefix}:res::cancels"
+        return self.cancels_of(0)
+
+    def cancels_of(self, shard: int) -> str:
+        """Each ingress shard counts its own cancels, in its slot (the cancel script and
+        the workers' reads of that shard's streams touch it)."""
+        return f"{self.base(shard)}:res::cancels"
+
+    @property
+    def cancel_counters(self) -> list[str]:
+        return [self.cancels_of(s) for s in range(self.shards)]
 
     def reply_channel(self, client_id: str) -> str:
         return f"{self.prefix}:reply:{client_id}"
 
     @property
     def dead_letter(self) -> str:
-        return f"{self.prefix}:dlq"
+        return f"{self.base(0)}:dlq"
+
+    def dead_letter_of(self, shard: int) -> str:
+        """Each shard keeps its dead letters in its slot, so a replay is one slot's script."""
+        return f"{self.base(shard)}:dlq"
+
+    @property
+    def dead_letters(self) -> list[str]:
+        return [self.dead_letter_of(s) for s in range(self.shards)]
 
     @property
     def catalog(self) -> str:

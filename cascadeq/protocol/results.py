@@ -52,11 +52,27 @@ MGET_CHUNK = 1000  # result keys per MGET
 def mget_commands(keys: Keys, ids: list[str]) -> list[tuple[str, ...]]:
     """The MGETs that read these ids' result keys, MGET_CHUNK keys each (to be pipelined):
     one concatenation per id, not a method call and an f-string."""
-    prefix = keys.result("")
-    return [
-        ("MGET", *[prefix + rid for rid in ids[start : start + MGET_CHUNK]])
-        for start in range(0, len(ids), MGET_CHUNK)
-    ]
+    if keys.shards == 1:
+        prefix = keys.result_prefix()
+        return [
+            ("MGET", *[prefix + rid for rid in ids[start : start + MGET_CHUNK]])
+            for start in range(0, len(ids), MGET_CHUNK)
+        ]
+    out: list[tuple[str, ...]] = []  # ids in shard order (by_shard): one slot per MGET
+    start = 0
+    while start < len(ids):
+        shard = keys.shard_of(ids[start])
+        prefix, chunk = keys.result_prefix(shard), list[str]()
+        while start < len(ids) and len(chunk) < MGET_CHUNK and keys.shard_of(ids[start]) == shard:
+            chunk.append(prefix + ids[start])
+            start += 1
+        out.append(("MGET", *chunk))
+    return out
+
+
+def by_shard(keys: Keys, ids: list[str]) -> list[str]:
+    """The ids ordered by their shard, as ``mget_commands`` wants them with shards > 1."""
+    return ids if keys.shards == 1 else sorted(ids, key=keys.shard_of)
 
 
 def answered(ids: list[str], raws: list[Any]) -> list[tuple[str, bytes]]:

@@ -27,7 +27,8 @@ class Script:
 
     def queue(self, pipe: Any, keys: list[Any], args: list[Any]) -> None:
         """Add an EVALSHA to a pipeline; see ``retry_missing`` for a NOSCRIPT reply."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # execute_command, not pipe.evalsha: redis-py's cluster pipeline refuses the method
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def retry_missing(self, r: redis.Redis, reply: Any, keys: list[Any], args: list[Any]) -> Any:
         """The reply of a queued call, run again with the script's text if Redis lacked it."""

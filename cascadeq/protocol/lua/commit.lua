@@ -8,7 +8,7 @@
 --
 -- KEYS    every key the batch touches; the plan names them by 1-based index.
 -- ARGV[1] the plan, msgpack array {ttl, results, channels, adds, acks, reads, failed,
---         sizes, figures, owners}:
+--         sizes, figures, owners, starts, report}:
 --   ttl       result TTL in seconds
 --   results   flat array of quads: key index, payload value index, channel (0: none), entry
 --   channels  reply channel names (pub/sub channels are not keys)
@@ -25,6 +25,10 @@
 --             EXPIRE) run last; one that fails fails alone and fails no entry
 --   owners    flat pairs: entry, key index of its tenant's in-flight counter; each result
 --             of that entry stored decrements it (tenants with max_in_flight only)
+--   starts    (optional) the number of each ack list's first entry, where a call carries
+--             only some of a batch's ack lists (Redis Cluster: one call per slot)
+--   report    (optional) 1: append the failed entries to the reply, after the reads (an
+--             effects-only call on another slot tells the acking call what failed)
 --
 -- A counter holds the requests in a stream that no consumer has acknowledged yet (a
 -- stream entry may be a bundle of many): the bounds and backpressure read it, not XLEN.
@@ -100,7 +104,9 @@ for _, add in ipairs(adds) do
 end
 
 local entry, acked = 0, 0
-for _, ack in ipairs(acks) do
+local starts = plan[11]
+for k, ack in ipairs(acks) do
+  if starts and starts[k] then entry = starts[k] - 1 end
   local ids, requests = {}, 0
   for j = 4, #ack, 2 do
     entry = entry + 1
@@ -137,5 +143,8 @@ end
 local out = {stored, acked}
 for _, index in ipairs(reads) do
   out[#out + 1] = tonumber(redis.call('GET', KEYS[index]) or '0')
+end
+if plan[12] == 1 then
+  for e in pairs(failed) do out[#out + 1] = e end
 end
 return out
