@@ -12,9 +12,10 @@ enough requests in flight to saturate the workers (``IN_FLIGHT_PER_SLOT`` per ba
 slot), warm up, then count completions in one shared window. Scaling efficiency is
 rps at N / (N x rps at 1).
 
-``section(url, ...)`` measures both series against any Redis URL, so the same code
-gives the cluster's section once the cluster client lands; until then ``cluster`` says
-why it was skipped. Progress goes to stderr; the last stdout line is one JSON object.
+``section(url, ...)`` measures both series against any Redis URL: once on one Redis
+(``single``), once on a local 3-master Redis Cluster with the ingress in 3 shards
+(``cluster``; infra/cluster.py forms it with CLUSTER commands, so it needs no redis-cli).
+Progress goes to stderr; the last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -33,19 +34,16 @@ from typing import Any
 from cascadeq.bench import machine
 from cascadeq.bench.harness import progress, redis_for, remove_keys
 from cascadeq.config.settings import Settings
+from cascadeq.infra.cluster import LocalCluster
 from cascadeq.infra.connection import connect
 from cascadeq.infra.process import ProcessGroup, interruptible
 from cascadeq.protocol import keys as keynames
-from cascadeq.protocol.keys import Keys
 
 TAG = "scaling"
 STANDIN = "io-standin"
 CPU_MODEL = "digits-large"
 IN_FLIGHT_PER_SLOT = 4  # requests in flight per batch a worker can hold: never starved
-CLUSTER_SKIPPED = (
-    "no Redis Cluster client on this branch yet: section(url) runs the same series on a "
-    "3-master cluster once REDIS_URL can name one"
-)
+CLUSTER_MASTERS = 3  # the cluster section: a local cluster of this many masters, no replicas
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,13 @@ def of_ideal(points: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
 
 
 def run_series(
-    url: str, settings: Settings, catalog: Path, plan: Plan, s: Series, tmp: Path
+    url: str,
+    settings: Settings,
+    catalog: Path,
+    plan: Plan,
+    s: Series,
+    tmp: Path,
+    shards: int = 1,
 ) -> list[dict[str, Any]]:
     """One router, workers added up to each count in turn, measured at each."""
     prefix = f"{settings.prefix}-{TAG}-{uuid.uuid4().hex[:8]}"
@@ -202,9 +206,11 @@ def run_series(
         "REDIS_URL": url,
         "CASCADEQ_CATALOG": str(catalog),
         "CASCADEQ_PREFIX": prefix,
+        "CASCADEQ_INGRESS_SHARDS": str(shards),
         "CASCADEQ_LOG_LEVEL": os.environ.get("CASCADEQ_LOG_LEVEL", "warning"),
     }
-    stream = Keys(prefix).model_stream(s.model)
+    keys = replace(settings, redis_url=url, prefix=prefix, ingress_shards=shards).keys()
+    stream = keys.model_stream(s.model)  # shard 0's: every worker reads every shard
     points: list[dict[str, Any]] = []
     try:
         with ProcessGroup(env) as group:
@@ -221,15 +227,18 @@ def run_series(
     return efficiency(points)
 
 
-def section(url: str, settings: Settings, catalog: Path, plan: Plan) -> dict[str, Any]:
-    """Both series against the Redis at ``url``: one section of the report."""
+def section(
+    url: str, settings: Settings, catalog: Path, plan: Plan, shards: int = 1
+) -> dict[str, Any]:
+    """Both series against the Redis at ``url`` (its ingress in ``shards`` streams): one
+    section of the report."""
     from cascadeq.config.catalog import Catalog  # noqa: PLC0415
 
     cpu_batch = Catalog.load(catalog).models[CPU_MODEL].batching.max_batch
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cq-scaling-") as tmp:
         for s in series_of(plan, cpu_batch):
-            out[s.name] = run_series(url, settings, catalog, plan, s, Path(tmp))
+            out[s.name] = run_series(url, settings, catalog, plan, s, Path(tmp), shards)
     out["io_bound"] = of_ideal(out["io_bound"], plan)
     return out
 
@@ -239,9 +248,12 @@ def report(settings: Settings, plan: Plan, catalog: Path) -> dict[str, Any]:
         progress(TAG, f"one Redis at {url}; plan {plan}")
         described = machine.describe(url)
         single = section(url, settings, catalog, plan)
+    with LocalCluster(masters=CLUSTER_MASTERS) as cluster:
+        progress(TAG, f"{CLUSTER_MASTERS}-master cluster at {cluster.url}, as many ingress shards")
+        clustered = section(cluster.url, settings, catalog, plan, shards=CLUSTER_MASTERS)
     return {
         "single": single,
-        "cluster": {"skipped": CLUSTER_SKIPPED},
+        "cluster": {"masters": CLUSTER_MASTERS, "ingress_shards": CLUSTER_MASTERS, **clustered},
         "io_bound_model": {
             "stand_in": True,
             "kind": "sleep",
