@@ -8,7 +8,6 @@ that matters is the ratio of the two p99s in the same run, not either one alone.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import tomlkit
 
-from cascadeq.bench.harness import live_system, progress
+from cascadeq.bench.harness import emit, live_system, progress
 from cascadeq.bulk import jobs
 from cascadeq.config.settings import Settings
 from cascadeq.producer import Producer, Request
@@ -78,11 +77,7 @@ def main(
         figures = _run(settings, catalog, models_dir, rows, probe_s, probe_rate, in_flight, rate)
     finally:
         catalog.unlink(missing_ok=True)
-    if not as_json:
-        for k, v in figures.items():
-            print(f"{k:>20}: {v}")
-    print(json.dumps(figures))
-    return 0
+    return emit(figures, as_json)
 
 
 def _run(

@@ -3,6 +3,7 @@ workers as real processes, and a producer; plus the figures every bench reports.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -308,3 +309,14 @@ def figures(
         "errors": sum(not r.ok and r.status != EXPIRED for r in results),
         "lost": run.lost,
     }
+
+
+def emit(figures: dict[str, Any], as_json: bool) -> int:
+    """A bench's figures: one per line for people (unless ``as_json``), then the one JSON
+    line a machine reads last."""
+    if not as_json:
+        width = max((len(k) for k in figures), default=0)
+        for k, v in figures.items():
+            print(f"{k:>{width}}: {v}")
+    print(json.dumps(figures))
+    return 0

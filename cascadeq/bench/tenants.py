@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tomlkit
 
-from cascadeq.bench.harness import live_system, progress
+from cascadeq.bench.harness import emit, live_system, progress
 from cascadeq.config.settings import Settings
 from cascadeq.producer import Producer, Rejected, Request, Timeout
 
@@ -195,11 +195,7 @@ def main(
         figures = _run(settings, catalog, models_dir, seconds, b_share)
     finally:
         catalog.unlink(missing_ok=True)
-    if not as_json:
-        for k, v in figures.items():
-            print(f"{k:>22}: {v}")
-    print(json.dumps(figures))
-    return 0
+    return emit(figures, as_json)
 
 
 def _run(
