@@ -44,13 +44,19 @@ def _text(value: bytes | None) -> str:
 
 
 def count(r: redis.Redis, keys: Keys) -> int:
-    return int(r.xlen(keys.dead_letter))
+    """Dead letters over every ingress shard (each keeps its own, in its slot)."""
+    return sum(int(r.xlen(dlq)) for dlq in keys.dead_letters)
 
 
 def list_letters(r: redis.Redis, keys: Keys, limit: int) -> list[DeadLetter]:
-    """The oldest ``limit`` dead letters, oldest first (the order replay --all uses)."""
-    rows: Any = r.xrange(keys.dead_letter, count=limit)
-    return [parse(eid, fields) for eid, fields in rows]
+    """The oldest ``limit`` dead letters of every shard, oldest first (entry ids are
+    times, so the shards' records interleave by when they were written)."""
+    rows: list[Any] = []
+    for dlq in keys.dead_letters:
+        got: Any = r.xrange(dlq, count=limit)
+        rows += got
+    rows.sort(key=lambda row: tuple(int(p) for p in row[0].split(b"-")))
+    return [parse(eid, fields) for eid, fields in rows[:limit]]
 
 
 def show(r: redis.Redis, keys: Keys, entry_id: str) -> DeadLetter:
@@ -58,12 +64,19 @@ def show(r: redis.Redis, keys: Keys, entry_id: str) -> DeadLetter:
         raise DeadLetterError(
             f"{entry_id!r} is not a stream entry id (write it as 1700000000000-0)"
         )
-    rows: Any = r.xrange(keys.dead_letter, entry_id, entry_id)
-    if not rows:
-        raise DeadLetterError(
-            f"no dead letter {entry_id} in {keys.dead_letter} (replayed or purged already?)"
-        )
-    return parse(*rows[0])
+    return _find(r, keys, entry_id)[0]
+
+
+def _find(r: redis.Redis, keys: Keys, entry_id: str) -> tuple[DeadLetter, str]:
+    """The dead letter and the shard's dead-letter stream it is in (the first shard that
+    has the id, should two shards have written one in the same millisecond)."""
+    for dlq in keys.dead_letters:
+        rows: Any = r.xrange(dlq, entry_id, entry_id)
+        if rows:
+            return parse(*rows[0]), dlq
+    raise DeadLetterError(
+        f"no dead letter {entry_id} in {', '.join(keys.dead_letters)} (replayed or purged already?)"
+    )
 
 
 def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str:
@@ -72,9 +85,11 @@ def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str
     The request's error result becomes the "not ready" placeholder again (for
     ``pending_ttl_s``), so the new attempt can answer and pollers see it as pending.
     """
-    letter = show(r, keys, entry_id)
+    if not _ENTRY_ID_RE.fullmatch(entry_id):
+        show(r, keys, entry_id)  # raises, saying how to write one
+    letter, dlq = _find(r, keys, entry_id)
     _check_replayable(letter, keys)
-    script_keys = [keys.dead_letter, letter.stream, keys.backlog(letter.stream)]
+    script_keys = [dlq, letter.stream, keys.backlog(letter.stream)]
     seen = b""
     rid = letter.request_id
     if rid is not None:
@@ -135,10 +150,18 @@ class ReplayReport:
 def replay_all(r: redis.Redis, keys: Keys, pending_ttl_s: int) -> ReplayReport:
     """Replay every record present at the start; ones dead-lettered again are not revisited."""
     report = ReplayReport()
-    last = _last_id(r, keys)
+    for dlq in keys.dead_letters:
+        _replay_stream(r, keys, dlq, pending_ttl_s, report)
+    return report
+
+
+def _replay_stream(
+    r: redis.Redis, keys: Keys, dlq: str, pending_ttl_s: int, report: ReplayReport
+) -> None:
+    last = _last_id(r, dlq)
     start = "-"
     while last is not None:
-        rows: Any = r.xrange(keys.dead_letter, start, last, count=PAGE)
+        rows: Any = r.xrange(dlq, start, last, count=PAGE)
         for eid, _ in rows:
             try:
                 report.replayed.append((eid.decode(), replay(r, keys, eid.decode(), pending_ttl_s)))
@@ -147,21 +170,22 @@ def replay_all(r: redis.Redis, keys: Keys, pending_ttl_s: int) -> ReplayReport:
         if len(rows) < PAGE:
             break
         start = "(" + rows[-1][0].decode()
-    return report
 
 
-def _last_id(r: redis.Redis, keys: Keys) -> str | None:
-    rows: Any = r.xrevrange(keys.dead_letter, count=1)
+def _last_id(r: redis.Redis, dlq: str) -> str | None:
+    rows: Any = r.xrevrange(dlq, count=1)
     return rows[0][0].decode() if rows else None
 
 
 def purge(r: redis.Redis, keys: Keys) -> int:
-    """Delete every record present now; one dead-lettered meanwhile is kept."""
-    last = _last_id(r, keys)
-    if last is None:
-        return 0
-    ms, _, seq = last.partition("-")
-    return int(r.xtrim(keys.dead_letter, minid=f"{ms}-{int(seq) + 1}", approximate=False))
+    """Delete every record present now, on every shard; one dead-lettered meanwhile is kept."""
+    removed = 0
+    for dlq in keys.dead_letters:
+        last = _last_id(r, dlq)
+        if last is not None:
+            ms, _, seq = last.partition("-")
+            removed += int(r.xtrim(dlq, minid=f"{ms}-{int(seq) + 1}", approximate=False))
+    return removed
 
 
 @contextlib.contextmanager

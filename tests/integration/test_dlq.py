@@ -160,3 +160,25 @@ def test_the_dlq_commands_from_the_shell(
     assert "1 dead letter(s) would be deleted" in unconfirmed.stderr
     assert run_cli(env, "dlq", "purge", "--yes").returncode == 0
     assert run_cli(env, "dlq", "list", "--json").stdout.strip() == "[]"
+
+
+def test_with_ingress_shards_the_commands_cover_every_shards_dead_letters(
+    r: redis.Redis, settings: Settings
+) -> None:
+    """Each shard keeps its dead letters in its own stream (its slot on a cluster)."""
+    keys = replace(settings, ingress_shards=3).keys()
+    ids = []
+    for shard in (0, 2):
+        rid = f"sharded{shard}"
+        header = Header(id=rid, task="toy", submitted_at=now_ms()).dumps()
+        fields = {HEADER_FIELD: header, INPUTS_FIELD: TOY_X}
+        stream = keys.ingress_of(shard).encode()
+        ids.append(r.xadd(keys.dead_letter_of(shard), {**fields, b"stream": stream, b"code": b"x"}))
+    assert dlq.count(r, keys) == 2
+    assert [letter.id for letter in dlq.list_letters(r, keys, 10)] == [i.decode() for i in ids]
+    new = dlq.replay(r, keys, ids[1].decode(), TTL)  # found in shard 2's stream
+    assert new
+    assert r.xlen(keys.ingress_of(2)) == 1
+    assert dlq.count(r, keys) == 1
+    assert dlq.purge(r, keys) == 1
+    assert dlq.count(r, keys) == 0
