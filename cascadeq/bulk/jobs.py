@@ -101,7 +101,8 @@ def fetch(job_id: str, settings: Settings) -> Job:
 
 
 def progress(job_id: str, settings: Settings) -> dict[str, Any]:
-    """State and progress: status, done, total, errors, rate (rows/s), eta_s."""
+    """State and progress: status, done, total, errors, rate (rows/s), eta_s, and the
+    rows/s the job sends at now (send_rate: cascadeq.bulk.pace adapts it)."""
     job = fetch(job_id, settings)
     meta = job.get_meta(refresh=True)
     done, total = int(meta.get("done", 0)), meta.get("total")
@@ -114,6 +115,7 @@ def progress(job_id: str, settings: Settings) -> dict[str, Any]:
         "total": total,
         "errors": int(meta.get("errors", 0)),
         "rate": rate,
+        "send_rate": float(meta.get("send_rate", 0.0)),
         "eta_s": None if eta is None else round(eta, 1),
         "output": (job.kwargs or {}).get("output_path"),
         "error": _failure(job),

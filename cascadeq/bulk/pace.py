@@ -4,7 +4,7 @@ A job that sends as fast as the queue takes rows keeps every stage busy with its
 interactive requests then wait behind bulk batches in the router and the worker and
 fight them for the CPU (measured with ``cascadeq bench bulk``: interactive p99 4 to 14
 times idle). So the job sends at a rate it adjusts from its own answers, delay-based
-like TCP Vegas: each answer carries its end-to-end time (``total_ms`` in its path,
+like TCP Vegas: each answer carries its end-to-end time (``total_ms`` in its timings,
 measured by the worker), and while a chunk's median stays within ``slack`` of the
 fastest recent one, no queue is forming and the rate grows; past it the rate is cut,
 at most once per round trip. A fixed ``rate`` turns the control off.
@@ -81,6 +81,6 @@ def median_total_ms(results: Sequence[Result]) -> float | None:
     times = sorted(
         float(t)
         for res in results
-        if res.ok and res.path and isinstance(t := res.path[-1].get("total_ms"), int | float)
+        if res.ok and isinstance(t := res.timings.get("total_ms"), int | float)
     )
     return times[len(times) // 2] if times else None

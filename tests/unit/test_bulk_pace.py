@@ -19,13 +19,13 @@ class Clock:
 
 def answered(*totals: float) -> list[Result]:
     return [
-        Result(id=f"r{i}", status="ok", path=[{"model": "m", "total_ms": t}])
+        Result(id=f"r{i}", status="ok", path=[{"model": "m"}], timings={"total_ms": t})
         for i, t in enumerate(totals)
     ]
 
 
 def test_median_of_the_answered_rows_only() -> None:
-    rows = [*answered(5.0, 1.0, 3.0), Result(id="x", status="error", path=[{"total_ms": 99.0}])]
+    rows = [*answered(5.0, 1.0, 3.0), Result(id="x", status="error", timings={"total_ms": 99.0})]
     assert median_total_ms(rows) == 3.0
     assert median_total_ms([Result(id="y", status="ok")]) is None
 
