@@ -355,7 +355,7 @@ def _add_bulk_parser(sub: Any) -> None:
         "--rate",
         type=float,
         default=0.0,
-        help="rows sent per second; 0 (default): adapt to what the queue answers without queueing",
+        help="rows sent per second; 0 (default): one chunk per 50 ms, slowed on queue_full",
     )
     status = bulk.add_parser("status", help="state and progress: done/total, rate, ETA, errors")
     status.add_argument("job_id")
@@ -486,7 +486,9 @@ def _add_bench_parser(sub: Any) -> None:
     bulk.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     bulk.add_argument("--rows", type=int, default=200_000, help="rows of the bulk job")
     bulk.add_argument("--in-flight", type=int, default=2000, help="the bulk job's bound")
-    bulk.add_argument("--rate", type=float, default=0.0, help="the bulk job's rows/s (0: adaptive)")
+    bulk.add_argument(
+        "--rate", type=float, default=0.0, help="the bulk job's rows/s (0: its default pace)"
+    )
     bulk.set_defaults(func=cmd_bench)
     scaling = bench.add_parser(
         "scaling", help="throughput vs worker replicas: CPU-bound, and an I/O-bound stand-in"

@@ -121,7 +121,7 @@ def _run(
         "interactive_requests": [len(idle), len(during)],
         "bulk_rows": rows,
         "bulk_in_flight": in_flight,
-        "bulk_rate": bulk_rate or "adaptive",
+        "bulk_rate": bulk_rate or "default pace",
         "idle_parts_ms": _parts(idle, idle_parts),
         "during_bulk_parts_ms": _parts(during, during_parts),
         "bulk_rows_per_s": state["rate"],

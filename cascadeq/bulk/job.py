@@ -155,7 +155,7 @@ class Runner:
 
     def _collect(self, timeout: float | None = None) -> bool:
         """The oldest chunk's answers; with a timeout, False if they are not all in by then."""
-        rows, sent_at = self.pending[0]
+        rows, _ = self.pending[0]
         ids = [str(self.requests[i].id) for i in rows]  # type: ignore[union-attr]
         try:
             got = self.client.wait_many(ids, timeout=self.wait_s if timeout is None else timeout)
@@ -165,7 +165,7 @@ class Runner:
             return False
         self.pending.popleft()
         self.outstanding -= len(rows)
-        self.pace.observe(sent_at, got)
+        self.pace.answered()
         self.progress.send_rate = self.pace.rate
         for i, res in zip(rows, got, strict=True):
             self._settle(i, res)

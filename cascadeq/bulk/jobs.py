@@ -65,11 +65,11 @@ def submit(
 
     ``in_flight`` bounds the rows submitted and not yet answered: fewer leaves shorter
     queues ahead of interactive requests, more keeps the workers busier. ``rate`` fixes
-    the rows sent per second; 0 (the default) adapts it to what the queue answers without
-    queueing (cascadeq.bulk.pace), so the job fills idle capacity, not the queues.
+    the rows sent per second; 0 (the default) sends one chunk of two model batches per
+    50 ms, slowed on queue_full (cascadeq.bulk.pace).
     """
     if rate < 0:
-        raise ValueError(f"rate must be 0 (adaptive) or positive rows/s, got {rate}")
+        raise ValueError(f"rate must be 0 (the default pace) or positive rows/s, got {rate}")
     if in_flight < 1:
         raise ValueError(f"in_flight must be at least 1, got {in_flight}")
     settings = settings or Settings.from_env(redis_url=redis_url)

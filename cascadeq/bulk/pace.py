@@ -1,86 +1,68 @@
-"""How fast a bulk job sends: as fast as the queue answers without queueing.
+"""How fast a bulk job sends: a steady pace, slowed when the queue says it is full.
 
 A job that sends as fast as the queue takes rows keeps every stage busy with its work:
 interactive requests then wait behind bulk batches in the router and the worker and
-fight them for the CPU (measured with ``cascadeq bench bulk``: interactive p99 4 to 14
-times idle). So the job sends at a rate it adjusts from its own answers, delay-based
-like TCP Vegas: each answer carries its end-to-end time (``total_ms`` in its timings,
-measured by the worker), and while a chunk's median stays within ``slack`` of the
-fastest recent one, no queue is forming and the rate grows; past it the rate is cut,
-at most once per round trip. A fixed ``rate`` turns the control off.
+fight them for the CPU (measured with ``cascadeq bench bulk``: interactive p99 3 to 14
+times idle). So by default the job sends one chunk (two of the model's batches) per
+``GAP_S``, and a ``queue_full`` refusal cuts that rate (at most once per ``GAP_S``);
+each chunk answered afterwards wins back a step, never past the start. ``rate`` fixes
+the rows/s instead.
+
+Tried and dropped: a delay-based control (grow while a chunk's end-to-end time stays
+within 1.5x of the fastest recent one, cut past it). In a real 200,000-row run its cuts
+outweighed its growth, because latency grows with batch size even where no queue forms,
+and the rate fell to its floor.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cascadeq.protocol.messages import Result
-
-SLACK = 1.5  # a chunk this many times slower than the fastest recent one means queueing
-GROW, CUT = 1.05, 0.7  # the rate's step up per fast chunk, and down per round trip
-FIRST_GAP_S = 0.05  # before any answer: one chunk per 50 ms
-FLOOR = 1.0  # rows/s the control never goes below
-WINDOW = 64  # chunks the fastest recent one is taken over (so it follows a slower system)
+GAP_S = 0.05  # one chunk per 50 ms by default
+GROW, CUT = 1.05, 0.7  # per chunk answered, back up to the start; per queue_full refusal
 
 
 @dataclass
 class Pace:
-    """A send rate in rows/s and the clock of the next send; ``rate=0`` means adaptive."""
+    """A send rate in rows/s and the clock of the next send; ``rate=0`` means the default."""
 
     chunk: int
     rate: float = 0.0
     clock: Callable[[], float] = time.monotonic
-    adaptive: bool = field(init=False)
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    steady: bool = field(init=False)
+    ceiling: float = field(init=False)
     next_at: float = 0.0
-    cut_at: float = 0.0  # when the rate was last cut: chunks sent before it are not news
+    cut_at: float = -1e9  # when the rate was last cut
 
     def __post_init__(self) -> None:
         if self.rate < 0:
-            raise ValueError(f"rate must be 0 (adaptive) or positive rows/s, got {self.rate}")
-        self.adaptive = self.rate == 0
-        if self.adaptive:
-            self.rate = self.chunk / FIRST_GAP_S
+            raise ValueError(
+                f"rate must be 0 (the default pace) or positive rows/s, got {self.rate}"
+            )
+        self.steady = self.rate == 0
+        if self.steady:
+            self.rate = self.chunk / GAP_S
+        self.ceiling = self.rate
 
     def due_in(self) -> float:
         """Seconds until the next chunk may go (0 when it may go now)."""
         return max(0.0, self.next_at - self.clock())
 
     def sent(self, rows: int) -> float:
-        """Book a send of ``rows``; returns its time, for ``observe``."""
+        """Book a send of ``rows``; returns its time."""
         now = self.clock()
         self.next_at = max(self.next_at, now) + rows / self.rate
         return now
 
-    def observe(self, sent_at: float, results: Sequence[Result]) -> None:
-        """One collected chunk: grow while no queue forms, cut once per round trip if one does."""
-        latency = median_total_ms(results)
-        if not self.adaptive or latency is None:
-            return
-        self.recent.append(latency)
-        if latency <= SLACK * min(self.recent):
-            self.rate *= GROW
-        elif sent_at >= self.cut_at:  # sent after the last cut: the cut did not suffice
-            self.rate = max(FLOOR, self.rate * CUT)
-            self.cut_at = self.clock()
+    def answered(self) -> None:
+        """A chunk came back: win back a step of an earlier cut."""
+        if self.steady:
+            self.rate = min(self.ceiling, self.rate * GROW)
 
     def congested(self) -> None:
-        """The queue refused a chunk as full: the clearest sign of sending too fast. Cut
-        at most once per fastest round trip (or FIRST_GAP_S before any was seen)."""
-        trip_s = min(self.recent) / 1000.0 if self.recent else FIRST_GAP_S
-        if self.adaptive and self.clock() - self.cut_at >= trip_s:
-            self.rate = max(FLOOR, self.rate * CUT)
+        """The queue refused a chunk as full: slow down, at most once per GAP_S."""
+        if self.steady and self.clock() - self.cut_at >= GAP_S:
+            self.rate = max(1.0, self.rate * CUT)
             self.cut_at = self.clock()
-
-
-def median_total_ms(results: Sequence[Result]) -> float | None:
-    """The median end-to-end time the workers stamped on the answered rows, if any."""
-    times = sorted(
-        float(t)
-        for res in results
-        if res.ok and isinstance(t := res.timings.get("total_ms"), int | float)
-    )
-    return times[len(times) // 2] if times else None
