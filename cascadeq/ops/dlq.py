@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -31,7 +31,7 @@ from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import Result
 from cascadeq.protocol.results import is_pending
 
-_ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_ENTRY_ID_RE = re.compile(r"(?:[0-9]{1,4}/)?[0-9]{1,20}-[0-9]{1,20}")
 PAGE = 100
 
 
@@ -51,27 +51,39 @@ def count(r: redis.Redis, keys: Keys) -> int:
 def list_letters(r: redis.Redis, keys: Keys, limit: int) -> list[DeadLetter]:
     """The oldest ``limit`` dead letters of every shard, oldest first (entry ids are
     times, so the shards' records interleave by when they were written)."""
-    rows: list[Any] = []
-    for dlq in keys.dead_letters:
+    rows: list[tuple[tuple[int, ...], DeadLetter]] = []
+    for shard, dlq in enumerate(keys.dead_letters):
         got: Any = r.xrange(dlq, count=limit)
-        rows += got
-    rows.sort(key=lambda row: tuple(int(p) for p in row[0].split(b"-")))
-    return [parse(eid, fields) for eid, fields in rows[:limit]]
+        for eid, fields in got:
+            letter = parse(eid, fields)
+            when = tuple(int(p) for p in eid.split(b"-"))
+            rows.append((when, replace(letter, id=_qualified(keys, shard, letter.id))))
+    rows.sort(key=lambda row: row[0])
+    return [letter for _, letter in rows[:limit]]
+
+
+def _qualified(keys: Keys, shard: int, entry_id: str) -> str:
+    """With ingress shards a record is named ``<shard>/<entry id>``: each shard's stream
+    numbers its own entries, so two shards write the same id in the same millisecond."""
+    return entry_id if keys.shards == 1 else f"{shard}/{entry_id}"
 
 
 def show(r: redis.Redis, keys: Keys, entry_id: str) -> DeadLetter:
     if not _ENTRY_ID_RE.fullmatch(entry_id):
         raise DeadLetterError(
-            f"{entry_id!r} is not a stream entry id (write it as 1700000000000-0)"
+            f"{entry_id!r} is not a stream entry id (write it as 1700000000000-0, or"
+            " 2/1700000000000-0 with ingress shards)"
         )
     return _find(r, keys, entry_id)[0]
 
 
 def _find(r: redis.Redis, keys: Keys, entry_id: str) -> tuple[DeadLetter, str]:
-    """The dead letter and the shard's dead-letter stream it is in (the first shard that
-    has the id, should two shards have written one in the same millisecond)."""
-    for dlq in keys.dead_letters:
-        rows: Any = r.xrange(dlq, entry_id, entry_id)
+    """The dead letter and the shard's dead-letter stream it is in. ``<shard>/<id>`` names
+    one shard's; a bare id is looked for in each shard in turn."""
+    shard, _, bare = entry_id.rpartition("/")
+    streams = [keys.dead_letter_of(int(shard))] if shard else keys.dead_letters
+    for dlq in streams:
+        rows: Any = r.xrange(dlq, bare, bare)
         if rows:
             return parse(*rows[0]), dlq
     raise DeadLetterError(
@@ -88,6 +100,7 @@ def replay(r: redis.Redis, keys: Keys, entry_id: str, pending_ttl_s: int) -> str
     if not _ENTRY_ID_RE.fullmatch(entry_id):
         show(r, keys, entry_id)  # raises, saying how to write one
     letter, dlq = _find(r, keys, entry_id)
+    entry_id = letter.id  # the bare id, as the shard's stream numbers it
     _check_replayable(letter, keys)
     script_keys = [dlq, letter.stream, keys.backlog(letter.stream)]
     seen = b""
@@ -150,23 +163,24 @@ class ReplayReport:
 def replay_all(r: redis.Redis, keys: Keys, pending_ttl_s: int) -> ReplayReport:
     """Replay every record present at the start; ones dead-lettered again are not revisited."""
     report = ReplayReport()
-    for dlq in keys.dead_letters:
-        _replay_stream(r, keys, dlq, pending_ttl_s, report)
+    for shard, dlq in enumerate(keys.dead_letters):
+        _replay_stream(r, keys, shard, dlq, pending_ttl_s, report)
     return report
 
 
 def _replay_stream(
-    r: redis.Redis, keys: Keys, dlq: str, pending_ttl_s: int, report: ReplayReport
+    r: redis.Redis, keys: Keys, shard: int, dlq: str, pending_ttl_s: int, report: ReplayReport
 ) -> None:
     last = _last_id(r, dlq)
     start = "-"
     while last is not None:
         rows: Any = r.xrange(dlq, start, last, count=PAGE)
         for eid, _ in rows:
+            name = _qualified(keys, shard, eid.decode())
             try:
-                report.replayed.append((eid.decode(), replay(r, keys, eid.decode(), pending_ttl_s)))
+                report.replayed.append((name, replay(r, keys, name, pending_ttl_s)))
             except DeadLetterError as exc:
-                report.skipped.append((eid.decode(), str(exc)))
+                report.skipped.append((name, str(exc)))
         if len(rows) < PAGE:
             break
         start = "(" + rows[-1][0].decode()
