@@ -85,7 +85,7 @@ class Runner:
         self.report = report  # called with Progress after each collected chunk
         self.in_flight, self.chunk, self.wait_s = in_flight, chunk, wait_s
         self.pace = pace or Pace(chunk)
-        self.pending: deque[tuple[list[int], float]] = deque()  # rows, and when they were sent
+        self.pending: deque[list[int]] = deque()  # each chunk's rows, oldest first
         self.outstanding = 0
         self.progress = Progress(total=len(requests))
         for res in results:
@@ -118,7 +118,8 @@ class Runner:
             if exc.code == "queue_full":
                 raise  # _send retries until it gets through
             rows = self._one_by_one(rows)  # a bad row among them: find it, send the rest
-        self.pending.append((rows, self.pace.sent(len(rows))))
+        self.pace.sent(len(rows))
+        self.pending.append(rows)
         self.outstanding += len(rows)
 
     def _send(self, reqs: list[Request]) -> None:
@@ -155,7 +156,7 @@ class Runner:
 
     def _collect(self, timeout: float | None = None) -> bool:
         """The oldest chunk's answers; with a timeout, False if they are not all in by then."""
-        rows, _ = self.pending[0]
+        rows = self.pending[0]
         ids = [str(self.requests[i].id) for i in rows]  # type: ignore[union-attr]
         try:
             got = self.client.wait_many(ids, timeout=self.wait_s if timeout is None else timeout)

@@ -50,11 +50,9 @@ class Pace:
         """Seconds until the next chunk may go (0 when it may go now)."""
         return max(0.0, self.next_at - self.clock())
 
-    def sent(self, rows: int) -> float:
-        """Book a send of ``rows``; returns its time."""
-        now = self.clock()
-        self.next_at = max(self.next_at, now) + rows / self.rate
-        return now
+    def sent(self, rows: int) -> None:
+        """Book a send of ``rows``: the next may go once they have had their share of time."""
+        self.next_at = max(self.next_at, self.clock()) + rows / self.rate
 
     def answered(self) -> None:
         """A chunk came back: win back a step of an earlier cut."""

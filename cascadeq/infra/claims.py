@@ -22,29 +22,22 @@ def answered(r: redis.Redis, keys: Keys, parts: Sequence[Part]) -> list[int]:
     One call per ingress shard the parts come from (one, unless ``ingress_shards`` > 1):
     a shard's result keys share its slot, and the script builds them from its prefix."""
     if keys.shards == 1:
-        return _answered(r, keys, parts, 0, 0)
-    by_shard: dict[int, list[tuple[int, Part]]] = {}
-    offset = 0
+        return _answered(r, keys, parts, 0)
+    by_shard: dict[int, list[tuple[list[int], Part]]] = {}  # each part's positions, in all
+    at = 0
     for part in parts:
-        by_shard.setdefault(keys.shard_of_stream(part[0]), []).append((offset, part))
-        offset += len(part[2])
+        positions = list(range(at, at + len(part[2])))
+        by_shard.setdefault(keys.shard_of_stream(part[0]), []).append((positions, part))
+        at += len(part[2])
     out: list[int] = []
     for shard, held in by_shard.items():
-        starts = [o for o, _ in held]
-        local = _answered(r, keys, [p for _, p in held], shard, 0)
-        bounds = [0]
-        for _, p in held:
-            bounds.append(bounds[-1] + len(p[2]))
-        for pos in local:  # back to positions across all the parts
-            k = next(i for i in range(len(held)) if bounds[i] <= pos < bounds[i + 1])
-            out.append(starts[k] + pos - bounds[k])
+        flat = [p for positions, _ in held for p in positions]
+        out += [flat[p] for p in _answered(r, keys, [part for _, part in held], shard)]
     return sorted(out)
 
 
-def _answered(
-    r: redis.Redis, keys: Keys, parts: Sequence[Part], shard: int, base: int
-) -> list[int]:
+def _answered(r: redis.Redis, keys: Keys, parts: Sequence[Part], shard: int) -> list[int]:
     plan = msgpack.packb(list(parts), use_bin_type=False)
     args = [keys.result_prefix(shard), plan]
     skipped = CLAIM(r, [parts[0][0] or keys.ingress_of(shard)], args)
-    return [base + int(p) - 1 for p in skipped or ()]
+    return [int(p) - 1 for p in skipped or ()]

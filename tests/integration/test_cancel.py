@@ -172,3 +172,25 @@ def test_a_request_held_from_a_tenant_sub_stream_is_running_and_one_queued_there
         got = client.wait_many([held, queued], timeout=5)
     assert [g.status for g in got] == ["ok", CANCELLED]
     assert small.stats["samples"] == 1
+
+
+def test_the_look_for_cancelled_requests_spans_ingress_shards(
+    r: redis.Redis, settings: Settings
+) -> None:
+    """One call per shard (its result keys share its slot), positions across all parts."""
+    from dataclasses import replace
+
+    from cascadeq.infra import claims
+
+    keys = replace(settings, ingress_shards=3).keys()
+    ids = [f"req{i}" for i in range(12)]
+    by_shard: dict[int, list[str]] = {}
+    for rid in ids:
+        by_shard.setdefault(keys.shard_of(rid), []).append(rid)
+    parts = [(keys.model_stream("m", shard=s), b"1-0", got) for s, got in sorted(by_shard.items())]
+    flat = [rid for _, _, got in parts for rid in got]
+    done = {flat[1], flat[-1], flat[len(flat) // 2]}
+    for rid in flat:
+        r.set(keys.result(rid), b"\x81" if rid in done else b"\xc1")  # answered / placeholder
+    assert len(by_shard) > 1
+    assert claims.answered(r, keys, parts) == sorted(flat.index(rid) for rid in done)
