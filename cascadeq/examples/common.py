@@ -13,6 +13,9 @@ from cascadeq.ops.measure import median_us_per_sample
 
 COST_BATCH = 32
 COST_RUNS = 25
+# A batch's compute stays within the window a request may wait for one (max_wait_ms)
+BATCH_BUDGET_US = 2000.0
+MIN_BATCH, MAX_BATCH = 8, 256
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -31,6 +34,21 @@ def measure_cost(path: Path, name: str, rows: np.ndarray) -> float:
     sess = session(path)
     batch = {name: np.ascontiguousarray(rows[:COST_BATCH])}
     return median_us_per_sample(lambda: sess.run(["probabilities"], batch), COST_BATCH, COST_RUNS)
+
+
+def max_batch_for(cost_us: float) -> int:
+    """The largest power of two from MIN_BATCH to MAX_BATCH whose batch computes within
+    BATCH_BUDGET_US at ``cost_us`` per sample.
+
+    A worker spends about a millisecond of CPU per batch whatever its size (the commit,
+    figures, metrics), so a model cheap per sample is given the rows to share it: a fixed
+    size (the builds used 64 and 32) left the digits small model paying 30 us per request
+    of that overhead for 0.3 us of compute.
+    """
+    n = MIN_BATCH
+    while n * 2 <= MAX_BATCH and n * 2 * cost_us <= BATCH_BUDGET_US:
+        n *= 2
+    return n
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -26,7 +26,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
-from cascadeq.examples.common import COST_BATCH, measure_cost, session, write_atomically
+from cascadeq.examples.common import (
+    BATCH_BUDGET_US,
+    COST_BATCH,
+    max_batch_for,
+    measure_cost,
+    session,
+    write_atomically,
+)
 from cascadeq.ops.calibration import Split, search
 from cascadeq.workers.confidence import confidences
 
@@ -236,9 +243,9 @@ def catalog_toml(
     )
     return (
         header
-        + _model_toml("digits-small", SMALL_FILE, costs[0], 64)
+        + _model_toml("digits-small", SMALL_FILE, costs[0], max_batch_for(costs[0]))
         + "\n"
-        + _model_toml("digits-large", LARGE_FILE, costs[1], 32)
+        + _model_toml("digits-large", LARGE_FILE, costs[1], max_batch_for(costs[1]))
         + "\n[tasks.digits]\ncascade = [\n"
         + f'  {{ model = "digits-small", threshold = {choice.threshold!r} }},\n'
         + '  { model = "digits-large" },\n]\n'
@@ -282,7 +289,11 @@ def build(out_dir: Path, *, seed: int = 0, log: Callable[[str], None] = print) -
         measure_cost(small_path, "input", splits.x_val),
         measure_cost(large_path, "input", splits.x_val),
     )
-    log(f"cost per sample at batch {COST_BATCH}: small {costs[0]} us, large {costs[1]} us")
+    log(
+        f"cost per sample at batch {COST_BATCH}: small {costs[0]} us, large {costs[1]} us; "
+        f"max_batch {max_batch_for(costs[0])} and {max_batch_for(costs[1])} (compute within "
+        f"{BATCH_BUDGET_US / 1000:g} ms a batch)"
+    )
     catalog_path = out_dir / CATALOG_FILE
     free = free_threshold(small_val, large_val, splits.y_val)
     write_atomically(catalog_path, catalog_toml(seed, choice, large_acc, costs, free))

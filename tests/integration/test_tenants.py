@@ -132,7 +132,7 @@ def test_fair_share_serves_a_light_tenant_before_a_flood_already_queued(
     x = np.zeros((1, 64), np.float32)
     router = Router(r, tenant_catalog, settings)
     router.setup()
-    spec = tenant_catalog.models["digits-small"]  # max_batch 64
+    spec = tenant_catalog.models["digits-small"]
     worker = ModelWorker(r, tenant_catalog, spec, settings, "w1")
     worker.setup()
     with Producer(settings=settings, catalog=tenant_catalog) as client:
@@ -145,7 +145,7 @@ def test_fair_share_serves_a_light_tenant_before_a_flood_already_queued(
         )
         while router.step(block_ms=None):
             pass
-        worker.step(block_ms=None)  # one batch of 64
+        worker.step(block_ms=None)  # one batch of max_batch
         answered = {
             "light": sum(client.result(i) is not None for i in light),
             "flood": sum(client.result(i) is not None for i in flood_ids),

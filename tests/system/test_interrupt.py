@@ -117,7 +117,13 @@ def test_demo_on_its_own_redis_stops_everything(digits_dir: Path, tmp_path: Path
     with command(without_redis_url(), log, "demo", "--models-dir", str(digits_dir)) as proc:
         wait_for(lambda: started_system(log) is not None, 60, "the demo starts its roles")
         url, _ = started_system(log) or ("", "")
-        wait_for(lambda: roles_ready(url, 1, 2), 60, "router and workers are up")
+        # paused, the demo sends nothing, so its roles reach their blocking reads and stay
+        # there (a demo of batches of 256 may otherwise finish before they are seen idle)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: roles_ready(url, 1, 2), 60, "router and workers are up")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         stop_and_check(proc, log, signal.SIGTERM)
 
 

@@ -34,7 +34,8 @@ def test_measure_writes_each_models_cost(
     assert done.returncode == 0, done.stderr
     assert "[1/2] digits-small:" in done.stderr
     assert "[2/2] digits-large:" in done.stderr
-    assert "at batch 64" in done.stderr  # the small model's max_batch
+    small_batch = tomllib.loads(before)["models"]["digits-small"]["batching"]["max_batch"]
+    assert f"at batch {small_batch}" in done.stderr  # the small model's max_batch
     models = tomllib.loads(path.read_text(encoding="utf-8"))["models"]
     small, large = models["digits-small"]["cost"], models["digits-large"]["cost"]
     assert small > 0
