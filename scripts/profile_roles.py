@@ -2,7 +2,8 @@
 
 Starts a private redis-server, one router and one worker process, attaches py-spy to
 each role (the producer is this process), sends N one-sample requests pinned to the
-small digits model with one `submit_many`, waits for every result, and prints the top
+small digits model (or ``--model``) with one `submit_many`, waits for every result, and
+prints the top
 functions of each role by own samples (leaf frames, only while holding the GIL, so a
 blocked read is not counted). Needs py-spy
 (`pip install 'cascadeq[bench]'`); run as root or with ptrace allowed.
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--models-dir", default="models/digits", type=Path)
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--model", default=MODEL, help="the model requests are pinned to")
+    parser.add_argument("--raw-dir", type=Path, help="keep py-spy's raw stacks here")
     args = parser.parse_args()
     digits.ensure_built(args.models_dir, log=lambda line: print(line, file=sys.stderr))
     x = np.load(args.models_dir / "digits_test.npz")["X"].astype(np.float32)
@@ -89,10 +92,11 @@ def main() -> None:
             Producer(server.url, settings=settings, catalog=catalog) as client,
         ):
             roles = {"router": group.spawn("router").pid, "worker": group.spawn("worker").pid}
-            warm = [Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(200)]
+            warm = [Request({"input": x[i % len(x)][None]}, model=args.model) for i in range(200)]
             client.wait_many(client.submit_many(warm), timeout=300)
             reqs = [
-                Request({"input": x[i % len(x)][None]}, model=MODEL) for i in range(args.requests)
+                Request({"input": x[i % len(x)][None]}, model=args.model)
+                for i in range(args.requests)
             ]
             roles["producer"] = os.getpid()
             spies = {role: spy(pid, Path(tmp) / f"{role}.txt") for role, pid in roles.items()}
@@ -103,6 +107,10 @@ def main() -> None:
                     proc.send_signal(2)  # py-spy writes its file on SIGINT
                 for proc in spies.values():
                     proc.wait(timeout=60)
+        if args.raw_dir is not None:
+            args.raw_dir.mkdir(parents=True, exist_ok=True)
+            for raw in Path(tmp).glob("*.txt"):
+                shutil.copy(raw, args.raw_dir / raw.name)
         for role in ("producer", "router", "worker"):
             print(f"\n{role}: top functions by own samples")
             raw = Path(tmp) / f"{role}.txt"

@@ -64,17 +64,22 @@ def _takes_rows_of(target: ModelSpec, source: ModelSpec) -> bool:
     return target.inputs == source.inputs and (target.allow_nonfinite or not source.allow_nonfinite)
 
 
-def cheaper_here(there: LocalModel, rows: int, hop_us: float) -> bool:
+def cheaper_here(there: LocalModel, rows: int, hop_us: float, batch: float = 0.0) -> bool:
     """auto: whether ``rows`` unsure rows cost less run here in one call than sent on a
-    hop to join the target's full batches: fixed + per_row x rows, against rows x
-    (per_row + fixed / max_batch + hop_us). True until the target's speed has been seen
-    at two batch sizes (its own batches and local ones): the status quo, not a guess."""
+    hop to join the target's batches: fixed + per_row x rows, against rows x (per_row +
+    fixed / batch + hop_us). ``batch`` is the rows the target's batches hold (its workers'
+    observed average, at least ``rows``; 0 when unknown: full batches). Assuming full
+    batches where the target's queue is shallow charged a hop a fraction of a call it
+    pays whole, and declined a quarter of the heavy pair's local calls in a burst that
+    local escalation served for less CPU. True until the target's speed has been seen at
+    two batch sizes (its own batches and local ones): the status quo, not a guess."""
     with there.lock:
         fit = there.speed.cost.fit()
     if fit is None or hop_us <= 0:
         return True
     fixed, per_row = fit
     full = max(1, there.spec.batching.max_batch)
+    joins = full if batch <= 0 else min(float(full), max(float(rows), batch))
     here = fixed + per_row * rows
-    queued = rows * (per_row + fixed / full + hop_us / 1000.0)
+    queued = rows * (per_row + fixed / joins + hop_us / 1000.0)
     return here <= queued

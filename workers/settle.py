@@ -520,7 +520,9 @@ class Settler:
         ]
         items = [(i, e) for i, e in items if self._admit_local(sub, i, e)]
         rows = sum(i.samples for i, _ in items)
-        if items and esc.auto and not cheaper_here(there, rows, self._hop_us(esc.to)):
+        state = self.board.state(esc.to)
+        hop_us = state.hop_us or self.board.state(self.spec.name).hop_us
+        if items and esc.auto and not cheaper_here(there, rows, hop_us, state.batch):
             work.counts[f"local_declined:{self.spec.name}"] += len(esc.headers)
             self._requeue(work, esc.to, items)
         elif items:
@@ -530,10 +532,6 @@ class Settler:
         sub.tally.queue(work.commit.pipe, self.keys, esc.to)
         work.local.append((esc.to, sub.tally))
         work.local += sub.local
-
-    def _hop_us(self, target: str) -> float:
-        """A queued hop's CPU per request: the target's workers' figure, else this one's."""
-        return self.board.state(target).hop_us or self.board.state(self.spec.name).hop_us
 
     def _admit_local(self, sub: BatchWork, item: Item, entry: int) -> bool:
         """As a worker admits what it read: a request whose deadline has passed is

@@ -96,6 +96,13 @@ def test_auto_runs_few_rows_of_a_call_bound_model_through_the_queue() -> None:
     assert cheaper_here(heavy, rows=4, hop_us=1000.0)  # a dear hop makes here cheaper
 
 
+def test_auto_runs_rows_here_that_would_fill_no_more_of_a_queued_batch() -> None:
+    heavy = seen_at(fixed_ms=2.0, per_row_ms=0.05)
+    assert not cheaper_here(heavy, rows=18, hop_us=5.0, batch=32.0)  # joining full ones
+    assert cheaper_here(heavy, rows=18, hop_us=5.0, batch=18.0)  # its batches hold 18
+    assert cheaper_here(heavy, rows=18, hop_us=5.0, batch=4.0)  # at least the hop's rows
+
+
 def test_auto_runs_rows_of_a_row_bound_model_here() -> None:
     light = seen_at(fixed_ms=0.01, per_row_ms=0.02)
     assert cheaper_here(light, rows=4, hop_us=30.0)
