@@ -82,8 +82,9 @@ class OkBatch:
     def template(
         self, trace: list[dict[str, Any]], hop: dict[str, Any], confident: bool, raw: bytes
     ) -> outputs.Template | None:
-        """The template of a trace whose encoding is ``raw`` (equal bytes, equal result
-        bytes), or None when it cannot be cut: its requests are encoded one at a time."""
+        """The template of a trace whose encoding, its prior stage's confidence left out,
+        is ``raw`` (equal bytes, equal result bytes but for that confidence), or None when
+        it cannot be cut: its requests are encoded one at a time."""
         key = (raw, confident)
         if key in self.templates:
             return self.templates[key]
@@ -132,14 +133,14 @@ class OkBatch:
             and rows.count(rows[0]) == n
             and measures.count(measures[0]) == n
         ):
-            raw = _ENCODE(first)
+            raw = outputs.masked_trace(first)
             if n == 1 or _ENCODE(traces) == _ENCODE([first] * n):  # equal, and encoded alike
                 confident = confidence(measures[0]) is not None
                 tmpl = self.template(first, hop, confident, raw)
                 return [(tmpl, measures[0], list(range(n)))]
         groups: dict[tuple[bytes, int, str], list[int]] = {}
-        for i, trace in enumerate(traces):
-            groups.setdefault((_ENCODE(trace), rows[i], measures[i]), []).append(i)
+        for i, trace in enumerate(traces):  # escalated requests differ in their confidence
+            groups.setdefault((outputs.masked_trace(trace), rows[i], measures[i]), []).append(i)
         out = []
         for (raw, _, measure), positions in groups.items():
             confident = confidence(measure) is not None
@@ -179,6 +180,11 @@ class OkBatch:
             "t_queue_ms": tmpl.prior[0] + queue,
             "t_wait_ms": tmpl.prior[1] + wait,
         }
+        if tmpl.prior_hop is not None:
+            at = tmpl.prior_hop
+            numbers["prior_confidence"] = np.array(
+                [h.trace[at]["confidence"] for h in headers], dtype=np.float64
+            )
         values = confidence(measure)
         if values is not None:
             requests = sure.requests if all_of else [sure.requests[p] for p in positions]

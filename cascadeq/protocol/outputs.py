@@ -93,6 +93,7 @@ _ID = "\x00cq-id\x00"
 _EXT_MARK = b"\xc1cq-output\xc1"
 _SLOTS = (
     "confidence", "queue_ms", "batch_wait_ms", "route_ms", "t_queue_ms", "t_wait_ms", "total_ms",
+    "prior_confidence",
 )  # fmt: skip
 _SENTINELS = {name: float.fromhex(f"0x1.c0ffee{i:x}7ea5e1p-999") for i, name in enumerate(_SLOTS)}
 
@@ -120,6 +121,11 @@ class Template:
     ) -> None:
         self.trace = trace
         path = [dict(h) for h in trace]
+        # the confidence an escalated request left at its last stage differs per request:
+        # a hole too, so requests escalated from one batch share a template
+        self.prior_hop = prior_confidence_hop(trace)
+        if self.prior_hop is not None:
+            path[self.prior_hop]["confidence"] = _SENTINELS["prior_confidence"]
         last = path[-1] if path else None
         if last is None or last.get("model") != model or "confidence" in last:
             last = {"model": model, "rule": "direct"}
@@ -139,7 +145,7 @@ class Template:
         ext = msgspec.msgpack.Ext(EXT_NDARRAY, _EXT_MARK)
         record = ResultRecord(_ID, "ok", {output: ext}, model, path, None, times, batch_size, info)
         raw = _ENCODER.encode(record)
-        self.head, body, self.slots = _holes(raw, confident)
+        self.head, body, self.slots = _holes(raw, confident, self.prior_hop is not None)
 
         end = body.find(_EXT_MARK) + len(_EXT_MARK)
         if min(self.slots.values()) < end:
@@ -208,7 +214,26 @@ class TemplateError(ValueError):
     """A trace whose template cannot be cut (a sentinel showed up in it): encode per request."""
 
 
-def _holes(raw: bytes, confident: bool) -> tuple[bytes, bytes, dict[str, int]]:
+def prior_confidence_hop(trace: list[dict[str, Any]]) -> int | None:
+    """The last hop of ``trace`` holding a float confidence (the stage a request was
+    escalated from), or None."""
+    for at in range(len(trace) - 1, -1, -1):
+        if trace[at].get("confidence").__class__ is float:
+            return at
+    return None
+
+
+def masked_trace(trace: list[dict[str, Any]]) -> bytes:
+    """A trace's encoding with its prior stage's confidence left out, led by that hop's
+    place: equal for requests whose results one template writes."""
+    at = prior_confidence_hop(trace)
+    if at is None:
+        return b"-:" + _ENCODER.encode(trace)
+    masked = [*trace[:at], {**trace[at], "confidence": None}, *trace[at + 1 :]]
+    return b"%d:" % at + _ENCODER.encode(masked)
+
+
+def _holes(raw: bytes, confident: bool, prior: bool) -> tuple[bytes, bytes, dict[str, int]]:
     """The bytes before the id, those after it, and each number's offset after the id."""
     id_bytes = _ENCODER.encode(_ID)
     at = raw.find(id_bytes)
@@ -217,7 +242,7 @@ def _holes(raw: bytes, confident: bool) -> tuple[bytes, bytes, dict[str, int]]:
     head, body = raw[:at], raw[at + len(id_bytes) :]
     slots: dict[str, int] = {}
     for name in _SLOTS:
-        if name == "confidence" and not confident:
+        if (name == "confidence" and not confident) or (name == "prior_confidence" and not prior):
             continue
         sentinel = _ENCODER.encode(_SENTINELS[name])  # 0xCB and 8 bytes: msgspec's only float
         if body.count(sentinel) != 1:

@@ -128,6 +128,35 @@ def test_blocks_are_the_bytes_one_at_a_time_gives(
     assert sorted(np.concatenate(done.totals).tolist()) == sorted(by_id.values())
 
 
+@pytest.mark.parametrize("at", [-2, -1], ids=["escalated-into-this", "answered-before"])
+def test_requests_escalated_from_one_batch_share_a_template_and_keep_their_confidence(
+    at: int,
+) -> None:
+    """Each request's trace holds its own confidence at the stage it left; the block
+    writes it there, and one template serves all (else a template per request)."""
+    trace = copy.deepcopy(TRACES[-1]) if at == -2 else [copy.deepcopy(TRACES[-1][0])]
+    hs = headers(trace, 12, seed=5, id_len=32)
+    confs = np.random.default_rng(6).random(12)
+    for i, h in enumerate(hs):
+        h.trace[at]["confidence"] = float(np.random.default_rng(i).random())
+    hs[3].trace[at]["confidence"] = None  # no confidence there: another template
+    out = np.random.default_rng(1).random((12, 10), dtype=np.float32)
+    keys = Keys("cq")
+    batch = OkBatch(MODEL, OUTPUT, outputs.RowSlicer(out), 0.171, 9, {}, NOW, keys.result(""))
+    sure = Sure()
+    for i, h in enumerate(hs):
+        sure.add(i, i, 1, h, "top")
+    done = batch.encode(sure, HOP, lambda _m: confs, lambda h: 0)
+    assert done.left == []
+    assert len(batch.templates) == 2
+    got = dict(zip(done.keys, done.payloads, strict=True))
+    for i, h in enumerate(hs):
+        want = one_at_a_time(copy.deepcopy(h), float(confs[i]), i, 1, out, {})
+        assert got[keys.result(h.id)] == want
+        path = Result.loads(want).path
+        assert path[len(trace) + at]["confidence"] == h.trace[at]["confidence"]
+
+
 def test_a_trace_holding_a_sentinel_is_left_to_encode_one_at_a_time() -> None:
     sentinel = outputs._SENTINELS["queue_ms"]
     hs = headers([{"model": "tiny", "rule": "cascade", "queue_ms": sentinel}], 2, seed=0)
