@@ -67,14 +67,17 @@ def _takes_rows_of(target: ModelSpec, source: ModelSpec) -> bool:
 def cheaper_here(there: LocalModel, rows: int, hop_us: float, batch: float = 0.0) -> bool:
     """auto: whether ``rows`` unsure rows cost less run here in one call than sent on a
     hop to join the target's batches: fixed + per_row x rows, against rows x (per_row +
-    fixed / batch + hop_us). ``batch`` is the rows the target's batches hold (its workers'
-    observed average, at least ``rows``; 0 when unknown: full batches). Assuming full
+    fixed / batch + hop_us). ``batch`` is the rows the target's batches hold: its workers'
+    published average, else this process's average call of it (its own batches and the
+    local ones), at least ``rows``, and full batches when neither is known. Assuming full
     batches where the target's queue is shallow charged a hop a fraction of a call it
     pays whole, and declined a quarter of the heavy pair's local calls in a burst that
     local escalation served for less CPU. True until the target's speed has been seen at
     two batch sizes (its own batches and local ones): the status quo, not a guess."""
     with there.lock:
         fit = there.speed.cost.fit()
+        if batch <= 0:  # nothing published: this process's calls of it, its own and local
+            batch = there.speed.batch
     if fit is None or hop_us <= 0:
         return True
     fixed, per_row = fit

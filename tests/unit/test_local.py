@@ -103,6 +103,14 @@ def test_auto_runs_rows_here_that_would_fill_no_more_of_a_queued_batch() -> None
     assert cheaper_here(heavy, rows=18, hop_us=5.0, batch=4.0)  # at least the hop's rows
 
 
+def test_auto_without_a_published_batch_takes_the_calls_this_process_made() -> None:
+    heavy = seen_at(fixed_ms=2.0, per_row_ms=0.05)
+    for _ in range(50):  # only local calls of 18 rows lately: its batches hold about 18
+        heavy.speed.update(2.0 + 0.05 * 18, 18, 0.0)
+    assert cheaper_here(heavy, rows=18, hop_us=5.0)
+    assert not cheaper_here(heavy, rows=18, hop_us=5.0, batch=32.0)  # published: full ones
+
+
 def test_auto_runs_rows_of_a_row_bound_model_here() -> None:
     light = seen_at(fixed_ms=0.01, per_row_ms=0.02)
     assert cheaper_here(light, rows=4, hop_us=30.0)
