@@ -262,7 +262,7 @@ class ClientCore(Generic[Answer]):
 
     def _cancel_ops(self, request_id: str) -> Ops[cancel.Cancelled]:
         """cancel(): one script call; a request cancelled now is answered at once to this
-        client's waiters (others' see it on their next re-read, within SWEEP_S)."""
+        client's waiters, and published to the submitter's (its placeholder names them)."""
         if self.catalogs.catalog is None and self.catalogs.published:
             self.catalogs.update((yield Command(("GET", self.keys.catalog))))
         catalog = self.catalogs.current()  # its streams are where a worker may hold the request

@@ -547,7 +547,8 @@ class Call:
             q = 0
             if first.target.tenants:
                 q = self._quota(first.target.tenants, first.group[4], keys, quota_index, quotas)
-            plan.append([j, ids, digests, len(args) + 1, len(b.fields), q, first.group[4]])
+            reply = keys.reply_channel(first.reply_to) if first.reply_to else ""
+            plan.append([j, ids, digests, len(args) + 1, len(b.fields), q, first.group[4], reply])
             for name, value in b.fields.items():
                 args += (name, value)
         args[0] = msgpack.packb(

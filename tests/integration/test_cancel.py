@@ -6,17 +6,19 @@ a worker is reported running and one answered is reported done."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from conftest import wait_for
 from test_workers import drain, result, with_threshold
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.ops import stats
-from cascadeq.producer import AsyncProducer, Producer
+from cascadeq.producer import AsyncProducer, Producer, core
 from cascadeq.protocol.keys import Keys
 from cascadeq.protocol.messages import CANCELLED
 from cascadeq.router import Router
@@ -194,3 +196,23 @@ def test_the_look_for_cancelled_requests_spans_ingress_shards(
         r.set(keys.result(rid), b"\x81" if rid in done else b"\xc1")  # answered / placeholder
     assert len(by_shard) > 1
     assert claims.answered(r, keys, parts) == sorted(flat.index(rid) for rid in done)
+
+
+def test_a_cancel_from_another_client_wakes_the_submitters_waiter_at_once(
+    settings: Settings, catalog: Catalog, x: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The placeholder names the submitter's reply channel, so the cancel publishes the
+    cancelled result there: with the listener's backstop re-read a minute away, the
+    waiter could only have been woken by that."""
+    monkeypatch.setattr(core, "SWEEP_S", 60.0)
+    with (
+        Producer(settings=settings, catalog=catalog) as submitter,
+        Producer(settings=settings, catalog=catalog) as other,
+    ):
+        [rid] = submit(submitter, x, 1)  # no router runs: it stays queued
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(submitter.wait_many, [rid], 30)
+            wait_for(lambda: rid in submitter._inbox.outstanding(), 10, "the waiter registered")
+            assert other.cancel(rid).cancelled
+            [got] = waiting.result(timeout=30)
+    assert got.status == CANCELLED

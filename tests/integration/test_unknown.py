@@ -47,7 +47,11 @@ def test_submitted_reads_not_ready_and_a_never_submitted_id_reads_unknown(
         rid = client.submit(task="toy", inputs=X)
         assert client.result(rid) is None  # queued, not run: not ready
         key = Keys(settings.prefix).result(rid)
-        assert r.get(key) == results.PENDING
+        held = r.get(key)  # the placeholder: "not ready", then the waiters' reply channel
+        assert (
+            held == results.PENDING + Keys(settings.prefix).reply_channel(client.client_id).encode()
+        )
+        assert results.is_pending(held)
         assert settings.result_ttl_s < r.ttl(key) <= settings.pending_ttl_s
         with pytest.raises(UnknownRequest, match=r"unknown id nobody \(never submitted"):
             client.result("nobody")

@@ -21,8 +21,11 @@
 -- to finish ("running"); any other is answered cancelled here: queued, being routed, or
 -- between cascade stages (a worker's commit acknowledges an escalated request's entry in
 -- the call that queues it for the next model). The worker that takes it later sees the
--- counter, looks (lua/claim.lua) and skips it. Returns {outcome, stored value}: outcome
--- 0 unknown, 1 cancelled now, 2 already done (the value is its result), 3 running.
+-- counter, looks (lua/claim.lua) and skips it. A request cancelled here is published on
+-- the reply channel its placeholder names (after the 0xC1; none for a placeholder
+-- without one), so its waiters wake at once in any client. Returns {outcome, stored
+-- value}: outcome 0 unknown, 1 cancelled now, 2 already done (the value is its result),
+-- 3 running.
 
 local cur = redis.call('GET', KEYS[1])
 if not cur then return {0, false} end
@@ -48,4 +51,5 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if #cur > 1 then redis.pcall('PUBLISH', string.sub(cur, 2), ARGV[1]) end
 return {1, ARGV[1]}

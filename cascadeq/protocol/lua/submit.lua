@@ -10,7 +10,8 @@
 -- ARGV[1]   the plan, msgpack array {ingress bound, model bound, placeholder TTL, digest
 --           TTL, result key prefix, partial, bundles, quotas, tenant counts key}; each
 --           bundle is {model counter KEYS index, {id...}, {digest or ''...}, first ARGV
---           index, fields, quota (index into quotas, 0: its tenant has no limits), tenant}:
+--           index, fields, quota (index into quotas, 0: its tenant has no limits), tenant,
+--           reply channel (its requests' waiters' pub/sub channel, '' for none)}:
 --           its entry's field
 --           name / value pairs are ARGV[first .. first + 2 * fields - 1]; each quota is
 --           {tenant, rate (0: none), burst, max in flight (0: none), bucket KEYS index,
@@ -164,12 +165,14 @@ end
 -- The placeholders, one SET NX each: one that finds its key taken is a duplicate (of an
 -- earlier call, or of an earlier request of this one), or an idempotent retry whose
 -- digest matches (skipped). Either way the call writes nothing: the placeholders it did
--- set are removed before it returns the positions, and no quota is consumed.
-local placeholder = string.char(0xC1)
+-- set are removed before it returns the positions, and no quota is consumed. A
+-- placeholder is 0xC1 then the reply channel, so a cancel (lua/cancel.lua) can wake the
+-- request's waiters, whichever client cancels it.
 local set, skips = {}, {}
 pos = 0
 for _, b in ipairs(bundles) do
   local ids, digests = b[2], b[3]
+  local placeholder = string.char(0xC1) .. (b[8] or '')
   for i = 1, #ids do
     pos = pos + 1
     local key = prefix .. ids[i]
