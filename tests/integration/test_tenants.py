@@ -299,3 +299,29 @@ def test_under_a_flood_a_light_tenant_goes_into_the_next_batch_with_the_flood_fi
             assert all(res.ok for res in client.wait_many(flood, timeout=30))
     finally:
         batcher.close()
+
+
+def test_only_a_worker_with_tenant_lanes_orders_its_batches(
+    r: redis.Redis, settings: Settings, catalog: Catalog, tenant_catalog: Catalog
+) -> None:
+    """The default path pays nothing: without tenants the Batcher cuts batches as read."""
+    plain = ModelWorker(r, catalog, catalog.models["digits-small"], settings, "w1")
+    fair = ModelWorker(r, tenant_catalog, tenant_catalog.models["digits-small"], settings, "w2")
+    assert plain.batcher.first is None
+    assert fair.batcher.first is not None
+
+
+def test_a_weighted_stream_is_light_below_its_weighted_fraction(
+    r: redis.Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.prefix)
+    one, three = (keys.model_stream("m", "default", t) for t in ("a", "b"))
+    for stream in (one, three):
+        streams.ensure_group(r, stream, WORKER_GROUP)
+    lane = FairLane(r, [(one, 1.0), (three, 3.0)], "w1")
+    lane.demand = [float("inf"), float("inf")]
+    lane.served = [30.0, 70.0]  # 70% of the lane: more than an equal share, less than 3/4
+    assert lane.fair() == [0.25, 0.75]
+    assert lane.light() == [1]
+    lane.served = [20.0, 80.0]
+    assert lane.light() == [0]
