@@ -125,14 +125,25 @@ class LaneReader:
         return got
 
     def _light_first(self, held: Sequence[R]) -> list[R]:
-        """``held`` with light tenants' entries first, each part in its own order: what
-        a light tenant has waiting is less than its share of a batch, so it goes ahead of
-        the busy tenants' read-ahead and of what the last batch left over."""
-        light = {f.streams[i] for f in self.fair.values() for i in f.light()}
-        ahead = [item for item in held if item.stream in light] if light else []
-        if not ahead or len(ahead) == len(held):
-            return list(held)
-        return ahead + [item for item in held if item.stream not in light]
+        """``held`` with each tenant lane's light entries ahead of its other entries, in
+        the places that lane's entries held (fair share is inside a lane: no entry moves
+        past another lane's), each part in its own order. What a light tenant has waiting
+        is less than its share of a batch, so it goes ahead of the busy tenants'
+        read-ahead and of what the last batch left over."""
+        out = list(held)
+        for fair in self.fair.values():
+            light = {fair.streams[i] for i in fair.light()}
+            if not light:
+                continue
+            mine = set(fair.streams)
+            places = [k for k, item in enumerate(held) if item.stream in mine]
+            ahead = [held[k] for k in places if held[k].stream in light]
+            if not ahead or len(ahead) == len(places):
+                continue
+            rest = [held[k] for k in places if held[k].stream not in light]
+            for k, item in zip(places, ahead + rest, strict=True):
+                out[k] = item
+        return out
 
     @property
     def cancels_exist(self) -> bool:

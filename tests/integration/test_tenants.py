@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from cascadeq.protocol.keys import WORKER_GROUP, Keys
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
 from cascadeq.workers.fairshare import FairLane
+from cascadeq.workers.lanes import LaneReader
 
 X = {"input": np.ones((1, 4), np.float32)}
 
@@ -325,3 +326,29 @@ def test_a_weighted_stream_is_light_below_its_weighted_fraction(
     assert lane.light() == [1]
     lane.served = [20.0, 80.0]
     assert lane.light() == [0]
+
+
+@dataclass
+class Held:
+    stream: str
+    name: str
+
+
+def test_light_entries_go_first_within_their_lane_never_past_another_lanes(
+    r: redis.Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.prefix)
+    shares = {
+        keys.model_stream("m", lane): [(keys.model_stream("m", lane, t), 1.0) for t in ("a", "b")]
+        for lane in ("interactive", "batch")
+    }
+    hi, lo = shares
+    reader = LaneReader(r, [hi, lo], "w1", 4, shares)
+    assert reader.first is not None
+    for fair in reader.fair.values():  # a busy, b served a tenth of the lane: light
+        fair.demand = [float("inf"), 1.0]
+        fair.served = [90.0, 10.0]
+    (hi_a, _), (hi_b, _) = shares[hi]
+    (lo_a, _), (lo_b, _) = shares[lo]
+    held = [Held(hi_a, "hi-a"), Held(lo_a, "lo-a"), Held(lo_b, "lo-b"), Held(hi_b, "hi-b")]
+    assert [h.name for h in reader.first(held)] == ["hi-b", "lo-b", "lo-a", "hi-a"]
