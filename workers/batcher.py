@@ -157,9 +157,14 @@ class Batcher:
     clock: Callable[[], float] = time.monotonic  # seconds; tests inject a fake
     strategy: strategies.Strategy | None = None  # None: the catalog's mode
     per_entry: float = 1.0  # samples per entry read, a moving average
+    #: the order a batch takes what is held in: a lane reader's, where tenants' sub-streams
+    #: are read by fair share (workers/lanes.py: light tenants first); None: as read
+    first: Callable[[list[Item | Bad]], list[Item | Bad]] | None = None
 
     def __post_init__(self) -> None:
         self.rule = self.strategy or strategies.for_batching(self.spec.batching)
+        if self.first is None:
+            self.first = getattr(self.read, "first", None)
 
     def collect(self, block_ms: int | None) -> list[Item | Bad]:
         max_batch = self.spec.batching.max_batch
@@ -222,6 +227,8 @@ class Batcher:
     def _fit(self, items: list[Item | Bad]) -> list[Item | Bad]:
         """Keep the batch within max_batch samples; the first item always runs."""
         limit, total = self.spec.batching.max_batch, 0
+        if self.first is not None and len(items) > 1:
+            return self._pack(self.first(items), limit)
         for index, item in enumerate(items):
             size = item.samples
             if total + size > limit and total > 0:
@@ -229,6 +236,23 @@ class Batcher:
                 return items[:index]
             total += size
         return items
+
+    def _pack(self, items: list[Item | Bad], limit: int) -> list[Item | Bad]:
+        """Tenants' lanes: the batch takes items in order while they fit, and past one
+        that does not, the later ones that still fit (a busy tenant's small entry fills
+        the room a light tenant's entry left), so it is not cut short; the others are
+        carried over, in order, ahead of the next read."""
+        taken: list[Item | Bad] = []
+        left: list[Item | Bad] = []
+        total = 0
+        for item in items:
+            if taken and total + item.samples > limit:
+                left.append(item)
+                continue
+            taken.append(item)
+            total += item.samples
+        self.carry = left + self.carry
+        return taken
 
 
 def poisoned(stream: str, entry_id: bytes, fields: Fields, deliveries: int) -> Bad:

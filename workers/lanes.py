@@ -9,6 +9,8 @@ XREADGROUP, no extra round trip.
 
 A lane the catalog's tenants split into sub-streams (config/tenants.py) is read with
 weighted fair share across them (workers/fairshare.py); a lane without is read as above.
+There, a batch takes light tenants' entries first (``first``: the Batcher orders what
+it holds by it, before it cuts the batch), and nothing changes where no lane has them.
 
 Every read also GETs the cancel counter in its round trip (after the XREADGROUP, so
 never older than the entries): once it has been seen, the worker looks for cancelled
@@ -16,6 +18,9 @@ requests in each batch for as long as a request can wait (workers/claims.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 import redis
 
@@ -25,6 +30,16 @@ from cascadeq.infra.fanin import FanIn, slot_groups
 from cascadeq.protocol.keys import WORKER_GROUP
 from cascadeq.workers.fairshare import FairLane
 from cascadeq.workers.gate import CancelGate
+
+
+class Read(Protocol):
+    """What the Batcher holds of an entry it read (an Item or a Bad): where it came from."""
+
+    @property
+    def stream(self) -> str: ...
+
+
+R = TypeVar("R", bound=Read)
 
 
 def lane_reader(
@@ -69,6 +84,8 @@ class LaneReader:
         self.fair = {lane: FairLane(r, s, consumer, gate) for lane, s in (shares or {}).items()}
         #: every stream a blocking read waits on
         self.every = [s for lane in lanes for s in self._streams_of(lane)]
+        #: the order a batch takes what was read in (None: as read, no lane has tenants)
+        self.first = self._light_first if self.fair else None
 
     def _streams_of(self, lane: str) -> list[str]:
         fair = self.fair.get(lane)
@@ -106,6 +123,27 @@ class LaneReader:
             if fair is not None:
                 got += fair.read_light()
         return got
+
+    def _light_first(self, held: Sequence[R]) -> list[R]:
+        """``held`` with each tenant lane's light entries ahead of its other entries, in
+        the places that lane's entries held (fair share is inside a lane: no entry moves
+        past another lane's), each part in its own order. What a light tenant has waiting
+        is less than its share of a batch, so it goes ahead of the busy tenants'
+        read-ahead and of what the last batch left over."""
+        out = list(held)
+        for fair in self.fair.values():
+            light = {fair.streams[i] for i in fair.light()}
+            if not light:
+                continue
+            mine = set(fair.streams)
+            places = [k for k, item in enumerate(held) if item.stream in mine]
+            ahead = [held[k] for k in places if held[k].stream in light]
+            if not ahead or len(ahead) == len(places):
+                continue
+            rest = [held[k] for k in places if held[k].stream not in light]
+            for k, item in zip(places, ahead + rest, strict=True):
+                out[k] = item
+        return out
 
     @property
     def cancels_exist(self) -> bool:

@@ -36,7 +36,11 @@ from cascadeq.producer import Producer, Rejected, Request, Timeout
 TAG = "tenants"
 MODEL = "digits-large"
 MAX_BATCH = 8
-PARTS = ("route_ms", "queue_ms", "batch_wait_ms")
+PARTS = ("route_ms", "queue_ms", "batch_wait_ms", "compute_ms")
+#: a result's timings: submit to read by the router, the model stream entry's id (the
+#: router's commit) to read by the worker, read to launched, compute; "rest" is what they
+#: leave out: the router's decoding and forwarding, and the worker settling the batch
+TAIL = (*PARTS, "rest_ms")
 IN_FLIGHT_S = 0.15  # A's max_in_flight: this many seconds of the model's capacity (see docs)
 
 
@@ -70,6 +74,20 @@ class Offered:
     latencies_ms: list[float] = field(default_factory=list)
     parts_ms: dict[str, list[float]] = field(default_factory=dict)  # route, queue: each
     answered_at: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)  # of the batch each answer ran in
+
+    def tail_parts(self) -> dict[str, float]:
+        """Each part's mean over the requests at or past the p99 latency: where the
+        slowest 1% spent their time (the parts' own p99s come from different requests)."""
+        lat = np.asarray(self.latencies_ms)
+        if not len(lat):
+            return {}
+        slow = lat >= np.percentile(lat, 99)
+        return {
+            part: round(float(np.asarray(self.parts_ms[part])[slow].mean()), 2)
+            for part in TAIL
+            if len(self.parts_ms.get(part, ())) == len(lat)
+        }
 
     def figures(self, seconds: float) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms or [0.0])
@@ -82,7 +100,10 @@ class Offered:
             "p99_parts_ms": {  # where the tail waits: ingress and routing, the model queue
                 part: round(float(np.percentile(v or [0.0], 99)), 2)
                 for part, v in self.parts_ms.items()
+                if part in PARTS
             },
+            "tail_parts_ms": self.tail_parts(),
+            "batch_mean": round(float(np.mean(self.batch_sizes)), 2) if self.batch_sizes else 0.0,
             "refused": self.refused,
             "retry_after_s": round(float(np.median(self.retry_after_s)), 4)
             if self.retry_after_s
@@ -129,6 +150,11 @@ def settle(client: Producer, load: Offered, timeout: float) -> None:
     load.latencies_ms = [r.timings.get("total_ms", 0.0) for r in ok]
     for part in PARTS:
         load.parts_ms[part] = [r.timings.get(part, 0.0) for r in ok]
+    load.batch_sizes = [r.batch_size for r in ok]
+    load.parts_ms["rest_ms"] = [
+        max(0.0, r.timings.get("total_ms", 0.0) - sum(r.timings.get(p, 0.0) for p in PARTS))
+        for r in ok
+    ]
 
 
 def phase(env: dict[str, str], rates: dict[str, float], seconds: float) -> dict[str, Any]:
@@ -249,6 +275,10 @@ def _run(
         "b_refused_shared": shared["b"]["refused"],
         "b_p99_parts_alone_ms": alone_b["p99_parts_ms"],
         "b_p99_parts_shared_ms": shared["b"]["p99_parts_ms"],
+        "b_tail_parts_alone_ms": alone_b["tail_parts_ms"],
+        "b_tail_parts_shared_ms": shared["b"]["tail_parts_ms"],
+        "a_batch_mean_alone": alone_a["batch_mean"],
+        "batch_mean_shared": {t: shared[t]["batch_mean"] for t in ("a", "b")},
         "a_share_of_unused": round(
             shared["a"]["rps"] / max(capacity_rps - shared["b"]["rps"], 1e-9), 3
         ),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from cascadeq.protocol.keys import WORKER_GROUP, Keys
 from cascadeq.router import Router
 from cascadeq.workers import ModelWorker
 from cascadeq.workers.fairshare import FairLane
+from cascadeq.workers.lanes import LaneReader
 
 X = {"input": np.ones((1, 4), np.float32)}
 
@@ -206,3 +207,148 @@ def test_a_fair_lane_splits_a_read_by_weight_and_finds_a_light_tenant_at_once(
     r.xadd(light, {b"h": b"b-late"})
     assert [s for s, _ in lane.read_light()] == [light]  # taken at batch formation
     assert lane.read_light() == []
+
+
+def test_a_tenant_served_under_its_fraction_stays_light_though_its_reads_came_back_full(
+    r: redis.Redis, settings: Settings
+) -> None:
+    """Light is what a stream was served lately against its fair fraction, not whether
+    its last read came back short: a small ask filled says nothing of a share."""
+    keys = Keys(settings.prefix)
+    heavy, light = (keys.model_stream("m", "default", t) for t in ("a", "b"))
+    for stream in (heavy, light):
+        streams.ensure_group(r, stream, WORKER_GROUP)
+    for i in range(200):
+        r.xadd(heavy, {b"h": b"a%d" % i})
+    lane = FairLane(r, [(heavy, 1.0), (light, 1.0)], "w1")
+    for _ in range(5):  # light has nothing: heavy is served every read
+        lane.read(8)
+    assert lane.light() == [1]
+    for i in range(4):
+        r.xadd(light, {b"h": b"b%d" % i})
+    got = lane.read(8)  # light is asked for about what it had (nothing): 1 entry
+    assert [s for s, _ in got].count(light) == 1
+    assert lane.demand[1] == float("inf")  # it filled that ask...
+    assert lane.light() == [1]  # ...and is still light: 1 request of ~40 read lately
+    late = lane.read_light()  # at batch formation, up to its half of a batch (4)
+    assert [s for s, _ in late] == [light] * 3
+    assert heavy not in {s for s, _ in lane.read_light()}  # heavy is never read here
+
+
+def test_idle_share_goes_to_the_busy_tenant_and_formation_reads_nothing_once_all_keep_up(
+    r: redis.Redis, settings: Settings
+) -> None:
+    """Work-conserving: with one tenant idle, the other gets all of every read but the
+    idle one's single entry; once no stream has more waiting than it was asked for,
+    nothing is light and batch formation reads nothing more."""
+    keys = Keys(settings.prefix)
+    idle, busy = (keys.model_stream("m", "default", t) for t in ("a", "b"))
+    for stream in (idle, busy):
+        streams.ensure_group(r, stream, WORKER_GROUP)
+    lane = FairLane(r, [(idle, 1.0), (busy, 1.0)], "w1")
+    for i in range(20):
+        r.xadd(busy, {b"h": b"b%d" % i})
+    assert [s for s, _ in lane.read(8)] == [busy] * 4  # nothing known yet: split 1:1
+    assert [s for s, _ in lane.read(8)] == [busy] * 7  # idle had nothing: asked for 1
+    assert lane.light() == [0]  # idle's first request is looked for at batch formation
+    assert [s for s, _ in lane.read(8)] == [busy] * 7
+    assert [s for s, _ in lane.read(8)] == [busy] * 2  # less than asked: it keeps up
+    assert lane.light() == []
+    assert lane.read_light() == []
+
+
+def test_under_a_flood_a_light_tenant_goes_into_the_next_batch_with_the_flood_filling_it(
+    r: redis.Redis, settings: Settings, digits_dir: Path
+) -> None:
+    """A serving worker (its reader thread reading ahead): the light tenant's requests,
+    sent while the flood's read-ahead fills the buffer, all run in the next batch, first,
+    and the flood fills the rest of it."""
+    text = (digits_dir / "catalog.toml").read_text().replace("max_batch = 64", "max_batch = 8", 1)
+    cat = Catalog.loads(text + TENANTS, source=str(digits_dir / "catalog.toml"))
+    spec = cat.models["digits-small"]
+    assert spec.batching.max_batch == 8
+    router = Router(r, cat, settings)
+    router.setup()
+    worker = ModelWorker(r, cat, spec, settings, "w1")
+    worker.setup()
+    batcher = worker.batcher
+    x = {"input": np.zeros((1, 64), np.float32)}
+    try:
+        with Producer(settings=settings, catalog=cat) as client:
+            flood = client.submit_many([Request(x, model="digits-small", tenant="flood")] * 200)
+            while router.step(block_ms=None):
+                pass
+            worker.step(block_ms=1000)  # the first batch; the reader thread reads ahead
+            with batcher.cond:  # type: ignore[attr-defined]
+                assert batcher.cond.wait_for(  # type: ignore[attr-defined]
+                    lambda: batcher._held() >= 8,
+                    timeout=10,  # type: ignore[attr-defined]
+                )
+            before = sum(client.result(i) is not None for i in flood)
+            light = client.submit_many([Request(x, model="digits-small", tenant="light")] * 3)
+            while router.step(block_ms=None):
+                pass
+            worker.step(block_ms=1000)
+            answered = [client.result(i) for i in light]
+            assert all(res is not None and res.ok for res in answered)  # all in this batch
+            after = sum(client.result(i) is not None for i in flood)
+            assert after - before >= 4  # the flood filled the rest: a whole entry of 4
+            assert {res.batch_size for res in answered if res is not None} == {3 + after - before}
+            while worker.step(block_ms=1000):
+                if all(client.result(i) is not None for i in flood):
+                    break
+            assert all(res.ok for res in client.wait_many(flood, timeout=30))
+    finally:
+        batcher.close()
+
+
+def test_only_a_worker_with_tenant_lanes_orders_its_batches(
+    r: redis.Redis, settings: Settings, catalog: Catalog, tenant_catalog: Catalog
+) -> None:
+    """The default path pays nothing: without tenants the Batcher cuts batches as read."""
+    plain = ModelWorker(r, catalog, catalog.models["digits-small"], settings, "w1")
+    fair = ModelWorker(r, tenant_catalog, tenant_catalog.models["digits-small"], settings, "w2")
+    assert plain.batcher.first is None
+    assert fair.batcher.first is not None
+
+
+def test_a_weighted_stream_is_light_below_its_weighted_fraction(
+    r: redis.Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.prefix)
+    one, three = (keys.model_stream("m", "default", t) for t in ("a", "b"))
+    for stream in (one, three):
+        streams.ensure_group(r, stream, WORKER_GROUP)
+    lane = FairLane(r, [(one, 1.0), (three, 3.0)], "w1")
+    lane.demand = [float("inf"), float("inf")]
+    lane.served = [30.0, 70.0]  # 70% of the lane: more than an equal share, less than 3/4
+    assert lane.fair() == [0.25, 0.75]
+    assert lane.light() == [1]
+    lane.served = [20.0, 80.0]
+    assert lane.light() == [0]
+
+
+@dataclass
+class Held:
+    stream: str
+    name: str
+
+
+def test_light_entries_go_first_within_their_lane_never_past_another_lanes(
+    r: redis.Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.prefix)
+    shares = {
+        keys.model_stream("m", lane): [(keys.model_stream("m", lane, t), 1.0) for t in ("a", "b")]
+        for lane in ("interactive", "batch")
+    }
+    hi, lo = shares
+    reader = LaneReader(r, [hi, lo], "w1", 4, shares)
+    assert reader.first is not None
+    for fair in reader.fair.values():  # a busy, b served a tenth of the lane: light
+        fair.demand = [float("inf"), 1.0]
+        fair.served = [90.0, 10.0]
+    (hi_a, _), (hi_b, _) = shares[hi]
+    (lo_a, _), (lo_b, _) = shares[lo]
+    held = [Held(hi_a, "hi-a"), Held(lo_a, "lo-a"), Held(lo_b, "lo-b"), Held(hi_b, "hi-b")]
+    assert [h.name for h in reader.first(held)] == ["hi-b", "lo-b", "lo-a", "hi-a"]

@@ -121,3 +121,43 @@ def test_broken_entries_come_back_as_bad_and_do_not_count(toy_catalog: Catalog) 
     [failed] = bad.bad
     assert failed.code == "bad_input"
     assert failed.salvage() == ("r2", None)
+
+
+class TenantReader(ScriptedReader):
+    """Entries of a busy and a light tenant's streams; ``first`` puts the light one's
+    ahead, as a lane reader with tenants' sub-streams does (workers/lanes.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def add_to(self, stream: str, samples: int) -> None:
+        self.add(samples=samples)
+        self.names.append(stream)
+
+    def __call__(self, count: int, block_ms: int | None) -> list[tuple[str, Entry]]:
+        got = super().__call__(count, block_ms)
+        names, self.names = self.names[: len(got)], self.names[len(got) :]
+        return [(name, entry) for name, (_, entry) in zip(names, got, strict=True)]
+
+    def first(self, held: list[Item | Bad]) -> list[Item | Bad]:
+        light = [i for i in held if i.stream == "light"]
+        return light + [i for i in held if i.stream != "light"]
+
+
+def test_tenant_lanes_take_light_entries_first_and_fill_past_one_that_does_not_fit(
+    toy_catalog: Catalog,
+) -> None:
+    for reader in (TenantReader(), ScriptedReader()):
+        for stream, samples in (("busy", 4), ("busy", 4), ("light", 3), ("busy", 1)):
+            if isinstance(reader, TenantReader):
+                reader.add_to(stream, samples)
+            else:
+                reader.add(samples=samples)
+        batcher = Batcher(spec(toy_catalog, 8, 50.0), reader)
+        first, second = batcher.collect(block_ms=100), batcher.collect(block_ms=100)
+        if isinstance(reader, TenantReader):
+            # light's 3 first, then busy's 4; the next 4 does not fit, the 1 after it does
+            assert (ids(first), ids(second)) == (["r3", "r1", "r4"], ["r2"])
+        else:  # a lane without tenants: as read, cut at the first entry that overflows
+            assert (ids(first), ids(second)) == (["r1", "r2"], ["r3", "r4"])
