@@ -14,6 +14,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from cascadeq.infra.connection import connect_async
+from cascadeq.infra.connection import pubsub as open_pubsub
 from cascadeq.producer import core
 from cascadeq.producer.cancel import Cancelled
 from cascadeq.producer.core import ClientCore, Command, Ops, T
@@ -122,7 +123,7 @@ class AsyncProducer(ClientCore[Coroutine[Any, Any, str]]):
         """Awaits the reply channel until cancelled; the core decides the rest."""
         listening = core.Listening(self)
         while True:
-            pubsub = self._replies.pubsub()
+            pubsub = open_pubsub(self._replies)
             try:
                 await pubsub.subscribe(listening.channel)
                 while True:
@@ -132,7 +133,7 @@ class AsyncProducer(ClientCore[Coroutine[Any, Any, str]]):
                 await asyncio.sleep(listening.lost(exc))
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():

@@ -16,6 +16,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from cascadeq.infra.connection import connect, node_of, refresh
+from cascadeq.infra.connection import pubsub as open_pubsub
 from cascadeq.producer import core
 from cascadeq.producer.cancel import Cancelled
 from cascadeq.producer.core import ClientCore, Command, Ops, T
@@ -160,7 +161,7 @@ class Producer(ClientCore[str]):
         """Blocks on the reply channel until closed; the core decides the rest."""
         listening = core.Listening(self)
         while not self._closed.is_set():
-            pubsub = self._replies.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = open_pubsub(self._replies)
             try:
                 pubsub.subscribe(listening.channel)
                 while not self._closed.is_set():

@@ -21,6 +21,7 @@ import redis
 
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.fields import CatalogError
+from cascadeq.infra.connection import pubsub as open_pubsub
 from cascadeq.infra.log import get_logger
 from cascadeq.protocol import wire
 from cascadeq.protocol.keys import Keys
@@ -99,7 +100,7 @@ class CatalogWatch:
                 stop.wait(1.0)  # Redis away: try again, as the serving loops do
 
     def _listen(self, stop: threading.Event) -> None:
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = open_pubsub(self.r, ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.keys.catalog_channel)
             self.check()  # anything published while not subscribed

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import replace
 
@@ -175,6 +176,29 @@ def test_a_stray_publish_does_not_stop_the_listener(
         got = client.wait(second, timeout=10)
         assert got.id == second
         assert got.outputs["probabilities"].shape == (1, 2)  # the real one, not the forgery
+
+
+def test_the_listeners_take_published_results_without_formatting_them(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py 8's default push handler renders every message into a debug line, ~550 µs
+    for a batch of results (redis/redis-py#4230); both clients' listeners replace it."""
+    caplog.set_level(logging.DEBUG, logger="push_response")
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        ids = client.submit_many([Request(X, task="toy")] * 3)
+        threading.Timer(0.1, write_results, (r, settings, client.client_id, ids)).start()
+        assert [g.id for g in client.wait_many(ids, timeout=10)] == ids
+
+    async def scenario() -> list[Result]:
+        async with AsyncProducer(settings=settings, catalog=toy_catalog) as client:
+            ids = await client.submit_many([Request(X, task="toy")] * 3)
+            asyncio.get_running_loop().call_later(
+                0.1, write_results, r, settings, client.client_id, ids
+            )
+            return await client.wait_many(ids, timeout=10)
+
+    assert len(asyncio.run(scenario())) == 3
+    assert not [rec for rec in caplog.records if rec.name == "push_response"]
 
 
 def test_a_waiter_that_gives_up_does_not_strand_another_on_the_same_id(
