@@ -49,7 +49,7 @@ def capture(args: argparse.Namespace) -> None:
     with EmbeddedRedis() as server:
         settings = Settings(redis_url=server.url)
         keys = Keys(settings.prefix)
-        stream = keys.model_stream(MODEL)
+        stream = keys.model_stream(args.model)
         env = {
             **os.environ,
             "REDIS_URL": server.url,
@@ -60,7 +60,7 @@ def capture(args: argparse.Namespace) -> None:
         with ProcessGroup(env) as group:
             group.spawn("router")
             with Producer(server.url, settings=settings, catalog=catalog) as client:
-                pick = {"model": MODEL} if args.mode == "pinned" else {"task": "digits"}
+                pick = {"model": args.model} if args.mode == "pinned" else {"task": "digits"}
                 reqs = [
                     Request({"input": x[i % len(x)][None]}, **pick) for i in range(args.requests)
                 ]
@@ -82,7 +82,12 @@ def _requests(fields: dict[bytes, bytes]) -> int:
 
 
 def replay_once(
-    url: str, entries: list[list[tuple[bytes, bytes]]], catalog: Catalog, runner: Any, prof: Any
+    url: str,
+    entries: list[list[tuple[bytes, bytes]]],
+    catalog: Catalog,
+    runner: Any,
+    prof: Any,
+    model: str = MODEL,
 ) -> dict[str, Any]:
     from cascadeq.workers import ModelWorker  # noqa: PLC0415
 
@@ -90,7 +95,7 @@ def replay_once(
     r.flushall()
     settings = Settings(redis_url=url)
     keys = Keys(settings.prefix)
-    stream = keys.model_stream(MODEL)
+    stream = keys.model_stream(model)
     pipe = r.pipeline(transaction=False)
     requests = 0
     for fields in entries:
@@ -99,7 +104,7 @@ def replay_once(
     pipe.set(keys.backlog(stream), requests)
     pipe.execute()
     worker = ModelWorker(
-        r, catalog, catalog.models[MODEL], settings, "bench-worker", _sessions(runner)
+        r, catalog, catalog.models[model], settings, "bench-worker", _sessions(runner)
     )
     worker.setup()
     r.config_resetstat()
@@ -134,13 +139,13 @@ def replay(args: argparse.Namespace) -> None:
         raw = msgpack.unpack(fh, raw=True)
     entries = [[(bytes(k), bytes(v)) for k, v in e] for e in raw]
     catalog = Catalog.load(args.models_dir / "catalog.toml")
-    runner = OnnxRunner(catalog.models[MODEL])
+    runner = OnnxRunner(catalog.models[args.model])
     sys.setswitchinterval(0.0005)  # as `cascadeq worker` sets it
     figures = []
     prof = cProfile.Profile() if args.profile else None
     with EmbeddedRedis() as server:
         for _ in range(args.runs):
-            got = replay_once(server.url, entries, catalog, runner, prof)
+            got = replay_once(server.url, entries, catalog, runner, prof, args.model)
             figures.append(got["us_per_request"])
     print(json.dumps({**got, "us_per_request_runs": [round(f, 2) for f in figures]}))
     print(f"worker us/request: median {statistics.median(figures):.2f}  min {min(figures):.2f}")
@@ -183,14 +188,14 @@ def micro(args: argparse.Namespace) -> None:
     if args.split:
         entries = _split(entries, args.split)
     catalog = Catalog.load(args.models_dir / "catalog.toml")
-    spec = catalog.models[MODEL]
+    spec = catalog.models[args.model]
     runner = OnnxRunner(spec)
     figures = []
     prof = cProfile.Profile() if args.profile else None
     with EmbeddedRedis() as server:
         r = redis.Redis.from_url(server.url)
         settings = Settings(redis_url=server.url)
-        stream = Keys(settings.prefix).model_stream(MODEL)
+        stream = Keys(settings.prefix).model_stream(args.model)
         worker = ModelWorker(r, catalog, spec, settings, "bench-worker", _sessions(runner))
         worker.setup()
         requests = 0
@@ -221,6 +226,7 @@ def micro(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default=Path("models/digits"), type=Path)
+    parser.add_argument("--model", default=MODEL, help="the model pinned, captured and served")
     sub = parser.add_subparsers(dest="cmd", required=True)
     cap = sub.add_parser("capture")
     cap.add_argument("--out", type=Path, required=True)
