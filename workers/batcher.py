@@ -220,6 +220,11 @@ class Batcher:
             self.per_entry = max(1.0, 0.8 * self.per_entry + 0.2 * samples / len(items))
         return items, samples
 
+    def held(self, stream: str) -> set[bytes]:
+        """Ids of the entries of ``stream`` read and not yet run, which a reclaim must
+        leave alone: they sit idle to Redis, but are not lost."""
+        return {i.entry_id for i in self.carry if i.stream == stream}
+
     def _take_carry(self) -> tuple[list[Item | Bad], int]:
         items, self.carry = self.carry, []
         return items, sum(i.samples for i in items)

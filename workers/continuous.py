@@ -112,11 +112,15 @@ class PrefetchBatcher(Batcher):
                 return
             self._wait_for_more(self.fetched, budget_ms)
 
+    def held(self, stream: str) -> set[bytes]:
+        with self.cond:
+            return {i.entry_id for i in self.carry + self.buffer if i.stream == stream}
+
     def _held(self) -> int:
         """Samples read but not yet run: the buffer plus what the last batch left over.
 
-        Reading ahead stops at one batch's worth, so nothing waits here long enough to
-        look idle to a reclaim (which would deliver it again, and again).
+        Reading ahead stops at one batch's worth, so nothing waits here long: another
+        replica's reclaim would deliver it again (this worker's own leaves it: ``held``).
         """
         return self.buffered + sum(i.samples for i in self.carry if isinstance(i, Item))
 

@@ -199,7 +199,8 @@ class ModelWorker:
     def _reclaim(self) -> int:
         """Take over entries a crashed consumer held. Each runs alone, so an entry that
         broke a batch cannot break a batch of good ones again; past max deliveries it is
-        dead-lettered."""
+        dead-lettered. Entries this worker has read ahead are not taken: while it runs
+        other ones alone they may idle past the visibility timeout, and would run twice."""
         handled = 0
         for lane in self.lanes:
             found = streams.reclaim(
@@ -209,6 +210,7 @@ class ModelWorker:
                 self.consumer,
                 idle_ms=self.settings.visibility_timeout_ms,
                 max_deliveries=self.settings.max_deliveries,
+                held=self.batcher.held(lane),
             )
             for entry in found.entries:
                 self.process([decode(lane, entry, self.spec, now_ms(), self.max_bytes)])

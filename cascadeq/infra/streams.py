@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +79,19 @@ def reclaim(
     idle_ms: int,
     max_deliveries: int,
     count: int = 100,
+    held: Container[bytes] = frozenset(),
 ) -> Reclaimed:
-    """Claim entries idle past the visibility timeout from crashed consumers."""
+    """Claim entries idle past the visibility timeout from crashed consumers.
+
+    ``held``: entry ids the calling consumer holds, read and not yet run (a read-ahead
+    buffer): idle to Redis, but not lost, so they are left alone rather than run twice.
+    """
     pending: Any = r.xpending_range(stream, group, min="-", max="+", count=count, idle=idle_ms)
-    if not pending:
+    deliveries = {
+        p["message_id"]: int(p["times_delivered"]) for p in pending if p["message_id"] not in held
+    }
+    if not deliveries:
         return Reclaimed([], [])
-    deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
     claimed: Any = r.xclaim(
         stream, group, consumer, min_idle_time=idle_ms, message_ids=list(deliveries)
     )

@@ -284,3 +284,38 @@ def test_reclaimed_entries_are_retried_alone_not_with_a_fresh_batch(
     assert [result(r, worker.keys, rid).batch_size for rid in ("old1", "old2")] == [1, 1]
     assert result(r, worker.keys, "new1").batch_size == 2
     assert no_pending(r, stream)
+
+
+def test_a_worker_does_not_reclaim_the_entries_it_has_read_ahead(
+    r: redis.Redis, settings: Settings, catalog: Catalog
+) -> None:
+    """Entries in a worker's read-ahead can idle past the visibility timeout while it runs
+    others alone; its reclaim takes only what it no longer holds, so none runs twice."""
+    from dataclasses import replace
+
+    from cascadeq.workers.batcher import decode
+
+    fast = replace(settings, visibility_timeout_ms=1, max_deliveries=5)
+    worker = ModelWorker(r, catalog, catalog.models["digits-small"], fast, "w1")
+    worker.setup()
+    stream = worker.keys.model_stream("digits-small")
+    put(r, stream, good("lost"))  # read by this consumer, then dropped (a failed commit)
+    r.xreadgroup(keynames.WORKER_GROUP, "w1", {stream: ">"})
+    for rid in ("ahead1", "ahead2"):
+        put(r, stream, good(rid))
+    [[_, ahead]] = r.xreadgroup(keynames.WORKER_GROUP, "w1", {stream: ">"})
+    worker.batcher.carry = [
+        decode(stream, e, worker.spec, now_ms(), fast.max_payload_bytes) for e in ahead
+    ]
+    for entry_id, _ in r.xrange(stream):  # all three idle long past the timeout
+        r.execute_command(
+            "XCLAIM", stream, keynames.WORKER_GROUP, "w1", 0, entry_id, "IDLE", 10_000
+        )
+    worker.reclaim_clock.next = 0.0
+    while worker.step(None):
+        pass
+    assert result(r, worker.keys, "lost").batch_size == 1  # reclaimed, run alone
+    assert [result(r, worker.keys, rid).batch_size for rid in ("ahead1", "ahead2")] == [2, 2]
+    answered = r.hget(worker.keys.model_totals("digits-small"), "answered")
+    assert int(answered or 0) == 3  # each request ran once
+    assert no_pending(r, stream)
