@@ -223,7 +223,9 @@ class Batcher:
     def held(self, stream: str) -> set[bytes]:
         """Ids of the entries of ``stream`` read and not yet run, which a reclaim must
         leave alone: they sit idle to Redis, but are not lost."""
-        return {i.entry_id for i in self.carry if i.stream == stream}
+        ids = {i.entry_id for i in self.carry if i.stream == stream}
+        reader_held = getattr(self.read, "held", None)  # a FanIn's replies not taken yet
+        return ids | reader_held(stream) if reader_held is not None else ids
 
     def _take_carry(self) -> tuple[list[Item | Bad], int]:
         items, self.carry = self.carry, []

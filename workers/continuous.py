@@ -114,7 +114,7 @@ class PrefetchBatcher(Batcher):
 
     def held(self, stream: str) -> set[bytes]:
         with self.cond:
-            return {i.entry_id for i in self.carry + self.buffer if i.stream == stream}
+            return super().held(stream) | {i.entry_id for i in self.buffer if i.stream == stream}
 
     def _held(self) -> int:
         """Samples read but not yet run: the buffer plus what the last batch left over.

@@ -91,6 +91,14 @@ class FanIn:
         self.turns[i].release()  # that reply is used up: the thread may read again
         return got
 
+    def held(self, stream: str) -> set[bytes]:
+        """Ids of ``stream``'s entries read here and not taken yet: a reclaim by this
+        consumer must leave them (workers/batcher.py, ``held``)."""
+        with self.ready.mutex:
+            waiting = [got for _, got in self.ready.queue if isinstance(got, list)]
+        replies = [rest for _, rest in list(self.left)] + waiting
+        return {entry[0] for got in replies for name, entry in got if name == stream}
+
     def close(self) -> None:
         """Stop reading ahead; each thread ends after its current block (block_ms)."""
         self.closed.set()
