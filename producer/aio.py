@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from cascadeq.config.settings import is_cluster_url
 from cascadeq.infra.connection import connect_async
 from cascadeq.infra.connection import pubsub as open_pubsub
 from cascadeq.producer import core
@@ -20,7 +21,7 @@ from cascadeq.producer.cancel import Cancelled
 from cascadeq.producer.core import ClientCore, Command, Ops, T
 from cascadeq.producer.errors import Rejected
 from cascadeq.producer.inbox import collect
-from cascadeq.producer.requests import Prepared, Request
+from cascadeq.producer.requests import SUBMIT, Prepared, Request
 from cascadeq.protocol.messages import Result
 
 
@@ -29,6 +30,11 @@ class AsyncProducer(ClientCore[Coroutine[Any, Any, str]]):
     """The same contract as Producer, for asyncio code; safe to share between tasks."""
 
     def _open(self) -> None:
+        if self.settings.submit_replicas and is_cluster_url(self.url):
+            raise ValueError(
+                "submit_replicas on a Redis Cluster needs the sync Producer: the asyncio "
+                "client cannot send a submit's WAIT to the connection of the node that ran it"
+            )
         name = self.connection_name
         self.redis = connect_async(self.url, max_connections=core.MAX_CONNECTIONS, name=name)
         self._replies = connect_async(self.url, max_connections=1, name=name, socket_timeout=None)
@@ -53,10 +59,28 @@ class AsyncProducer(ClientCore[Coroutine[Any, Any, str]]):
             for args in cmd.batch:
                 pipe.execute_command(*args)
             return await pipe.execute()
+        if cmd.script is SUBMIT and self.settings.submit_replicas:
+            return await self._send_replicated(cmd)
         try:
             return await self.redis.execute_command(*cmd.args)  # type: ignore[no-untyped-call]
         except NoScriptError:
             return await self.redis.execute_command(*cmd.fallback())  # type: ignore[no-untyped-call]
+
+    async def _send_replicated(self, cmd: Command) -> Any:
+        """As Producer's: the submit call and a WAIT on the same connection, in one
+        pipeline, so a submit that returns survives the loss of its master."""
+        want, ms = self.settings.submit_replicas, self.settings.submit_wait_ms
+        for args in (cmd.args, cmd.fallback()):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.execute_command(*args)
+            pipe.execute_command("WAIT", want, ms)
+            reply, acked = await pipe.execute(raise_on_error=False)
+            if not isinstance(reply, NoScriptError):
+                break
+        if isinstance(reply, Exception):
+            raise reply
+        core.check_replicas(acked, want, ms)
+        return reply
 
     # -- submitting -------------------------------------------------------------
 

@@ -80,11 +80,7 @@ class Producer(ClientCore[str]):
         if isinstance(reply, Exception):
             refresh(self.redis)
             raise redis.ConnectionError(f"submit failed on its shard's master: {reply}")
-        if isinstance(acked, Exception) or int(acked) < want:
-            raise redis.ConnectionError(
-                f"submit reached the master but {acked} of {want} replica(s) confirmed it"
-                f" within {ms} ms: it may be lost on a failover (the requests may also run)"
-            )
+        core.check_replicas(acked, want, ms)
         return reply
 
     def _submit_and_wait(self, cmd: Command, want: int, ms: int) -> tuple[Any, Any]:

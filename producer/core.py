@@ -309,6 +309,16 @@ class ClientCore(Generic[Answer]):
             self._inbox.deliver_stored(ids, [raw for chunk in found for raw in chunk])
 
 
+def check_replicas(acked: Any, want: int, ms: int) -> None:
+    """A replicated submit's WAIT reply: fewer replicas than wanted raise ConnectionError
+    (ConnectionFailed to the caller), since the submit may be lost on a failover."""
+    if isinstance(acked, Exception) or int(acked) < want:
+        raise redis.ConnectionError(
+            f"submit reached the master but {acked} of {want} replica(s) confirmed it"
+            f" within {ms} ms: it may be lost on a failover (the requests may also run)"
+        )
+
+
 def succeeded(result: Result) -> Result:
     """wait(): the result if ok, else RequestFailed."""
     if not result.ok:
