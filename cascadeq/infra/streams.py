@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,14 +79,16 @@ def reclaim(
     idle_ms: int,
     max_deliveries: int,
     count: int = 100,
-    held: Container[bytes] = frozenset(),
+    held: Collection[bytes] = frozenset(),
 ) -> Reclaimed:
     """Claim entries idle past the visibility timeout from crashed consumers.
 
     ``held``: entry ids the calling consumer holds, read and not yet run (a read-ahead
     buffer): idle to Redis, but not lost, so they are left alone rather than run twice.
     """
-    pending: Any = r.xpending_range(stream, group, min="-", max="+", count=count, idle=idle_ms)
+    pending: Any = r.xpending_range(  # the held may be idle too: read past them
+        stream, group, min="-", max="+", count=count + len(held), idle=idle_ms
+    )
     deliveries = {
         p["message_id"]: int(p["times_delivered"]) for p in pending if p["message_id"] not in held
     }

@@ -63,11 +63,30 @@ def descendants(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
         return []
 
 
+def spawned(proc: subprocess.Popen[bytes], role: str) -> bool:
+    """A process of the command runs ``cascadeq ROLE``."""
+    for p in descendants(proc):
+        with suppress(psutil.Error):
+            if role in p.cmdline():
+                return True
+    return False
+
+
 def blocked(url: str, name: str) -> int:
     """Connections named ``name`` parked in a blocking read: that role waits for work."""
     client = redis.Redis.from_url(url)
     try:
         return sum(1 for c in client.client_list() if c["name"] == name and "b" in c["flags"])
+    finally:
+        client.close()
+
+
+def role_connections(url: str) -> list[tuple[str, str, str]]:
+    """(name, flags, last command) of the roles' connections, for a failure's message."""
+    client = redis.Redis.from_url(url)
+    try:
+        found = [(c["name"], c["flags"], c["cmd"]) for c in client.client_list()]
+        return sorted(f for f in found if f[0].startswith("cq-"))
     finally:
         client.close()
 
@@ -116,12 +135,17 @@ def test_demo_on_its_own_redis_stops_everything(digits_dir: Path, tmp_path: Path
     log = tmp_path / "demo.log"
     with command(without_redis_url(), log, "demo", "--models-dir", str(digits_dir)) as proc:
         wait_for(lambda: started_system(log) is not None, 60, "the demo starts its roles")
+        # the line comes before the roles are spawned: pause the demo only once they are
+        wait_for(lambda: spawned(proc, "worker"), 60, "the demo spawns its workers")
         url, _ = started_system(log) or ("", "")
         # paused, the demo sends nothing, so its roles reach their blocking reads and stay
         # there (a demo of batches of 256 may otherwise finish before they are seen idle)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
             wait_for(lambda: roles_ready(url, 1, 2), 60, "router and workers are up")
+        except AssertionError as exc:  # say what the roles were doing instead
+            doing = f"{role_connections(url)}\n{log.read_text()[-2000:]}"
+            raise AssertionError(f"{exc}: {doing}") from exc
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         stop_and_check(proc, log, signal.SIGTERM)
