@@ -29,6 +29,7 @@ from cascadeq.bench.tally import ACKED, REFUSED, UNKNOWN, Answers, Ledger, Peaks
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.infra.connection import connect
+from cascadeq.infra.connection import pubsub as open_pubsub
 from cascadeq.infra.embedded import EmbeddedRedis
 from cascadeq.infra.process import CRASH_WINDOW_S, ProcessGroup, interruptible, uninterrupted
 from cascadeq.protocol.clock import Every
@@ -312,7 +313,7 @@ class Observer(threading.Thread):
         while not self.stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = r.pubsub()  # type: ignore[no-untyped-call]
+                    pubsub = open_pubsub(r)  # every batch's answers: as is (connection.py)
                     pubsub.psubscribe(f"{self.keys.prefix}:reply:*")
                 msg = pubsub.get_message(timeout=0.25)  # blocks on the socket
                 if msg is not None and msg["type"] == "pmessage":
