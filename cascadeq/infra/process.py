@@ -35,12 +35,25 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def log_from_handler(event: str, signum: int) -> None:
+    """Log a signal's arrival from its handler without taking the log's write lock there.
+
+    A handler runs in the main thread between two bytecodes, perhaps while that thread
+    holds structlog's (non-reentrant) write lock; logging in the handler itself would then
+    wait on that lock forever, and the process would hang until SIGKILLed. A thread waits
+    for the lock instead, and gets it once the interrupted write is done; it is not a
+    daemon, so the line is written before the process exits.
+    """
+    name = signal.Signals(signum).name
+    threading.Thread(target=log.info, args=(event,), kwargs={"signal": name}).start()
+
+
 def stop_on_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT ask the loops to finish their batch and leave."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
+        log_from_handler("stopping", signum)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -61,13 +74,13 @@ class _Interrupts:
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     if _Interrupts.raised:
-        log.info("already_stopping", signal=signal.Signals(signum).name)
+        log_from_handler("already_stopping", signum)
         return
     if _Interrupts.depth:
         _Interrupts.pending = signum
         return
     _Interrupts.raised = True
-    log.info("stopping", signal=signal.Signals(signum).name)
+    log_from_handler("stopping", signum)
     raise SystemExit(128 + signum)
 
 

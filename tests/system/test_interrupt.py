@@ -7,6 +7,7 @@ be left in its process group: a leaked supervisor, worker or redis-server shows 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -230,3 +231,45 @@ def test_a_stop_waits_for_the_uninterrupted_block_and_a_second_signal_is_ignored
     assert steps[-1] == "the cleanup finished"
     assert stopped.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+MID_WRITE = """
+import os, signal, sys, threading
+import structlog
+from cascadeq.infra import log
+from cascadeq.infra.process import interruptible, stop_on_signals
+
+log.configure(fmt="json")
+logger = log.get_logger("t")
+logger.info("warm")  # the logger exists: its write lock is the one held below
+lock = structlog._output._get_lock_for_file(sys.stderr)
+stop = threading.Event()
+stop_on_signals(stop)
+with lock:  # the main thread mid-write, as the signal lands
+    os.kill(os.getpid(), signal.SIGTERM)
+print("stopped" if stop.is_set() else "not stopped", flush=True)
+try:
+    with interruptible(), lock:
+        os.kill(os.getpid(), signal.SIGINT)
+except SystemExit as exc:
+    print("raised", exc.code, flush=True)
+"""
+
+
+def test_a_stop_signal_landing_mid_log_write_does_not_hang_the_process() -> None:
+    """The handlers log from a thread: structlog's write lock is not reentrant, so a
+    handler that logged while its main thread held it would wait forever (a replica then
+    outlived its supervisor's grace and was SIGKILLed)."""
+    env = {k: v for k, v in os.environ.items() if k != "CASCADEQ_PARENT_PID"}
+    out = subprocess.run(
+        [sys.executable, "-c", MID_WRITE],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.split() == ["stopped", "raised", str(128 + signal.SIGINT)], out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    stops = sorted(line["signal"] for line in lines if line["event"] == "stopping")
+    assert stops == ["SIGINT", "SIGTERM"]  # logged all the same, once the write was done
