@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -35,17 +37,44 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+_SIGNAL_LINES: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+_signal_logger: threading.Thread | None = None
+
+
+def _write_signal_lines() -> None:
+    while (line := _SIGNAL_LINES.get()) is not None:
+        log.info(line[0], signal=line[1])
+
+
+def _flush_signal_lines() -> None:
+    """At exit: every line queued before is written (bounded: no log lock is held here)."""
+    if _signal_logger is not None:
+        _SIGNAL_LINES.put(None)
+        _signal_logger.join(timeout=2.0)
+
+
+def _start_signal_logger() -> None:
+    """Started when handlers are installed, never in one: Thread.start takes threading's
+    own lock, which the interrupted main thread may hold."""
+    global _signal_logger  # noqa: PLW0603 - one logger thread per process
+    if _signal_logger is None:
+        _signal_logger = threading.Thread(
+            target=_write_signal_lines, name="cq-signal-log", daemon=True
+        )
+        _signal_logger.start()
+        atexit.register(_flush_signal_lines)
+
+
 def log_from_handler(event: str, signum: int) -> None:
     """Log a signal's arrival from its handler without taking the log's write lock there.
 
     A handler runs in the main thread between two bytecodes, perhaps while that thread
     holds structlog's (non-reentrant) write lock; logging in the handler itself would then
-    wait on that lock forever, and the process would hang until SIGKILLed. A thread waits
-    for the lock instead, and gets it once the interrupted write is done; it is not a
-    daemon, so the line is written before the process exits.
+    wait on that lock forever, and the process would hang until SIGKILLed. The line goes
+    on a SimpleQueue instead (its put is reentrant, safe in a handler) for the logger
+    thread to write once the interrupted write is done.
     """
-    name = signal.Signals(signum).name
-    threading.Thread(target=log.info, args=(event,), kwargs={"signal": name}).start()
+    _SIGNAL_LINES.put((event, signal.Signals(signum).name))
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -55,6 +84,7 @@ def stop_on_signals(stop: threading.Event) -> None:
         stop.set()
         log_from_handler("stopping", signum)
 
+    _start_signal_logger()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     die_with_parent()
@@ -97,6 +127,7 @@ def interruptible() -> Iterator[None]:
         return
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     _Interrupts.pending, _Interrupts.raised = None, False
+    _start_signal_logger()
     for s in STOP_SIGNALS:
         signal.signal(s, _raise_stop)
     try:
