@@ -9,6 +9,12 @@ twice: the models' compute (the catalog's per-sample costs) and the total, the C
 process spent (producer, router, worker, Redis; psutil and INFO cpu, as `bench overhead`
 measures it). Escalated requests' latency is compared at 10% of the cascade's capacity,
 where a queued hop's batch window, not a queue, is what they wait for.
+
+Each pair also runs its first model alone (``small-only``): one hop through the queue at
+almost no compute, the floor every cascade over this queue pays per request. That floor
+plus the large model's compute for the share that escalates, over large-only's total,
+is the least ratio any threshold or escalation path can reach on this machine
+(``*reachable_vs_large_only``): where it is above a target, only a cheaper queue meets it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from cascadeq.bench.workbench import (
     HEAVY_PAIR,
     LARGE,
     LOCAL,
+    SMALL,
     Bench,
     local_available,
     tag,
@@ -40,13 +47,14 @@ FIELDS = (
 NOT_AVAILABLE = "not available"
 
 
-def pairs() -> tuple[tuple[str, str, str], ...]:
-    """(pair name, its large model, its task)."""
-    return (("digits", LARGE, TASK), ("heavy", HEAVY, HEAVY_PAIR))
+def pairs() -> tuple[tuple[str, str, str, str], ...]:
+    """(pair name, its first model, its large model, its task)."""
+    return (("digits", SMALL, LARGE, TASK), ("heavy", SMALL, HEAVY, HEAVY_PAIR))
 
 
-def ways(large: str, task: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+def ways(first: str, large: str, task: str) -> tuple[tuple[str, dict[str, Any]], ...]:
     return (
+        ("small-only", {"model": first}),  # the queue's floor: one hop, ~no compute
         ("large-only", {"model": large}),
         ("cascade", {"task": task}),
         ("cascade-local", {"task": task + LOCAL}),
@@ -93,8 +101,8 @@ def measure(bench: Bench) -> list[dict[str, Any]]:
     """Every pair's three ways, then escalated latency at low load (queued and local)."""
     local = local_available(bench.catalog())
     rows: list[dict[str, Any]] = []
-    for pair, large, task in pairs():
-        for way, target in ways(large, task):
+    for pair, first, large, task in pairs():
+        for way, target in ways(first, large, task):
             if way in ("cascade-local", "cascade-auto") and not local:
                 rows.append({"pair": pair, "strategy": way, "available": False})
                 tag(f"cascade {pair} {way}: {NOT_AVAILABLE} (the catalog refuses escalate)")
@@ -119,10 +127,30 @@ def low_load(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _ratio(rows: list[dict[str, Any]], pair: str, way: str, key: str) -> float | None:
     by = {r["strategy"]: r for r in rows if r["pair"] == pair}
-    row, base = by.get(way, {}), by["large-only"]
+    row, base = by.get(way, {}), by.get("large-only", {})
     if not row.get("available") or row.get(key) is None or not base.get(key):
         return None
     return round(float(row[key]) / float(base[key]), 4)
+
+
+def reachable(rows: list[dict[str, Any]], pair: str) -> float | None:
+    """The least total-cost ratio to large-only a cascade of ``pair`` can reach here.
+
+    Every request makes the first model's hop (the small-only row's measured total, its
+    tiny compute included) and each escalated one needs the large model's compute at
+    least (large-only's compute per request, times the cascade's large share); whatever
+    a cascade adds above that (confidence, a second hop or a local call) only raises it.
+    None where a row it needs was not measured.
+    """
+    by = {r["strategy"]: r for r in rows if r["pair"] == pair and r.get("available")}
+    floor, large, cascade = by.get("small-only"), by.get("large-only"), by.get("cascade")
+    if not floor or not large or not cascade:
+        return None
+    if floor.get("total_cpu_us") is None or not large.get("total_cpu_us"):
+        return None
+    escalated = float(cascade["large_share"]) * float(large["compute_us"])
+    least = float(floor["total_cpu_us"]) + escalated
+    return round(least / float(large["total_cpu_us"]), 4)
 
 
 def summary(rows: list[dict[str, Any]], low: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -151,6 +179,10 @@ def summary(rows: list[dict[str, Any]], low: dict[str, Any] | None = None) -> di
         value = _ratio(rows, pair, way, key)
         if value is not None:
             out[name] = value
+    for pair, prefix in (("digits", ""), ("heavy", "heavy_")):
+        value = reachable(rows, pair)
+        if value is not None:
+            out[prefix + "reachable_vs_large_only"] = value
     if low and "local_vs_queued" in low:
         out["local_escalated_p50_vs_queued"] = low["local_vs_queued"]
     out["local_available"] = by[("digits", "cascade-local")].get("available", False)

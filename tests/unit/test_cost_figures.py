@@ -9,7 +9,7 @@ import numpy as np
 
 from cascadeq.bench import economics
 from cascadeq.bench.harness import cpu_figures
-from cascadeq.bench.suite import TARGETS, targets
+from cascadeq.bench.suite import TARGETS, targets, verdict
 from cascadeq.infra.cpu import CPU_FIELD, CpuMeter, Totals, role_figure
 from cascadeq.infra.observed import ModelState
 from cascadeq.ops import cost, published
@@ -219,3 +219,35 @@ def test_cost_from_stats_estimates_large_only_from_published_figures() -> None:
     m = cost.measured(doc)
     assert m.cpu_us["large-only"] == {"total": 80.0 + 20.0 + 20.0, "compute": 22.0}
     assert m.cpu_us["cascade"]["total"] == 120.0
+
+
+def test_the_reachable_ratio_is_one_hops_floor_plus_the_escalated_share_of_large_compute() -> None:
+    rows = [
+        row("digits", "small-only", 40.0, 0.2),
+        row("digits", "large-only", 100.0, 20.0),
+        row("digits", "cascade", 70.0, 3.2),
+    ]
+    assert economics.reachable(rows, "digits") == round((40.0 + 0.15 * 20.0) / 100.0, 4)
+    assert economics.reachable(rows[1:], "digits") is None  # no floor measured: no bound
+    local = {"pair": "digits", "strategy": "cascade-local", "available": False}
+    s = economics.summary([*rows, local])
+    assert s["reachable_vs_large_only"] == 0.43
+    assert "heavy_reachable_vs_large_only" not in s
+
+
+def test_a_target_the_floor_puts_out_of_reach_says_so() -> None:
+    report = {
+        "cascade": {
+            "total_vs_large_only": 0.9,
+            "reachable_vs_large_only": 0.8,
+            "heavy_total_vs_large_only": 0.3,
+            "heavy_reachable_vs_large_only": 0.2,
+        }
+    }
+    got = {t["figure"]: t for t in targets(report)}
+    digits, heavy = got["cascade.total_vs_large_only"], got["cascade.heavy_total_vs_large_only"]
+    assert (digits["met"], digits["reachable"], digits["goal_reachable"]) == (False, 0.8, False)
+    assert (heavy["met"], heavy["goal_reachable"]) == (True, True)
+    assert "OUT OF REACH" in verdict(digits)
+    assert "within reach" in verdict(heavy)
+    assert "reachable" not in got["cascade.accuracy_gap_points"]
