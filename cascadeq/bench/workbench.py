@@ -45,6 +45,9 @@ class Scale:
     # the held-out split, this many times over: a row runs about a second at least, so
     # CPU read in 10 ms ticks (psutil) is within a few percent per role
     cascade_repeats: int = 40
+    # bench cascade's ways, run in turn this many rounds; each way's median round is its
+    # row: the machine's speed drifts minute to minute, and each way samples it alike
+    cascade_rounds: int = 3
     sweep: tuple[int, ...] = (1, 4, 16, 64)  # max_batch values for the plot
 
     @classmethod
@@ -62,6 +65,7 @@ class Scale:
             latency_s=0.3,
             latency_levels=(0.1, 0.5, 0.9),
             cascade_repeats=1,
+            cascade_rounds=1,
             sweep=(),
         )
 

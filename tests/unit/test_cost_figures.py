@@ -251,3 +251,17 @@ def test_a_target_the_floor_puts_out_of_reach_says_so() -> None:
     assert "OUT OF REACH" in verdict(digits)
     assert "within reach" in verdict(heavy)
     assert "reachable" not in got["cascade.accuracy_gap_points"]
+
+
+def test_a_ways_row_is_its_median_round_with_every_rounds_total_beside_it() -> None:
+    rounds = [row("digits", "cascade", t, 3.0) for t in (70.0, 50.0, 90.0)]
+    got = economics.median_round(rounds)
+    assert (got["total_cpu_us"], got["rounds"], got["total_cpu_us_rounds"]) == (
+        70.0,
+        3,
+        [70.0, 50.0, 90.0],
+    )
+    two = economics.median_round(rounds[:2])
+    assert two["total_cpu_us"] == 50.0  # the lower median: never a figure no round measured
+    unmeasured = [{**r, "total_cpu_us": None} for r in rounds]
+    assert economics.median_round(unmeasured)["total_cpu_us"] is None
