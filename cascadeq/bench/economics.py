@@ -11,8 +11,9 @@ measures it). Escalated requests' latency is compared at 10% of the cascade's ca
 where a queued hop's batch window, not a queue, is what they wait for.
 
 The machine's speed drifts minute to minute, so the ways run in turn, round after round
-(``Scale.cascade_rounds``), and each way's row is its median round: every way samples
-the drift alike, and a figure is never one way's lucky minute against another's slow one.
+(``Scale.cascade_rounds``; every other round in reverse order, so no way always runs
+first), and each way's row is its median round: every way samples the drift alike, and
+a figure is never one way's lucky minute against another's slow one.
 
 Each pair also runs its first model alone (``small-only``): one hop through the queue at
 almost no compute, the floor every cascade over this queue pays per request. That floor
@@ -114,7 +115,8 @@ def _escalated_p50(bench: Bench, task: str, rate: float, large: str) -> float:
 
 
 def measure(bench: Bench) -> list[dict[str, Any]]:
-    """Every pair's ways, in turn for each round; each way's row is its median round."""
+    """Every pair's ways, in turn for each round (every other one reversed); each way's
+    row is its median round."""
     local = local_available(bench.catalog())
     plan = [
         (pair, way, target, large)
@@ -124,7 +126,7 @@ def measure(bench: Bench) -> list[dict[str, Any]]:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for n in range(bench.scale.cascade_rounds):
         tag(f"cascade round {n + 1} of {bench.scale.cascade_rounds}")
-        for pair, way, target, large in plan:
+        for pair, way, target, large in plan if n % 2 == 0 else plan[::-1]:
             if local or way not in LOCAL_WAYS:
                 runs.setdefault((pair, way), []).append(_row(bench, pair, way, target, large))
     rows: list[dict[str, Any]] = []
