@@ -156,6 +156,7 @@ class AsyncProducer(ClientCore[Coroutine[Any, Any, str]]):
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any surprise
                 await asyncio.sleep(listening.lost(exc))
             finally:
+                self._inbox.lost()  # cancelled, or about to subscribe again
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 

@@ -166,6 +166,7 @@ class Producer(ClientCore[str]):
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any surprise
                 self._closed.wait(listening.lost(exc))
             finally:
+                self._inbox.lost()  # closed, or about to subscribe again
                 with contextlib.suppress(redis.RedisError):
                     pubsub.close()
 

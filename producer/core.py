@@ -228,24 +228,34 @@ class ClientCore(Generic[Answer]):
                 if isinstance(call, Rejected):
                     return call
                 sent = Call(call, self.keys, self.settings, partial=False)
+                epoch, before = self._inbox.listening(), len(accepted)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
                 drain = yield from self._drain_ops(reply, sent)
                 call = strict_outcome(
                     reply, call, sent, accepted, self.keys, self._max_bytes, drain
                 )
+                self._inbox.expect(accepted[before:], epoch)
         return None
 
     def _flush_ops(
         self, batch: list[Prepared], settle: Callable[[Prepared, Rejected | None], None]
     ) -> Ops[None]:
         """Coalesced submits: one script call per chunk, each refusal answered alone."""
+        inbox = self._inbox
         for call in plan_calls(batch, self.keys, self.settings):
             rest: list[Outgoing] = call
             while rest:
                 sent = Call(rest, self.keys, self.settings, partial=True)
+                epoch = inbox.listening()
+
+                def heard(p: Prepared, error: Rejected | None, epoch: int | None = epoch) -> None:
+                    if error is None:  # before its submitter is released to wait on it
+                        inbox.expect([p.id], epoch)
+                    settle(p, error)
+
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
                 drain = yield from self._drain_ops(reply, sent)
-                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle, drain)
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, heard, drain)
 
     def _drain_ops(self, reply: Reply, sent: Call) -> Ops[float | None]:
         """A refusal's retry-after needs the model's drain rate: one HMGET of what its
@@ -297,9 +307,11 @@ class ClientCore(Generic[Answer]):
             self._inbox.release(batch, ids)
 
     def _stored_ops(self, ids: list[str], batch: Batch) -> Ops[None]:
-        """A waiter's look in Redis, after registering: results stored before it did."""
+        """A waiter's look in Redis, after registering: results stored before it did,
+        except those the listener's subscription is sure to bring (Inbox.unheard)."""
         if not batch.done():
-            yield from self._fetch_stored_ops([rid for rid in ids if rid not in batch.results])
+            missing = [rid for rid in ids if rid not in batch.results]
+            yield from self._fetch_stored_ops(self._inbox.unheard(missing))
 
     def _fetch_stored_ops(self, ids: list[str]) -> Ops[None]:
         """Deliver results already stored: one MGET per chunk, all in one round trip."""
@@ -352,6 +364,7 @@ class Listening:
 
     def lost(self, exc: Exception) -> float:
         """The channel failed: how long to wait before subscribing again."""
+        self._core._inbox.lost()
         wait, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_S[1])
         log.warning("reply_channel_lost", error=repr(exc), retry_in=wait)
         return wait

@@ -4,6 +4,12 @@ The listener hands in every result published on the client's reply channel; a wa
 registers a future first and then looks in Redis, so a result is never missed:
 it is either already stored, or its publication reaches the registered future.
 Several waiters may wait on one id; the future lives until the last of them leaves.
+
+The look in Redis is skipped for the ids this client submitted while its listener held
+a confirmed subscription that it still holds, until their result is first delivered:
+a result is published after its submit, so that subscription hears it (``unheard``). A
+subscription lost meanwhile is counted (the epoch), and the ids it might have missed are
+looked up again; the listener's periodic sweep stays the backstop for a silent loss.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from cascadeq.protocol.results import answered, split_published
 from cascadeq.protocol.wire import WireError
 
 UNCLAIMED_CAP = 10_000
+EXPECTED_CAP = 1_000_000  # ids awaiting their first result by pub/sub; past it, looked up
 log = get_logger("cascadeq.producer")
 
 
@@ -47,6 +54,45 @@ class Inbox:
         self._lock = threading.Lock()
         self._waiting: dict[str, Batch | list[Batch]] = {}  # a list only when several wait
         self._unclaimed: OrderedDict[str, Result] = OrderedDict()
+        self._epoch = 0  # subscriptions the listener has had confirmed
+        self._live = False  # whether it holds one now
+        self._expected: dict[str, int] = {}  # id -> epoch it was submitted under
+
+    # -- what the subscription will bring ------------------------------------------------
+
+    def subscribed(self) -> None:
+        """The listener's subscription is confirmed: publications from now on reach it."""
+        with self._lock:
+            self._epoch += 1
+            self._live = True
+
+    def lost(self) -> None:
+        """The listener lost its subscription: what is published now may never arrive."""
+        with self._lock:
+            self._live = False
+
+    def listening(self) -> int | None:
+        """The epoch a submit sent now is heard under (read before sending), or None."""
+        return self._epoch if self._live else None
+
+    def expect(self, ids: list[str], epoch: int | None) -> None:
+        """These ids were submitted under ``epoch`` (``listening``, read before sending)."""
+        if epoch is None or not ids:
+            return
+        with self._lock:
+            if len(self._expected) + len(ids) <= EXPECTED_CAP:
+                self._expected.update(dict.fromkeys(ids, epoch))
+
+    def unheard(self, ids: list[str]) -> list[str]:
+        """Of these registered ids, those a look in Redis must cover: all but the ones
+        submitted under the subscription the listener still holds and not yet delivered
+        (delivery drops an id, so a result taken by a poll or an earlier waiter is read)."""
+        with self._lock:
+            expected = self._expected
+            if not self._live or not expected:
+                return ids
+            epoch = self._epoch
+            return [rid for rid in ids if expected.get(rid) != epoch]
 
     def deliver(self, result: Result) -> None:
         with self._lock:
@@ -57,9 +103,11 @@ class Inbox:
         """A batch's results under one lock; the common case (one waiter per id) inline."""
         finished: list[Batch] = []
         with self._lock:
-            waiting = self._waiting
+            waiting, expected = self._waiting, self._expected
             for result in found:
                 rid = result.id
+                if expected:
+                    expected.pop(rid, None)
                 held = waiting.get(rid)
                 if isinstance(held, Batch):
                     results = held.results
@@ -76,6 +124,7 @@ class Inbox:
         """Record a result for its waiters (the lock held); returns the batches it completed.
         The listener and a waiter's MGET may both deliver one result: the first one wins."""
         rid = result.id
+        self._expected.pop(rid, None)
         held = self._waiting.get(rid)
         if held is None:
             self._unclaimed[rid] = result
@@ -140,6 +189,7 @@ class Inbox:
     def on_message(self, msg: dict[str, Any]) -> bool:
         """Handle one pub/sub message; True means (re)subscribed, so re-read stored results."""
         if msg["type"] == "subscribe":
+            self.subscribed()
             return True
         if msg["type"] == "message" and msg["data"]:
             self.deliver_many(_decoded(split_published(msg["data"])))  # one, or a batch's worth

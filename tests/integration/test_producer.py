@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+from conftest import wait_for
 from streamview import count, headers_in
 
 from cascadeq.config.catalog import Catalog
@@ -273,3 +274,71 @@ def test_many_threads_share_one_producer(
         with ThreadPoolExecutor(max_workers=64) as pool:
             got = list(pool.map(one_call, range(640)))
     assert len(set(got)) == 640
+
+
+def test_a_wait_looks_up_only_what_the_subscription_may_not_bring(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids submitted while the listener holds a subscription come by pub/sub: the wait
+    sends no MGET for them, yet gets every result, also ones stored before it began."""
+    with Producer(settings=settings, catalog=toy_catalog) as client:
+        looked: list[list[str]] = []
+        unheard = client._inbox.unheard
+
+        def spied(ids: list[str]) -> list[str]:
+            looked.append(unheard(ids))
+            return looked[-1]
+
+        monkeypatch.setattr(client._inbox, "unheard", spied)
+        early = client.submit(task="toy", inputs=X)  # no listener yet
+        write_results(r, settings, client.client_id, [early])
+        assert client.wait(early, timeout=10).id == early  # found by the look in Redis
+        assert looked == [[early]]
+        wait_for(lambda: client._inbox.listening() is not None, 10, "the listener subscribed")
+        stored = client.submit_many([Request(X, task="toy")] * 3)
+        write_results(r, settings, client.client_id, stored)  # stored before the wait
+        assert [g.id for g in client.wait_many(stored, timeout=10)] == stored
+        ids = client.submit_many([Request(X, task="toy")] * 3)
+        ids.append(client.submit(task="toy", inputs=X))  # a coalesced submit, heard the same
+        got: list[Result] = []
+        waiter = threading.Thread(target=lambda: got.extend(client.wait_many(ids, timeout=10)))
+        waiter.start()
+        wait_for(lambda: set(ids) <= set(client._inbox.outstanding()), 10, "the wait registered")
+        write_results(r, settings, client.client_id, ids)
+        waiter.join()
+        assert [g.id for g in got] == ids
+        assert not any(looked[1:])  # no MGET for either wait: every one came by pub/sub
+        assert client.wait(ids[0], timeout=10).id == ids[0]  # delivered before: looked up
+        assert looked[-1] == [ids[0]]
+
+
+def test_the_async_client_skips_the_lookup_for_what_its_subscription_brings(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    async def scenario() -> tuple[list[str], list[Result], list[list[str]]]:
+        async with AsyncProducer(settings=settings, catalog=toy_catalog) as client:
+            looked: list[list[str]] = []
+            unheard = client._inbox.unheard
+
+            def spied(ids: list[str]) -> list[str]:
+                looked.append(unheard(ids))
+                return looked[-1]
+
+            client._inbox.unheard = spied  # type: ignore[method-assign]
+            first = await client.submit_many([Request(X, task="toy")])
+            write_results(r, settings, client.client_id, first)
+            await client.wait_many(first, timeout=10)  # starts the listener
+            deadline = asyncio.get_running_loop().time() + 10
+            while client._inbox.listening() is None:  # a readiness probe, as wait_for
+                assert asyncio.get_running_loop().time() < deadline, "never subscribed"
+                await asyncio.sleep(0.02)
+            ids = await client.submit_many([Request(X, task="toy")] * 3)
+            waiting = asyncio.create_task(client.wait_many(ids, timeout=10))
+            while not set(ids) <= set(client._inbox.outstanding()):
+                await asyncio.sleep(0.01)
+            write_results(r, settings, client.client_id, ids)
+            return ids, await waiting, looked[1:]
+
+    ids, got, looked = asyncio.run(scenario())
+    assert [g.id for g in got] == ids
+    assert not any(looked)  # no MGET: the subscription brought them

@@ -47,3 +47,31 @@ def test_forged_messages_are_dropped_and_subscriptions_ask_for_a_sweep() -> None
     assert inbox.on_message({"type": "message", "data": b"\xc1"}) is False
     assert inbox.on_message({"type": "message", "data": res("ok").dumps()}) is False
     assert inbox.take("ok") is not None
+
+
+def test_ids_submitted_under_the_live_subscription_need_no_look_until_delivered() -> None:
+    inbox = Inbox()
+    assert inbox.listening() is None  # no listener yet: a submit now is not heard for sure
+    inbox.expect(["early"], inbox.listening())
+    assert inbox.on_message({"type": "subscribe", "data": 1})  # confirmed: epoch 1
+    epoch = inbox.listening()
+    assert epoch is not None
+    inbox.expect(["a", "b", "c"], epoch)
+    inbox.register(["early", "a", "b", "c", "theirs"])
+    assert inbox.unheard(["early", "a", "b", "c", "theirs"]) == ["early", "theirs"]
+    inbox.deliver_many([res("a")])
+    inbox.deliver(res("b"))
+    assert inbox.unheard(["a", "b", "c"]) == ["a", "b"]  # delivered once: a new wait looks
+
+
+def test_a_lost_subscription_sends_every_wait_to_look() -> None:
+    inbox = Inbox()
+    inbox.subscribed()
+    inbox.expect(["a"], inbox.listening())
+    inbox.lost()
+    assert inbox.listening() is None
+    assert inbox.unheard(["a"]) == ["a"]  # its publication may have gone while lost
+    inbox.subscribed()  # a new subscription, a new epoch: "a" was submitted under the old
+    assert inbox.unheard(["a"]) == ["a"]
+    inbox.expect(["b"], inbox.listening())
+    assert inbox.unheard(["a", "b"]) == ["a"]
