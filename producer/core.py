@@ -35,6 +35,7 @@ from cascadeq.producer.requests import (
     Request,
     check_unique,
     drain_rate,
+    members,
     partial_outcome,
     plan_calls,
     strict_outcome,
@@ -228,34 +229,40 @@ class ClientCore(Generic[Answer]):
                 if isinstance(call, Rejected):
                     return call
                 sent = Call(call, self.keys, self.settings, partial=False)
-                epoch, before = self._inbox.listening(), len(accepted)
+                heard = self._expect(call)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
+                if not reply.ok:  # the call queued nothing: what is sent again is again heard
+                    self._inbox.forget(heard)
                 drain = yield from self._drain_ops(reply, sent)
                 call = strict_outcome(
                     reply, call, sent, accepted, self.keys, self._max_bytes, drain
                 )
-                self._inbox.expect(accepted[before:], epoch)
         return None
+
+    def _expect(self, call: list[Outgoing]) -> list[str]:
+        """The call's ids, recorded as heard by the listener's subscription if it holds one
+        now (Inbox.unheard): before sending, so no result can be delivered ahead of it."""
+        epoch = self._inbox.listening()
+        if epoch is None:
+            return []
+        ids = [p.id for p in members(call)]
+        self._inbox.expect(ids, epoch)
+        return ids
 
     def _flush_ops(
         self, batch: list[Prepared], settle: Callable[[Prepared, Rejected | None], None]
     ) -> Ops[None]:
         """Coalesced submits: one script call per chunk, each refusal answered alone."""
-        inbox = self._inbox
         for call in plan_calls(batch, self.keys, self.settings):
             rest: list[Outgoing] = call
             while rest:
                 sent = Call(rest, self.keys, self.settings, partial=True)
-                epoch = inbox.listening()
-
-                def heard(p: Prepared, error: Rejected | None, epoch: int | None = epoch) -> None:
-                    if error is None:  # before its submitter is released to wait on it
-                        inbox.expect([p.id], epoch)
-                    settle(p, error)
-
+                heard = self._expect(rest)
                 reply = Reply((yield evalsha(SUBMIT, sent.keys, sent.args)))
+                if not reply.ok:  # the call queued nothing: what is sent again is again heard
+                    self._inbox.forget(heard)
                 drain = yield from self._drain_ops(reply, sent)
-                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, heard, drain)
+                rest = partial_outcome(reply, rest, sent, self.keys, self._max_bytes, settle, drain)
 
     def _drain_ops(self, reply: Reply, sent: Call) -> Ops[float | None]:
         """A refusal's retry-after needs the model's drain rate: one HMGET of what its

@@ -76,12 +76,20 @@ class Inbox:
         return self._epoch if self._live else None
 
     def expect(self, ids: list[str], epoch: int | None) -> None:
-        """These ids were submitted under ``epoch`` (``listening``, read before sending)."""
+        """These ids are being submitted under ``epoch`` (``listening``): recorded before
+        the submit is sent, so a result can never be delivered ahead of its record."""
         if epoch is None or not ids:
             return
         with self._lock:
             if len(self._expected) + len(ids) <= EXPECTED_CAP:
                 self._expected.update(dict.fromkeys(ids, epoch))
+
+    def forget(self, ids: list[str]) -> None:
+        """These ids were not queued after all (their call was refused or sent again)."""
+        if ids:
+            with self._lock:
+                for rid in ids:
+                    self._expected.pop(rid, None)
 
     def unheard(self, ids: list[str]) -> list[str]:
         """Of these registered ids, those a look in Redis must cover: all but the ones

@@ -342,3 +342,26 @@ def test_the_async_client_skips_the_lookup_for_what_its_subscription_brings(
     ids, got, looked = asyncio.run(scenario())
     assert [g.id for g in got] == ids
     assert not any(looked)  # no MGET: the subscription brought them
+
+
+def test_a_refused_submit_leaves_its_id_to_the_lookup(
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+) -> None:
+    """An id refused as already in use belongs to another submit: its result is published
+    to that client, so this one's wait must look in Redis, not trust its subscription."""
+    with (
+        Producer(settings=settings, catalog=toy_catalog) as owner,
+        Producer(settings=settings, catalog=toy_catalog) as other,
+    ):
+        warm = other.submit(task="toy", inputs=X)
+        write_results(r, settings, other.client_id, [warm])
+        other.wait(warm, timeout=10)  # starts its listener
+        wait_for(lambda: other._inbox.listening() is not None, 10, "the listener subscribed")
+        rid = owner.submit(task="toy", inputs=X)
+        with pytest.raises(Rejected):
+            other.submit_many([Request(X, task="toy", id=rid)])
+        with pytest.raises(Rejected):
+            other.submit(task="toy", inputs=X, request_id=rid)
+        assert other._inbox.unheard([rid]) == [rid]
+        write_results(r, settings, owner.client_id, [rid])  # published to the owner only
+        assert other.wait(rid, timeout=0.5).id == rid  # found by the look, not the sweep

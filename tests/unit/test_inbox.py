@@ -75,3 +75,11 @@ def test_a_lost_subscription_sends_every_wait_to_look() -> None:
     assert inbox.unheard(["a"]) == ["a"]
     inbox.expect(["b"], inbox.listening())
     assert inbox.unheard(["a", "b"]) == ["a"]
+
+
+def test_ids_of_a_refused_call_are_forgotten() -> None:
+    inbox = Inbox()
+    inbox.subscribed()
+    inbox.expect(["a", "b"], inbox.listening())
+    inbox.forget(["a", "b"])  # the call was refused: a wait on either looks in Redis
+    assert inbox.unheard(["a", "b"]) == ["a", "b"]
