@@ -27,7 +27,7 @@ from cascadeq.protocol.results import answered, split_published
 from cascadeq.protocol.wire import WireError
 
 UNCLAIMED_CAP = 10_000
-EXPECTED_CAP = 1_000_000  # ids awaiting their first result by pub/sub; past it, looked up
+EXPECTED_CAP = 250_000  # ids awaiting their first result by pub/sub; past it, looked up
 log = get_logger("cascadeq.producer")
 
 
@@ -61,10 +61,13 @@ class Inbox:
     # -- what the subscription will bring ------------------------------------------------
 
     def subscribed(self) -> None:
-        """The listener's subscription is confirmed: publications from now on reach it."""
+        """The listener's subscription is confirmed: publications from now on reach it.
+        What earlier ones were to bring is looked up now (``unheard``): dropped, so a
+        result lost while the listener was away leaves no record behind."""
         with self._lock:
             self._epoch += 1
             self._live = True
+            self._expected.clear()
 
     def lost(self) -> None:
         """The listener lost its subscription: what is published now may never arrive."""

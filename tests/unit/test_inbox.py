@@ -73,6 +73,7 @@ def test_a_lost_subscription_sends_every_wait_to_look() -> None:
     assert inbox.unheard(["a"]) == ["a"]  # its publication may have gone while lost
     inbox.subscribed()  # a new subscription, a new epoch: "a" was submitted under the old
     assert inbox.unheard(["a"]) == ["a"]
+    assert not inbox._expected  # and its record is gone: a lost result leaves nothing behind
     inbox.expect(["b"], inbox.listening())
     assert inbox.unheard(["a", "b"]) == ["a"]
 
