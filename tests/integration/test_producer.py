@@ -15,6 +15,7 @@ from streamview import count, headers_in
 from cascadeq.config.catalog import Catalog
 from cascadeq.config.settings import Settings
 from cascadeq.producer import AsyncProducer, Producer, Rejected, Request, RequestFailed, Timeout
+from cascadeq.producer.inbox import Inbox
 from cascadeq.producer.requests import CatalogCache
 from cascadeq.protocol import results
 from cascadeq.protocol.keys import Keys
@@ -276,20 +277,26 @@ def test_many_threads_share_one_producer(
     assert len(set(got)) == 640
 
 
+def spy_lookups(inbox: Inbox, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every id list a wait's look in Redis covered (what ``Inbox.unheard`` returned)."""
+    looked: list[list[str]] = []
+    unheard = inbox.unheard
+
+    def spied(ids: list[str]) -> list[str]:
+        looked.append(unheard(ids))
+        return looked[-1]
+
+    monkeypatch.setattr(inbox, "unheard", spied)
+    return looked
+
+
 def test_a_wait_looks_up_only_what_the_subscription_may_not_bring(
     r: redis.Redis, settings: Settings, toy_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ids submitted while the listener holds a subscription come by pub/sub: the wait
     sends no MGET for them, yet gets every result, also ones stored before it began."""
     with Producer(settings=settings, catalog=toy_catalog) as client:
-        looked: list[list[str]] = []
-        unheard = client._inbox.unheard
-
-        def spied(ids: list[str]) -> list[str]:
-            looked.append(unheard(ids))
-            return looked[-1]
-
-        monkeypatch.setattr(client._inbox, "unheard", spied)
+        looked = spy_lookups(client._inbox, monkeypatch)
         early = client.submit(task="toy", inputs=X)  # no listener yet
         write_results(r, settings, client.client_id, [early])
         assert client.wait(early, timeout=10).id == early  # found by the look in Redis
@@ -313,18 +320,11 @@ def test_a_wait_looks_up_only_what_the_subscription_may_not_bring(
 
 
 def test_the_async_client_skips_the_lookup_for_what_its_subscription_brings(
-    r: redis.Redis, settings: Settings, toy_catalog: Catalog
+    r: redis.Redis, settings: Settings, toy_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> tuple[list[str], list[Result], list[list[str]]]:
         async with AsyncProducer(settings=settings, catalog=toy_catalog) as client:
-            looked: list[list[str]] = []
-            unheard = client._inbox.unheard
-
-            def spied(ids: list[str]) -> list[str]:
-                looked.append(unheard(ids))
-                return looked[-1]
-
-            client._inbox.unheard = spied  # type: ignore[method-assign]
+            looked = spy_lookups(client._inbox, monkeypatch)
             first = await client.submit_many([Request(X, task="toy")])
             write_results(r, settings, client.client_id, first)
             await client.wait_many(first, timeout=10)  # starts the listener
